@@ -1,0 +1,19 @@
+/* Error reporting convention of the engine.
+ *
+ * Every fallible engine function returns 0 on success and -1 on failure, and
+ * writes a one-line, human-readable message into a caller-provided buffer
+ * (char *err, size_t errlen). The message names the file or object at fault and,
+ * where possible, what to do about it. Functions never print and never abort on
+ * bad input. */
+#ifndef FRANCA_ERRORS_H
+#define FRANCA_ERRORS_H
+
+#include <stddef.h>
+
+#define ERR_LEN 512
+
+/* Formats a message into err (if err and errlen are non-zero) and returns -1. */
+int set_err(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+#endif

@@ -1,0 +1,27 @@
+/* Image preprocessing into the model's input layout: float32 [3, H, W] planes,
+ * normalised with per-channel mean/std on [0,1] pixels.
+ *
+ * Eval mode (spec 3.1): resize so the shorter side is resize_size with PIL's
+ * bicubic filter (a = -0.5, antialiased support when downscaling, uint8
+ * intermediate rounding as PIL does), centre crop crop_size (torchvision's
+ * rounding of the offsets), ToTensor, Normalize.
+ * Square mode: resize the whole image to R x R (same filter), then normalise;
+ * used for dense features at a chosen resolution. */
+#ifndef FRANCA_PREPROCESS_H
+#define FRANCA_PREPROCESS_H
+
+#include "image.h"
+#include "model_config.h"
+
+/* out: [3, crop, crop] floats. */
+int preprocess_eval(const struct image_rgb8 *img, const struct preprocess_config *pc,
+                    float *out, char *err, size_t errlen);
+/* out: [3, R, R] floats. */
+int preprocess_square(const struct image_rgb8 *img, int R, const float mean[3],
+                      const float std[3], float *out, char *err, size_t errlen);
+
+/* PIL-compatible bicubic resize of an RGB8 image (exposed for tests). */
+int resize_bicubic_rgb8(const struct image_rgb8 *src, int out_w, int out_h,
+                        struct image_rgb8 *dst, char *err, size_t errlen);
+
+#endif
