@@ -1,0 +1,287 @@
+/* The CPU ViT forward (spec Appendix A) and the model object around it. */
+#include "vit.h"
+
+#include <omp.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cpu/ops.h"
+#include "cpu/pos_embed.h"
+#include "errors.h"
+#include "rasa.h"
+
+/* One interpolated positional table per (gh, gw), computed on first use. */
+struct pos_cache_entry {
+    int gh, gw;
+    float *table;                /* [1 + gh*gw, D] */
+    struct pos_cache_entry *next;
+};
+
+struct vit_model {
+    struct checkpoint ck;
+    float *rasa_units;           /* [T+1, 2, D] or NULL */
+    pthread_mutex_t pos_lock;
+    struct pos_cache_entry *pos_cache;
+};
+
+/* Activations for one (B, T) shape, carved from one allocation. */
+struct vit_workspace {
+    int B, T;                    /* capacity: images and tokens per image */
+    int threads;
+    float *arena;
+    float *patches;              /* [B*N, 3*P*P] im2col */
+    float *x;                    /* [B*T, D] residual stream */
+    float *xn;                   /* [B*T, D] normalised */
+    float *qkv;                  /* [B*T, 3D] */
+    float *attn;                 /* [B*T, D] */
+    float *branch;               /* [B*T, D] block branch output */
+    float *hidden;               /* [B*T, 2Hs] (SwiGLU) or [B*T, Hs] (MLP) */
+    float *gated;                /* [B*T, Hs] (SwiGLU only) */
+    float *scores;               /* threads * attention_scratch_floats(T) */
+};
+
+int vit_model_from_checkpoint(struct checkpoint *ck, struct vit_model **out, char *err,
+                              size_t errlen)
+{
+    struct vit_model *m = calloc(1, sizeof(*m));
+    if (!m) return set_err(err, errlen, "out of memory");
+    m->ck = *ck;
+    memset(ck, 0, sizeof(*ck));
+    pthread_mutex_init(&m->pos_lock, NULL);
+    const struct model_config *c = &m->ck.cfg;
+    if (c->rasa_layers > 0) {
+        const int rounds = c->rasa_layers + 1;
+        m->rasa_units = malloc(sizeof(float) * rounds * 2 * c->embed_dim);
+        if (!m->rasa_units) {
+            vit_model_free(m);
+            return set_err(err, errlen, "out of memory");
+        }
+        if (rasa_prepare(m->ck.w.rasa_w, rounds, c->embed_dim, m->rasa_units, err, errlen)) {
+            vit_model_free(m);
+            return -1;
+        }
+    }
+    *out = m;
+    return 0;
+}
+
+int vit_model_load(const char *path, struct vit_model **out, char *err, size_t errlen)
+{
+    struct checkpoint ck;
+    if (checkpoint_load(path, &ck, err, errlen)) return -1;
+    if (vit_model_from_checkpoint(&ck, out, err, errlen)) {
+        checkpoint_free(&ck);
+        return -1;
+    }
+    return 0;
+}
+
+void vit_model_free(struct vit_model *m)
+{
+    if (!m) return;
+    for (struct pos_cache_entry *e = m->pos_cache, *n; e; e = n) {
+        n = e->next;
+        free(e->table);
+        free(e);
+    }
+    pthread_mutex_destroy(&m->pos_lock);
+    free(m->rasa_units);
+    checkpoint_free(&m->ck);
+    free(m);
+}
+
+const struct model_config *vit_model_config(const struct vit_model *m)
+{
+    return &m->ck.cfg;
+}
+
+const char *vit_model_fingerprint(const struct vit_model *m)
+{
+    return m->ck.fingerprint;
+}
+
+int vit_check_resolution(const struct vit_model *m, int H, int W, char *err, size_t errlen)
+{
+    const int P = m->ck.cfg.patch_size;
+    if (H <= 0 || W <= 0 || H % P || W % P)
+        return set_err(err, errlen, "input %dx%d: height and width must be positive multiples "
+                       "of the patch size %d", H, W, P);
+    if (H > VIT_MAX_SIDE || W > VIT_MAX_SIDE)
+        return set_err(err, errlen, "input %dx%d: sides are limited to %d pixels", H, W,
+                       VIT_MAX_SIDE);
+    if ((H / P) * (W / P) + 1 > VIT_MAX_TOKENS)
+        return set_err(err, errlen, "input %dx%d: %d patches exceed the limit of %d tokens",
+                       H, W, (H / P) * (W / P), VIT_MAX_TOKENS - 1);
+    return 0;
+}
+
+static const float *pos_table(struct vit_model *m, int gh, int gw, char *err, size_t errlen)
+{
+    const struct model_config *c = &m->ck.cfg;
+    pthread_mutex_lock(&m->pos_lock);
+    struct pos_cache_entry *e = m->pos_cache;
+    while (e && (e->gh != gh || e->gw != gw)) e = e->next;
+    if (!e) {
+        e = calloc(1, sizeof(*e));
+        float *t = e ? malloc(sizeof(float) * (1 + (size_t)gh * gw) * c->embed_dim) : NULL;
+        if (!t) {
+            free(e);
+            pthread_mutex_unlock(&m->pos_lock);
+            set_err(err, errlen, "out of memory for the positional table");
+            return NULL;
+        }
+        pos_embed_interpolate(t, m->ck.w.pos_embed, c->pos_grid, c->embed_dim, gh, gw);
+        e->gh = gh;
+        e->gw = gw;
+        e->table = t;
+        e->next = m->pos_cache;
+        m->pos_cache = e;
+    }
+    pthread_mutex_unlock(&m->pos_lock);
+    return e->table;
+}
+
+void vit_workspace_free(struct vit_workspace *ws)
+{
+    if (!ws) return;
+    free(ws->arena);
+    free(ws);
+}
+
+static int workspace_ensure(struct vit_workspace **wsp, const struct model_config *c, int B,
+                            int T, int N, char *err, size_t errlen)
+{
+    const int threads = omp_get_max_threads();
+    struct vit_workspace *ws = *wsp;
+    if (ws && ws->B >= B && ws->T >= T && ws->threads >= threads) return 0;
+    vit_workspace_free(ws);
+    *wsp = NULL;
+
+    const size_t D = c->embed_dim, Hs = c->ffn_hidden, rows = (size_t)B * T;
+    const size_t hidden = c->ffn == FFN_SWIGLU ? 2 * Hs : Hs;
+    const size_t sizes[] = {
+        (size_t)B * N * 3 * c->patch_size * c->patch_size, /* patches */
+        rows * D, rows * D, rows * 3 * D, rows * D, rows * D, /* x xn qkv attn branch */
+        rows * hidden, c->ffn == FFN_SWIGLU ? rows * Hs : 0,  /* hidden gated */
+        (size_t)threads * attention_scratch_floats(T),       /* scores */
+    };
+    size_t total = 0;
+    for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) total += sizes[i];
+
+    ws = calloc(1, sizeof(*ws));
+    if (ws) ws->arena = malloc(total * sizeof(float));
+    if (!ws || !ws->arena) {
+        free(ws);
+        return set_err(err, errlen, "out of memory: batch %d at %d tokens needs %.1f GiB of "
+                       "activations", B, T, total * 4.0 / (1 << 30));
+    }
+    float **slots[] = {&ws->patches, &ws->x, &ws->xn, &ws->qkv, &ws->attn, &ws->branch,
+                       &ws->hidden, &ws->gated, &ws->scores};
+    float *p = ws->arena;
+    for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+        *slots[i] = sizes[i] ? p : NULL;
+        p += sizes[i];
+    }
+    ws->B = B;
+    ws->T = T;
+    ws->threads = threads;
+    *wsp = ws;
+    return 0;
+}
+
+/* Patch embedding, CLS, registers and positional table into ws->x. */
+static void embed_tokens(const struct model_config *c, const struct vit_weights *w,
+                         struct vit_workspace *ws, const float *x, const float *pos, int B,
+                         int H, int W, int T, int N)
+{
+    const int D = c->embed_dim, P = c->patch_size, R = c->register_tokens;
+    patchify(ws->patches, x, B, 3, H, W, P);
+    /* Patch projections land in branch[B*N, D], then move into their token rows. */
+    linear_forward(ws->branch, ws->patches, w->patch_w, w->patch_b, (size_t)B * N, 3 * P * P, D);
+#pragma omp parallel for schedule(static)
+    for (int b = 0; b < B; b++) {
+        float *xb = ws->x + (size_t)b * T * D;
+        for (int i = 0; i < D; i++) xb[i] = w->cls_token[i] + pos[i];
+        /* Registers come after CLS and take no positional embedding. */
+        if (R) memcpy(xb + D, w->register_tokens, sizeof(float) * R * D);
+        for (int n = 0; n < N; n++) {
+            float *dst = xb + (size_t)(1 + R + n) * D;
+            const float *src = ws->branch + ((size_t)b * N + n) * D;
+            const float *pe = pos + (size_t)(1 + n) * D;
+            for (int i = 0; i < D; i++) dst[i] = src[i] + pe[i];
+        }
+    }
+}
+
+static void block_forward(const struct model_config *c, const struct vit_block_weights *bw,
+                          struct vit_workspace *ws, int B, int T)
+{
+    const int D = c->embed_dim, Hs = c->ffn_hidden;
+    const size_t rows = (size_t)B * T;
+
+    layernorm_forward(ws->xn, ws->x, bw->norm1_w, bw->norm1_b, rows, D, c->norm_eps);
+    linear_forward(ws->qkv, ws->xn, bw->qkv_w, bw->qkv_b, rows, D, 3 * D);
+    attention_forward(ws->attn, ws->qkv, ws->scores, B, T, D, c->num_heads);
+    linear_forward(ws->branch, ws->attn, bw->proj_w, bw->proj_b, rows, D, D);
+    residual_scale_add(ws->x, ws->branch, bw->ls1, rows, D);
+
+    layernorm_forward(ws->xn, ws->x, bw->norm2_w, bw->norm2_b, rows, D, c->norm_eps);
+    if (c->ffn == FFN_SWIGLU) {
+        linear_forward(ws->hidden, ws->xn, bw->fc1_w, bw->fc1_b, rows, D, 2 * Hs);
+        swiglu_forward(ws->gated, ws->hidden, rows, Hs);
+        linear_forward(ws->branch, ws->gated, bw->fc2_w, bw->fc2_b, rows, Hs, D);
+    } else {
+        linear_forward(ws->hidden, ws->xn, bw->fc1_w, bw->fc1_b, rows, D, Hs);
+        gelu_forward(ws->hidden, rows * Hs);
+        linear_forward(ws->branch, ws->hidden, bw->fc2_w, bw->fc2_b, rows, Hs, D);
+    }
+    residual_scale_add(ws->x, ws->branch, bw->ls2, rows, D);
+}
+
+int vit_forward(struct vit_model *m, struct vit_workspace **wsp, const float *x, int B, int H,
+                int W, const struct vit_outputs *out, char *err, size_t errlen)
+{
+    const struct model_config *c = &m->ck.cfg;
+    const struct vit_weights *w = &m->ck.w;
+    if (B <= 0) return set_err(err, errlen, "batch size must be positive, got %d", B);
+    if (vit_check_resolution(m, H, W, err, errlen)) return -1;
+    if (out->patch_rasa && !m->rasa_units)
+        return set_err(err, errlen, "model '%s' has no RASA tensors", c->name);
+
+    const int P = c->patch_size, D = c->embed_dim, R = c->register_tokens;
+    const int gh = H / P, gw = W / P, N = gh * gw, T = 1 + R + N;
+    const float *pos = pos_table(m, gh, gw, err, errlen);
+    if (!pos) return -1;
+    if (workspace_ensure(wsp, c, B, T, N, err, errlen)) return -1;
+    struct vit_workspace *ws = *wsp;
+
+    embed_tokens(c, w, ws, x, pos, B, H, W, T, N);
+    for (int l = 0; l < c->depth; l++) block_forward(c, &w->blocks[l], ws, B, T);
+
+    /* Final LayerNorm; CLS is row 0, patches follow the registers. */
+    const size_t rows = (size_t)B * T;
+    layernorm_forward(ws->xn, ws->x, w->norm_w, w->norm_b, rows, D, c->norm_eps);
+    for (int b = 0; b < B; b++) {
+        const float *xb = ws->xn + (size_t)b * T * D;
+        const size_t patch_bytes = sizeof(float) * N * D;
+        if (out->cls) memcpy(out->cls + (size_t)b * D, xb, sizeof(float) * D);
+        if (out->patch) memcpy(out->patch + (size_t)b * N * D, xb + (size_t)(1 + R) * D,
+                               patch_bytes);
+        if (out->patch_rasa) memcpy(out->patch_rasa + (size_t)b * N * D,
+                                    xb + (size_t)(1 + R) * D, patch_bytes);
+    }
+    if (out->patch_rasa)
+        rasa_apply(m->rasa_units, c->rasa_layers + 1, D, out->patch_rasa, (size_t)B * N);
+    return 0;
+}
+
+double vit_flops_per_image(const struct model_config *c, int H, int W)
+{
+    const double P = c->patch_size, D = c->embed_dim, Hs = c->ffn_hidden;
+    const double N = (double)(H / c->patch_size) * (W / c->patch_size);
+    const double T = 1 + c->register_tokens + N;
+    const double ffn = c->ffn == FFN_SWIGLU ? 3 * D * Hs : 2 * D * Hs;
+    const double per_block = 2 * T * (4 * D * D + ffn) + 4 * T * T * D;
+    return 2 * N * 3 * P * P * D + c->depth * per_block;
+}
