@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what building and testing need on Debian 12 (run as root); installs
+# nothing when everything is present.
+set -euo pipefail
+
+packages=(
+  build-essential pkg-config meson ninja-build
+  clang libclang-rt-14-dev libomp-14-dev
+  libjansson-dev libopenblas-openmp-dev libpng-dev libjpeg62-turbo-dev
+  libsqlite3-dev libmicrohttpd-dev
+  python3 python3-numpy python3-torch python3-torchvision python3-pil python3-skimage
+  dataset-fashion-mnist
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "deps.sh: installing ${missing[*]}"
+  apt-get update
+  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
+fi
