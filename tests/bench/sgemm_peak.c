@@ -1,0 +1,48 @@
+/* Measures the machine's sgemm rate through the same OpenBLAS the engine links:
+ * the best of several square GEMMs, as the ceiling for the engine's GFLOP/s.
+ * usage: sgemm_peak [N] [threads]; last line "sgemm GFLOP/s: X". */
+#include <cblas.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+int main(int argc, char **argv)
+{
+    const int n = argc > 1 ? atoi(argv[1]) : 2048;
+    if (argc > 2) {
+        omp_set_num_threads(atoi(argv[2]));
+        openblas_set_num_threads(atoi(argv[2]));
+    }
+    if (n < 64 || n > 16384) {
+        fprintf(stderr, "sgemm_peak: N must be in 64..16384\n");
+        return 2;
+    }
+    float *a = malloc(sizeof(float) * n * n), *b = malloc(sizeof(float) * n * n),
+          *c = malloc(sizeof(float) * n * n);
+    if (!a || !b || !c) {
+        fprintf(stderr, "sgemm_peak: out of memory\n");
+        return 1;
+    }
+    for (long i = 0; i < (long)n * n; i++) a[i] = b[i] = (float)(i % 7) * 0.1f;
+    double best = 0;
+    for (int rep = 0; rep < 6; rep++) {
+        const double t0 = now();
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);
+        const double g = 2.0 * n * n * n / (now() - t0) / 1e9;
+        if (rep && g > best) best = g; /* the first run warms caches and threads */
+    }
+    printf("sgemm %dx%dx%d, %d threads\n", n, n, n, omp_get_max_threads());
+    printf("sgemm GFLOP/s: %.1f\n", best);
+    free(a);
+    free(b);
+    free(c);
+    return 0;
+}
