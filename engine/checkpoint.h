@@ -47,8 +47,17 @@ struct checkpoint {
 int checkpoint_load(const char *path, struct checkpoint *ck, char *err, size_t errlen);
 void checkpoint_free(struct checkpoint *ck);
 
-/* Number of floats the weights of cfg take, and carving of an arena into them. */
+/* Number of floats the weights of cfg take, and carving of an arena into them.
+ *
+ * Arena layout: the parameters first (each tensor starts on a 64-byte boundary
+ * when the arena is 64-byte aligned; padding floats are zero), then the table
+ * of per-block pointers (w->blocks). vit_weights_floats() is the size of the
+ * whole allocation, table included; w->arena_floats (== vit_weights_param_floats)
+ * counts only the parameter region, so flat operations over all parameters
+ * (optimizer steps, gradient zeroing) must use w->arena_floats, never
+ * vit_weights_floats(). The arena always has room for mask_token (zeroed). */
 size_t vit_weights_floats(const struct model_config *cfg);
+size_t vit_weights_param_floats(const struct model_config *cfg);
 void vit_weights_carve(const struct model_config *cfg, float *arena, struct vit_weights *w);
 /* Allocates a zeroed arena for cfg and carves it. */
 int vit_weights_alloc(const struct model_config *cfg, struct vit_weights *w, char *err, size_t errlen);

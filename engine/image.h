@@ -1,9 +1,10 @@
 /* Image decoding: JPEG (libjpeg-turbo) and PNG (libpng) to 8-bit RGB.
  *
- * - PNG: gray, gray+alpha, palette (with tRNS), RGB, RGBA, 16-bit (scaled to 8
- *   bits by rounding as PIL does), interlaced. Alpha is composited on a
- *   background (black by default, as PIL's convert("RGB") drops alpha: see
- *   IMAGE_ALPHA_* below).
+ * - PNG: gray, gray+alpha, palette (with tRNS), RGB, RGBA, 16-bit (the high
+ *   byte is kept, as Pillow 9.4 does for 16-bit RGB/RGBA/LA; for 16-bit gray
+ *   Pillow clips to 255 instead, which we do not copy), interlaced. Alpha
+ *   (and tRNS) is dropped by default, as PIL's convert("RGB") does, or
+ *   composited on black/white: see IMAGE_ALPHA_* below.
  * - JPEG: gray, YCbCr, CMYK/Adobe inverted CMYK; EXIF orientation applied.
  * - The declared width*height is checked against max_pixels before any pixel
  *   buffer is allocated (decompression bombs). Corrupt or truncated data gives
@@ -41,5 +42,11 @@ int image_decode(const uint8_t *buf, size_t len, const struct image_decode_opts 
 int image_decode_file(const char *path, const struct image_decode_opts *o,
                       struct image_rgb8 *img, char *err, size_t errlen);
 void image_free(struct image_rgb8 *img);
+
+/* Applies EXIF orientation o (1..8; 1 and out-of-range values are no-ops) in
+ * place, as PIL's ImageOps.exif_transpose does (6 = rotate 90 clockwise,
+ * 8 = rotate 90 counter-clockwise, 5/7 transpose/transverse). */
+int image_apply_orientation(struct image_rgb8 *img, int orientation, char *err,
+                            size_t errlen);
 
 #endif

@@ -24,4 +24,12 @@ int preprocess_square(const struct image_rgb8 *img, int R, const float mean[3],
 int resize_bicubic_rgb8(const struct image_rgb8 *src, int out_w, int out_h,
                         struct image_rgb8 *dst, char *err, size_t errlen);
 
+/* torchvision Resize(size) on a w x h image: the shorter side becomes size,
+ * the longer int(size * long / short). Returns -1 if the result is absurd. */
+int preprocess_resized_size(int w, int h, int size, int *out_w, int *out_h);
+
+/* torchvision CenterCrop offset (top or left) for one axis: round-half-even of
+ * (size - crop) / 2; negative (minus the zero padding) when crop > size. */
+int preprocess_crop_offset(int size, int crop);
+
 #endif

@@ -16,6 +16,8 @@
 #include <stdint.h>
 
 #define ST_MAX_DIMS 8
+/* Largest accepted JSON header (bytes). */
+#define ST_MAX_HEADER_BYTES (100u * 1024u * 1024u)
 
 enum st_dtype { ST_F32 = 0, ST_BF16 = 1, ST_F16 = 2 };
 
@@ -37,6 +39,7 @@ struct st_file {
     size_t n_tensors;
     struct st_metadata_entry *metadata;
     size_t n_metadata;
+    int mapped;           /* map came from mmap (st_open) and is unmapped by st_close */
 };
 
 /* Maps and validates path. On failure returns -1 with a message that names the
@@ -46,6 +49,9 @@ int st_open(const char *path, struct st_file *st, char *err, size_t errlen);
 /* Validates an in-memory buffer (the buffer must outlive st). Used by st_open
  * and the fuzzer. */
 int st_parse(const uint8_t *buf, size_t len, struct st_file *st, char *err, size_t errlen);
+/* Same, with messages prefixed by label (e.g. a file name) instead of "safetensors". */
+int st_parse_labeled(const uint8_t *buf, size_t len, const char *label, struct st_file *st,
+                     char *err, size_t errlen);
 
 void st_close(struct st_file *st);
 
@@ -56,8 +62,18 @@ const char *st_metadata_get(const struct st_file *st, const char *key);
 size_t st_dtype_size(enum st_dtype dt);
 const char *st_dtype_name(enum st_dtype dt);
 
-/* Converts n elements of t (starting at element `first`) to float32. */
+/* Number of elements of t (product of its shape). */
+size_t st_numel(const struct st_tensor *t);
+
+/* Converts n elements of t (starting at element `first`) to float32. Elements
+ * past the end of the tensor are written as 0 (never read out of bounds). */
 void st_to_f32(const struct st_tensor *t, size_t first, size_t n, float *out);
+
+/* Scalar conversions used by the reader and writer (round-to-nearest-even). */
+float st_bf16_to_f32(uint16_t h);
+float st_f16_to_f32(uint16_t h);
+uint16_t st_f32_to_bf16(float f);
+uint16_t st_f32_to_f16(float f);
 
 /* ---- writer ----
  * Collects tensors (pointers are borrowed until st_writer_finish) and writes the

@@ -39,7 +39,7 @@ def one_line_error(p, code, needle):
 def main():
     tmp = tempfile.mkdtemp(prefix="embed_cli_")
     ckpt = os.path.join(tmp, "tiny.safetensors")
-    subprocess.run([CKPT_TOOL, "init", "--arch", "vit_tiny_test", "--seed", "3", "--out", ckpt],
+    subprocess.run([CKPT_TOOL, "init", "--arch", "vit_tiny_test", "--rasa-layers", "0", "--seed", "3", "--out", ckpt],
                    check=True, capture_output=True)
     out = os.path.join(tmp, "out.safetensors")
     img = [os.path.join(PHOTOS, n) for n in ("astronaut.png", "chelsea.png", "coffee.png")]
@@ -93,7 +93,8 @@ def main():
     w8 = t["cls"][:, :8] / np.linalg.norm(t["cls"][:, :8], axis=1, keepdims=True)
     check(np.abs(t["cls_w8"] - w8).max() < 1e-6, "cls_w8 = prefix of cls, L2-normalised")
     check(np.abs(np.linalg.norm(t["cls_w32"], axis=1) - 1).max() < 1e-5, "cls_w32 rows are unit length")
-    check(np.abs(t["cls"][0] - t["cls"][1]).max() > 1e-4, "different images give different CLS")
+    # Untrained LayerScale (1e-5) barely lets the image reach CLS; patch tokens show it.
+    check(np.abs(t["patch"][0] - t["patch"][1]).max() > 1e-2, "different images give different patches")
 
     # Batching must not change results: one image per forward pass vs three.
     out1 = os.path.join(tmp, "b1.safetensors")
