@@ -42,6 +42,14 @@ static void test_layernorm(void)
         }
     }
     CHECK(worst < 2e-4f, "layernorm max error %g", worst);
+
+    /* eps matters when the variance is as small as eps: var 1e-6 + eps 1e-6. */
+    const float tiny[2] = {-1e-3f, 1e-3f}, one[2] = {1, 1}, zero[2] = {0, 0};
+    float t[2];
+    layernorm_forward(t, tiny, one, zero, 1, 2, 1e-6f);
+    CHECK(fabsf(t[1] - 0.70710678f) < 1e-5f, "layernorm honours eps 1e-6 (%g)", t[1]);
+    layernorm_forward(t, tiny, one, zero, 1, 2, 1e-5f);
+    CHECK(fabsf(t[1] - 0.30151134f) < 1e-5f, "layernorm honours eps 1e-5 (%g)", t[1]);
     free(x); free(w); free(b); free(y);
 }
 
