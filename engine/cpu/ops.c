@@ -3,7 +3,29 @@
 #include <cblas.h>
 #include <math.h>
 #include <omp.h>
+#include <stdint.h>
 #include <string.h>
+
+/* exp(x) to about 2 ulp, written so that loops calling it vectorise (libm's
+ * expf does not): x = n ln2 + r, |r| <= ln2/2, e^r by a polynomial (Cephes'
+ * expf coefficients), 2^n by building the exponent bits. */
+static inline float exp_approx(float x)
+{
+    x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+    const float n = floorf(x * 1.44269504088896341f + 0.5f);
+    const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    const int32_t bits = ((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
 
 void layernorm_forward(float *out, const float *in, const float *w, const float *b,
                        size_t rows, int D, float eps)
@@ -53,14 +75,18 @@ void residual_scale_add(float *x, const float *y, const float *gamma, size_t row
     }
 }
 
+static void swiglu_row(float *restrict o, const float *restrict a, const float *restrict g,
+                       int n)
+{
+    for (int j = 0; j < n; j++) o[j] = a[j] / (1.0f + exp_approx(-a[j])) * g[j];
+}
+
 void swiglu_forward(float *out, const float *h, size_t rows, int Hs)
 {
 #pragma omp parallel for schedule(static)
     for (size_t r = 0; r < rows; r++) {
         const float *a = h + r * 2 * (size_t)Hs;
-        const float *g = a + Hs;
-        float *o = out + r * Hs;
-        for (int j = 0; j < Hs; j++) o[j] = a[j] / (1.0f + expf(-a[j])) * g[j];
+        swiglu_row(out + r * Hs, a, a + Hs, Hs);
     }
 }
 
@@ -119,19 +145,25 @@ void attention_forward(float *out, const float *qkv, float *scratch,
                 float *o = out + ((size_t)b * T + q0) * D + (size_t)h * hd;
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, T, hd, scale, q, ld,
                             k, ld, 0.0f, S, T);
+                /* Unnormalised softmax rows; 1/sum scales the nq x hd output
+                 * instead of the nq x T probabilities. */
+                float inv_sum[ATTN_QBLOCK];
                 for (int i = 0; i < nq; i++) {
                     float *s = S + (size_t)i * T;
                     float mx = s[0];
+#pragma omp simd reduction(max : mx)
                     for (int j = 1; j < T; j++) mx = s[j] > mx ? s[j] : mx;
                     float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
                     for (int j = 0; j < T; j++) {
-                        s[j] = expf(s[j] - mx);
+                        s[j] = exp_approx(s[j] - mx);
                         sum += s[j];
                     }
-                    const float inv = 1.0f / sum;
-                    for (int j = 0; j < T; j++) s[j] *= inv;
+                    inv_sum[i] = 1.0f / sum;
                 }
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, hd, T, 1.0f, S, T,
                             v, ld, 0.0f, o, D);
+                for (int i = 0; i < nq; i++)
+                    for (int e = 0; e < hd; e++) o[(size_t)i * D + e] *= inv_sum[i];
             }
 }

@@ -39,7 +39,8 @@ int main(int argc, char **argv)
         const double g = 2.0 * n * n * n / (now() - t0) / 1e9;
         if (rep && g > best) best = g; /* the first run warms caches and threads */
     }
-    printf("sgemm %dx%dx%d, %d threads\n", n, n, n, omp_get_max_threads());
+    printf("sgemm %dx%dx%d, %d threads, OpenBLAS kernel %s\n", n, n, n, omp_get_max_threads(),
+           openblas_get_corename());
     printf("sgemm GFLOP/s: %.1f\n", best);
     free(a);
     free(b);
