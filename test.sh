@@ -10,18 +10,19 @@ export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
 export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 jobs=$(nproc)
 
-setup() { # dir, options...
+setup() { # dir, options... (every option is given, so a reused folder cannot keep stale ones)
   local dir=$1; shift
   if [ -d "$dir" ]; then meson setup --reconfigure "$dir" "$@" >/dev/null; else meson setup "$dir" "$@" >/dev/null; fi
   meson compile -C "$dir" -j "$jobs"
 }
 
 echo "== release build: unit and reference tests"
-setup build
+setup build -Dbuildtype=release -Db_sanitize=none -Dfuzz=false
 meson test -C build --print-errorlogs --num-processes 1 --suite unit --suite reference
 
 echo "== AddressSanitizer + UndefinedBehaviorSanitizer"
-setup build-asan -Dbuildtype=debugoptimized -Db_sanitize=address,undefined -Db_lundef=false
+setup build-asan -Dbuildtype=debugoptimized -Db_sanitize=address,undefined -Db_lundef=false \
+  -Dfuzz=false
 meson test -C build-asan --print-errorlogs --num-processes 1 --suite unit --suite reference \
   --timeout-multiplier 3
 

@@ -1,5 +1,6 @@
 /* Unit tests of the model config, checkpoint load/save, random init and
  * SHA-256 fingerprint. */
+#include "check.h"
 #include <jansson.h>
 #include <math.h>
 #include <stdint.h>
@@ -14,19 +15,6 @@
 #include "safetensors.h"
 #include "sha256.h"
 
-static int n_pass, n_fail;
-
-#define CHECK(cond, ...)                                                     \
-    do {                                                                     \
-        if (cond) {                                                          \
-            n_pass++;                                                        \
-        } else {                                                             \
-            n_fail++;                                                        \
-            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);  \
-            fprintf(stderr, __VA_ARGS__);                                    \
-            fputc('\n', stderr);                                             \
-        }                                                                    \
-    } while (0)
 
 static char tmpdir[256];
 
@@ -704,6 +692,6 @@ int main(void)
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
     if (system(cmd) != 0)
         fprintf(stderr, "warning: could not remove %s\n", tmpdir);
-    printf("test_checkpoint: %d passed, %d failed\n", n_pass, n_fail);
-    return n_fail ? 1 : 0;
+    printf("test_checkpoint: ");
+    return check_summary();
 }

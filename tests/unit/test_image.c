@@ -1,6 +1,7 @@
 /* Unit tests for engine/image.c: PNG and JPEG decoding, alpha modes, EXIF
  * orientation and hostile inputs. Test images are encoded at run time with
  * libpng / libjpeg. */
+#include "check.h"
 #include "image.h"
 
 #include <setjmp.h>
@@ -13,19 +14,6 @@
 #include <jpeglib.h>
 #include <png.h>
 
-static int g_pass, g_fail;
-
-#define CHECK(cond, ...)                                                        \
-    do {                                                                        \
-        if (cond) {                                                             \
-            g_pass++;                                                           \
-        } else {                                                                \
-            g_fail++;                                                           \
-            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);     \
-            fprintf(stderr, __VA_ARGS__);                                       \
-            fputc('\n', stderr);                                                \
-        }                                                                       \
-    } while (0)
 
 static double now_s(void)
 {
@@ -709,7 +697,7 @@ static uint8_t *smooth_rgb(int w, int h)
     return p;
 }
 
-static int max_abs_diff(const uint8_t *a, const uint8_t *b, size_t n)
+static int max_abs_diff_u8(const uint8_t *a, const uint8_t *b, size_t n)
 {
     int m = 0;
     for (size_t i = 0; i < n; i++) {
@@ -734,7 +722,7 @@ static void test_jpeg_basic(void)
             CHECK(rc == 0 && img.width == w && img.height == h, "jpeg prog %d sub %d: %s", prog,
                   sub, err);
             if (rc == 0) {
-                int d = max_abs_diff(img.data, rgb, (size_t)w * h * 3);
+                int d = max_abs_diff_u8(img.data, rgb, (size_t)w * h * 3);
                 CHECK(d <= (sub ? 6 : 3), "jpeg prog %d sub %d: max diff %d", prog, sub, d);
             }
             image_free(&img);
@@ -1013,6 +1001,6 @@ int main(void)
     test_jpeg_basic();
     test_jpeg_exif();
     test_jpeg_bad();
-    printf("test_image: %d passed, %d failed\n", g_pass, g_fail);
-    return g_fail ? 1 : 0;
+    printf("test_image: ");
+    return check_summary();
 }

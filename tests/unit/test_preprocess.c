@@ -1,5 +1,6 @@
 /* Unit tests for engine/preprocess.c: the Pillow-compatible bicubic resize,
  * torchvision's resize/crop geometry and the normalisation. */
+#include "check.h"
 #include "preprocess.h"
 
 #include <math.h>
@@ -8,19 +9,6 @@
 #include <string.h>
 #include <time.h>
 
-static int g_pass, g_fail;
-
-#define CHECK(cond, ...)                                                        \
-    do {                                                                        \
-        if (cond) {                                                             \
-            g_pass++;                                                           \
-        } else {                                                                \
-            g_fail++;                                                           \
-            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);     \
-            fprintf(stderr, __VA_ARGS__);                                       \
-            fputc('\n', stderr);                                                \
-        }                                                                       \
-    } while (0)
 
 static const float MEAN[3] = {0.485f, 0.456f, 0.406f};
 static const float STD[3] = {0.229f, 0.224f, 0.225f};
@@ -421,6 +409,6 @@ int main(void)
     test_crop();
     test_against_float_reference();
     test_elongated_and_errors();
-    printf("test_preprocess: %d passed, %d failed\n", g_pass, g_fail);
-    return g_fail ? 1 : 0;
+    printf("test_preprocess: ");
+    return check_summary();
 }

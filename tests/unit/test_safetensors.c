@@ -1,5 +1,6 @@
 /* Unit tests of the safetensors reader/writer: round trips for F32/BF16/F16,
  * exact rounding, and every hostile header the reader must reject cleanly. */
+#include "check.h"
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -11,19 +12,6 @@
 #include "errors.h"
 #include "safetensors.h"
 
-static int n_pass, n_fail;
-
-#define CHECK(cond, ...)                                                     \
-    do {                                                                     \
-        if (cond) {                                                          \
-            n_pass++;                                                        \
-        } else {                                                             \
-            n_fail++;                                                        \
-            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);  \
-            fprintf(stderr, __VA_ARGS__);                                    \
-            fputc('\n', stderr);                                             \
-        }                                                                    \
-    } while (0)
 
 static char tmpdir[256];
 
@@ -510,6 +498,6 @@ int main(void)
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
     if (system(cmd) != 0)
         fprintf(stderr, "warning: could not remove %s\n", tmpdir);
-    printf("test_safetensors: %d passed, %d failed\n", n_pass, n_fail);
-    return n_fail ? 1 : 0;
+    printf("test_safetensors: ");
+    return check_summary();
 }
