@@ -29,6 +29,7 @@ struct vit_model {
 struct vit_workspace {
     int B, T;                    /* capacity: images and tokens per image */
     int threads;
+    int D, Hs, P, ffn;           /* the model shape the buffers were sized for */
     float *arena;
     float *patches;              /* [B*N, 3*P*P] im2col */
     float *x;                    /* [B*T, D] residual stream */
@@ -154,7 +155,10 @@ static int workspace_ensure(struct vit_workspace **wsp, const struct model_confi
 {
     const int threads = omp_get_max_threads();
     struct vit_workspace *ws = *wsp;
-    if (ws && ws->B >= B && ws->T >= T && ws->threads >= threads) return 0;
+    /* A workspace may move between models: reuse it only for the same shape. */
+    if (ws && ws->B >= B && ws->T >= T && ws->threads >= threads && ws->D == c->embed_dim &&
+        ws->Hs == c->ffn_hidden && ws->P == c->patch_size && ws->ffn == (int)c->ffn)
+        return 0;
     vit_workspace_free(ws);
     *wsp = NULL;
 
@@ -186,6 +190,10 @@ static int workspace_ensure(struct vit_workspace **wsp, const struct model_confi
     ws->B = B;
     ws->T = T;
     ws->threads = threads;
+    ws->D = c->embed_dim;
+    ws->Hs = c->ffn_hidden;
+    ws->P = c->patch_size;
+    ws->ffn = (int)c->ffn;
     *wsp = ws;
     return 0;
 }

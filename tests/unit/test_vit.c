@@ -1,0 +1,91 @@
+/* The forward's workspace handling: a workspace reused across batch sizes,
+ * resolutions and models of different shapes gives the same results as a fresh
+ * one (a workspace sized for a narrower model must never be reused as is). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+#include "errors.h"
+#include "vit.h"
+
+static struct vit_model *make_model(int D, int depth, enum ffn_kind ffn, uint64_t seed)
+{
+    struct checkpoint ck;
+    memset(&ck, 0, sizeof ck);
+    model_config_defaults(&ck.cfg, D, depth);
+    ck.cfg.num_heads = 2;
+    ck.cfg.pos_grid = 4;
+    ck.cfg.ffn = ffn;
+    ck.cfg.ffn_hidden = ffn == FFN_SWIGLU ? swiglu_hidden_for(D) : 4 * D;
+    char err[ERR_LEN];
+    if (vit_weights_alloc(&ck.cfg, &ck.w, err, sizeof err)) return NULL;
+    vit_weights_init_random(&ck.cfg, &ck.w, seed);
+    struct vit_model *m = NULL;
+    if (vit_model_from_checkpoint(&ck, &m, err, sizeof err)) return NULL;
+    return m;
+}
+
+static float *input(int B, int H, int W)
+{
+    float *x = malloc(sizeof(float) * B * 3 * H * W);
+    for (int i = 0; i < B * 3 * H * W; i++) x[i] = (float)((i * 7919) % 201) / 50.0f - 2.0f;
+    return x;
+}
+
+/* CLS of m on x with a fresh workspace. */
+static float *fresh_cls(struct vit_model *m, const float *x, int B, int H, int W)
+{
+    const int D = vit_model_config(m)->embed_dim;
+    float *cls = malloc(sizeof(float) * B * D);
+    struct vit_workspace *ws = NULL;
+    struct vit_outputs out = {.cls = cls};
+    char err[ERR_LEN];
+    CHECK(vit_forward(m, &ws, x, B, H, W, &out, err, sizeof err) == 0, "forward: %s", err);
+    vit_workspace_free(ws);
+    return cls;
+}
+
+int main(void)
+{
+    struct vit_model *narrow = make_model(32, 2, FFN_SWIGLU, 1);
+    struct vit_model *wide = make_model(64, 2, FFN_SWIGLU, 2);
+    struct vit_model *mlp = make_model(64, 2, FFN_MLP, 3);
+    CHECK(narrow && wide && mlp, "models built");
+    char err[ERR_LEN];
+
+    /* One workspace through several shapes and models, compared with fresh ones. */
+    struct { struct vit_model *m; int B, H, W; } runs[] = {
+        {narrow, 3, 56, 56}, {wide, 2, 56, 56}, {narrow, 1, 28, 42}, {mlp, 2, 56, 56},
+        {wide, 3, 56, 56}, {narrow, 4, 56, 56},
+    };
+    struct vit_workspace *ws = NULL;
+    for (size_t i = 0; i < sizeof runs / sizeof runs[0]; i++) {
+        const int B = runs[i].B, H = runs[i].H, W = runs[i].W;
+        const int D = vit_model_config(runs[i].m)->embed_dim;
+        float *x = input(B, H, W), *cls = malloc(sizeof(float) * B * D);
+        struct vit_outputs out = {.cls = cls};
+        CHECK(vit_forward(runs[i].m, &ws, x, B, H, W, &out, err, sizeof err) == 0, "run %zu: %s", i, err);
+        float *ref = fresh_cls(runs[i].m, x, B, H, W);
+        CHECK(max_abs_diff(cls, ref, (size_t)B * D) == 0.0f, "run %zu: reused workspace matches a fresh one", i);
+        free(x); free(cls); free(ref);
+    }
+    vit_workspace_free(ws);
+
+    /* Bad shapes are refused with a message, not computed. */
+    float *x = input(1, 56, 56), cls[64];
+    struct vit_outputs out = {.cls = cls};
+    ws = NULL;
+    CHECK(vit_forward(wide, &ws, x, 1, 56, 50, &out, err, sizeof err) == -1 && strstr(err, "multiples"),
+          "non-multiple width refused: %s", err);
+    CHECK(vit_forward(wide, &ws, x, 0, 56, 56, &out, err, sizeof err) == -1, "batch 0 refused");
+    struct vit_outputs rasa = {.patch_rasa = cls};
+    CHECK(vit_forward(wide, &ws, x, 1, 56, 56, &rasa, err, sizeof err) == -1 && strstr(err, "RASA"),
+          "RASA output without RASA tensors refused");
+    CHECK(vit_check_resolution(wide, 1806, 14, err, sizeof err) == -1, "side above the limit refused");
+    vit_workspace_free(ws);
+    free(x);
+    vit_model_free(narrow);
+    vit_model_free(wide);
+    vit_model_free(mlp);
+    return check_summary();
+}
