@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Installs what is missing, builds, and runs franca-embed on sample photographs
-# with the first checkpoint under models/, or, when there is none, with an
-# untrained ViT-S/14 checkpoint generated once and labelled "trained": false.
-# Features are written to ./data/sample_features.safetensors.
+# Installs what is missing, builds, and starts franca-server on
+# http://127.0.0.1:8080 with the first checkpoint under models/ (convert the
+# official weights there: see README) or, when there is none, an untrained
+# ViT-S/14 checkpoint generated once and labelled "trained": false.
+# State goes under ./data; the admin token is ./data/admin.token.
 set -euo pipefail
 cd "$(dirname "$0")"
 ./deps.sh
@@ -16,11 +17,8 @@ if [ -z "$ckpt" ]; then
   echo "no checkpoint under models/: generating an UNTRAINED one at $ckpt"
   build/engine/franca-checkpoint init --arch vit_small --seed 0 --out "$ckpt"
 fi
-build/engine/franca-checkpoint info "$ckpt" | head -n 3
-
-photos=/usr/lib/python3/dist-packages/skimage/data
 mkdir -p data
-build/engine/franca-embed --model "$ckpt" --width 24 --width 96 --width 384 \
-  "$photos/astronaut.png" "$photos/chelsea.png" "$photos/coffee.png" "$photos/camera.png" \
-  --out data/sample_features.safetensors
-/usr/bin/python3 tests/reference/show_features.py data/sample_features.safetensors
+[ -s data/admin.token ] || (umask 077 && head -c 24 /dev/urandom | base64 > data/admin.token)
+echo "admin token: data/admin.token; models for hot swap: models/"
+exec build/server/franca-server --model default="$ckpt" --models-dir models --data data \
+  --admin-token-file data/admin.token --host 127.0.0.1 --port 8080

@@ -16,15 +16,16 @@ setup() { # dir, options... (every option is given, so a reused folder cannot ke
   meson compile -C "$dir" -j "$jobs"
 }
 
-echo "== release build: unit and reference tests"
+echo "== release build: unit, reference and integration tests"
 setup build -Dbuildtype=release -Db_sanitize=none -Dfuzz=false
-meson test -C build --print-errorlogs --num-processes 1 --suite unit --suite reference
+meson test -C build --print-errorlogs --num-processes 1 --suite unit --suite reference \
+  --suite integration
 
 echo "== AddressSanitizer + UndefinedBehaviorSanitizer"
 setup build-asan -Dbuildtype=debugoptimized -Db_sanitize=address,undefined -Db_lundef=false \
   -Dfuzz=false
 meson test -C build-asan --print-errorlogs --num-processes 1 --suite unit --suite reference \
-  --timeout-multiplier 3
+  --suite integration --timeout-multiplier 3
 
 echo "== libFuzzer (short runs)"
 CC=clang setup build-fuzz -Dbuildtype=debugoptimized -Dfuzz=true -Db_sanitize=address,undefined \

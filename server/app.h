@@ -1,0 +1,55 @@
+/* The server's shared state, handed to every route as its user pointer. */
+#ifndef FRANCA_APP_H
+#define FRANCA_APP_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <time.h>
+
+#include "batcher.h"
+#include "http.h"
+#include "metrics.h"
+#include "registry.h"
+
+struct app_limits {
+    size_t max_body_bytes;     /* --max-body-mb */
+    size_t max_image_pixels;   /* --max-image-pixels: declared width x height */
+    int max_images;            /* images per request */
+    int max_batch;             /* --max-batch */
+    int max_delay_ms;          /* --max-delay-ms */
+    int max_queue;             /* images waiting for a batch; past it 429 */
+    size_t max_json_floats;    /* patch outputs above this as JSON get 413 */
+};
+
+struct app {
+    struct registry *registry;
+    struct batcher *batcher;
+    struct metrics *metrics;
+    struct app_limits limits;
+    const char *models_dir;    /* --models-dir (admin loads only from here), or NULL */
+    char *admin_token;         /* NULL: admin routes answer 404 */
+    const char *device;        /* "cpu" */
+    atomic_bool ready;         /* every model loaded and warmed up */
+    atomic_int loaders;        /* admin load threads running (shutdown waits for them) */
+    time_t started_at;
+};
+
+/* Registers every route of the server on r. */
+int routes_register(struct http_router *r, struct app *app, char *err, size_t errlen);
+
+/* Route families (server/routes_*.c). */
+int routes_ops_register(struct http_router *r, struct app *app, char *err, size_t errlen);
+int routes_models_register(struct http_router *r, struct app *app, char *err, size_t errlen);
+int routes_embeddings_register(struct http_router *r, struct app *app, char *err, size_t errlen);
+int routes_admin_register(struct http_router *r, struct app *app, char *err, size_t errlen);
+
+/* Acquires the named model (NULL: the default) for a request; otherwise replies
+ * 503 while models load, 404 for an unknown name, and returns NULL. */
+struct model_entry *acquire_or_reply(struct http_request *req, struct app *app, const char *name);
+/* Replies with the registry's error for name (404 unknown, 400 malformed...). */
+void reply_registry_error(struct http_request *req, int rc, const char *msg);
+/* Replies with the batcher's refusal (429 with Retry-After, 503, 422, 500). */
+void reply_batch_error(struct http_request *req, int rc, const char *msg);
+
+#endif

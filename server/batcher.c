@@ -1,0 +1,394 @@
+/* Dynamic batching: see batcher.h. */
+#include "batcher.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "errors.h"
+#include "registry.h"
+#include "vit.h"
+
+struct batcher {
+    pthread_mutex_t lock;
+    pthread_cond_t wake;          /* the worker waits on it (CLOCK_MONOTONIC) */
+    pthread_cond_t joined_cond;   /* concurrent batcher_shutdown callers wait on it */
+    pthread_t thread;
+    bool join_claimed, joined;
+
+    int max_batch, max_delay_ms, max_queue;
+
+    /* The queue, oldest first; guarded by lock. */
+    struct batch_job *head, *tail;
+    int depth;
+    bool shutdown;
+
+    /* The key the worker is gathering for while it waits, and how many queued
+     * jobs have it; submit counts matching jobs and wakes the worker when the
+     * batch is full. wait_entry is NULL when the worker is not gathering. */
+    const struct model_entry *wait_entry;
+    int wait_H, wait_W, wait_count;
+
+    struct batcher_stats st;
+
+    /* Worker-only scratch, grown as needed. */
+    struct batch_job **jobs;      /* [max_batch] */
+    float *in, *cls, *patch, *rasa;
+    size_t in_cap, cls_cap, patch_cap, rasa_cap;  /* floats */
+};
+
+static double now_monotonic(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static struct timespec to_timespec(double t)
+{
+    struct timespec ts;
+    ts.tv_sec = (time_t)t;
+    ts.tv_nsec = (long)((t - (double)ts.tv_sec) * 1e9);
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    if (ts.tv_nsec < 0) ts.tv_nsec = 0;
+    return ts;
+}
+
+static bool same_key(const struct batch_job *j, const struct model_entry *e, int H, int W)
+{
+    return j->entry == e && j->H == H && j->W == W;
+}
+
+/* Grows a scratch buffer to at least n floats. */
+static int ensure(float **buf, size_t *cap, size_t n)
+{
+    if (*cap >= n) return 0;
+    free(*buf);
+    *buf = malloc(n * sizeof(float));
+    *cap = *buf ? n : 0;
+    return *buf ? 0 : -1;
+}
+
+static void drop(float **buf, size_t *cap)
+{
+    free(*buf);
+    *buf = NULL;
+    *cap = 0;
+}
+
+/* ------------------------------------------------------------------ run -- */
+
+/* Runs one gathered batch (all jobs share entry, H, W) and completes its jobs.
+ * Called without the lock. */
+static void run_batch(struct batcher *b, struct batch_job **jobs, int B)
+{
+    struct model_entry *entry = jobs[0]->entry;
+    const int H = jobs[0]->H, W = jobs[0]->W;
+    const struct model_config *c = vit_model_config(entry->model);
+    const int D = c->embed_dim, P = c->patch_size;
+    const size_t N = (size_t)(H / P) * (W / P);
+    const size_t T = 1 + (size_t)c->register_tokens + N;
+    const size_t S = (size_t)c->preprocess.crop_size;
+    const size_t keep_tokens = (size_t)b->max_batch *
+                               (1 + (size_t)c->register_tokens + (S / P) * (S / P));
+    const size_t img = (size_t)3 * H * W;
+
+    bool want_cls = false, want_patch = false, want_rasa = false;
+    for (int i = 0; i < B; i++) {
+        want_cls |= jobs[i]->cls != NULL;
+        want_patch |= jobs[i]->patch != NULL;
+        want_rasa |= jobs[i]->patch_rasa != NULL;
+    }
+
+    char msg[ERR_LEN] = "";
+    int rc = 0;
+    const double t_start = now_monotonic();
+    for (int i = 0; i < B; i++) jobs[i]->queue_seconds = t_start - jobs[i]->submitted_;
+
+    /* A single job runs straight from and into its own buffers. */
+    const float *x = jobs[0]->input;
+    struct vit_outputs out = {jobs[0]->cls, jobs[0]->patch, jobs[0]->patch_rasa};
+    if (B > 1) {
+        if (ensure(&b->in, &b->in_cap, img * B) ||
+            (want_cls && ensure(&b->cls, &b->cls_cap, (size_t)B * D)) ||
+            (want_patch && ensure(&b->patch, &b->patch_cap, (size_t)B * N * D)) ||
+            (want_rasa && ensure(&b->rasa, &b->rasa_cap, (size_t)B * N * D))) {
+            rc = set_err(msg, sizeof msg, "out of memory for a batch of %d images at %dx%d",
+                         B, H, W);
+        } else {
+            for (int i = 0; i < B; i++)
+                memcpy(b->in + (size_t)i * img, jobs[i]->input, img * sizeof(float));
+            x = b->in;
+            out.cls = want_cls ? b->cls : NULL;
+            out.patch = want_patch ? b->patch : NULL;
+            out.patch_rasa = want_rasa ? b->rasa : NULL;
+        }
+    }
+
+    double infer = 0.0;
+    if (rc == 0) {
+        struct vit_workspace *own = NULL;
+        struct vit_workspace **ws = model_entry_workspace(entry, b);
+        if (!ws) ws = &own;   /* every slot taken by other batchers: a one-off workspace */
+        rc = vit_forward(entry->model, ws, x, B, H, W, &out, msg, sizeof msg);
+        infer = now_monotonic() - t_start;
+        if (ws == &own || (size_t)B * T > keep_tokens) {
+            vit_workspace_free(*ws);
+            *ws = NULL;
+        }
+    }
+
+    if (rc == 0 && B > 1) {
+        for (int i = 0; i < B; i++) {
+            struct batch_job *j = jobs[i];
+            if (j->cls) memcpy(j->cls, b->cls + (size_t)i * D, sizeof(float) * D);
+            if (j->patch)
+                memcpy(j->patch, b->patch + (size_t)i * N * D, sizeof(float) * N * D);
+            if (j->patch_rasa)
+                memcpy(j->patch_rasa, b->rasa + (size_t)i * N * D, sizeof(float) * N * D);
+        }
+    }
+    /* Do not keep scratch grown by an unusually large batch. */
+    if ((size_t)B * T > keep_tokens) {
+        drop(&b->in, &b->in_cap);
+        drop(&b->cls, &b->cls_cap);
+        drop(&b->patch, &b->patch_cap);
+        drop(&b->rasa, &b->rasa_cap);
+    }
+
+    pthread_mutex_lock(&b->lock);
+    b->st.batches++;
+    b->st.images += (unsigned long)B;
+    if (rc) b->st.failed += (unsigned long)B;
+    if (B > b->st.max_batch_seen) b->st.max_batch_seen = B;
+    pthread_mutex_unlock(&b->lock);
+
+    /* Callbacks may free their jobs: read nothing from a job after its callback.
+     * Every job of the batch holds a reference to entry (taken at submit), so
+     * entry stays valid until the releases below. */
+    for (int i = 0; i < B; i++) {
+        struct batch_job *j = jobs[i];
+        j->infer_seconds = infer;
+        j->batch_size = B;
+        j->done(j, rc ? BATCH_ERR : BATCH_OK, rc ? msg : NULL, j->user);
+        jobs[i] = NULL;
+    }
+    for (int i = 0; i < B; i++) model_entry_release(entry);
+}
+
+static void *worker_main(void *arg)
+{
+    struct batcher *b = arg;
+    /* Process signals belong to the main thread (and so do not reach the OpenMP
+     * threads this thread starts, which inherit the mask). */
+    sigset_t set;
+    sigemptyset(&set);
+    const int sigs[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGPIPE, SIGUSR1, SIGUSR2, SIGCHLD};
+    for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++) sigaddset(&set, sigs[i]);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+
+    pthread_mutex_lock(&b->lock);
+    for (;;) {
+        while (!b->head && !b->shutdown) pthread_cond_wait(&b->wake, &b->lock);
+        if (!b->head) break;   /* shut down and drained */
+
+        /* Gather for the oldest job's key until the batch is full, the delay
+         * since that job's submission is over, or shutdown asks to drain. */
+        const struct batch_job *first = b->head;
+        const struct model_entry *key_e = first->entry;
+        const int key_H = first->H, key_W = first->W;
+        int count = 0;
+        for (const struct batch_job *j = first; j; j = j->next_)
+            count += same_key(j, key_e, key_H, key_W);
+        b->wait_entry = key_e;
+        b->wait_H = key_H;
+        b->wait_W = key_W;
+        b->wait_count = count;
+        const struct timespec deadline = to_timespec(first->submitted_ + b->max_delay_ms * 1e-3);
+        while (!b->shutdown && b->wait_count < b->max_batch) {
+            const int w = pthread_cond_timedwait(&b->wake, &b->lock, &deadline);
+            if (w == ETIMEDOUT) break;
+        }
+        b->wait_entry = NULL;
+
+        /* Unlink up to max_batch jobs of that key, oldest first. */
+        int B = 0;
+        struct batch_job *prev = NULL;
+        for (struct batch_job *j = b->head, *next; j && B < b->max_batch; j = next) {
+            next = j->next_;
+            if (!same_key(j, key_e, key_H, key_W)) {
+                prev = j;
+                continue;
+            }
+            if (prev) prev->next_ = next;
+            else b->head = next;
+            if (b->tail == j) b->tail = prev;
+            j->next_ = NULL;
+            b->jobs[B++] = j;
+        }
+        b->depth -= B;
+        b->st.queue_depth = b->depth;
+        pthread_mutex_unlock(&b->lock);
+
+        run_batch(b, b->jobs, B);
+
+        pthread_mutex_lock(&b->lock);
+    }
+    pthread_mutex_unlock(&b->lock);
+    return NULL;
+}
+
+/* ------------------------------------------------------------- public -- */
+
+struct batcher *batcher_create(int max_batch, int max_delay_ms, int max_queue, char *err,
+                               size_t errlen)
+{
+    if (max_batch < 1 || max_batch > 4096 || max_delay_ms < 0 || max_delay_ms > 60000 ||
+        max_queue < 1) {
+        set_err(err, errlen, "batcher: invalid limits (max batch %d, max delay %d ms, max "
+                "queue %d): need 1..4096, 0..60000, >= 1", max_batch, max_delay_ms, max_queue);
+        return NULL;
+    }
+    struct batcher *b = calloc(1, sizeof(*b));
+    if (b) b->jobs = calloc((size_t)max_batch, sizeof(*b->jobs));
+    if (!b || !b->jobs) {
+        if (b) free(b);
+        set_err(err, errlen, "batcher: out of memory");
+        return NULL;
+    }
+    b->max_batch = max_batch;
+    b->max_delay_ms = max_delay_ms;
+    b->max_queue = max_queue;
+
+    pthread_condattr_t ca;
+    bool ok = pthread_condattr_init(&ca) == 0;
+    if (ok) {
+        ok = pthread_condattr_setclock(&ca, CLOCK_MONOTONIC) == 0 &&
+             pthread_cond_init(&b->wake, &ca) == 0;
+        pthread_condattr_destroy(&ca);
+    }
+    if (!ok) {
+        free(b->jobs);
+        free(b);
+        set_err(err, errlen, "batcher: cannot create its condition variable");
+        return NULL;
+    }
+    pthread_mutex_init(&b->lock, NULL);
+    pthread_cond_init(&b->joined_cond, NULL);
+    const int e = pthread_create(&b->thread, NULL, worker_main, b);
+    if (e) {
+        pthread_cond_destroy(&b->wake);
+        pthread_cond_destroy(&b->joined_cond);
+        pthread_mutex_destroy(&b->lock);
+        free(b->jobs);
+        free(b);
+        set_err(err, errlen, "batcher: cannot start the worker thread: %s", strerror(e));
+        return NULL;
+    }
+    return b;
+}
+
+int batcher_submit(struct batcher *b, struct batch_job *job, char *err, size_t errlen)
+{
+    if (!job || !job->entry || !job->entry->model || !job->input || !job->done)
+        return set_err(err, errlen, "batch job without model, input or callback");
+    if (!job->cls && !job->patch && !job->patch_rasa)
+        return set_err(err, errlen, "batch job asks for no output");
+    const struct vit_model *m = job->entry->model;
+    if (vit_check_resolution(m, job->H, job->W, err, errlen)) return BATCH_ERR;
+    if (job->patch_rasa && vit_model_config(m)->rasa_layers <= 0)
+        return set_err(err, errlen, "model '%s' has no RASA tensors", job->entry->name);
+
+    job->next_ = NULL;
+    job->queue_seconds = job->infer_seconds = 0.0;
+    job->batch_size = 0;
+    job->submitted_ = now_monotonic();
+
+    pthread_mutex_lock(&b->lock);
+    if (b->shutdown) {
+        pthread_mutex_unlock(&b->lock);
+        set_err(err, errlen, "the server is shutting down");
+        return BATCH_SHUTDOWN;
+    }
+    if (b->depth >= b->max_queue) {
+        b->st.rejected_full++;
+        pthread_mutex_unlock(&b->lock);
+        set_err(err, errlen, "inference queue full (%d images waiting); retry later",
+                b->max_queue);
+        return BATCH_FULL;
+    }
+    model_entry_retain(job->entry);
+    const bool was_empty = b->head == NULL;
+    if (b->tail) b->tail->next_ = job;
+    else b->head = job;
+    b->tail = job;
+    b->depth++;
+    b->st.queue_depth = b->depth;
+    bool wake = was_empty;
+    if (b->wait_entry && same_key(job, b->wait_entry, b->wait_H, b->wait_W) &&
+        ++b->wait_count >= b->max_batch)
+        wake = true;
+    if (wake) pthread_cond_signal(&b->wake);
+    pthread_mutex_unlock(&b->lock);
+    return BATCH_OK;
+}
+
+int batcher_queue_depth(struct batcher *b)
+{
+    pthread_mutex_lock(&b->lock);
+    const int d = b->depth;
+    pthread_mutex_unlock(&b->lock);
+    return d;
+}
+
+void batcher_get_stats(struct batcher *b, struct batcher_stats *st)
+{
+    pthread_mutex_lock(&b->lock);
+    *st = b->st;
+    st->queue_depth = b->depth;
+    pthread_mutex_unlock(&b->lock);
+}
+
+void batcher_shutdown(struct batcher *b)
+{
+    pthread_mutex_lock(&b->lock);
+    b->shutdown = true;
+    pthread_cond_signal(&b->wake);
+    const bool mine = !b->join_claimed;
+    b->join_claimed = true;
+    if (!mine) {
+        while (!b->joined) pthread_cond_wait(&b->joined_cond, &b->lock);
+        pthread_mutex_unlock(&b->lock);
+        return;
+    }
+    pthread_mutex_unlock(&b->lock);
+
+    pthread_join(b->thread, NULL);
+
+    pthread_mutex_lock(&b->lock);
+    b->joined = true;
+    pthread_cond_broadcast(&b->joined_cond);
+    pthread_mutex_unlock(&b->lock);
+}
+
+void batcher_free(struct batcher *b)
+{
+    if (!b) return;
+    batcher_shutdown(b);
+    pthread_cond_destroy(&b->wake);
+    pthread_cond_destroy(&b->joined_cond);
+    pthread_mutex_destroy(&b->lock);
+    free(b->in);
+    free(b->cls);
+    free(b->patch);
+    free(b->rasa);
+    free(b->jobs);
+    free(b);
+}

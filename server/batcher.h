@@ -1,0 +1,95 @@
+/* Dynamic batching: images from concurrent requests are gathered into one
+ * vit_forward per (model entry, H, W).
+ *
+ * One worker thread per batcher takes the oldest queued job, then gathers the
+ * queued jobs with the same key (entry, H, W) in arrival order, up to max_batch,
+ * waiting at most max_delay_ms after that oldest job was submitted for more to
+ * arrive. Jobs of other keys stay queued for the next batch, and the next batch
+ * again starts from the oldest job, so nothing starves. The worker copies the
+ * inputs into one contiguous batch, runs the forward (the CPU engine
+ * parallelises inside it), scatters the rows into each job's buffers and calls
+ * each job's callback.
+ *
+ * Workspaces: one per (entry, batcher), kept in the entry's workspace slot
+ * (registry.h) and so freed with the entry; it is dropped after a batch whose
+ * activations exceed max_batch images at the model's default crop size, so a
+ * rare huge request does not pin that memory.
+ *
+ * Submission never blocks: it enqueues or fails at once. */
+#ifndef FRANCA_BATCHER_H
+#define FRANCA_BATCHER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+struct model_entry;
+struct batcher;
+
+enum batcher_status {
+    BATCH_OK = 0,
+    BATCH_ERR = -1,       /* invalid job (bad resolution, missing buffers, RASA without RASA
+                             tensors): a client mistake, 400/422; or the engine failed, 500 */
+    BATCH_FULL = -2,      /* the queue holds max_queue images: 429 with Retry-After */
+    BATCH_SHUTDOWN = -3,  /* batcher shut down: 503 */
+};
+
+struct batch_job;
+typedef void (*batch_done_fn)(struct batch_job *job, int status, const char *err, void *user);
+
+struct batch_job {
+    /* Set by the submitter; the batcher reads them, never frees them. */
+    struct model_entry *entry;  /* acquired by the caller; the batcher takes its own reference
+                                   from submit until after the callback */
+    int H, W;                   /* input size: multiples of the patch size */
+    const float *input;         /* [3, H, W] preprocessed; the job's owner frees it */
+    float *cls;                 /* [D] or NULL: final-norm CLS */
+    float *patch;               /* [N, D] or NULL: final-norm patch tokens, N = (H/P)(W/P) */
+    float *patch_rasa;          /* [N, D] or NULL: RASA-cleaned patch tokens */
+    batch_done_fn done;         /* called exactly once, from the worker thread, after a
+                                   successful submit; status BATCH_OK, or BATCH_ERR with a
+                                   one-line message. The callback may free the job. */
+    void *user;
+
+    /* Filled by the batcher before done is called (for the metrics histograms). */
+    double queue_seconds;       /* submit to start of its batch's forward */
+    double infer_seconds;       /* the batch's forward (shared by the batch) */
+    int batch_size;             /* images in its batch */
+
+    /* Private to the batcher. */
+    struct batch_job *next_;
+    double submitted_;
+};
+
+struct batcher_stats {
+    unsigned long batches;      /* forwards run */
+    unsigned long images;       /* images completed (ok or failed) */
+    unsigned long failed;       /* images whose forward failed */
+    unsigned long rejected_full;
+    int queue_depth;            /* images waiting now */
+    int max_batch_seen;
+};
+
+/* max_batch >= 1, max_delay_ms >= 0, max_queue >= 1. Starts the worker thread.
+ * Returns NULL (with err) on invalid arguments or when the thread cannot start. */
+struct batcher *batcher_create(int max_batch, int max_delay_ms, int max_queue, char *err,
+                               size_t errlen);
+
+/* Validates and enqueues job (never blocks on inference). BATCH_OK: done will
+ * be called exactly once. Otherwise done is never called and err says why:
+ * BATCH_ERR for an invalid job, BATCH_FULL, BATCH_SHUTDOWN. */
+int batcher_submit(struct batcher *b, struct batch_job *job, char *err, size_t errlen);
+
+/* Images queued and not yet running. */
+int batcher_queue_depth(struct batcher *b);
+
+void batcher_get_stats(struct batcher *b, struct batcher_stats *st);
+
+/* Refuses new submissions, runs every queued job to completion (callbacks
+ * called, without waiting for the batching delay), then joins the worker.
+ * Idempotent; must not be called from a done callback. */
+void batcher_shutdown(struct batcher *b);
+
+/* Shuts down if needed, then frees. */
+void batcher_free(struct batcher *b);
+
+#endif

@@ -1,0 +1,251 @@
+/* franca-server: the REST embedding service.
+ * Flags (fixed contract, see README): --model NAME=CKPT (repeatable, the first is
+ * the default) --models-dir DIR --host H --port P --data DIR --device D
+ * --admin-token-file F --max-batch N --max-delay-ms N --max-body-mb N
+ * --max-image-pixels N --threads N; plus --http-threads N --max-queue N
+ * --max-images N. Prints "listening on http://HOST:PORT" once ready; SIGTERM or
+ * SIGINT stops accepting, finishes requests in flight and exits 0. */
+#include <cblas.h>
+#include <errno.h>
+#include <getopt.h>
+#include <omp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "app.h"
+#include "errors.h"
+
+#define MAX_MODELS 16
+
+static const char usage_text[] =
+    "usage: franca-server --model NAME=CKPT [--model NAME=CKPT]... [options]\n"
+    "\n"
+    "  --model NAME=CKPT       serve checkpoint CKPT as NAME (repeatable; the first is the default)\n"
+    "  --models-dir DIR        the only directory admin swaps may load checkpoints from\n"
+    "  --host HOST             address to bind (default 127.0.0.1)\n"
+    "  --port PORT             port (default 8080; 0 picks a free one)\n"
+    "  --data DIR              index and state directory (default ./data)\n"
+    "  --device D              cpu, cuda or auto (default auto: cpu in this build)\n"
+    "  --admin-token-file F    enables the admin routes with the bearer token in F\n"
+    "  --max-batch N           images per forward pass (default 16)\n"
+    "  --max-delay-ms N        how long a batch waits to fill (default 5)\n"
+    "  --max-body-mb N         request body limit in MiB (default 64)\n"
+    "  --max-image-pixels N    declared width x height limit per image (default 40000000)\n"
+    "  --max-images N          images per request (default 256)\n"
+    "  --max-queue N           images waiting for a batch before 429 (default 1024)\n"
+    "  --threads N             inference threads (default: all cores)\n"
+    "  --http-threads N        HTTP threads (default 4)\n";
+
+struct options {
+    const char *names[MAX_MODELS], *paths[MAX_MODELS];
+    int n_models;
+    const char *models_dir, *host, *data, *device, *token_file;
+    int port, max_batch, max_delay_ms, max_body_mb, max_images, max_queue, threads, http_threads;
+    long long max_pixels;
+};
+
+static int usage_error(const char *fmt, const char *arg)
+{
+    fprintf(stderr, "franca-server: ");
+    fprintf(stderr, fmt, arg);
+    fprintf(stderr, " (see --help)\n");
+    return 2;
+}
+
+static int parse_num(const char *s, long long lo, long long hi, long long *out)
+{
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (!*s || *end || errno || v < lo || v > hi) return -1;
+    *out = v;
+    return 0;
+}
+
+static int parse_options(int argc, char **argv, struct options *o)
+{
+    enum { O_MODEL = 256, O_MODELS_DIR, O_HOST, O_PORT, O_DATA, O_DEVICE, O_TOKEN, O_BATCH,
+           O_DELAY, O_BODY, O_PIXELS, O_IMAGES, O_QUEUE, O_THREADS, O_HTTP, O_HELP };
+    static const struct option lo[] = {
+        {"model", required_argument, 0, O_MODEL}, {"models-dir", required_argument, 0, O_MODELS_DIR},
+        {"host", required_argument, 0, O_HOST}, {"port", required_argument, 0, O_PORT},
+        {"data", required_argument, 0, O_DATA}, {"device", required_argument, 0, O_DEVICE},
+        {"admin-token-file", required_argument, 0, O_TOKEN},
+        {"max-batch", required_argument, 0, O_BATCH}, {"max-delay-ms", required_argument, 0, O_DELAY},
+        {"max-body-mb", required_argument, 0, O_BODY},
+        {"max-image-pixels", required_argument, 0, O_PIXELS},
+        {"max-images", required_argument, 0, O_IMAGES}, {"max-queue", required_argument, 0, O_QUEUE},
+        {"threads", required_argument, 0, O_THREADS}, {"http-threads", required_argument, 0, O_HTTP},
+        {"help", no_argument, 0, O_HELP}, {0, 0, 0, 0}};
+    *o = (struct options){.host = "127.0.0.1", .port = 8080, .data = "./data", .device = "auto",
+                          .max_batch = 16, .max_delay_ms = 5, .max_body_mb = 64,
+                          .max_pixels = 40000000, .max_images = 256, .max_queue = 1024,
+                          .http_threads = 4};
+    opterr = 0;
+    int c;
+    long long v;
+    struct { int opt; int *dst; long long lo, hi; const char *msg; } nums[] = {
+        {O_PORT, &o->port, 0, 65535, "--port needs 0..65535, got '%s'"},
+        {O_BATCH, &o->max_batch, 1, 1024, "--max-batch needs 1..1024, got '%s'"},
+        {O_DELAY, &o->max_delay_ms, 0, 10000, "--max-delay-ms needs 0..10000, got '%s'"},
+        {O_BODY, &o->max_body_mb, 1, 4096, "--max-body-mb needs 1..4096, got '%s'"},
+        {O_IMAGES, &o->max_images, 1, 65536, "--max-images needs 1..65536, got '%s'"},
+        {O_QUEUE, &o->max_queue, 1, 1 << 20, "--max-queue needs 1..1048576, got '%s'"},
+        {O_THREADS, &o->threads, 1, 1024, "--threads needs 1..1024, got '%s'"},
+        {O_HTTP, &o->http_threads, 1, 256, "--http-threads needs 1..256, got '%s'"},
+    };
+    while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+        bool handled = false;
+        for (size_t i = 0; i < sizeof nums / sizeof nums[0]; i++)
+            if (nums[i].opt == c) {
+                if (parse_num(optarg, nums[i].lo, nums[i].hi, &v)) return usage_error(nums[i].msg, optarg);
+                *nums[i].dst = (int)v;
+                handled = true;
+            }
+        if (handled) continue;
+        switch (c) {
+        case O_MODEL: {
+            char *eq = strchr(optarg, '=');
+            if (!eq || eq == optarg || !eq[1]) return usage_error("--model needs NAME=CKPT, got '%s'", optarg);
+            if (o->n_models == MAX_MODELS) return usage_error("at most 16 --model flags%s", "");
+            *eq = '\0';
+            o->names[o->n_models] = optarg;
+            o->paths[o->n_models++] = eq + 1;
+            break;
+        }
+        case O_MODELS_DIR: o->models_dir = optarg; break;
+        case O_HOST: o->host = optarg; break;
+        case O_DATA: o->data = optarg; break;
+        case O_TOKEN: o->token_file = optarg; break;
+        case O_DEVICE:
+            if (strcmp(optarg, "cpu") && strcmp(optarg, "cuda") && strcmp(optarg, "auto"))
+                return usage_error("--device must be cpu, cuda or auto, got '%s'", optarg);
+            o->device = optarg;
+            break;
+        case O_PIXELS:
+            if (parse_num(optarg, 1, 1LL << 40, &o->max_pixels))
+                return usage_error("--max-image-pixels needs a positive integer, got '%s'", optarg);
+            break;
+        case O_HELP: fputs(usage_text, stdout); exit(0);
+        default: return usage_error("unknown or incomplete option '%s'", argv[optind - 1]);
+        }
+    }
+    if (optind < argc) return usage_error("unexpected argument '%s'", argv[optind]);
+    if (!o->n_models) return usage_error("at least one --model NAME=CKPT is required%s", "");
+    return 0;
+}
+
+/* The token is the file's first line; an empty token is refused. */
+static char *read_token(const char *path, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        set_err(err, errlen, "%s: %s", path, strerror(errno));
+        return NULL;
+    }
+    char buf[1024] = "";
+    if (!fgets(buf, sizeof buf, f)) buf[0] = '\0';
+    fclose(f);
+    size_t n = strlen(buf);
+    while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r' || buf[n - 1] == ' ')) buf[--n] = '\0';
+    if (n < 8) {
+        set_err(err, errlen, "%s: the admin token must be at least 8 characters", path);
+        return NULL;
+    }
+    return strdup(buf);
+}
+
+static void on_complete(const struct http_completion *c, void *user)
+{
+    struct app *app = user;
+    metrics_request(app->metrics, c->route ? c->route : "(none)", c->method, c->status);
+    metrics_observe(app->metrics, HIST_REQUEST_SECONDS, c->seconds);
+}
+
+static int fail(const char *msg)
+{
+    fprintf(stderr, "franca-server: %s\n", msg);
+    return 1;
+}
+
+int main(int argc, char **argv)
+{
+    struct options o;
+    int rc = parse_options(argc, argv, &o);
+    if (rc) return rc;
+    char err[ERR_LEN];
+    if (!strcmp(o.device, "cuda")) return fail("--device cuda: this build has no CUDA engine yet; use cpu");
+    if (o.threads) {
+        omp_set_num_threads(o.threads);
+        openblas_set_num_threads(o.threads);
+    }
+    if (mkdir(o.data, 0755) && errno != EEXIST) {
+        snprintf(err, sizeof err, "--data %s: %s", o.data, strerror(errno));
+        return fail(err);
+    }
+
+    /* Signals are taken by sigwait in main; every thread started below inherits
+     * the mask, so none of them is interrupted. */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    static struct app app;
+    app.device = "cpu";
+    app.models_dir = o.models_dir;
+    app.started_at = time(NULL);
+    app.limits = (struct app_limits){
+        .max_body_bytes = (size_t)o.max_body_mb << 20, .max_image_pixels = (size_t)o.max_pixels,
+        .max_images = o.max_images, .max_batch = o.max_batch, .max_delay_ms = o.max_delay_ms,
+        .max_queue = o.max_queue, .max_json_floats = 4u << 20};
+    if (o.token_file && !(app.admin_token = read_token(o.token_file, err, sizeof err))) return fail(err);
+    if (!(app.metrics = metrics_new())) return fail("out of memory");
+    if (registry_create(&app.registry, app.device, err, sizeof err)) return fail(err);
+    if (!(app.batcher = batcher_create(o.max_batch, o.max_delay_ms, o.max_queue, err, sizeof err)))
+        return fail(err);
+
+    struct http_router *router = http_router_new();
+    if (!router || routes_register(router, &app, err, sizeof err)) return fail(err);
+    const struct http_config hc = {.host = o.host, .port = (unsigned)o.port,
+                                   .threads = (unsigned)o.http_threads,
+                                   .max_body_bytes = app.limits.max_body_bytes,
+                                   .router = router, .on_complete = on_complete,
+                                   .on_complete_user = &app};
+    struct http_server *srv = http_start(&hc, err, sizeof err);
+    if (!srv) return fail(err);
+
+    /* /healthz answers while the models load; /readyz turns 200 after. */
+    for (int i = 0; i < o.n_models; i++) {
+        struct model_entry *e;
+        if (registry_load(app.registry, o.names[i], o.paths[i], &e, err, sizeof err)) {
+            http_stop(srv);
+            return fail(err);
+        }
+        fprintf(stderr, "loaded %s from %s (sha256 %.16s..., %.2f s + warm-up %.2f s)\n", e->name,
+                o.paths[i], e->fingerprint, e->load_seconds, e->warmup_seconds);
+        model_entry_release(e);
+    }
+    atomic_store(&app.ready, true);
+    printf("listening on http://%s:%u\n", o.host, http_port(srv));
+    fflush(stdout);
+
+    int sig;
+    sigwait(&sigs, &sig);
+    fprintf(stderr, "franca-server: %s received, draining\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    http_stop(srv);
+    while (atomic_load(&app.loaders) > 0) usleep(10000);
+    batcher_free(app.batcher);
+    registry_free(app.registry);
+    http_router_free(router);
+    metrics_free(app.metrics);
+    free(app.admin_token);
+    return 0;
+}

@@ -1,0 +1,53 @@
+/* The route table and the error mappings shared by the route families. */
+#include "app.h"
+
+int routes_register(struct http_router *r, struct app *app, char *err, size_t errlen)
+{
+    if (routes_ops_register(r, app, err, errlen)) return -1;
+    if (routes_models_register(r, app, err, errlen)) return -1;
+    if (routes_embeddings_register(r, app, err, errlen)) return -1;
+    if (routes_admin_register(r, app, err, errlen)) return -1;
+    return 0;
+}
+
+struct model_entry *acquire_or_reply(struct http_request *req, struct app *app, const char *name)
+{
+    if (!atomic_load(&app->ready)) {
+        http_add_header(req, "Retry-After", "2");
+        http_reply_error(req, 503, NULL, "models are still loading");
+        return NULL;
+    }
+    struct model_entry *e;
+    char err[256];
+    const int rc = registry_acquire(app->registry, name, &e, err, sizeof err);
+    if (rc) {
+        reply_registry_error(req, rc, err);
+        return NULL;
+    }
+    return e;
+}
+
+void reply_registry_error(struct http_request *req, int rc, const char *msg)
+{
+    int status = 500;
+    switch (rc) {
+    case REGISTRY_NOT_FOUND: status = 404; break;
+    case REGISTRY_BUSY:
+    case REGISTRY_LAST: status = 409; break;
+    case REGISTRY_INVALID: status = 400; break;
+    case REGISTRY_ERR: status = 422; break;
+    }
+    http_reply_error(req, status, NULL, msg);
+}
+
+void reply_batch_error(struct http_request *req, int rc, const char *msg)
+{
+    switch (rc) {
+    case BATCH_FULL:
+        http_add_header(req, "Retry-After", "1");
+        http_reply_error(req, 429, NULL, "the inference queue is full; retry later");
+        break;
+    case BATCH_SHUTDOWN: http_reply_error(req, 503, NULL, "the server is shutting down"); break;
+    default: http_reply_error(req, 500, NULL, msg); break;
+    }
+}

@@ -1,0 +1,166 @@
+/* Admin routes (bearer token, compared in constant time):
+ *   POST   /admin/models/{name}  {"checkpoint": "relative/path.safetensors"}
+ *          loads from --models-dir only, warms up, swaps atomically;
+ *   DELETE /admin/models/{name}  unloads any model but the last.
+ * Without --admin-token-file the routes answer 404, as if absent. */
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "app.h"
+#include "errors.h"
+
+/* Constant-time in the token's content: every byte of the longer string is
+ * compared whatever the differences found. */
+static bool token_equal(const char *a, const char *b)
+{
+    const size_t la = strlen(a), lb = strlen(b), n = la > lb ? la : lb;
+    unsigned char diff = la != lb;
+    for (size_t i = 0; i < n; i++)
+        diff |= (unsigned char)(i < la ? a[i] : 0) ^ (unsigned char)(i < lb ? b[i] : 0);
+    return diff == 0;
+}
+
+/* Replies 404/401/403 and returns false unless the request carries the token. */
+static bool authorised(struct http_request *req, const struct app *app)
+{
+    if (!app->admin_token) {
+        http_reply_error(req, 404, NULL, "admin routes are disabled (start with --admin-token-file)");
+        return false;
+    }
+    const char *auth = http_header(req, "Authorization");
+    if (!auth || strncmp(auth, "Bearer ", 7)) {
+        http_add_header(req, "WWW-Authenticate", "Bearer");
+        http_reply_error(req, 401, NULL, "admin routes need 'Authorization: Bearer TOKEN'");
+        return false;
+    }
+    if (!token_equal(auth + 7, app->admin_token)) {
+        http_reply_error(req, 403, NULL, "wrong admin token");
+        return false;
+    }
+    return true;
+}
+
+/* Resolves rel inside dir; refuses (-1) absolute paths, '..' and anything
+ * (symlinks included) whose real path leaves dir; -2 when it does not exist.
+ * out: PATH_MAX bytes. */
+static int resolve_in_dir(const char *dir, const char *rel, char *out, char *err, size_t errlen)
+{
+    if (!*rel || rel[0] == '/')
+        return set_err(err, errlen, "checkpoint must be a relative path inside the models directory");
+    for (const char *p = rel; *p; p++)
+        if (p[0] == '.' && p[1] == '.' && (p == rel || p[-1] == '/') && (p[2] == '/' || !p[2]))
+            return set_err(err, errlen, "checkpoint path may not contain '..'");
+    char base[PATH_MAX], joined[PATH_MAX * 2];
+    if (!realpath(dir, base)) return set_err(err, errlen, "models directory is not accessible");
+    snprintf(joined, sizeof joined, "%s/%s", base, rel);
+    if (!realpath(joined, out)) {
+        set_err(err, errlen, "checkpoint '%s' not found in the models directory", rel);
+        return -2;
+    }
+    const size_t bl = strlen(base);
+    if (strncmp(out, base, bl) || out[bl] != '/')
+        return set_err(err, errlen, "checkpoint '%s' resolves outside the models directory", rel);
+    return 0;
+}
+
+struct swap_job {
+    struct http_request *req;
+    struct app *app;
+    char name[REGISTRY_NAME_MAX];
+    char path[PATH_MAX];
+};
+
+/* Loading and warm-up take seconds: they run on their own thread, never on an
+ * HTTP thread. */
+static void *swap_thread(void *arg)
+{
+    struct swap_job *job = arg;
+    char err[ERR_LEN];
+    struct model_entry *e;
+    const int rc = registry_load(job->app->registry, job->name, job->path, &e, err, sizeof err);
+    if (rc) {
+        reply_registry_error(job->req, rc, err);
+    } else {
+        http_reply_json(job->req, 200, json_pack("{s:s, s:s, s:s, s:f, s:f}", "id", e->name,
+                                                 "fingerprint", e->fingerprint, "loaded_at",
+                                                 e->loaded_at_iso, "load_seconds", e->load_seconds,
+                                                 "warmup_seconds", e->warmup_seconds));
+        model_entry_release(e);
+    }
+    http_request_unref(job->req);
+    atomic_fetch_sub(&job->app->loaders, 1);
+    free(job);
+    return NULL;
+}
+
+static void load_model(struct http_request *req, void *user)
+{
+    struct app *app = user;
+    if (!authorised(req, app)) return;
+    const char *name = http_param(req, "name");
+    if (!registry_name_valid(name)) {
+        http_reply_error(req, 400, NULL, "model names are 1-63 characters of [A-Za-z0-9._-]");
+        return;
+    }
+    if (!app->models_dir) {
+        http_reply_error(req, 409, NULL, "no --models-dir was given: checkpoints cannot be loaded at run time");
+        return;
+    }
+    size_t len;
+    const char *body = http_body(req, &len);
+    json_error_t je;
+    json_t *j = json_loadb(body, len, 0, &je);
+    const char *ckpt = json_string_value(json_object_get(j, "checkpoint"));
+    if (!ckpt) {
+        http_reply_error(req, 400, NULL, "body must be {\"checkpoint\": \"relative/path.safetensors\"}");
+        json_decref(j);
+        return;
+    }
+    struct swap_job *job = calloc(1, sizeof(*job));
+    char err[ERR_LEN];
+    int rc;
+    if (!job) {
+        http_reply_error(req, 500, NULL, "out of memory");
+    } else if ((rc = resolve_in_dir(app->models_dir, ckpt, job->path, err, sizeof err))) {
+        http_reply_error(req, rc == -2 ? 404 : 403, NULL, err);
+        free(job);
+    } else {
+        job->req = req;
+        job->app = app;
+        snprintf(job->name, sizeof job->name, "%s", name);
+        http_request_ref(req);
+        http_defer(req);
+        atomic_fetch_add(&app->loaders, 1);
+        pthread_t t;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        if (pthread_create(&t, &attr, swap_thread, job)) {
+            http_reply_error(req, 503, NULL, "cannot start a loader thread");
+            atomic_fetch_sub(&app->loaders, 1);
+            http_request_unref(req);
+            free(job);
+        }
+        pthread_attr_destroy(&attr);
+    }
+    json_decref(j);
+}
+
+static void unload_model(struct http_request *req, void *user)
+{
+    struct app *app = user;
+    if (!authorised(req, app)) return;
+    char err[ERR_LEN];
+    const int rc = registry_unload(app->registry, http_param(req, "name"), err, sizeof err);
+    if (rc) reply_registry_error(req, rc, err);
+    else http_reply_json(req, 200, json_pack("{s:s, s:b}", "id", http_param(req, "name"), "unloaded", 1));
+}
+
+int routes_admin_register(struct http_router *r, struct app *app, char *err, size_t errlen)
+{
+    if (http_router_add(r, "POST", "/admin/models/{name}", load_model, app, err, errlen)) return -1;
+    return http_router_add(r, "DELETE", "/admin/models/{name}", unload_model, app, err, errlen);
+}

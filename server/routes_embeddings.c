@@ -1,0 +1,205 @@
+/* POST /v1/embeddings, OpenAI-compatible: the CLS embedding of each input image
+ * at `dimensions` (prefix, then L2-normalised). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "app.h"
+#include "base64.h"
+#include "datauri.h"
+#include "errors.h"
+#include "images.h"
+#include "infer.h"
+#include "matryoshka.h"
+#include "vit.h"
+
+struct embed_ctx {
+    struct http_request *req;
+    struct app *app;
+    int dimensions;
+    bool base64;
+};
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void embed_done(struct infer_request *r, int status, const char *err, void *user)
+{
+    struct embed_ctx *ctx = user;
+    struct http_request *req = ctx->req;
+    metrics_observe(ctx->app->metrics, HIST_QUEUE_SECONDS, r->queue_seconds_max);
+    metrics_observe(ctx->app->metrics, HIST_INFERENCE_SECONDS, r->infer_seconds_max);
+    if (status != BATCH_OK) {
+        reply_batch_error(req, status, err);
+    } else {
+        const int Wd = ctx->dimensions;
+        float *cut = malloc(sizeof(float) * Wd);
+        json_t *data = json_array();
+        for (int i = 0; cut && i < r->n; i++) {
+            matryoshka_cut(r->cls + (size_t)i * r->D, 1, r->D, Wd, true, cut);
+            json_t *emb;
+            if (ctx->base64) {
+                size_t len;
+                char *b = base64_encode_f32le(cut, Wd, &len);
+                emb = b ? json_stringn(b, len) : NULL;
+                free(b);
+            } else {
+                emb = json_array();
+                for (int k = 0; k < Wd; k++) json_array_append_new(emb, json_real(cut[k]));
+            }
+            json_array_append_new(data, json_pack("{s:s, s:i, s:o*}", "object", "embedding",
+                                                  "index", i, "embedding", emb));
+        }
+        free(cut);
+        const json_int_t tokens = (json_int_t)r->n * r->N;
+        http_add_header(req, "X-Model-Fingerprint", r->entry->fingerprint);
+        http_reply_json(req, 200, json_pack("{s:s, s:o, s:s, s:s, s:{s:I, s:I}}", "object", "list",
+                                            "data", data, "model", r->entry->name,
+                                            "fingerprint", r->entry->fingerprint, "usage",
+                                            "prompt_tokens", tokens, "total_tokens", tokens));
+    }
+    free(ctx);
+    infer_free(r);
+}
+
+/* Validates the request body; on failure replies and returns NULL. */
+static json_t *parse_body(struct http_request *req, const struct app *app)
+{
+    /* JSON bodies only; curl's default form type is tolerated, since curl -d
+     * sends it for any body. */
+    const char *ct = http_header(req, "Content-Type");
+    if (ct && strncmp(ct, "application/json", 16) &&
+        strncmp(ct, "application/x-www-form-urlencoded", 33)) {
+        http_reply_errorf(req, 415, NULL, "Content-Type must be application/json, got '%s'", ct);
+        return NULL;
+    }
+    size_t len;
+    const char *body = http_body(req, &len);
+    json_error_t je;
+    json_t *j = json_loadb(body, len, 0, &je);
+    if (!j || !json_is_object(j)) {
+        http_reply_errorf(req, 400, NULL, "body is not a JSON object: %s",
+                          j ? "found another JSON type" : je.text);
+        json_decref(j);
+        return NULL;
+    }
+    json_t *input = json_object_get(j, "input");
+    const size_t n = json_is_array(input) ? json_array_size(input) : 1;
+    const char *why = NULL;
+    if (!input) why = "'input' is required: a base64 image or data URI, or an array of them";
+    else if (!json_is_string(input) && !json_is_array(input)) why = "'input' must be a string or an array of strings";
+    else if (n == 0) why = "'input' is an empty array";
+    for (size_t i = 0; !why && json_is_array(input) && i < n; i++)
+        if (!json_is_string(json_array_get(input, i))) why = "every element of 'input' must be a string";
+    json_t *model = json_object_get(j, "model"), *dims = json_object_get(j, "dimensions");
+    json_t *fmt = json_object_get(j, "encoding_format");
+    if (!why && model && !json_is_string(model) && !json_is_null(model)) why = "'model' must be a string";
+    if (!why && dims && !json_is_integer(dims) && !json_is_null(dims)) why = "'dimensions' must be an integer";
+    if (!why && fmt && !json_is_null(fmt) &&
+        (!json_is_string(fmt) || (strcmp(json_string_value(fmt), "float") &&
+                                  strcmp(json_string_value(fmt), "base64"))))
+        why = "'encoding_format' must be \"float\" or \"base64\"";
+    if (why) {
+        http_reply_error(req, 400, NULL, why);
+        json_decref(j);
+        return NULL;
+    }
+    if (n > (size_t)app->limits.max_images) {
+        http_reply_errorf(req, 413, NULL, "%zu images in one request; the limit is %d", n,
+                          app->limits.max_images);
+        json_decref(j);
+        return NULL;
+    }
+    return j;
+}
+
+static void embeddings(struct http_request *req, void *user)
+{
+    struct app *app = user;
+    json_t *j = parse_body(req, app);
+    if (!j) return;
+    json_t *input = json_object_get(j, "input"), *dims = json_object_get(j, "dimensions");
+    const char *model = json_string_value(json_object_get(j, "model"));
+    const char *fmt = json_string_value(json_object_get(j, "encoding_format"));
+    const int n = json_is_array(input) ? (int)json_array_size(input) : 1;
+
+    char err[ERR_LEN];
+    int rc;
+    struct model_entry *e = acquire_or_reply(req, app, model);
+    if (!e) {
+        json_decref(j);
+        return;
+    }
+    const struct model_config *cfg = vit_model_config(e->model);
+    const json_int_t want = dims && json_is_integer(dims) ? json_integer_value(dims) : cfg->embed_dim;
+    if (want < 1 || want > cfg->embed_dim) {
+        char list[160] = "";
+        for (int i = 0; i < cfg->n_widths; i++)
+            snprintf(list + strlen(list), sizeof list - strlen(list), "%s%d", i ? ", " : "", cfg->widths[i]);
+        http_reply_errorf(req, 422, NULL, "'dimensions' %lld is out of range 1..%d for model '%s' "
+                          "(trained Matryoshka widths: %s)", (long long)want, cfg->embed_dim, e->name, list);
+        model_entry_release(e);
+        json_decref(j);
+        return;
+    }
+    const int S = image_input_side(cfg, 0);
+    struct infer_request *r = infer_new(e, n, S, S, false, false, err, sizeof err);
+    if (!r) {
+        http_reply_error(req, 500, NULL, err);
+        json_decref(j);
+        return;
+    }
+    for (int i = 0; i < n; i++) {
+        json_t *s = json_is_array(input) ? json_array_get(input, i) : input;
+        uint8_t *bytes;
+        size_t len;
+        enum datauri_media media;
+        const double t0 = now_s();
+        enum datauri_status st = datauri_decode(json_string_value(s), json_string_length(s),
+                                                app->limits.max_body_bytes, &bytes, &len, &media,
+                                                err, sizeof err);
+        if (st != DATAURI_OK) {
+            http_reply_errorf(req, datauri_http_status(st), NULL, "input[%d]: %s", i, err);
+            infer_free(r);
+            json_decref(j);
+            return;
+        }
+        rc = image_prepare(bytes, len, cfg, 0, app->limits.max_image_pixels,
+                           r->input + (size_t)i * 3 * S * S, err, sizeof err);
+        free(bytes);
+        if (rc) {
+            http_reply_errorf(req, 422, NULL, "input[%d]: %s", i, err);
+            infer_free(r);
+            json_decref(j);
+            return;
+        }
+        metrics_observe(app->metrics, HIST_DECODE_SECONDS, now_s() - t0);
+    }
+    struct embed_ctx *ctx = malloc(sizeof(*ctx));
+    if (!ctx) {
+        http_reply_error(req, 500, NULL, "out of memory");
+        infer_free(r);
+        json_decref(j);
+        return;
+    }
+    *ctx = (struct embed_ctx){.req = req, .app = app, .dimensions = (int)want,
+                              .base64 = fmt && !strcmp(fmt, "base64")};
+    json_decref(j);
+    http_defer(req);
+    rc = infer_submit(r, app->batcher, embed_done, ctx, err, sizeof err);
+    if (rc) {
+        reply_batch_error(req, rc, err);
+        free(ctx);
+        infer_free(r);
+    }
+}
+
+int routes_embeddings_register(struct http_router *r, struct app *app, char *err, size_t errlen)
+{
+    return http_router_add(r, "POST", "/v1/embeddings", embeddings, app, err, errlen);
+}

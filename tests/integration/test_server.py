@@ -1,0 +1,273 @@
+"""franca-server end to end: a real server on port 0, driven through the Python
+client and raw HTTP. Embeddings must equal franca-embed's; every JSON answer
+must validate against schema/openapi.json; bad input gets its documented status;
+a hot swap under load fails no request and every answer carries the fingerprint
+of the checkpoint that computed it; SIGTERM drains and exits 0."""
+import base64
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+from jsonschema import Draft202012Validator
+
+ROOT = os.environ.get("FRANCA_SOURCE_ROOT") or os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BUILD = os.environ.get("FRANCA_BUILD_ROOT") or os.path.join(ROOT, "build")
+sys.path.insert(0, os.path.join(ROOT, "clients", "python"))
+sys.path.insert(0, os.path.join(ROOT, "tests", "reference"))
+from franca_client import FrancaClient, FrancaError  # noqa: E402
+from refmodel import read_safetensors  # noqa: E402
+
+SERVER = os.path.join(BUILD, "server", "franca-server")
+EMBED = os.path.join(BUILD, "engine", "franca-embed")
+CKPT_TOOL = os.path.join(BUILD, "engine", "franca-checkpoint")
+PHOTOS = "/usr/lib/python3/dist-packages/skimage/data"
+IMAGES = [os.path.join(PHOTOS, n) for n in ("chelsea.png", "coffee.png", "camera.png", "hubble_deep_field.jpg")]
+TOKEN = "integration-token-0123"
+SPEC = json.load(open(os.path.join(ROOT, "schema", "openapi.json")))
+
+passed = failed = 0
+
+
+def check(cond, what):
+    global passed, failed
+    if cond:
+        passed += 1
+        print(f"ok   {what}", flush=True)
+    else:
+        failed += 1
+        print(f"FAIL {what}", flush=True)
+
+
+def response_schema(template, method, status):
+    resp = SPEC["paths"][template][method.lower()]["responses"].get(str(status))
+    if resp is None:
+        return None
+    if "$ref" in resp:
+        resp = SPEC["components"]["responses"][resp["$ref"].split("/")[-1]]
+    return resp["content"]["application/json"]["schema"]
+
+
+def conforms(template, method, status, body):
+    """True when (status, body) is a documented answer of the route."""
+    schema = response_schema(template, method, status)
+    if schema is None:
+        print(f"     status {status} is not documented for {method} {template}")
+        return False
+    errors = list(Draft202012Validator(dict(schema, components=SPEC["components"])).iter_errors(body))
+    for e in errors[:3]:
+        print(f"     schema: {e.message[:200]}")
+    return not errors
+
+
+def raw(port, method, path, body=b"", headers=None):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    c.request(method, path, body=body, headers=headers or {})
+    r = c.getresponse()
+    data = r.read()
+    c.close()
+    try:
+        return r.status, dict(r.getheaders()), json.loads(data)
+    except ValueError:
+        return r.status, dict(r.getheaders()), data
+
+
+def oversize_status(port, length):
+    """Announces a body of length bytes, sends none, and reads the status line."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    s.sendall(f"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              f"Content-Length: {length}\r\n\r\n".encode())
+    line = s.makefile("rb").readline().decode()
+    s.close()
+    return int(line.split()[1]) if line.startswith("HTTP/1.1 ") else None
+
+
+def start(args):
+    p = subprocess.Popen([SERVER, "--port", "0", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = p.stdout.readline()
+    if not line.startswith("listening on http://"):
+        p.kill()
+        raise RuntimeError(f"server did not start: {line!r} {p.stderr.read()}")
+    return p, int(line.rsplit(":", 1)[1])
+
+
+def embed_reference(ckpt, widths, tmp):
+    out = os.path.join(tmp, "ref.safetensors")
+    args = [EMBED, "--model", ckpt, *sum((["--width", str(w)] for w in widths), []), *IMAGES, "--out", out]
+    subprocess.run(args, check=True, capture_output=True)
+    return read_safetensors(out)[0]
+
+
+def main():
+    tmp = tempfile.mkdtemp(prefix="server_it_")
+    models = os.path.join(tmp, "models")
+    os.makedirs(models)
+    for name, seed in (("a", 1), ("b", 2)):
+        subprocess.run([CKPT_TOOL, "init", "--arch", "vit_tiny_test", "--seed", str(seed),
+                        "--out", os.path.join(models, name + ".safetensors")], check=True, capture_output=True)
+    ck_a, ck_b = (os.path.join(models, n + ".safetensors") for n in "ab")
+    ref_a, ref_b = embed_reference(ck_a, [16, 64], tmp), embed_reference(ck_b, [16, 64], tmp)
+    token_file = os.path.join(tmp, "token")
+    open(token_file, "w").write(TOKEN + "\n")
+
+    server, port = start(["--model", "tiny=" + ck_a, "--models-dir", models, "--admin-token-file", token_file,
+                          "--data", os.path.join(tmp, "data"), "--max-body-mb", "8", "--max-images", "8",
+                          "--max-delay-ms", "10"])
+    client = FrancaClient(f"http://127.0.0.1:{port}")
+    try:
+        run_checks(port, client, ref_a, ref_b, models)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            rc = server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            rc = None
+        check(rc == 0, f"SIGTERM: drained and exited 0 (rc {rc})")
+    print(f"{passed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+def run_checks(port, client, ref_a, ref_b, models):
+    # Operations and models.
+    for path, tmpl in (("/healthz", "/healthz"), ("/readyz", "/readyz"), ("/v1/models", "/v1/models"),
+                       ("/v1/models/tiny", "/v1/models/{name}")):
+        st, _, body = raw(port, "GET", path)
+        check(st == 200 and conforms(tmpl, "GET", st, body), f"GET {path}: 200 and schema")
+    st, _, body = raw(port, "GET", "/v1/models/nope")
+    check(st == 404 and conforms("/v1/models/{name}", "GET", st, body), "unknown model: 404 and schema")
+    m = client.model("tiny")
+    check(m["embed_dim"] == 64 and m["matryoshka_widths"][-1] == 64 and m["trained"] is False
+          and len(m["fingerprint"]) == 64, "model description")
+    st, _, body = raw(port, "GET", "/openapi.json")
+    check(st == 200 and body.get("openapi", "").startswith("3.1"), "openapi.json served")
+
+    # Embeddings equal franca-embed's at each width.
+    for w in (16, 64):
+        resp = client.embed(IMAGES, width=w, raw=True)
+        check(conforms("/v1/embeddings", "POST", 200, resp), f"embeddings w{w}: schema")
+        got = np.array([d["embedding"] for d in resp["data"]], np.float32)
+        err = np.abs(got - ref_a[f"cls_w{w}"]).max()
+        check(err < 1e-5, f"embeddings w{w} equal franca-embed's (max diff {err:.2e})")
+        check(resp["usage"]["prompt_tokens"] == 4 * 256, "usage counts patches")
+    b64 = client.embed(IMAGES[:2], width=16, encoding="base64")
+    check(np.abs(np.asarray(b64) - ref_a["cls_w16"][:2]).max() < 1e-6, "base64 encoding decodes to the same floats")
+    full = client.embed(IMAGES[:1])
+    check(np.asarray(full).shape == (1, 64), "no dimensions: full width")
+
+    # Bad input: each gets its documented status and the server stays up.
+    png = base64.b64encode(open(IMAGES[0], "rb").read()).decode()
+    cases = [
+        ("malformed JSON", b'{"input": ', {}, 400),
+        ("empty body", b"", {}, 400),
+        ("input missing", b'{"model": "tiny"}', {}, 400),
+        ("input of the wrong type", b'{"input": 5}', {}, 400),
+        ("empty input array", b'{"input": []}', {}, 400),
+        ("not base64", b'{"input": "@@@@"}', {}, 400),
+        ("URL input", b'{"input": "https://example.com/cat.png"}', {}, 422),
+        ("corrupt image", json.dumps({"input": base64.b64encode(b"\x89PNG\r\n\x1a\nbroken").decode()}).encode(), {}, 422),
+        ("width out of range", json.dumps({"input": png, "dimensions": 65}).encode(), {}, 422),
+        ("unknown model", json.dumps({"input": png, "model": "nope"}).encode(), {}, 404),
+        ("too many images", json.dumps({"input": [png] * 9}).encode(), {}, 413),
+        ("wrong content type", b'{"input": "x"}', {"Content-Type": "image/png"}, 415),
+        ("unsupported data URI type", b'{"input": "data:text/plain;base64,aGVsbG8="}', {}, 415),
+        ("bad encoding_format", json.dumps({"input": png, "encoding_format": "f16"}).encode(), {}, 400),
+    ]
+    for what, body, hdrs, want in cases:
+        h = {"Content-Type": "application/json", **hdrs}
+        st, _, resp = raw(port, "POST", "/v1/embeddings", body, h)
+        check(st == want and conforms("/v1/embeddings", "POST", st, resp), f"{what}: {st} (want {want})")
+    check(oversize_status(port, 9 << 20) == 413, "Content-Length over --max-body-mb: 413 before the body is sent")
+    st, hdrs, resp = raw(port, "DELETE", "/v1/embeddings")
+    check(st == 405 and "POST" in hdrs.get("Allow", ""), "wrong method: 405 with Allow")
+    check(client.health()["status"] == "ok", "server healthy after bad input")
+
+    # Admin: authentication and the models directory fence.
+    for what, hdrs, body, want in [
+        ("no token", {}, {"checkpoint": "b.safetensors"}, 401),
+        ("wrong token", {"Authorization": "Bearer nope-nope-nope"}, {"checkpoint": "b.safetensors"}, 403),
+        ("path traversal", {"Authorization": f"Bearer {TOKEN}"}, {"checkpoint": "../token"}, 403),
+        ("absolute path", {"Authorization": f"Bearer {TOKEN}"}, {"checkpoint": "/etc/passwd"}, 403),
+        ("missing checkpoint", {"Authorization": f"Bearer {TOKEN}"}, {"checkpoint": "none.safetensors"}, 404),
+    ]:
+        st, _, resp = raw(port, "POST", "/admin/models/tiny", json.dumps(body).encode(),
+                          {"Content-Type": "application/json", **hdrs})
+        check(st == want and conforms("/admin/models/{name}", "POST", st, resp), f"admin {what}: {st} (want {want})")
+    os.symlink("/etc/passwd", os.path.join(models, "escape.safetensors"))
+    st, _, _ = raw(port, "POST", "/admin/models/tiny", b'{"checkpoint": "escape.safetensors"}',
+                   {"Authorization": f"Bearer {TOKEN}"})
+    check(st == 403, f"symlink leaving the models dir: {st}")
+    open(os.path.join(models, "corrupt.safetensors"), "wb").write(b"\x10\x00\x00\x00\x00\x00\x00\x00{}")
+    before = client.model("tiny")["fingerprint"]
+    st, _, resp = raw(port, "POST", "/admin/models/tiny", b'{"checkpoint": "corrupt.safetensors"}',
+                      {"Authorization": f"Bearer {TOKEN}"})
+    check(st == 422 and "corrupt.safetensors" in resp["error"]["message"]
+          and client.model("tiny")["fingerprint"] == before == fingerprint_of(client),
+          f"failed load: {st} naming the file; the old model still serves")
+    st, _, _ = raw(port, "DELETE", "/admin/models/tiny", headers={"Authorization": f"Bearer {TOKEN}"})
+    check(st == 409, f"unloading the last model: {st}")
+
+    hot_swap_under_load(client, port, ref_a, ref_b)
+
+    st, _, text = raw(port, "GET", "/metrics")
+    text = text.decode() if isinstance(text, bytes) else str(text)
+    check(st == 200 and 'franca_requests_total{route="/v1/embeddings",method="POST",status="200"}' in text
+          and "franca_batch_size_bucket" in text and "franca_model_info{" in text, "metrics exposed")
+
+
+def fingerprint_of(client):
+    return client.embed(IMAGES[:1], width=16, raw=True)["fingerprint"]
+
+
+def hot_swap_under_load(client, port, ref_a, ref_b, seconds=6.0):
+    fp = {}
+    for name, ref in (("a", ref_a), ("b", ref_b)):
+        r = client.swap("tiny", f"{name}.safetensors", token=TOKEN)
+        check(conforms("/admin/models/{name}", "POST", 200, r), f"swap to {name}: schema")
+        fp[r["fingerprint"]] = ref
+    # Back to a; then clients hammer while the main thread swaps back and forth.
+    client.swap("tiny", "a.safetensors", token=TOKEN)
+    stop = time.monotonic() + seconds
+    stats = {"ok": 0, "failed": 0, "mismatch": 0}
+    lock = threading.Lock()
+
+    def worker(i):
+        c = FrancaClient(f"http://127.0.0.1:{port}")
+        k = i % len(IMAGES)
+        while time.monotonic() < stop:
+            try:
+                resp = c.embed([IMAGES[k]], width=16, raw=True)
+                got = np.asarray(resp["data"][0]["embedding"], np.float32)
+                want = fp[resp["fingerprint"]]["cls_w16"][k]
+                bad = np.abs(got - want).max() > 1e-5
+                with lock:
+                    stats["mismatch" if bad else "ok"] += 1
+            except Exception as e:  # any failure counts
+                with lock:
+                    stats["failed"] += 1
+                print(f"     request failed: {e}")
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    swaps = 0
+    while time.monotonic() < stop - 0.5:
+        client.swap("tiny", ("b" if swaps % 2 == 0 else "a") + ".safetensors", token=TOKEN)
+        swaps += 1
+        time.sleep(0.3)
+    for t in threads:
+        t.join()
+    check(swaps >= 4 and stats["failed"] == 0 and stats["mismatch"] == 0 and stats["ok"] > 20,
+          f"hot swap under load: {swaps} swaps, {stats['ok']} requests ok, {stats['failed']} failed, "
+          f"{stats['mismatch']} with the wrong model's output")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,711 @@
+/* Unit tests of the model registry (refcounts, hot swap, busy/last/unknown
+ * codes, failed swaps) and the dynamic batcher (gathering, per-key batches,
+ * queue limit, drain on shutdown), including a hot swap under concurrent load
+ * whose every result is checked against a direct forward of the model that
+ * the result's entry names. CHECK is only called from the main thread. */
+#include "check.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "batcher.h"
+#include "checkpoint.h"
+#include "errors.h"
+#include "model_config.h"
+#include "registry.h"
+#include "vit.h"
+
+enum { D = 32, S = 56, NIN = 8, H2 = 28, W2 = 42 };
+#define IMG (3 * S * S)
+#define IMG2 (3 * H2 * W2)
+#define NP ((S / 14) * (S / 14))        /* patches at S x S */
+#define NP2 ((H2 / 14) * (W2 / 14))     /* patches at H2 x W2 */
+
+static char tmpdir[256];
+static char path_a[300], path_b[300], path_norasa[300], path_big[300], path_trunc[300],
+    path_garbage[300];
+static char fp_a[65], fp_b[65];
+
+static float inputs[NIN][IMG];          /* at S x S */
+static float inputs2[NIN][IMG2];        /* at H2 x W2 */
+/* Direct single-image forwards: [model a/b][input] */
+static float ref_cls[2][NIN][D], ref_patch[2][NIN][NP * D], ref_rasa[2][NIN][NP * D];
+static float ref_cls2[NIN][D];          /* model a at H2 x W2 */
+
+static int one_line(const char *s) { return s[0] != '\0' && strchr(s, '\n') == NULL; }
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* ------------------------------------------------------------- fixtures -- */
+
+static void tiny_cfg(struct model_config *c, int rasa)
+{
+    model_config_defaults(c, D, 2);
+    c->num_heads = 2;
+    c->patch_size = 14;
+    c->pos_grid = 4;
+    c->rasa_layers = rasa;
+    c->preprocess.resize_size = 64;
+    c->preprocess.crop_size = S;
+    snprintf(c->name, sizeof c->name, "tiny_registry_test");
+    snprintf(c->version, sizeof c->version, "0");
+}
+
+static int save_ckpt(const char *path, const struct model_config *c, uint64_t seed)
+{
+    struct vit_weights w;
+    char err[ERR_LEN];
+    if (vit_weights_alloc(c, &w, err, sizeof err)) {
+        fprintf(stderr, "alloc: %s\n", err);
+        return -1;
+    }
+    vit_weights_init_random(c, &w, seed);
+    const int rc = checkpoint_save(path, c, &w, ST_F32, NULL, err, sizeof err);
+    if (rc) fprintf(stderr, "save %s: %s\n", path, err);
+    vit_weights_free(&w);
+    return rc;
+}
+
+static void fill_random(float *x, size_t n, uint64_t seed)
+{
+    uint64_t s = seed * 0x9e3779b97f4a7c15ull + 1;
+    for (size_t i = 0; i < n; i++) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        x[i] = (float)((s >> 40) * (1.0 / 16777216.0)) * 4.0f - 2.0f;
+    }
+}
+
+static int make_fixtures(void)
+{
+    struct model_config c;
+    tiny_cfg(&c, 2);
+    snprintf(path_a, sizeof path_a, "%s/a.safetensors", tmpdir);
+    snprintf(path_b, sizeof path_b, "%s/b.safetensors", tmpdir);
+    snprintf(path_norasa, sizeof path_norasa, "%s/norasa.safetensors", tmpdir);
+    snprintf(path_big, sizeof path_big, "%s/big.safetensors", tmpdir);
+    snprintf(path_trunc, sizeof path_trunc, "%s/trunc.safetensors", tmpdir);
+    snprintf(path_garbage, sizeof path_garbage, "%s/garbage.safetensors", tmpdir);
+    if (save_ckpt(path_a, &c, 1) || save_ckpt(path_b, &c, 2)) return -1;
+    struct model_config c0;
+    tiny_cfg(&c0, 0);
+    if (save_ckpt(path_norasa, &c0, 3)) return -1;
+    /* A bigger model whose load and warm-up take long enough to overlap. */
+    struct model_config cb;
+    model_config_defaults(&cb, 192, 8);
+    cb.num_heads = 3;
+    cb.pos_grid = 16;
+    snprintf(cb.name, sizeof cb.name, "big_registry_test");
+    snprintf(cb.version, sizeof cb.version, "0");
+    if (save_ckpt(path_big, &cb, 4)) return -1;
+
+    /* The first half of a, and a file of junk. */
+    FILE *f = fopen(path_a, "rb");
+    if (!f) return -1;
+    fseek(f, 0, SEEK_END);
+    const long len = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = malloc((size_t)len);
+    const size_t got = buf ? fread(buf, 1, (size_t)len, f) : 0;
+    fclose(f);
+    FILE *g = fopen(path_trunc, "wb");
+    if (!g || got != (size_t)len) {
+        if (g) fclose(g);
+        free(buf);
+        return -1;
+    }
+    fwrite(buf, 1, (size_t)len / 2, g);
+    fclose(g);
+    free(buf);
+    g = fopen(path_garbage, "wb");
+    if (!g) return -1;
+    for (int i = 0; i < 4096; i++) fputc((i * 7919) & 0xff, g);
+    fclose(g);
+
+    /* Inputs and direct references. */
+    for (int i = 0; i < NIN; i++) {
+        fill_random(inputs[i], IMG, 100 + (uint64_t)i);
+        fill_random(inputs2[i], IMG2, 200 + (uint64_t)i);
+    }
+    char err[ERR_LEN];
+    const char *paths[2] = {path_a, path_b};
+    char *fps[2] = {fp_a, fp_b};
+    for (int k = 0; k < 2; k++) {
+        struct vit_model *m;
+        if (vit_model_load(paths[k], &m, err, sizeof err)) {
+            fprintf(stderr, "load: %s\n", err);
+            return -1;
+        }
+        snprintf(fps[k], 65, "%s", vit_model_fingerprint(m));
+        struct vit_workspace *ws = NULL;
+        for (int i = 0; i < NIN; i++) {
+            struct vit_outputs o = {ref_cls[k][i], ref_patch[k][i], ref_rasa[k][i]};
+            if (vit_forward(m, &ws, inputs[i], 1, S, S, &o, err, sizeof err)) {
+                fprintf(stderr, "forward: %s\n", err);
+                return -1;
+            }
+            if (k == 0) {
+                struct vit_outputs o2 = {ref_cls2[i], NULL, NULL};
+                if (vit_forward(m, &ws, inputs2[i], 1, H2, W2, &o2, err, sizeof err)) {
+                    fprintf(stderr, "forward: %s\n", err);
+                    return -1;
+                }
+            }
+        }
+        vit_workspace_free(ws);
+        vit_model_free(m);
+    }
+    return 0;
+}
+
+/* ----------------------------------------------------------- test jobs -- */
+
+struct waiter {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int finished;
+};
+
+static void waiter_init(struct waiter *w)
+{
+    pthread_mutex_init(&w->lock, NULL);
+    pthread_cond_init(&w->cond, NULL);
+    w->finished = 0;
+}
+
+static void waiter_destroy(struct waiter *w)
+{
+    pthread_mutex_destroy(&w->lock);
+    pthread_cond_destroy(&w->cond);
+}
+
+/* Waits until n jobs finished or timeout; returns the count. */
+static int waiter_wait(struct waiter *w, int n, double timeout_s)
+{
+    struct timespec dl;
+    clock_gettime(CLOCK_REALTIME, &dl);
+    dl.tv_sec += (time_t)timeout_s;
+    pthread_mutex_lock(&w->lock);
+    while (w->finished < n)
+        if (pthread_cond_timedwait(&w->cond, &w->lock, &dl)) break;
+    const int f = w->finished;
+    pthread_mutex_unlock(&w->lock);
+    return f;
+}
+
+static int waiter_count(struct waiter *w)
+{
+    pthread_mutex_lock(&w->lock);
+    const int f = w->finished;
+    pthread_mutex_unlock(&w->lock);
+    return f;
+}
+
+struct tjob {
+    struct batch_job job;          /* first: the callback casts back */
+    float cls[D];
+    float patch[NP * D];
+    float rasa[NP * D];
+    int status;
+    int calls;
+    char err[ERR_LEN];
+};
+
+static void tjob_done(struct batch_job *j, int status, const char *err, void *user)
+{
+    struct tjob *t = (struct tjob *)j;
+    struct waiter *w = user;
+    pthread_mutex_lock(&w->lock);
+    t->status = status;
+    t->calls++;
+    snprintf(t->err, sizeof t->err, "%s", err ? err : "");
+    w->finished++;
+    pthread_cond_broadcast(&w->cond);
+    pthread_mutex_unlock(&w->lock);
+}
+
+static void tjob_setup(struct tjob *t, struct model_entry *e, int H, int W, const float *in,
+                       bool cls, bool patch, bool rasa, struct waiter *w)
+{
+    memset(t, 0, sizeof(*t));
+    t->job.entry = e;
+    t->job.H = H;
+    t->job.W = W;
+    t->job.input = in;
+    t->job.cls = cls ? t->cls : NULL;
+    t->job.patch = patch ? t->patch : NULL;
+    t->job.patch_rasa = rasa ? t->rasa : NULL;
+    t->job.done = tjob_done;
+    t->job.user = w;
+    t->status = -100;
+}
+
+/* Compares out with ref: bit-identical at batch size 1, else within 1e-5. */
+static bool matches(const float *out, const float *ref, size_t n, int batch_size)
+{
+    if (batch_size == 1) return memcmp(out, ref, n * sizeof(float)) == 0;
+    return max_abs_diff(out, ref, n) <= 1e-5f;
+}
+
+/* ------------------------------------------------------------ registry -- */
+
+static void test_registry_basic(void)
+{
+    char err[ERR_LEN] = "";
+    struct registry *reg;
+    CHECK(registry_create(&reg, "cpu", err, sizeof err) == REGISTRY_OK, "%s", err);
+    struct model_entry *e = NULL, *e2 = NULL;
+
+    CHECK(registry_acquire(reg, NULL, &e, err, sizeof err) == REGISTRY_NOT_FOUND && !e && one_line(err),
+          "empty registry: %s", err);
+    CHECK(registry_load(reg, "../x", path_a, NULL, err, sizeof err) == REGISTRY_INVALID && one_line(err),
+          "bad name: %s", err);
+    CHECK(registry_load(reg, "", path_a, NULL, err, sizeof err) == REGISTRY_INVALID, "empty name");
+    char longname[100];
+    memset(longname, 'n', sizeof longname - 1);
+    longname[sizeof longname - 1] = 0;
+    CHECK(registry_load(reg, longname, path_a, NULL, err, sizeof err) == REGISTRY_INVALID, "long name");
+
+    /* A failed first load of a name leaves no trace of it. */
+    err[0] = 0;
+    CHECK(registry_load(reg, "b", path_garbage, NULL, err, sizeof err) == REGISTRY_ERR && one_line(err),
+          "garbage: %s", err);
+    CHECK(registry_acquire(reg, "b", &e, err, sizeof err) == REGISTRY_NOT_FOUND, "failed new name gone");
+
+    CHECK(registry_load(reg, "a", path_a, &e, err, sizeof err) == REGISTRY_OK && e, "%s", err);
+    CHECK(e && strcmp(e->name, "a") == 0 && strcmp(e->fingerprint, fp_a) == 0 && e->warmed_up &&
+          strcmp(e->device, "cpu") == 0 && strcmp(e->path, path_a) == 0 && e->loaded_at > 0 &&
+          strlen(e->loaded_at_iso) == 20, "entry fields");
+    model_entry_release(e);
+    e = NULL;
+
+    CHECK(registry_acquire(reg, NULL, &e, err, sizeof err) == REGISTRY_OK && e &&
+          strcmp(e->fingerprint, fp_a) == 0, "default is a: %s", err);
+    CHECK(registry_acquire(reg, "", &e2, err, sizeof err) == REGISTRY_OK && e2 == e, "'' is default");
+    model_entry_release(e2);
+    CHECK(registry_acquire(reg, "nope", &e2, err, sizeof err) == REGISTRY_NOT_FOUND && !e2 &&
+          strstr(err, "nope"), "unknown: %s", err);
+    CHECK(registry_unload(reg, "a", err, sizeof err) == REGISTRY_LAST && one_line(err), "last: %s", err);
+    CHECK(registry_unload(reg, "zzz", err, sizeof err) == REGISTRY_NOT_FOUND, "unload unknown");
+
+    CHECK(registry_load(reg, "b", path_b, NULL, err, sizeof err) == REGISTRY_OK, "%s", err);
+    char def[REGISTRY_NAME_MAX];
+    registry_default_name(reg, def, sizeof def);
+    CHECK(strcmp(def, "a") == 0, "first added stays default: %s", def);
+
+    struct model_entry **list;
+    size_t n;
+    int di;
+    CHECK(registry_list(reg, &list, &n, &di, err, sizeof err) == REGISTRY_OK && n == 2 && di == 0 &&
+          strcmp(list[0]->name, "a") == 0 && strcmp(list[1]->name, "b") == 0 &&
+          strcmp(list[1]->fingerprint, fp_b) == 0, "list");
+    registry_list_free(list, n);
+
+    /* Unload a while we hold it: it keeps working, default moves to b. */
+    CHECK(registry_unload(reg, "a", err, sizeof err) == REGISTRY_OK, "%s", err);
+    registry_default_name(reg, def, sizeof def);
+    CHECK(strcmp(def, "b") == 0, "default moved: %s", def);
+    CHECK(registry_acquire(reg, "a", &e2, err, sizeof err) == REGISTRY_NOT_FOUND, "a gone");
+    float cls[D];
+    struct vit_workspace *ws = NULL;
+    struct vit_outputs o = {cls, NULL, NULL};
+    CHECK(vit_forward(e->model, &ws, inputs[0], 1, S, S, &o, err, sizeof err) == 0 &&
+          memcmp(cls, ref_cls[0][0], sizeof cls) == 0, "held entry after unload");
+    vit_workspace_free(ws);
+    model_entry_release(e);   /* frees a (ASan checks) */
+
+    struct registry_stats st;
+    registry_get_stats(reg, &st);
+    CHECK(st.loads_ok == 2 && st.loads_failed == 1 && st.unloads == 1 && st.models == 1 &&
+          st.loading == 0, "stats ok %lu failed %lu unloads %lu models %d", st.loads_ok,
+          st.loads_failed, st.unloads, st.models);
+
+    /* An entry outlives the registry while held. */
+    CHECK(registry_acquire(reg, NULL, &e, err, sizeof err) == REGISTRY_OK, "%s", err);
+    registry_free(reg);
+    ws = NULL;
+    CHECK(vit_forward(e->model, &ws, inputs[1], 1, S, S, &o, err, sizeof err) == 0 &&
+          memcmp(cls, ref_cls[1][1], sizeof cls) == 0, "entry outlives registry");
+    vit_workspace_free(ws);
+    model_entry_release(e);
+}
+
+static void test_failed_swap(void)
+{
+    char err[ERR_LEN];
+    struct registry *reg;
+    registry_create(&reg, "cpu", err, sizeof err);
+    CHECK(registry_load(reg, "m", path_a, NULL, err, sizeof err) == REGISTRY_OK, "%s", err);
+    const char *bad[] = {path_trunc, path_garbage, "/nonexistent/x.safetensors"};
+    for (int i = 0; i < 3; i++) {
+        err[0] = 0;
+        CHECK(registry_load(reg, "m", bad[i], NULL, err, sizeof err) == REGISTRY_ERR && one_line(err),
+              "bad %d: %s", i, err);
+        struct model_entry *e = NULL;
+        CHECK(registry_acquire(reg, "m", &e, err, sizeof err) == REGISTRY_OK && e &&
+              strcmp(e->fingerprint, fp_a) == 0, "old model still serves after bad %d", i);
+        model_entry_release(e);
+    }
+    struct registry_stats st;
+    registry_get_stats(reg, &st);
+    CHECK(st.loads_failed == 3 && st.loads_ok == 1 && st.models == 1, "failed swaps counted");
+    registry_free(reg);
+}
+
+struct load_arg {
+    struct registry *reg;
+    const char *name, *path;
+    int rc;
+    char err[ERR_LEN];
+    atomic_bool finished;
+};
+
+static void *load_thread(void *p)
+{
+    struct load_arg *a = p;
+    a->rc = registry_load(a->reg, a->name, a->path, NULL, a->err, sizeof a->err);
+    atomic_store(&a->finished, true);
+    return NULL;
+}
+
+static void test_busy(void)
+{
+    char err[ERR_LEN];
+    struct registry *reg;
+    registry_create(&reg, "cpu", err, sizeof err);
+    CHECK(registry_load(reg, "m", path_a, NULL, err, sizeof err) == REGISTRY_OK, "%s", err);
+    int busy = 0, other_ok = 0, unload_busy = 0, tries = 0;
+    for (; tries < 5 && !busy; tries++) {
+        struct load_arg a = {reg, "m", path_big, -100, "", false};
+        pthread_t t;
+        pthread_create(&t, NULL, load_thread, &a);
+        struct registry_stats st;
+        const double end = now_s() + 20;
+        do registry_get_stats(reg, &st);
+        while (st.loading == 0 && now_s() < end && !atomic_load(&a.finished));
+        const int rc = registry_load(reg, "m", path_b, NULL, err, sizeof err);
+        if (rc == REGISTRY_BUSY) {
+            busy++;
+            CHECK(one_line(err) && strstr(err, "m"), "busy message: %s", err);
+            /* Unloading a loading name is refused too; another name loads meanwhile. */
+            unload_busy = registry_unload(reg, "m", err, sizeof err) == REGISTRY_BUSY;
+            other_ok = registry_load(reg, "other", path_b, NULL, err, sizeof err) == REGISTRY_OK;
+        }
+        pthread_join(t, NULL);
+        CHECK(a.rc == REGISTRY_OK, "big load: %s", a.err);
+    }
+    CHECK(busy == 1, "concurrent swap of the same name refused as busy (%d tries)", tries);
+    CHECK(unload_busy, "unload during load is busy");
+    CHECK(other_ok, "a different name loads while m is loading");
+    struct registry_stats st;
+    registry_get_stats(reg, &st);
+    CHECK(st.loads_busy == 1, "busy counted: %lu", st.loads_busy);
+    registry_free(reg);
+}
+
+/* ------------------------------------------------------------- batcher -- */
+
+static void test_batching(void)
+{
+    char err[ERR_LEN];
+    struct registry *reg;
+    registry_create(&reg, "cpu", err, sizeof err);
+    CHECK(registry_load(reg, "a", path_a, NULL, err, sizeof err) == REGISTRY_OK, "%s", err);
+    struct model_entry *e;
+    registry_acquire(reg, "a", &e, err, sizeof err);
+
+    /* 8 jobs submitted at once with a 50 ms delay: gathered. */
+    struct batcher *b = batcher_create(8, 50, 64, err, sizeof err);
+    CHECK(b != NULL, "%s", err);
+    static struct tjob jobs[16];
+    struct waiter w;
+    waiter_init(&w);
+    for (int i = 0; i < 8; i++) {
+        tjob_setup(&jobs[i], e, S, S, inputs[i], true, i % 2 == 0, i % 3 == 0, &w);
+        CHECK(batcher_submit(b, &jobs[i].job, err, sizeof err) == BATCH_OK, "%s", err);
+    }
+    CHECK(waiter_wait(&w, 8, 30) == 8, "all 8 done");
+    int maxb = 0, bad = 0;
+    for (int i = 0; i < 8; i++) {
+        struct tjob *t = &jobs[i];
+        if (t->job.batch_size > maxb) maxb = t->job.batch_size;
+        bad += t->status != BATCH_OK || t->calls != 1;
+        bad += !matches(t->cls, ref_cls[0][i], D, t->job.batch_size);
+        if (i % 2 == 0) bad += !matches(t->patch, ref_patch[0][i], NP * D, t->job.batch_size);
+        if (i % 3 == 0) bad += !matches(t->rasa, ref_rasa[0][i], NP * D, t->job.batch_size);
+        bad += !(t->job.queue_seconds >= 0 && t->job.infer_seconds > 0);
+    }
+    struct batcher_stats bs;
+    batcher_get_stats(b, &bs);
+    printf("gathering: 8 jobs in %lu batches, largest %d\n", bs.batches, maxb);
+    CHECK(maxb > 1 && bs.batches < 8, "batches gathered: largest %d, %lu batches", maxb, bs.batches);
+    CHECK(bad == 0, "%d mismatches in batched results", bad);
+    batcher_free(b);
+
+    /* Mixed resolutions interleaved: one batch per key, all correct. */
+    b = batcher_create(8, 50, 64, err, sizeof err);
+    waiter_destroy(&w);
+    waiter_init(&w);
+    for (int i = 0; i < 8; i++) {
+        if (i % 2) tjob_setup(&jobs[i], e, H2, W2, inputs2[i], true, false, false, &w);
+        else tjob_setup(&jobs[i], e, S, S, inputs[i], true, false, false, &w);
+        CHECK(batcher_submit(b, &jobs[i].job, err, sizeof err) == BATCH_OK, "%s", err);
+    }
+    CHECK(waiter_wait(&w, 8, 30) == 8, "mixed done");
+    bad = 0;
+    maxb = 0;
+    for (int i = 0; i < 8; i++) {
+        struct tjob *t = &jobs[i];
+        bad += t->status != BATCH_OK || t->job.batch_size > 4;
+        bad += !matches(t->cls, i % 2 ? ref_cls2[i] : ref_cls[0][i], D, t->job.batch_size);
+        if (t->job.batch_size > maxb) maxb = t->job.batch_size;
+    }
+    batcher_get_stats(b, &bs);
+    printf("mixed keys: 8 jobs (2 resolutions) in %lu batches, largest %d\n", bs.batches, maxb);
+    CHECK(bad == 0 && bs.batches >= 2, "mixed keys: %d bad, %lu batches", bad, bs.batches);
+    batcher_free(b);
+
+    /* max_batch caps a batch. */
+    b = batcher_create(3, 50, 64, err, sizeof err);
+    waiter_destroy(&w);
+    waiter_init(&w);
+    for (int i = 0; i < 10; i++) {
+        tjob_setup(&jobs[i], e, S, S, inputs[i % NIN], true, false, false, &w);
+        batcher_submit(b, &jobs[i].job, err, sizeof err);
+    }
+    CHECK(waiter_wait(&w, 10, 30) == 10, "capped done");
+    bad = 0;
+    for (int i = 0; i < 10; i++)
+        bad += jobs[i].status != BATCH_OK || jobs[i].job.batch_size > 3 ||
+               !matches(jobs[i].cls, ref_cls[0][i % NIN], D, jobs[i].job.batch_size);
+    batcher_get_stats(b, &bs);
+    CHECK(bad == 0 && bs.batches >= 4 && bs.max_batch_seen <= 3 && bs.images == 10,
+          "max batch respected: %lu batches, max %d", bs.batches, bs.max_batch_seen);
+    batcher_free(b);
+
+    /* Invalid jobs are refused at submit, without a callback. */
+    b = batcher_create(4, 0, 64, err, sizeof err);
+    waiter_destroy(&w);
+    waiter_init(&w);
+    struct tjob *t = &jobs[0];
+    tjob_setup(t, e, 50, S, inputs[0], true, false, false, &w);
+    CHECK(batcher_submit(b, &t->job, err, sizeof err) == BATCH_ERR && one_line(err), "bad H: %s", err);
+    tjob_setup(t, e, S, S, inputs[0], false, false, false, &w);
+    CHECK(batcher_submit(b, &t->job, err, sizeof err) == BATCH_ERR, "no outputs");
+    tjob_setup(t, e, S, S, NULL, true, false, false, &w);
+    CHECK(batcher_submit(b, &t->job, err, sizeof err) == BATCH_ERR, "no input");
+    tjob_setup(t, e, S, S, inputs[5], true, true, true, &w);
+    CHECK(batcher_submit(b, &t->job, err, sizeof err) == BATCH_OK, "%s", err);
+    CHECK(waiter_wait(&w, 1, 30) == 1 && t->status == BATCH_OK && t->job.batch_size == 1 &&
+          memcmp(t->cls, ref_cls[0][5], sizeof t->cls) == 0 &&
+          memcmp(t->patch, ref_patch[0][5], sizeof t->patch) == 0 &&
+          memcmp(t->rasa, ref_rasa[0][5], sizeof t->rasa) == 0,
+          "a single job is bit-identical to a direct forward");
+    waiter_destroy(&w);
+    waiter_init(&w);
+    struct model_entry *e0;
+    CHECK(registry_load(reg, "norasa", path_norasa, &e0, err, sizeof err) == REGISTRY_OK, "%s", err);
+    tjob_setup(t, e0, S, S, inputs[0], true, false, true, &w);
+    CHECK(batcher_submit(b, &t->job, err, sizeof err) == BATCH_ERR && strstr(err, "RASA"),
+          "rasa without tensors: %s", err);
+    tjob_setup(t, e0, S, S, inputs[0], true, true, false, &w);
+    CHECK(batcher_submit(b, &t->job, err, sizeof err) == BATCH_OK, "%s", err);
+    CHECK(waiter_wait(&w, 1, 30) == 1 && t->status == BATCH_OK && t->calls == 1, "norasa job");
+    model_entry_release(e0);
+    batcher_free(b);
+    CHECK(t->calls == 1, "exactly one callback");
+
+    /* Queue full: refused at once; shutdown drains without waiting the delay. */
+    b = batcher_create(64, 20000, 4, err, sizeof err);
+    waiter_destroy(&w);
+    waiter_init(&w);
+    for (int i = 0; i < 4; i++) {
+        tjob_setup(&jobs[i], e, S, S, inputs[i], true, false, false, &w);
+        CHECK(batcher_submit(b, &jobs[i].job, err, sizeof err) == BATCH_OK, "%s", err);
+    }
+    CHECK(batcher_queue_depth(b) == 4, "depth %d", batcher_queue_depth(b));
+    tjob_setup(&jobs[4], e, S, S, inputs[4], true, false, false, &w);
+    double t0 = now_s();
+    const int full = batcher_submit(b, &jobs[4].job, err, sizeof err);
+    const double dt = now_s() - t0;
+    CHECK(full == BATCH_FULL && dt < 0.05 && one_line(err), "queue full in %.3f s: %s", dt, err);
+    batcher_get_stats(b, &bs);
+    CHECK(bs.rejected_full == 1 && bs.queue_depth == 4, "full counted");
+    t0 = now_s();
+    batcher_shutdown(b);
+    const double drain = now_s() - t0;
+    int ok = 0;
+    for (int i = 0; i < 4; i++)
+        ok += jobs[i].status == BATCH_OK && jobs[i].calls == 1 && jobs[i].job.batch_size == 4 &&
+              matches(jobs[i].cls, ref_cls[0][i], D, 4);
+    CHECK(ok == 4 && waiter_count(&w) == 4 && jobs[4].calls == 0, "drained %d of 4", ok);
+    CHECK(drain < 10.0, "shutdown did not wait for the batching delay: %.3f s", drain);
+    CHECK(batcher_submit(b, &jobs[4].job, err, sizeof err) == BATCH_SHUTDOWN && one_line(err),
+          "after shutdown: %s", err);
+    batcher_shutdown(b);   /* idempotent */
+    batcher_free(b);
+    waiter_destroy(&w);
+
+    model_entry_release(e);
+    registry_free(reg);
+}
+
+/* ------------------------------------------------- hot swap under load -- */
+
+struct client {
+    struct registry *reg;
+    struct batcher *b;
+    atomic_bool *stop;
+    int id;
+    long requests, failures, mismatches, unknown_fp, seen_a, seen_b, batched;
+    long hist[9];
+    int max_batch;
+    char first_err[ERR_LEN];
+};
+
+static void *client_main(void *p)
+{
+    struct client *c = p;
+    struct waiter w;
+    waiter_init(&w);
+    struct tjob *t = malloc(sizeof(*t));
+    char err[ERR_LEN];
+    for (long k = 0; !atomic_load(c->stop); k++) {
+        const int i = (int)((k + c->id) % NIN);
+        struct model_entry *e;
+        c->requests++;
+        if (registry_acquire(c->reg, (k & 1) ? "m" : NULL, &e, err, sizeof err)) {
+            if (!c->failures++) snprintf(c->first_err, sizeof c->first_err, "%s", err);
+            continue;
+        }
+        const int which = strcmp(e->fingerprint, fp_a) == 0 ? 0
+                          : strcmp(e->fingerprint, fp_b) == 0 ? 1 : -1;
+        tjob_setup(t, e, S, S, inputs[i], true, false, false, &w);
+        const int before = waiter_count(&w);
+        if (batcher_submit(c->b, &t->job, err, sizeof err)) {
+            if (!c->failures++) snprintf(c->first_err, sizeof c->first_err, "%s", err);
+            model_entry_release(e);
+            continue;
+        }
+        waiter_wait(&w, before + 1, 60);
+        if (t->status != BATCH_OK) {
+            if (!c->failures++) snprintf(c->first_err, sizeof c->first_err, "%s", t->err);
+        } else if (which < 0) {
+            c->unknown_fp++;
+        } else {
+            c->mismatches += !matches(t->cls, ref_cls[which][i], D, t->job.batch_size);
+            c->seen_a += which == 0;
+            c->seen_b += which == 1;
+            c->batched += t->job.batch_size > 1;
+            c->hist[t->job.batch_size < 8 ? t->job.batch_size : 8]++;
+            if (t->job.batch_size > c->max_batch) c->max_batch = t->job.batch_size;
+        }
+        model_entry_release(e);
+    }
+    free(t);
+    waiter_destroy(&w);
+    return NULL;
+}
+
+static void test_hot_swap_under_load(void)
+{
+    char err[ERR_LEN];
+    struct registry *reg;
+    registry_create(&reg, "cpu", err, sizeof err);
+    CHECK(registry_load(reg, "m", path_a, NULL, err, sizeof err) == REGISTRY_OK, "%s", err);
+    struct batcher *b = batcher_create(8, 2, 256, err, sizeof err);
+    atomic_bool stop = false;
+    enum { NC = 4 };
+    struct client cl[NC];
+    pthread_t th[NC];
+    for (int i = 0; i < NC; i++) {
+        memset(&cl[i], 0, sizeof cl[i]);
+        cl[i].reg = reg;
+        cl[i].b = b;
+        cl[i].stop = &stop;
+        cl[i].id = i;
+        pthread_create(&th[i], NULL, client_main, &cl[i]);
+    }
+    int swaps = 0, swap_fail = 0, bad_ok = 0;
+    const double t0 = now_s();
+    while (now_s() - t0 < 2.5) {
+        sleep_ms(15);
+        const char *p = swaps % 2 ? path_a : path_b;
+        if (registry_load(reg, "m", p, NULL, err, sizeof err) == REGISTRY_OK) swaps++;
+        else swap_fail++;
+        if (swaps % 7 == 3) /* a failing swap now and then leaves the model serving */
+            bad_ok += registry_load(reg, "m", path_trunc, NULL, err, sizeof err) == REGISTRY_ERR;
+    }
+    atomic_store(&stop, true);
+    long req = 0, fail = 0, mism = 0, unk = 0, sa = 0, sb = 0, batched = 0;
+    int maxb = 0;
+    long hist[9] = {0};
+    for (int i = 0; i < NC; i++) {
+        pthread_join(th[i], NULL);
+        for (int k = 0; k < 9; k++) hist[k] += cl[i].hist[k];
+        req += cl[i].requests;
+        fail += cl[i].failures;
+        mism += cl[i].mismatches;
+        unk += cl[i].unknown_fp;
+        sa += cl[i].seen_a;
+        sb += cl[i].seen_b;
+        batched += cl[i].batched;
+        if (cl[i].max_batch > maxb) maxb = cl[i].max_batch;
+        if (cl[i].failures) fprintf(stderr, "client %d: %s\n", i, cl[i].first_err);
+    }
+    batcher_free(b);
+    printf("hot swap: %.1f s, %d swaps (+%d failing swaps), %ld requests (%ld on a, %ld on b), "
+           "%ld batched, largest batch %d\n", now_s() - t0, swaps, bad_ok, req, sa, sb, batched,
+           maxb);
+    printf("hot swap: jobs by batch size 1..4: %ld %ld %ld %ld\n", hist[1], hist[2], hist[3], hist[4]);
+    CHECK(swaps >= 6 && swap_fail == 0, "swaps %d, failed %d", swaps, swap_fail);
+    CHECK(bad_ok > 0, "failing swaps refused");
+    CHECK(fail == 0 && mism == 0 && unk == 0, "failures %ld, mismatches %ld, unknown %ld", fail,
+          mism, unk);
+    CHECK(req > 100 && sa > 0 && sb > 0, "requests %ld on both models (%ld/%ld)", req, sa, sb);
+    struct registry_stats st;
+    registry_get_stats(reg, &st);
+    CHECK(st.models == 1 && st.loads_ok == (unsigned long)swaps + 1, "stats after swaps");
+    registry_free(reg);
+}
+
+int main(void)
+{
+    const char *t = getenv("TMPDIR");
+    snprintf(tmpdir, sizeof tmpdir, "%s/franca-reg-XXXXXX", t && *t ? t : "/tmp");
+    if (!mkdtemp(tmpdir)) {
+        perror("mkdtemp");
+        return 2;
+    }
+    if (make_fixtures()) {
+        fprintf(stderr, "fixtures failed\n");
+        return 2;
+    }
+    CHECK(strcmp(fp_a, fp_b) != 0, "two seeds, two fingerprints");
+    test_registry_basic();
+    test_failed_swap();
+    test_busy();
+    test_batching();
+    test_hot_swap_under_load();
+    char cmd[400];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
+    if (system(cmd) != 0) fprintf(stderr, "warning: could not remove %s\n", tmpdir);
+    printf("test_registry_batcher: ");
+    return check_summary();
+}
