@@ -2,6 +2,7 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 
 int set_err(char *err, size_t errlen, const char *fmt, ...)
 {
@@ -12,4 +13,20 @@ int set_err(char *err, size_t errlen, const char *fmt, ...)
         va_end(ap);
     }
     return -1;
+}
+
+void printable_copy(const char *s, size_t n, char *buf, size_t cap)
+{
+    if (!cap) return;
+    size_t o = 0;
+    for (size_t i = 0; i < n && o + 4 < cap; i++) {
+        if (i == 40) {
+            memcpy(buf + o, "...", 3);
+            o += 3;
+            break;
+        }
+        const unsigned char c = (unsigned char)s[i];
+        buf[o++] = (c >= 0x20 && c < 0x7f) ? (char)c : '?';
+    }
+    buf[o] = '\0';
 }

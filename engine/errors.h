@@ -16,4 +16,8 @@
 int set_err(char *err, size_t errlen, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* A printable, bounded copy of untrusted bytes for a message: at most 40 of
+ * them, other than printable ASCII shown as '?', "..." when cut. */
+void printable_copy(const char *s, size_t n, char *buf, size_t cap);
+
 #endif

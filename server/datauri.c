@@ -37,24 +37,6 @@ static bool ieq(const char *s, size_t n, const char *w)
     return true;
 }
 
-/* A printable, bounded copy of untrusted text for a message. */
-static void printable(const char *s, size_t n, char *buf, size_t cap)
-{
-    size_t o = 0;
-    const size_t limit = 48;
-    for (size_t i = 0; i < n && o + 4 < cap; i++) {
-        if (i == limit) {
-            buf[o++] = '.';
-            buf[o++] = '.';
-            buf[o++] = '.';
-            break;
-        }
-        const unsigned char c = (unsigned char)s[i];
-        buf[o++] = (c >= 0x20 && c < 0x7f) ? (char)c : '?';
-    }
-    buf[o] = '\0';
-}
-
 static void trim(const char *s, size_t *b, size_t *e)
 {
     while (*b < *e && is_space(s[*b])) (*b)++;
@@ -99,7 +81,7 @@ enum datauri_status datauri_decode(const char *s, size_t len, size_t max_bytes, 
     }
     if (scheme && !ieq(s + b, k - b, "data")) {
         char name[64];
-        printable(s + b, k - b, name, sizeof name);
+        printable_copy(s + b, k - b, name, sizeof name);
         const bool slashes = k + 2 < e && s[k + 1] == '/' && s[k + 2] == '/';
         if (slashes || ieq(s + b, k - b, "file")) {
             set_err(err, errlen,
@@ -139,7 +121,7 @@ enum datauri_status datauri_decode(const char *s, size_t len, size_t max_bytes, 
             declared = DATAURI_MEDIA_OCTET;
         } else {
             char t[64];
-            printable(s + mb, me - mb, t, sizeof t);
+            printable_copy(s + mb, me - mb, t, sizeof t);
             set_err(err, errlen, "unsupported media type '%s' in data URI (accepted: image/jpeg, "
                     "image/png, application/octet-stream)", t);
             return DATAURI_UNSUPPORTED_TYPE;

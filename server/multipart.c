@@ -31,22 +31,6 @@ static bool bchar(char c)
     return c != '\0' && strchr("'()+_,-./:=? ", c) != NULL;
 }
 
-/* A printable, bounded copy of untrusted bytes for a message. */
-static void printable(const char *s, size_t n, char *buf, size_t cap)
-{
-    size_t o = 0;
-    for (size_t i = 0; i < n && o + 4 < cap; i++) {
-        if (i == 40) {
-            memcpy(buf + o, "...", 3);
-            o += 3;
-            break;
-        }
-        const unsigned char c = (unsigned char)s[i];
-        buf[o++] = (c >= 0x20 && c < 0x7f) ? (char)c : '?';
-    }
-    buf[o] = '\0';
-}
-
 static int check_boundary(const char *b, size_t n, char *err, size_t errlen)
 {
     if (n == 0) return set_err(err, errlen, "multipart boundary is empty");
@@ -132,7 +116,7 @@ int multipart_boundary_from_content_type(const char *ct, char *boundary, size_t 
     while (tt > tb && is_ws(ct[tt - 1])) tt--;
     if (!ieq(ct + tb, tt - tb, "multipart/form-data")) {
         char t[64];
-        printable(ct + tb, tt - tb, t, sizeof t);
+        printable_copy(ct + tb, tt - tb, t, sizeof t);
         return set_err(err, errlen, "Content-Type '%s' is not multipart/form-data", t);
     }
     i = te;
@@ -278,7 +262,7 @@ static int parse_disposition(const char *v, size_t n, struct multipart_part *p, 
     while (te > 0 && is_ws(v[te - 1])) te--;
     if (!ieq(v, te, "form-data")) {
         char t[64];
-        printable(v, te, t, sizeof t);
+        printable_copy(v, te, t, sizeof t);
         return set_err(err, errlen, "part %zu: Content-Disposition '%s' is not form-data", idx, t);
     }
     while (i < n) {
@@ -292,7 +276,7 @@ static int parse_disposition(const char *v, size_t n, struct multipart_part *p, 
         if (ne == nb && (i >= n || v[i] == ';')) continue; /* empty parameter (";;") */
         if (i >= n || v[i] == ';') {
             char t[64];
-            printable(v + nb, ne - nb, t, sizeof t);
+            printable_copy(v + nb, ne - nb, t, sizeof t);
             return set_err(err, errlen, "part %zu: Content-Disposition parameter '%s' has no value",
                            idx, t);
         }
@@ -324,7 +308,7 @@ static int parse_disposition(const char *v, size_t n, struct multipart_part *p, 
         if (*slot) {
             free(val);
             char t[64];
-            printable(v + nb, ne - nb, t, sizeof t);
+            printable_copy(v + nb, ne - nb, t, sizeof t);
             return set_err(err, errlen, "part %zu: Content-Disposition has two '%s' parameters",
                            idx, t);
         }
@@ -371,7 +355,7 @@ static int parse_headers(const uint8_t *body, size_t len, size_t hs, struct mult
         const char *colon = memchr(line, ':', ll);
         if (!colon) {
             char t[64];
-            printable(line, ll, t, sizeof t);
+            printable_copy(line, ll, t, sizeof t);
             return set_err(err, errlen, "part %zu: header line without ':': '%s'", idx, t);
         }
         const size_t nlen = (size_t)(colon - line);
@@ -403,7 +387,7 @@ static int parse_headers(const uint8_t *body, size_t len, size_t hs, struct mult
         } else if (ieq(line, nlen, "content-transfer-encoding")) {
             if (!ieq(val, vl, "7bit") && !ieq(val, vl, "8bit") && !ieq(val, vl, "binary")) {
                 char t[64];
-                printable(val, vl, t, sizeof t);
+                printable_copy(val, vl, t, sizeof t);
                 return set_err(err, errlen, "part %zu: Content-Transfer-Encoding '%s' is not "
                                "supported (send binary data)", idx, t);
             }

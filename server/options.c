@@ -37,22 +37,6 @@ static int key_lookup(const char *k, size_t n)
     return -1;
 }
 
-/* A printable, bounded copy of untrusted text for a message. */
-static void printable(const char *s, size_t n, char *buf, size_t cap)
-{
-    size_t o = 0;
-    for (size_t i = 0; i < n && o + 4 < cap; i++) {
-        if (i == 40) {
-            memcpy(buf + o, "...", 3);
-            o += 3;
-            break;
-        }
-        const unsigned char c = (unsigned char)s[i];
-        buf[o++] = (c >= 0x20 && c < 0x7f) ? (char)c : '?';
-    }
-    buf[o] = '\0';
-}
-
 /* set_err for a well-typed value out of range: returns OPTIONS_INVALID. */
 __attribute__((format(printf, 3, 4)))
 static int invalid(char *err, size_t errlen, const char *fmt, ...)
@@ -127,7 +111,7 @@ static int set_crop(struct feature_options *o, const char *s, size_t n, char *er
         o->crop = CROP_SQUARE;
     } else {
         char t[64];
-        printable(s, n, t, sizeof t);
+        printable_copy(s, n, t, sizeof t);
         return set_err(err, errlen, "option 'crop' must be \"center\" or \"square\", got \"%s\"",
                        t);
     }
@@ -142,7 +126,7 @@ static int set_dtype(struct feature_options *o, const char *s, size_t n, char *e
         o->dtype = DTYPE_F16;
     } else {
         char t[64];
-        printable(s, n, t, sizeof t);
+        printable_copy(s, n, t, sizeof t);
         return set_err(err, errlen, "option 'dtype' must be \"f32\" or \"f16\", got \"%s\"", t);
     }
     return OPTIONS_OK;
@@ -262,7 +246,7 @@ int options_from_json_value(const json_t *obj, const char *const *skip_keys,
         const int key = key_lookup(k, kn);
         if (key < 0) {
             char t[64];
-            printable(k, kn, t, sizeof t);
+            printable_copy(k, kn, t, sizeof t);
             return set_err(err, errlen, "unknown option '%s' (known: " KNOWN_KEYS ")", t);
         }
         const int rc = apply_json_key(o, key, v, err, errlen);
@@ -334,7 +318,7 @@ static int query_int(const char *key, const char *s, size_t n, long long *v, cha
     const int r = parse_int(s, n, v);
     if (r == 0) return OPTIONS_OK;
     char t[64];
-    printable(s, n, t, sizeof t);
+    printable_copy(s, n, t, sizeof t);
     if (r == 2)
         return invalid(err, errlen, "option '%s' value '%s' is out of range", key, t);
     return set_err(err, errlen, "option '%s' must be an integer, got '%s'", key, t);
@@ -347,7 +331,7 @@ static int apply_pair(struct feature_options *o, unsigned *seen, const char *k, 
     const int key = key_lookup(k, kn);
     if (key < 0) {
         char t[64];
-        printable(k, kn, t, sizeof t);
+        printable_copy(k, kn, t, sizeof t);
         return set_err(err, errlen, "unknown query parameter '%s' (known: " KNOWN_KEYS ")", t);
     }
     const char *name = key_names[key];
@@ -391,7 +375,7 @@ static int apply_pair(struct feature_options *o, unsigned *seen, const char *k, 
             *slot = false;
         } else {
             char t[64];
-            printable(v, vn, t, sizeof t);
+            printable_copy(v, vn, t, sizeof t);
             return set_err(err, errlen, "option '%s' must be true, false, 1 or 0, got '%s'", name,
                            t);
         }

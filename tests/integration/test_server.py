@@ -89,6 +89,16 @@ def oversize_status(port, length):
     return int(line.split()[1]) if line.startswith("HTTP/1.1 ") else None
 
 
+SERVER_PID = [0]
+
+
+def rss_kib(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
 def start(args):
     p = subprocess.Popen([SERVER, "--port", "0", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = p.stdout.readline()
@@ -120,6 +130,7 @@ def main():
     server, port = start(["--model", "tiny=" + ck_a, "--models-dir", models, "--admin-token-file", token_file,
                           "--data", os.path.join(tmp, "data"), "--max-body-mb", "8", "--max-images", "8",
                           "--max-delay-ms", "10"])
+    SERVER_PID[0] = server.pid
     client = FrancaClient(f"http://127.0.0.1:{port}")
     try:
         run_checks(port, client, ref_a, ref_b, models)
@@ -188,6 +199,16 @@ def run_checks(port, client, ref_a, ref_b, models):
     st, hdrs, resp = raw(port, "DELETE", "/v1/embeddings")
     check(st == 405 and "POST" in hdrs.get("Allow", ""), "wrong method: 405 with Allow")
     check(client.health()["status"] == "ok", "server healthy after bad input")
+    # Memory must not grow with bad requests: resident size levels off once the
+    # allocator's per-thread arenas are warm (leaks proper are LeakSanitizer's job).
+    growth = []
+    for _ in range(4):
+        rss0 = rss_kib(SERVER_PID[0])
+        for _ in range(10):
+            for what, body, hdrs, want in cases:
+                raw(port, "POST", "/v1/embeddings", body, {"Content-Type": "application/json", **hdrs})
+        growth.append(rss_kib(SERVER_PID[0]) - rss0)
+    check(sum(growth[-2:]) < 2048, f"memory per {10 * len(cases)} bad requests levels off: {growth} KiB")
 
     # Admin: authentication and the models directory fence.
     for what, hdrs, body, want in [
@@ -215,6 +236,16 @@ def run_checks(port, client, ref_a, ref_b, models):
     check(st == 409, f"unloading the last model: {st}")
 
     hot_swap_under_load(client, port, ref_a, ref_b)
+    # Swapped-out models are freed when their last request ends: resident memory
+    # over rounds of swaps levels off instead of growing by a model per swap.
+    growth = []
+    for _ in range(4):
+        rss0 = rss_kib(SERVER_PID[0])
+        for k in range(10):
+            client.swap("tiny", "ab"[k % 2] + ".safetensors", token=TOKEN)
+            client.embed(IMAGES[:1], width=16)
+        growth.append(rss_kib(SERVER_PID[0]) - rss0)
+    check(sum(growth[-2:]) < 2048, f"memory per 10 swaps levels off: {growth} KiB")
 
     st, _, text = raw(port, "GET", "/metrics")
     text = text.decode() if isinstance(text, bytes) else str(text)
