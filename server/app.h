@@ -42,6 +42,7 @@ int routes_register(struct http_router *r, struct app *app, char *err, size_t er
 int routes_ops_register(struct http_router *r, struct app *app, char *err, size_t errlen);
 int routes_models_register(struct http_router *r, struct app *app, char *err, size_t errlen);
 int routes_embeddings_register(struct http_router *r, struct app *app, char *err, size_t errlen);
+int routes_features_register(struct http_router *r, struct app *app, char *err, size_t errlen);
 int routes_admin_register(struct http_router *r, struct app *app, char *err, size_t errlen);
 
 /* Acquires the named model (NULL: the default) for a request; otherwise replies

@@ -34,6 +34,8 @@ struct batcher {
     int wait_H, wait_W, wait_count;
 
     struct batcher_stats st;
+    batch_observer_fn observer;
+    void *observer_user;
 
     /* Worker-only scratch, grown as needed. */
     struct batch_job **jobs;      /* [max_batch] */
@@ -170,6 +172,8 @@ static void run_batch(struct batcher *b, struct batch_job **jobs, int B)
     if (B > b->st.max_batch_seen) b->st.max_batch_seen = B;
     pthread_mutex_unlock(&b->lock);
 
+    if (b->observer) b->observer(jobs, B, infer, b->observer_user);
+
     /* Callbacks may free their jobs: read nothing from a job after its callback.
      * Every job of the batch holds a reference to entry (taken at submit), so
      * entry stays valid until the releases below. */
@@ -246,6 +250,12 @@ static void *worker_main(void *arg)
 }
 
 /* ------------------------------------------------------------- public -- */
+
+void batcher_set_observer(struct batcher *b, batch_observer_fn fn, void *user)
+{
+    b->observer = fn;
+    b->observer_user = user;
+}
 
 struct batcher *batcher_create(int max_batch, int max_delay_ms, int max_queue, char *err,
                                size_t errlen)

@@ -79,6 +79,14 @@ struct batcher *batcher_create(int max_batch, int max_delay_ms, int max_queue, c
  * BATCH_ERR for an invalid job, BATCH_FULL, BATCH_SHUTDOWN. */
 int batcher_submit(struct batcher *b, struct batch_job *job, char *err, size_t errlen);
 
+/* Called once per forward pass, from the worker, after the batch ran and before
+ * its jobs' callbacks: jobs[0..B-1] with queue_seconds filled, the forward's
+ * seconds. For metrics; must not block or touch the jobs afterwards. Set it
+ * before the first submit. */
+typedef void (*batch_observer_fn)(struct batch_job *const *jobs, int B, double infer_seconds,
+                                  void *user);
+void batcher_set_observer(struct batcher *b, batch_observer_fn fn, void *user);
+
 /* Images queued and not yet running. */
 int batcher_queue_depth(struct batcher *b);
 

@@ -60,16 +60,13 @@ void infer_free(struct infer_request *r)
 }
 
 /* Records one image's outcome; the last one calls the request's callback. */
-static void finish_one(struct infer_request *r, int status, const char *err, double queue_s,
-                       double infer_s)
+static void finish_one(struct infer_request *r, int status, const char *err)
 {
     pthread_mutex_lock(r->lock);
     if (status != BATCH_OK && r->status == BATCH_OK) {
         r->status = status;
         snprintf(r->err, sizeof r->err, "%.500s", err ? err : "inference failed");
     }
-    if (queue_s > r->queue_seconds_max) r->queue_seconds_max = queue_s;
-    if (infer_s > r->infer_seconds_max) r->infer_seconds_max = infer_s;
     const int last = --r->pending == 0;
     pthread_mutex_unlock(r->lock);
     if (last) r->done(r, r->status, r->status == BATCH_OK ? NULL : r->err, r->user);
@@ -77,7 +74,8 @@ static void finish_one(struct infer_request *r, int status, const char *err, dou
 
 static void job_done(struct batch_job *job, int status, const char *err, void *user)
 {
-    finish_one(user, status, err, job->queue_seconds, job->infer_seconds);
+    (void)job;
+    finish_one(user, status, err);
 }
 
 int infer_submit(struct infer_request *r, struct batcher *b, infer_done_fn done, void *user,
@@ -113,10 +111,10 @@ int infer_submit(struct infer_request *r, struct batcher *b, infer_done_fn done,
                 set_err(err, errlen, "%s", e);
                 return rc;
             }
-            finish_one(r, rc, e, 0, 0);
+            finish_one(r, rc, e);
             return 0;
         }
     }
-    finish_one(r, BATCH_OK, NULL, 0, 0);
+    finish_one(r, BATCH_OK, NULL);
     return 0;
 }

@@ -24,7 +24,6 @@ struct infer_request {
     float *cls;                 /* [n, D] */
     float *patch;               /* [n, N, D] or NULL */
     float *patch_rasa;          /* [n, N, D] or NULL */
-    double queue_seconds_max, infer_seconds_max;
     /* Private. */
     struct batch_job *jobs;
     int pending;

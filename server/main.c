@@ -167,6 +167,15 @@ static void on_complete(const struct http_completion *c, void *user)
     metrics_observe(app->metrics, HIST_REQUEST_SECONDS, c->seconds);
 }
 
+/* Per forward pass: its size and time, and each image's wait in the queue. */
+static void on_batch(struct batch_job *const *jobs, int B, double infer_seconds, void *user)
+{
+    struct metrics *m = user;
+    metrics_observe(m, HIST_BATCH_SIZE, B);
+    metrics_observe(m, HIST_INFERENCE_SECONDS, infer_seconds);
+    for (int i = 0; i < B; i++) metrics_observe(m, HIST_QUEUE_SECONDS, jobs[i]->queue_seconds);
+}
+
 static int fail(const char *msg)
 {
     fprintf(stderr, "franca-server: %s\n", msg);
@@ -211,6 +220,7 @@ int main(int argc, char **argv)
     if (registry_create(&app.registry, app.device, err, sizeof err)) return fail(err);
     if (!(app.batcher = batcher_create(o.max_batch, o.max_delay_ms, o.max_queue, err, sizeof err)))
         return fail(err);
+    batcher_set_observer(app.batcher, on_batch, app.metrics);
 
     struct http_router *router = http_router_new();
     if (!router || routes_register(router, &app, err, sizeof err)) return fail(err);

@@ -32,8 +32,6 @@ static void embed_done(struct infer_request *r, int status, const char *err, voi
 {
     struct embed_ctx *ctx = user;
     struct http_request *req = ctx->req;
-    metrics_observe(ctx->app->metrics, HIST_QUEUE_SECONDS, r->queue_seconds_max);
-    metrics_observe(ctx->app->metrics, HIST_INFERENCE_SECONDS, r->infer_seconds_max);
     if (status != BATCH_OK) {
         reply_batch_error(req, status, err);
     } else {

@@ -4,10 +4,15 @@
     from franca_client import FrancaClient
     c = FrancaClient("http://127.0.0.1:8080")
     vecs = c.embed(["cat.jpg", "dog.png"], width=192)     # list of lists (or numpy array)
+    f = c.features(["cat.jpg"], widths=[96, 384], patch=True, pooled=True)
+    f["patch.w384"].shape, f.metadata["grid_height"]      # (1, 256, 384), 16
     c.swap("default", "franca_vitb14.safetensors", token="...")
 
 Command line:
     python3 clients/python/franca_client.py [--url URL] embed IMAGE... [--width W] [--model M]
+    python3 clients/python/franca_client.py [--url URL] features IMAGE... [--width W]... [--patch]
+        [--pooled] [--rasa] [--no-cls] [--no-normalize] [--resolution R] [--crop center|square]
+        [--model M] [--f16] [--out FILE.npz]
     python3 clients/python/franca_client.py [--url URL] models
     python3 clients/python/franca_client.py [--url URL] swap NAME CHECKPOINT --token-file F
 """
@@ -17,6 +22,7 @@ import json
 import os
 import struct
 import sys
+import uuid
 import urllib.error
 import urllib.request
 
@@ -39,6 +45,98 @@ def _image_data_uri(image):
     data = image if isinstance(image, (bytes, bytearray)) else open(image, "rb").read()
     mime = "image/png" if data[:8] == b"\x89PNG\r\n\x1a\n" else "image/jpeg"
     return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
+
+
+def _image_bytes(image):
+    return bytes(image) if isinstance(image, (bytes, bytearray)) else open(image, "rb").read()
+
+
+def _multipart(fields):
+    """[(name, filename or None, content type, bytes)] -> (body, Content-Type)."""
+    boundary = "franca-" + uuid.uuid4().hex
+    out = []
+    for name, filename, ctype, data in fields:
+        disp = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        out.append(f"--{boundary}\r\nContent-Disposition: {disp}\r\nContent-Type: {ctype}\r\n\r\n".encode())
+        out.append(data)
+        out.append(b"\r\n")
+    out.append(f"--{boundary}--\r\n".encode())
+    return b"".join(out), f"multipart/form-data; boundary={boundary}"
+
+
+_ST_DTYPES = {"F32": ("f", 4, "<f4"), "F16": ("e", 2, "<f2")}
+
+
+class Features(dict):
+    """Tensor name ("cls.w192", "patch.w768", "pooled.w384") -> numpy array (nested
+    lists without numpy); .metadata holds model, fingerprint, grid_height,
+    grid_width and patch_size."""
+
+    def __init__(self, tensors, metadata):
+        super().__init__(tensors)
+        self.metadata = metadata
+
+
+def _nest(flat, shape):
+    if len(shape) <= 1:
+        return list(flat)
+    step = len(flat) // shape[0] if shape[0] else 0
+    return [_nest(flat[i * step:(i + 1) * step], shape[1:]) for i in range(shape[0])]
+
+
+def parse_safetensors(buf):
+    """A safetensors body (8-byte little-endian header length, JSON header, raw
+    little-endian tensors) -> (dict name -> numpy array or nested lists, metadata dict).
+    F32 and F16 tensors are supported; F16 stays float16 under numpy."""
+    if len(buf) < 8:
+        raise ValueError("safetensors: shorter than 8 bytes")
+    n = struct.unpack("<Q", buf[:8])[0]
+    if n > len(buf) - 8:
+        raise ValueError("safetensors: header length exceeds the body")
+    header = json.loads(buf[8:8 + n].decode("utf-8"))
+    meta = header.pop("__metadata__", None) or {}
+    base = 8 + n
+    tensors = {}
+    for name, info in header.items():
+        code, size, npdt = _ST_DTYPES.get(info["dtype"], (None, 0, None))
+        if code is None:
+            raise ValueError(f"safetensors: tensor {name} has unsupported dtype {info['dtype']}")
+        begin, end = info["data_offsets"]
+        shape = list(info["shape"])
+        count = 1
+        for d in shape:
+            count *= d
+        if begin < 0 or end != begin + count * size or base + end > len(buf):
+            raise ValueError(f"safetensors: tensor {name} has inconsistent offsets")
+        if np is not None:
+            tensors[name] = np.frombuffer(buf, dtype=npdt, count=count, offset=base + begin).reshape(shape).copy()
+        else:
+            tensors[name] = _nest(struct.unpack_from(f"<{count}{code}", buf, base + begin), shape)
+    return tensors, meta
+
+
+def _feature_metadata(meta):
+    out = dict(meta)
+    for k in ("grid_height", "grid_width", "patch_size"):
+        if k in out:
+            out[k] = int(out[k])
+    return out
+
+
+def _features_from_json(resp):
+    """The JSON answer of /v1/features -> the tensors the binary answer holds."""
+    data = resp["data"]
+    tensors = {}
+    for kind in ("cls", "patch", "pooled"):
+        if not data or kind not in data[0]:
+            continue
+        for w in data[0][kind]:
+            rows = [item[kind][w] for item in data]
+            tensors[f"{kind}.w{w}"] = np.asarray(rows, dtype=np.float32) if np is not None else rows
+    meta = {"model": resp["model"], "fingerprint": resp["fingerprint"],
+            "grid_height": resp["grid"]["height"], "grid_width": resp["grid"]["width"],
+            "patch_size": resp["patch_size"]}
+    return tensors, meta
 
 
 class FrancaClient:
@@ -103,6 +201,50 @@ class FrancaClient:
             rows.append(e)
         return np.asarray(rows, dtype=np.float32) if np is not None else rows
 
+    def features(self, images, widths=None, cls=True, patch=False, pooled=False, rasa=False,
+                 normalize=True, resolution=None, crop=None, model=None, binary=True, dtype="f32",
+                 raw=False):
+        """Native features of images (paths or bytes), sent as multipart/form-data.
+        widths: an int or a list (default: the model's full width). Returns a
+        Features dict: "cls.w{W}" [n, W], "patch.w{W}" [n, N, W], "pooled.w{W}"
+        [n, W] for the requested outputs, and .metadata (model, fingerprint,
+        grid_height, grid_width, patch_size). binary=True asks for the safetensors
+        answer (dtype "f32" or "f16"); binary=False for JSON. raw=True returns the
+        response body (bytes for binary, else the parsed JSON)."""
+        opts = {"cls": cls, "patch": patch, "pooled": pooled, "rasa": rasa, "normalize": normalize}
+        if widths is not None:
+            opts["widths"] = [int(widths)] if isinstance(widths, int) else [int(w) for w in widths]
+        if resolution is not None:
+            opts["resolution"] = int(resolution)
+        if crop is not None:
+            opts["crop"] = crop
+        if model is not None:
+            opts["model"] = model
+        if binary:
+            opts["dtype"] = dtype
+        fields = []
+        for i, img in enumerate(images):
+            data = _image_bytes(img)
+            ctype = "image/png" if data[:8] == b"\x89PNG\r\n\x1a\n" else "image/jpeg"
+            fname = os.path.basename(img) if isinstance(img, str) else f"image{i}"
+            fields.append(("images", fname, ctype, data))
+        fields.append(("options", None, "application/json", json.dumps(opts).encode()))
+        body, ctype = _multipart(fields)
+        headers = {"Content-Type": ctype}
+        if binary:
+            headers["Accept"] = "application/vnd.safetensors"
+        _, _, payload = self.request("POST", "/v1/features", body, headers)
+        if binary:
+            if raw:
+                return payload
+            tensors, meta = parse_safetensors(payload)
+        else:
+            resp = json.loads(payload)
+            if raw:
+                return resp
+            tensors, meta = _features_from_json(resp)
+        return Features(tensors, _feature_metadata(meta))
+
     def swap(self, name, checkpoint, token=None):
         """Loads checkpoint (relative to the server's --models-dir) as model name."""
         saved, self.token = self.token, token or self.token
@@ -127,6 +269,19 @@ def main(argv=None):
     e.add_argument("images", nargs="+")
     e.add_argument("--width", type=int)
     e.add_argument("--model")
+    f = sub.add_parser("features", help="CLS, patch and pooled features of images (saved as .npz)")
+    f.add_argument("images", nargs="+")
+    f.add_argument("--width", type=int, action="append", help="Matryoshka width (repeatable)")
+    f.add_argument("--patch", action="store_true", help="patch tokens")
+    f.add_argument("--pooled", action="store_true", help="mean of the patch tokens")
+    f.add_argument("--rasa", action="store_true", help="patch/pooled from RASA-cleaned tokens")
+    f.add_argument("--no-cls", action="store_true", help="leave out the CLS features")
+    f.add_argument("--no-normalize", action="store_true", help="do not L2-normalise")
+    f.add_argument("--resolution", type=int)
+    f.add_argument("--crop", choices=("center", "square"))
+    f.add_argument("--model")
+    f.add_argument("--f16", action="store_true", help="transfer float16")
+    f.add_argument("--out", help="write the tensors to FILE.npz (needs numpy); else print shapes")
     sub.add_parser("models", help="list the loaded models")
     s = sub.add_parser("swap", help="hot-swap a model from the server's --models-dir")
     s.add_argument("name")
@@ -138,6 +293,18 @@ def main(argv=None):
         if args.cmd == "embed":
             for path, vec in zip(args.images, c.embed(args.images, args.width, args.model)):
                 print(json.dumps({"image": path, "embedding": [float(x) for x in vec]}))
+        elif args.cmd == "features":
+            if args.out and np is None:
+                print("franca_client: --out needs numpy", file=sys.stderr)
+                return 2
+            res = c.features(args.images, widths=args.width, cls=not args.no_cls, patch=args.patch,
+                             pooled=args.pooled, rasa=args.rasa, normalize=not args.no_normalize,
+                             resolution=args.resolution, crop=args.crop, model=args.model,
+                             dtype="f16" if args.f16 else "f32")
+            if args.out:
+                np.savez(args.out, **res)
+            shapes = {k: (list(v.shape) if np is not None else len(v)) for k, v in res.items()}
+            print(json.dumps({"metadata": res.metadata, "tensors": shapes, "out": args.out}))
         elif args.cmd == "models":
             print(json.dumps(c.models(), indent=1))
         else:

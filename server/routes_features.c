@@ -1,0 +1,748 @@
+/* POST /v1/features, native: CLS, patch tokens and pooled patch tokens of images
+ * at several Matryoshka widths from one forward pass.
+ *
+ * Request forms (the options are those of server/options.h):
+ *   multipart/form-data     image parts (any name but "options"; several allowed)
+ *                           and an optional "options" part holding a JSON object
+ *   image/jpeg, image/png   the raw image as the body; options in the query string
+ *   application/json        {"images": [base64 or data URI, ...]} or {"image": "..."},
+ *                           options as further keys of the same object
+ * With multipart and JSON bodies the options may instead come from the query
+ * string, but not from both places at once (400).
+ *
+ * Preprocessing: crop "center" is the checkpoint's eval preprocessing (resize +
+ * centre crop), so resolution must be 0 or the crop size; crop "square" resizes
+ * the whole image to resolution x resolution (0: the crop size).
+ *
+ * Outputs per width W: cls.w{W} [B, W] (first W features of the final-norm CLS),
+ * patch.w{W} [B, N, W] (each patch token's first W features), pooled.w{W} [B, W]
+ * (mean of the patch tokens' first W features); each vector is L2-normalised
+ * after the cut when normalize is set. With rasa, patch and pooled come from the
+ * RASA-cleaned tokens.
+ *
+ * Size: a request holds at most max_images x the default resolution's patch
+ * tokens (one image at any resolution always fits); past that 413.
+ *
+ * Answer: JSON by default (numbers, dtype ignored; past max_json_floats numbers
+ * 413 pointing to the binary form), or with Accept: application/vnd.safetensors
+ * a safetensors body in f32 or f16 with metadata model, fingerprint,
+ * grid_height, grid_width and patch_size. */
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "app.h"
+#include "datauri.h"
+#include "errors.h"
+#include "images.h"
+#include "infer.h"
+#include "matryoshka.h"
+#include "multipart.h"
+#include "options.h"
+#include "safetensors.h"
+#include "vit.h"
+
+#define SAFETENSORS_TYPE "application/vnd.safetensors"
+
+/* ---- small helpers ---- */
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static char lower_ascii(char c)
+{
+    return (c >= 'A' && c <= 'Z') ? (char)(c - 'A' + 'a') : c;
+}
+
+static bool is_blank(char c)
+{
+    return c == ' ' || c == '\t';
+}
+
+/* s[0..n) equals the lowercase word w, case-insensitively. */
+static bool ieq_n(const char *s, size_t n, const char *w)
+{
+    if (n != strlen(w)) return false;
+    for (size_t i = 0; i < n; i++)
+        if (lower_ascii(s[i]) != w[i]) return false;
+    return true;
+}
+
+/* The media type of a Content-Type value (before any ';', blanks trimmed) is
+ * the lowercase type want. */
+static bool media_is(const char *ct, const char *want)
+{
+    if (!ct) return false;
+    while (is_blank(*ct)) ct++;
+    size_t n = strcspn(ct, ";");
+    while (n > 0 && is_blank(ct[n - 1])) n--;
+    return ieq_n(ct, n, want);
+}
+
+/* Accept lists application/vnd.safetensors (exactly; not through a wildcard)
+ * with a q-value above 0. */
+static bool wants_safetensors(const char *accept)
+{
+    if (!accept) return false;
+    const char *p = accept;
+    for (;;) {
+        const size_t len = strcspn(p, ",");
+        const char *end = p + len;
+        const char *s = p;
+        while (s < end && is_blank(*s)) s++;
+        const char *m = s;
+        while (m < end && *m != ';' && !is_blank(*m)) m++;
+        if (ieq_n(s, (size_t)(m - s), SAFETENSORS_TYPE)) {
+            bool refused = false;
+            /* Parameters: ";q=0" (or 0.0...) refuses the type. */
+            for (const char *q = m; q < end; q++) {
+                if (*q != ';') continue;
+                const char *k = q + 1;
+                while (k < end && is_blank(*k)) k++;
+                if (k + 1 < end && lower_ascii(k[0]) == 'q' && k[1] == '=') {
+                    char num[16];
+                    size_t nl = 0;
+                    for (const char *d = k + 2; d < end && *d != ';' && nl + 1 < sizeof num; d++)
+                        num[nl++] = *d;
+                    num[nl] = '\0';
+                    refused = strtod(num, NULL) <= 0.0;
+                }
+            }
+            if (!refused) return true;
+        }
+        if (*end == '\0') return false;
+        p = end + 1;
+    }
+}
+
+/* Replies with an error message formatted into a local buffer; returns -1. */
+__attribute__((format(printf, 3, 4)))
+static int fail(struct http_request *req, int status, const char *fmt, ...)
+{
+    char msg[ERR_LEN + 256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    http_reply_error(req, status, NULL, msg);
+    return -1;
+}
+
+/* ---- request parsing ---- */
+
+struct image_in {
+    const uint8_t *data;
+    size_t len;
+    uint8_t *owned;       /* decoded base64 (freed with the request), or NULL */
+    char label[96];       /* for messages: "images[2]", "part 1 ('image')", "body" */
+};
+
+struct parsed {
+    struct feature_options opt;
+    struct image_in *images;
+    int n;
+    struct multipart_part *parts;  /* multipart: the parts, pointing into the body */
+    size_t n_parts;
+    json_t *json;                  /* JSON body */
+};
+
+static void parsed_free(struct parsed *p)
+{
+    for (int i = 0; p->images && i < p->n; i++) free(p->images[i].owned);
+    free(p->images);
+    multipart_free(p->parts, p->n_parts);
+    json_decref(p->json);
+    memset(p, 0, sizeof *p);
+}
+
+/* Options from the query string; the caller has checked that the body has none. */
+static int query_options(struct http_request *req, struct feature_options *o)
+{
+    char err[ERR_LEN];
+    const int rc = options_from_query(http_query_string(req), o, err, sizeof err);
+    if (rc != OPTIONS_OK) return fail(req, options_http_status(rc), "%s", err);
+    return 0;
+}
+
+static bool has_query(struct http_request *req)
+{
+    const char *qs = http_query_string(req);
+    return qs && qs[0] != '\0';
+}
+
+static int both_option_sources(struct http_request *req, const char *where)
+{
+    return fail(req, 400, "options are given both in the query string and in %s: use one place",
+                where);
+}
+
+static int too_many_images(struct http_request *req, const struct app *app, size_t n)
+{
+    return fail(req, 413, "%zu images in one request; the limit is %d", n, app->limits.max_images);
+}
+
+static int alloc_images(struct http_request *req, struct parsed *p, size_t n)
+{
+    p->images = calloc(n, sizeof *p->images);
+    if (!p->images) return fail(req, 500, "out of memory");
+    return 0;
+}
+
+static int parse_multipart(struct http_request *req, const struct app *app, const char *ct,
+                           struct parsed *p)
+{
+    char err[ERR_LEN], boundary[MULTIPART_BOUNDARY_MAX + 1];
+    if (multipart_boundary_from_content_type(ct, boundary, sizeof boundary, err, sizeof err))
+        return fail(req, 400, "%s", err);
+    size_t len;
+    const char *body = http_body(req, &len);
+    /* One part more than the images allowed leaves room for "options". */
+    const size_t max_parts = (size_t)app->limits.max_images + 1;
+    const int rc = multipart_parse((const uint8_t *)body, len, boundary, &p->parts, &p->n_parts,
+                                   max_parts, err, sizeof err);
+    if (rc == MULTIPART_TOO_MANY)
+        return fail(req, 413, "more than %zu multipart parts: at most %d images per request, plus "
+                    "an 'options' part", max_parts, app->limits.max_images);
+    if (rc != MULTIPART_OK) return fail(req, multipart_http_status(rc), "%s", err);
+
+    const struct multipart_part *opts = NULL;
+    size_t n = 0;
+    for (size_t i = 0; i < p->n_parts; i++) {
+        const struct multipart_part *part = &p->parts[i];
+        if (strcmp(part->name, "options") == 0) {
+            if (opts) return fail(req, 400, "more than one 'options' part");
+            opts = part;
+        } else if (part->len == 0) {
+            return fail(req, 400, "multipart part %zu ('%.40s') is empty: expected image bytes", i,
+                        part->name);
+        } else {
+            n++;
+        }
+    }
+    if (n == 0)
+        return fail(req, 400, "no images: send one or more image parts (e.g. name=\"image\") "
+                    "beside an optional 'options' part");
+    if (n > (size_t)app->limits.max_images) return too_many_images(req, app, n);
+
+    if (opts) {
+        if (has_query(req)) return both_option_sources(req, "the 'options' part");
+        const int orc = options_from_json((const char *)opts->data, opts->len, &p->opt, err,
+                                          sizeof err);
+        if (orc != OPTIONS_OK)
+            return fail(req, options_http_status(orc), "'options' part: %s", err);
+    } else if (query_options(req, &p->opt)) {
+        return -1;
+    }
+
+    if (alloc_images(req, p, n)) return -1;
+    for (size_t i = 0; i < p->n_parts; i++) {
+        const struct multipart_part *part = &p->parts[i];
+        if (part == opts) continue;
+        struct image_in *im = &p->images[p->n++];
+        im->data = part->data;
+        im->len = part->len;
+        snprintf(im->label, sizeof im->label, "part %zu ('%.40s')", i, part->name);
+    }
+    return 0;
+}
+
+static int parse_raw(struct http_request *req, struct parsed *p)
+{
+    size_t len;
+    const char *body = http_body(req, &len);
+    if (len == 0) return fail(req, 400, "the body is empty: send the image bytes");
+    if (query_options(req, &p->opt)) return -1;
+    if (alloc_images(req, p, 1)) return -1;
+    p->images[0].data = (const uint8_t *)body;
+    p->images[0].len = len;
+    snprintf(p->images[0].label, sizeof p->images[0].label, "body");
+    p->n = 1;
+    return 0;
+}
+
+static int parse_json(struct http_request *req, const struct app *app, struct parsed *p)
+{
+    size_t len;
+    const char *body = http_body(req, &len);
+    json_error_t je;
+    p->json = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
+    if (!p->json) return fail(req, 400, "body is not valid JSON: %s", je.text);
+    if (!json_is_object(p->json)) return fail(req, 400, "body must be a JSON object");
+    json_t *images = json_object_get(p->json, "images"), *image = json_object_get(p->json, "image");
+    if (images && image) return fail(req, 400, "give 'images' or 'image', not both");
+    json_t *list = images ? images : image;
+    if (!list)
+        return fail(req, 400, "no images: 'images' must be an array of base64 images or "
+                    "data:image/...;base64, URIs");
+    const char *key = images ? "images" : "image";
+    size_t n;
+    if (json_is_string(list)) {
+        n = 1;
+    } else if (images && json_is_array(list)) {
+        n = json_array_size(list);
+        if (n == 0) return fail(req, 400, "'images' is an empty array");
+        for (size_t i = 0; i < n; i++)
+            if (!json_is_string(json_array_get(list, i)))
+                return fail(req, 400, "every element of 'images' must be a string (element %zu "
+                            "is not)", i);
+    } else {
+        return fail(req, 400, images ? "'images' must be an array of strings"
+                                     : "'image' must be a string");
+    }
+    if (n > (size_t)app->limits.max_images) return too_many_images(req, app, n);
+
+    char err[ERR_LEN];
+    if (json_object_size(p->json) > 1) {
+        if (has_query(req)) return both_option_sources(req, "the JSON body");
+        static const char *const skip[] = {"images", "image", NULL};
+        const int orc = options_from_json_value(p->json, skip, &p->opt, err, sizeof err);
+        if (orc != OPTIONS_OK) return fail(req, options_http_status(orc), "%s", err);
+    } else if (query_options(req, &p->opt)) {
+        return -1;
+    }
+
+    if (alloc_images(req, p, n)) return -1;
+    for (size_t i = 0; i < n; i++) {
+        const json_t *s = json_is_array(list) ? json_array_get(list, i) : list;
+        struct image_in *im = &p->images[p->n++];
+        if (json_is_array(list))
+            snprintf(im->label, sizeof im->label, "%s[%zu]", key, i);
+        else
+            snprintf(im->label, sizeof im->label, "%s", key);
+        const enum datauri_status st =
+            datauri_decode(json_string_value(s), json_string_length(s), app->limits.max_body_bytes,
+                           &im->owned, &im->len, NULL, err, sizeof err);
+        if (st != DATAURI_OK) return fail(req, datauri_http_status(st), "%s: %s", im->label, err);
+        im->data = im->owned;
+    }
+    return 0;
+}
+
+/* Fills *p from the request, or replies and returns -1. */
+static int parse_request(struct http_request *req, const struct app *app, struct parsed *p)
+{
+    const char *ct = http_header(req, "Content-Type");
+    if (media_is(ct, "multipart/form-data")) return parse_multipart(req, app, ct, p);
+    if (media_is(ct, "image/jpeg") || media_is(ct, "image/jpg") || media_is(ct, "image/png"))
+        return parse_raw(req, p);
+    if (media_is(ct, "application/json")) return parse_json(req, app, p);
+    return fail(req, 415, "Content-Type must be multipart/form-data, image/jpeg, image/png or "
+                "application/json, got '%.80s'", ct ? ct : "(none)");
+}
+
+/* ---- outputs ---- */
+
+enum out_kind { OUT_CLS, OUT_PATCH, OUT_POOLED, OUT_KINDS };
+static const char *const kind_names[OUT_KINDS] = {"cls", "patch", "pooled"};
+
+struct feat_ctx {
+    struct http_request *req;
+    struct app *app;
+    bool want[OUT_KINDS];
+    bool rasa, normalize, binary;
+    enum out_dtype dtype;
+    int widths[OPTIONS_MAX_WIDTHS];
+    int n_widths;
+    int grid_h, grid_w, patch_size;
+};
+
+struct out_tensor {
+    char name[32];        /* "patch.w768" */
+    enum out_kind kind;
+    int width;
+    int ndim;
+    int64_t shape[3];
+    float *data;
+};
+
+#define MAX_OUT (OUT_KINDS * OPTIONS_MAX_WIDTHS)
+
+static void free_tensors(struct out_tensor *t, int n)
+{
+    for (int i = 0; i < n; i++) free(t[i].data);
+}
+
+/* Means over the patch tokens: tok [n, N, D] -> mean [n, D]. */
+static float *mean_tokens(const float *tok, int n, int N, int D)
+{
+    float *mean = malloc(sizeof(float) * (size_t)n * D);
+    double *acc = malloc(sizeof(double) * D);
+    if (!mean || !acc) {
+        free(mean);
+        free(acc);
+        return NULL;
+    }
+    for (int i = 0; i < n; i++) {
+        for (int k = 0; k < D; k++) acc[k] = 0.0;
+        const float *t = tok + (size_t)i * N * D;
+        for (int j = 0; j < N; j++, t += D)
+            for (int k = 0; k < D; k++) acc[k] += t[k];
+        for (int k = 0; k < D; k++) mean[(size_t)i * D + k] = (float)(acc[k] / N);
+    }
+    free(acc);
+    return mean;
+}
+
+/* Cuts every requested output; kind-major, then in the order of the widths.
+ * Returns the number of tensors, or -1 when out of memory. */
+static int compute_outputs(const struct feat_ctx *c, const struct infer_request *r,
+                           struct out_tensor *out)
+{
+    const int n = r->n, N = r->N, D = r->D;
+    const float *tok = c->rasa ? r->patch_rasa : r->patch;
+    float *mean = NULL;
+    if (c->want[OUT_POOLED] && !(mean = mean_tokens(tok, n, N, D))) return -1;
+    int nt = 0;
+    for (int k = 0; k < OUT_KINDS; k++) {
+        if (!c->want[k]) continue;
+        for (int w = 0; w < c->n_widths; w++) {
+            const int W = c->widths[w];
+            struct out_tensor *t = &out[nt];
+            *t = (struct out_tensor){.kind = (enum out_kind)k, .width = W};
+            snprintf(t->name, sizeof t->name, "%s.w%d", kind_names[k], W);
+            const size_t rows = k == OUT_PATCH ? (size_t)n * N : (size_t)n;
+            t->data = malloc(sizeof(float) * rows * W);
+            if (!t->data) {
+                free(mean);
+                free_tensors(out, nt);
+                return -1;
+            }
+            nt++;
+            const float *src = k == OUT_CLS ? r->cls : k == OUT_PATCH ? tok : mean;
+            matryoshka_cut(src, (int)rows, D, W, c->normalize, t->data);
+            t->shape[0] = n;
+            if (k == OUT_PATCH) {
+                t->ndim = 3;
+                t->shape[1] = N;
+                t->shape[2] = W;
+            } else {
+                t->ndim = 2;
+                t->shape[1] = W;
+            }
+        }
+    }
+    free(mean);
+    return nt;
+}
+
+/* A growable text buffer for the JSON answer (large patch outputs are written
+ * directly as text, without a jansson tree of millions of reals). */
+struct sbuf {
+    char *p;
+    size_t len, cap;
+    bool oom;
+};
+
+static bool sb_reserve(struct sbuf *b, size_t more)
+{
+    if (b->oom) return false;
+    if (b->len + more + 1 <= b->cap) return true;
+    size_t cap = b->cap ? b->cap : 4096;
+    while (cap < b->len + more + 1) cap *= 2;
+    char *np = realloc(b->p, cap);
+    if (!np) {
+        b->oom = true;
+        return false;
+    }
+    b->p = np;
+    b->cap = cap;
+    return true;
+}
+
+static void sb_puts(struct sbuf *b, const char *s)
+{
+    const size_t n = strlen(s);
+    if (!sb_reserve(b, n)) return;
+    memcpy(b->p + b->len, s, n + 1);
+    b->len += n;
+}
+
+__attribute__((format(printf, 2, 3)))
+static void sb_printf(struct sbuf *b, const char *fmt, ...)
+{
+    char tmp[256];
+    va_list ap;
+    va_start(ap, fmt);
+    const int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
+    va_end(ap);
+    if (n < 0) return;
+    if ((size_t)n >= sizeof tmp) {
+        sb_puts(b, "null"); /* not reached: only short fragments are formatted */
+        return;
+    }
+    sb_puts(b, tmp);
+}
+
+/* A JSON string literal of s (ASCII control characters escaped). */
+static void sb_json_string(struct sbuf *b, const char *s)
+{
+    sb_puts(b, "\"");
+    for (; *s; s++) {
+        const unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\') {
+            char e[3] = {'\\', (char)ch, '\0'};
+            sb_puts(b, e);
+        } else if (ch < 0x20 || ch == 0x7f) {
+            sb_printf(b, "\\u%04x", ch);
+        } else {
+            char e[2] = {(char)ch, '\0'};
+            sb_puts(b, e);
+        }
+    }
+    sb_puts(b, "\"");
+}
+
+/* [v0,v1,...]: nine significant digits round-trip a float32 exactly; a
+ * non-finite value (never produced by a sane checkpoint) is written as null. */
+static void sb_floats(struct sbuf *b, const float *v, int n)
+{
+    if (!sb_reserve(b, (size_t)n * 18 + 2)) return;
+    char *o = b->p + b->len;
+    *o++ = '[';
+    for (int i = 0; i < n; i++) {
+        if (i) *o++ = ',';
+        if (isfinite(v[i])) {
+            o += snprintf(o, 17, "%.9g", (double)v[i]);
+        } else {
+            memcpy(o, "null", 4);
+            o += 4;
+        }
+    }
+    *o++ = ']';
+    *o = '\0';
+    b->len = (size_t)(o - b->p);
+}
+
+static void reply_json(const struct feat_ctx *c, const struct infer_request *r,
+                       const struct out_tensor *t, int nt)
+{
+    struct sbuf b = {0};
+    sb_puts(&b, "{\"object\":\"features\",\"model\":");
+    sb_json_string(&b, r->entry->name);
+    sb_puts(&b, ",\"fingerprint\":");
+    sb_json_string(&b, r->entry->fingerprint);
+    sb_printf(&b, ",\"grid\":{\"height\":%d,\"width\":%d},\"patch_size\":%d,\"data\":[", c->grid_h,
+              c->grid_w, c->patch_size);
+    const int N = r->N;
+    for (int i = 0; i < r->n && !b.oom; i++) {
+        sb_printf(&b, "%s{\"index\":%d", i ? "," : "", i);
+        for (int k = 0; k < OUT_KINDS; k++) {
+            if (!c->want[k]) continue;
+            sb_printf(&b, ",\"%s\":{", kind_names[k]);
+            bool first = true;
+            for (int j = 0; j < nt; j++) {
+                if (t[j].kind != (enum out_kind)k) continue;
+                const int W = t[j].width;
+                sb_printf(&b, "%s\"%d\":", first ? "" : ",", W);
+                first = false;
+                if (k == OUT_PATCH) {
+                    sb_puts(&b, "[");
+                    for (int p = 0; p < N && !b.oom; p++) {
+                        if (p) sb_puts(&b, ",");
+                        sb_floats(&b, t[j].data + ((size_t)i * N + p) * W, W);
+                    }
+                    sb_puts(&b, "]");
+                } else {
+                    sb_floats(&b, t[j].data + (size_t)i * W, W);
+                }
+            }
+            sb_puts(&b, "}");
+        }
+        sb_puts(&b, "}");
+    }
+    sb_puts(&b, "]}");
+    if (b.oom) {
+        free(b.p);
+        http_reply_error(c->req, 500, NULL, "out of memory while writing the answer");
+        return;
+    }
+    http_add_header(c->req, "X-Model-Fingerprint", r->entry->fingerprint);
+    http_reply_take(c->req, 200, "application/json", b.p, b.len, NULL);
+}
+
+static void reply_safetensors(const struct feat_ctx *c, const struct infer_request *r,
+                              const struct out_tensor *t, int nt)
+{
+    char err[ERR_LEN];
+    struct st_writer *w = st_writer_new();
+    if (!w) {
+        http_reply_error(c->req, 500, NULL, "out of memory");
+        return;
+    }
+    const enum st_dtype dt = c->dtype == DTYPE_F16 ? ST_F16 : ST_F32;
+    int rc = 0;
+    for (int j = 0; !rc && j < nt; j++)
+        rc = st_writer_add_f32(w, t[j].name, dt, t[j].data, t[j].ndim, t[j].shape, err, sizeof err);
+    char num[3][16];
+    snprintf(num[0], sizeof num[0], "%d", c->grid_h);
+    snprintf(num[1], sizeof num[1], "%d", c->grid_w);
+    snprintf(num[2], sizeof num[2], "%d", c->patch_size);
+    const char *const meta[][2] = {
+        {"model", r->entry->name}, {"fingerprint", r->entry->fingerprint},
+        {"grid_height", num[0]},   {"grid_width", num[1]},
+        {"patch_size", num[2]},
+    };
+    for (size_t m = 0; !rc && m < sizeof meta / sizeof meta[0]; m++)
+        rc = st_writer_set_metadata(w, meta[m][0], meta[m][1], err, sizeof err);
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    if (!rc) rc = st_writer_to_buffer(w, &buf, &len, err, sizeof err);
+    st_writer_free(w);
+    if (rc) {
+        http_reply_error(c->req, 500, NULL, err);
+        return;
+    }
+    http_add_header(c->req, "X-Model-Fingerprint", r->entry->fingerprint);
+    http_reply_take(c->req, 200, SAFETENSORS_TYPE, buf, len, NULL);
+}
+
+static void features_done(struct infer_request *r, int status, const char *err, void *user)
+{
+    struct feat_ctx *c = user;
+    if (status != BATCH_OK) {
+        reply_batch_error(c->req, status, err);
+    } else {
+        struct out_tensor t[MAX_OUT];
+        const int nt = compute_outputs(c, r, t);
+        if (nt < 0) {
+            http_reply_error(c->req, 500, NULL, "out of memory while cutting the features");
+        } else {
+            if (c->binary)
+                reply_safetensors(c, r, t, nt);
+            else
+                reply_json(c, r, t, nt);
+            free_tensors(t, nt);
+        }
+    }
+    free(c);
+    infer_free(r);
+}
+
+/* ---- the route ---- */
+
+static void features(struct http_request *req, void *user)
+{
+    struct app *app = user;
+    struct parsed p = {0};
+    char err[ERR_LEN];
+    if (parse_request(req, app, &p)) {
+        parsed_free(&p);
+        return;
+    }
+    const struct feature_options *o = &p.opt;
+    struct model_entry *e = acquire_or_reply(req, app, o->model[0] ? o->model : NULL);
+    if (!e) {
+        parsed_free(&p);
+        return;
+    }
+    const struct model_config *cfg = vit_model_config(e->model);
+    int rc = options_check_model(o, cfg, err, sizeof err);
+    const int crop = cfg->preprocess.crop_size;
+    if (rc == OPTIONS_OK && o->crop == CROP_CENTER && o->resolution && o->resolution != crop) {
+        snprintf(err, sizeof err, "resolution %d needs crop \"square\": crop \"center\" is the "
+                 "eval preprocessing of model '%s' (resize to %d, centre crop %d), so its "
+                 "resolution is 0 or %d", o->resolution, e->name, cfg->preprocess.resize_size,
+                 crop, crop);
+        rc = OPTIONS_INVALID;
+    }
+    if (rc != OPTIONS_OK) {
+        http_reply_error(req, options_http_status(rc), NULL, err);
+        model_entry_release(e);
+        parsed_free(&p);
+        return;
+    }
+
+    struct feat_ctx c = {.req = req, .app = app, .rasa = o->rasa, .normalize = o->normalize,
+                         .dtype = o->dtype, .binary = wants_safetensors(http_header(req, "Accept"))};
+    c.want[OUT_CLS] = o->cls;
+    c.want[OUT_PATCH] = o->patch;
+    c.want[OUT_POOLED] = o->pooled;
+    c.n_widths = options_effective_widths(o, cfg, c.widths);
+    const int S = o->crop == CROP_SQUARE && o->resolution ? o->resolution : crop;
+    const int P = cfg->patch_size;
+    c.grid_h = c.grid_w = S / P;
+    c.patch_size = P;
+    const uint64_t N = (uint64_t)c.grid_h * c.grid_w;
+    if (!c.binary) {
+        uint64_t sum_w = 0;
+        for (int i = 0; i < c.n_widths; i++) sum_w += (uint64_t)c.widths[i];
+        const uint64_t per_image = (o->cls ? sum_w : 0) + (o->patch ? N * sum_w : 0) +
+                                   (o->pooled ? sum_w : 0);
+        const uint64_t floats = per_image * (uint64_t)p.n;
+        if (floats > app->limits.max_json_floats) {
+            fail(req, 413, "the answer would hold %llu numbers, over the %zu allowed in JSON: ask "
+                 "for the binary form with 'Accept: " SAFETENSORS_TYPE "' (safetensors, f32 or "
+                 "f16), or request fewer images, widths or patch outputs",
+                 (unsigned long long)floats, app->limits.max_json_floats);
+            model_entry_release(e);
+            parsed_free(&p);
+            return;
+        }
+    }
+
+    /* Memory bound: at most as many patch tokens as max_images images at the
+     * default resolution (always at least one image, at any resolution). */
+    const uint64_t n_default = (uint64_t)(crop / P) * (uint64_t)(crop / P);
+    uint64_t token_cap = (uint64_t)app->limits.max_images * n_default;
+    if (token_cap < N) token_cap = N;
+    if ((uint64_t)p.n * N > token_cap) {
+        fail(req, 413, "%d images at %dx%d are %llu patch tokens; a request may hold %llu (the "
+             "image limit %d at the default %dx%d): send fewer images per request", p.n, S, S,
+             (unsigned long long)((uint64_t)p.n * N), (unsigned long long)token_cap,
+             app->limits.max_images, crop, crop);
+        model_entry_release(e);
+        parsed_free(&p);
+        return;
+    }
+
+    const bool tokens = o->patch || o->pooled;
+    struct infer_request *r = infer_new(e, p.n, S, S, tokens && !o->rasa, tokens && o->rasa, err,
+                                        sizeof err);
+    if (!r) {
+        http_reply_error(req, 500, NULL, err);
+        parsed_free(&p);
+        return;
+    }
+    const int prep_res = o->crop == CROP_SQUARE ? S : 0;
+    for (int i = 0; i < p.n; i++) {
+        const double t0 = now_s();
+        if (image_prepare(p.images[i].data, p.images[i].len, cfg, prep_res,
+                          app->limits.max_image_pixels, r->input + (size_t)i * 3 * S * S, err,
+                          sizeof err)) {
+            fail(req, 422, "%s: %s", p.images[i].label, err);
+            infer_free(r);
+            parsed_free(&p);
+            return;
+        }
+        metrics_observe(app->metrics, HIST_DECODE_SECONDS, now_s() - t0);
+    }
+    parsed_free(&p);
+
+    struct feat_ctx *ctx = malloc(sizeof *ctx);
+    if (!ctx) {
+        http_reply_error(req, 500, NULL, "out of memory");
+        infer_free(r);
+        return;
+    }
+    *ctx = c;
+    http_defer(req);
+    rc = infer_submit(r, app->batcher, features_done, ctx, err, sizeof err);
+    if (rc) {
+        reply_batch_error(req, rc, err);
+        free(ctx);
+        infer_free(r);
+    }
+}
+
+int routes_features_register(struct http_router *r, struct app *app, char *err, size_t errlen)
+{
+    return http_router_add(r, "POST", "/v1/features", features, app, err, errlen);
+}
