@@ -6,11 +6,14 @@ into a virtual environment under the build directory, never into the system
 Python) against it with the schema the server serves at /openapi.json, every
 operation, every phase (examples, coverage, fuzzing, stateful), checks
 not_a_server_error, status_code_conformance, content_type_conformance,
-response_schema_conformance and response_headers_conformance:
+response_schema_conformance and response_headers_conformance, and also
+ignored_auth (an admin route answers without credentials), unsupported_method
+(an undocumented method is not 405) and allow_header_conformance (405 without
+a right Allow header):
   run 1 sends the right admin bearer token on every request;
   run 2 fuzzes the admin routes without it.
 Generation is deterministic (--generation-deterministic: derandomized, no
-example database) and bounded (MAX_EXAMPLES per operation, default 100; set
+example database) and bounded (MAX_EXAMPLES per operation, default 200; set
 FRANCA_FUZZ_EXAMPLES for a longer local run). Any 5xx or schema violation
 fails the test. Afterwards the server must still answer GET /healthz with 200
 and exit 0 on SIGTERM.
@@ -47,10 +50,11 @@ import urllib.request
 import xml.etree.ElementTree as ET
 
 SCHEMATHESIS = "schemathesis==4.32.5"
-MAX_EXAMPLES = int(os.environ.get("FRANCA_FUZZ_EXAMPLES", "100"))
+MAX_EXAMPLES = int(os.environ.get("FRANCA_FUZZ_EXAMPLES", "200"))
 TOKEN = "fuzz-admin-token-0123456789"
 CHECKS = ("not_a_server_error,status_code_conformance,content_type_conformance,"
-          "response_schema_conformance,response_headers_conformance")
+          "response_schema_conformance,response_headers_conformance,"
+          "ignored_auth,unsupported_method,allow_header_conformance")
 
 ROOT = os.environ.get("FRANCA_SOURCE_ROOT") or os.path.dirname(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -78,7 +82,8 @@ def check(cond, what):
 def ensure_venv():
     """The virtual environment with the pinned schemathesis; made (or remade) when missing or stale."""
     marker = os.path.join(VENV, ".franca-installed")
-    if os.path.exists(marker) and open(marker).read().strip() == SCHEMATHESIS:
+    if os.path.exists(marker) and open(marker).read().strip() == SCHEMATHESIS \
+            and os.access(os.path.join(VENV, "bin", "schemathesis"), os.X_OK):
         return True
     shutil.rmtree(VENV, ignore_errors=True)
     print(f"creating {VENV} and installing {SCHEMATHESIS} from PyPI", flush=True)
