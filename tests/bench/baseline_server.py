@@ -13,6 +13,10 @@ the same state dict into a franca-server checkpoint, so both serve identical wei
 usage: /usr/bin/python3 tests/bench/baseline_server.py [--arch vit_small] [--seed 0]
        [--ls-init 0.1] [--grid 16] [--threads T] [--host 127.0.0.1] [--port 8090]
        [--model-name default] [--lock]
+--lock runs one forward at a time (a global lock around the model) instead of letting
+http.server's threads run their forwards concurrently. Debian's torch runs its GEMMs
+on OpenBLAS's own thread pool (OPENBLAS_NUM_THREADS) beside its OpenMP pool, so
+--threads 1 with OPENBLAS_NUM_THREADS=T can beat --threads T.
 Prints "listening on http://HOST:PORT" once the model is built and warmed up
 (--port 0 picks a free port); SIGTERM or SIGINT stops it.
 """
@@ -44,7 +48,8 @@ def parse_args(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ls-init", type=float, default=0.1)
     ap.add_argument("--grid", type=int, default=16, help="position-embedding grid (16: 224 px at patch 14)")
-    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads")
+    ap.add_argument("--threads", type=int, default=os.cpu_count(),
+                    help="torch.set_num_threads (default: all cores)")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8090)
     ap.add_argument("--model-name", default="default")
@@ -113,8 +118,9 @@ def main():
             raise ClientError(400, "input must be a string or a non-empty array", "invalid_request")
         width = req.get("dimensions")
         width = D if width is None else width
-        if not isinstance(width, int) or isinstance(width, bool) or width not in widths:
-            raise ClientError(422, "dimensions must be one of %s" % widths, "invalid_width")
+        if not isinstance(width, int) or isinstance(width, bool) or not 1 <= width <= D:
+            raise ClientError(422, "dimensions must be 1 to %d (trained: %s)" % (D, widths),
+                              "invalid_width")
         fmt = req.get("encoding_format") or "float"
         if fmt not in ("float", "base64"):
             raise ClientError(400, "encoding_format must be float or base64", "invalid_request")
