@@ -147,8 +147,42 @@ def main():
             server.kill()
             rc = None
         check(rc == 0, f"SIGTERM: drained and exited 0 (rc {rc})")
+    queue_and_busy(models, tmp, token_file)
     print(f"{passed} passed, {failed} failed")
     return 1 if failed else 0
+
+
+def stop(server):
+    server.send_signal(signal.SIGTERM)
+    return server.wait(timeout=30)
+
+
+def queue_and_busy(models, tmp, token_file):
+    """429 when the inference queue is full; 409 for a second swap of a name
+    that is still loading (a ViT-S checkpoint takes long enough to load)."""
+    big = os.path.join(models, "vits.safetensors")
+    subprocess.run([CKPT_TOOL, "init", "--arch", "vit_small", "--seed", "3", "--out", big],
+                   check=True, capture_output=True)
+    server, port = start(["--model", "tiny=" + os.path.join(models, "a.safetensors"), "--models-dir", models,
+                          "--admin-token-file", token_file, "--max-queue", "1", "--max-delay-ms", "300"])
+    png = base64.b64encode(open(IMAGES[0], "rb").read()).decode()
+    st, hdrs, body = raw(port, "POST", "/v1/embeddings", json.dumps({"input": [png, png]}).encode(),
+                         {"Content-Type": "application/json"})
+    check(st == 429 and hdrs.get("Retry-After") and conforms("/v1/embeddings", "POST", st, body),
+          f"queue full: {st} with Retry-After {hdrs.get('Retry-After')}")
+    results = []
+
+    def swap():
+        results.append(raw(port, "POST", "/admin/models/big", b'{"checkpoint": "vits.safetensors"}',
+                           {"Authorization": f"Bearer {TOKEN}"})[0])
+
+    first = threading.Thread(target=swap)
+    first.start()
+    time.sleep(0.05)
+    swap()
+    first.join()
+    check(sorted(results) == [200, 409], f"concurrent loads of one name: {sorted(results)} (want 200 and 409)")
+    check(stop(server) == 0, "second server: SIGTERM exit 0")
 
 
 def run_checks(port, client, ref_a, ref_b, models):
@@ -164,6 +198,17 @@ def run_checks(port, client, ref_a, ref_b, models):
           and len(m["fingerprint"]) == 64, "model description")
     st, _, body = raw(port, "GET", "/openapi.json")
     check(st == 200 and body.get("openapi", "").startswith("3.1"), "openapi.json served")
+
+    # curl, as the README shows it.
+    req = os.path.join(os.path.dirname(SERVER), "curl_request.json")
+    json.dump({"input": "data:image/png;base64," + base64.b64encode(open(IMAGES[0], "rb").read()).decode(),
+               "dimensions": 16}, open(req, "w"))
+    out = subprocess.run(["curl", "-s", "-f", f"http://127.0.0.1:{port}/v1/embeddings",
+                          "-H", "Content-Type: application/json", "--data-binary", "@" + req],
+                         capture_output=True, text=True)
+    got = np.asarray(json.loads(out.stdout)["data"][0]["embedding"], np.float32) if out.returncode == 0 else None
+    check(got is not None and np.abs(got - ref_a["cls_w16"][0]).max() < 1e-5, "curl embeddings equal franca-embed's")
+    os.remove(req)
 
     # Embeddings equal franca-embed's at each width.
     for w in (16, 64):
@@ -266,7 +311,7 @@ def fingerprint_of(client):
     return client.embed(IMAGES[:1], width=16, raw=True)["fingerprint"]
 
 
-def hot_swap_under_load(client, port, ref_a, ref_b, seconds=6.0):
+def hot_swap_under_load(client, port, ref_a, ref_b, seconds=10.0):
     fp = {}
     for name, ref in (("a", ref_a), ("b", ref_b)):
         r = client.swap("tiny", f"{name}.safetensors", token=TOKEN)
