@@ -49,6 +49,10 @@ import time
 import urllib.request
 import xml.etree.ElementTree as ET
 
+# Also loaded by schemathesis as its hooks module, from wherever it runs.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import Checks  # noqa: E402
+
 SCHEMATHESIS = "schemathesis==4.32.5"
 MAX_EXAMPLES = int(os.environ.get("FRANCA_FUZZ_EXAMPLES", "200"))
 TOKEN = "fuzz-admin-token-0123456789"
@@ -63,18 +67,7 @@ SERVER = os.path.join(BUILD, "server", "franca-server")
 CKPT_TOOL = os.path.join(BUILD, "engine", "franca-checkpoint")
 VENV = os.path.join(BUILD, "venv-api")
 
-passed = failed = 0
-
-
-def check(cond, what):
-    global passed, failed
-    if cond:
-        passed += 1
-        print(f"ok   {what}", flush=True)
-    else:
-        failed += 1
-        print(f"FAIL {what}", flush=True)
-    return cond
+check = Checks()
 
 
 # ---------------------------------------------------------------- environment
@@ -177,7 +170,6 @@ def print_statuses(path):
 
 def schemathesis(port, tmp, name, extra):
     """One schemathesis run: adds its test cases to the counts; returns {operation: {status: count}}."""
-    global passed, failed
     reports = os.path.join(tmp, "reports-" + name)
     cmd = [os.path.join(VENV, "bin", "schemathesis"), "run", f"http://127.0.0.1:{port}/openapi.json",
            "--checks", CHECKS, "--max-examples", str(MAX_EXAMPLES),
@@ -200,15 +192,13 @@ def schemathesis(port, tmp, name, extra):
     ok, bad = junit_counts(os.path.join(reports, junit[0]))
     if rc != 0 and bad == 0:  # an error schemathesis did not pin on an operation still fails the run
         bad = 1
-    passed += ok
-    failed += bad
+    check.add(ok, bad)
     return counts
 
 
 def main():
     if not check(ensure_venv(), f"{SCHEMATHESIS} available in {VENV}"):
-        print(f"{passed} passed, {failed} failed")
-        return 1
+        return check.summary()
     tmp = tempfile.mkdtemp(prefix="api_fuzz_")
     models = os.path.join(tmp, "models")
     os.makedirs(models)
@@ -243,13 +233,12 @@ def main():
             server.kill()
             rc = None
         check(rc == 0, f"SIGTERM: exited 0 (rc {rc})")
-        if rc != 0 or failed:
+        if rc != 0 or check.failed:
             print("server stderr (last 4000 characters):\n" + open(os.path.join(tmp, "server.err")).read()[-4000:])
     print(f"fuzzing took {time.monotonic() - t0:.1f}s")
-    if not failed:
+    if not check.failed:
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"{passed} passed, {failed} failed")
-    return 1 if failed else 0
+    return check.summary()
 
 
 # ---------------------------------------------------------------- schemathesis hooks

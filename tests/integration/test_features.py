@@ -21,23 +21,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import test_server as ts  # noqa: E402  (helpers: start, conforms, raw; paths)
 from franca_client import FrancaClient, parse_safetensors  # noqa: E402
 from refmodel import read_safetensors  # noqa: E402
+from harness import Checks  # noqa: E402
 
 ROUTE = "/v1/features"
 ST = "application/vnd.safetensors"
 IMAGES = ts.IMAGES
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
-passed = failed = 0
-
-
-def check(cond, what):
-    global passed, failed
-    if cond:
-        passed += 1
-        print(f"ok   {what}", flush=True)
-    else:
-        failed += 1
-        print(f"FAIL {what}", flush=True)
+check = Checks()
 
 
 def image_bytes(path):
@@ -169,8 +160,7 @@ def main():
                 rc = None
             check(rc == 0, f"{name} server: SIGTERM drained and exited 0 (rc {rc})")
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"{passed} passed, {failed} failed")
-    return 1 if failed else 0
+    return check.summary()
 
 
 def run_checks(port, ref, ref112):
