@@ -4,25 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ascii.h"
 #include "errors.h"
-
-static char lower(char c)
-{
-    return (c >= 'A' && c <= 'Z') ? (char)(c - 'A' + 'a') : c;
-}
-
-static bool ieq(const char *s, size_t n, const char *w)
-{
-    if (n != strlen(w)) return false;
-    for (size_t i = 0; i < n; i++)
-        if (lower(s[i]) != w[i]) return false;
-    return true;
-}
-
-static bool is_ws(char c)
-{
-    return c == ' ' || c == '\t';
-}
 
 /* RFC 2046 bchars: DIGIT / ALPHA / "'()+_,-./:=?" / SPACE (not last). */
 static bool bchar(char c)
@@ -89,7 +72,7 @@ static char *read_value(const char *s, size_t n, size_t *i, int *rc, char *err, 
     size_t q = p;
     while (q < n && s[q] != ';') q++;
     size_t e = q;
-    while (e > p && is_ws(s[e - 1])) e--;
+    while (e > p && ascii_blank(s[e - 1])) e--;
     char *v = malloc(e - p + 1);
     if (!v) {
         *rc = MULTIPART_NOMEM;
@@ -109,12 +92,12 @@ int multipart_boundary_from_content_type(const char *ct, char *boundary, size_t 
     if (!ct) return set_err(err, errlen, "no Content-Type: expected multipart/form-data");
     const size_t n = strlen(ct);
     size_t i = 0;
-    while (i < n && is_ws(ct[i])) i++;
+    while (i < n && ascii_blank(ct[i])) i++;
     size_t te = i;
     while (te < n && ct[te] != ';') te++;
     size_t tb = i, tt = te;
-    while (tt > tb && is_ws(ct[tt - 1])) tt--;
-    if (!ieq(ct + tb, tt - tb, "multipart/form-data")) {
+    while (tt > tb && ascii_blank(ct[tt - 1])) tt--;
+    if (!ascii_ieq(ct + tb, tt - tb, "multipart/form-data")) {
         char t[64];
         printable_copy(ct + tb, tt - tb, t, sizeof t);
         return set_err(err, errlen, "Content-Type '%s' is not multipart/form-data", t);
@@ -124,25 +107,25 @@ int multipart_boundary_from_content_type(const char *ct, char *boundary, size_t 
     while (i < n) {
         /* at ';' */
         i++;
-        while (i < n && is_ws(ct[i])) i++;
+        while (i < n && ascii_blank(ct[i])) i++;
         size_t nb = i;
         while (i < n && ct[i] != '=' && ct[i] != ';') i++;
         size_t ne = i;
-        while (ne > nb && is_ws(ct[ne - 1])) ne--;
+        while (ne > nb && ascii_blank(ct[ne - 1])) ne--;
         if (i >= n || ct[i] == ';') continue; /* a parameter without a value: ignored */
         i++; /* '=' */
-        while (i < n && is_ws(ct[i])) i++;
+        while (i < n && ascii_blank(ct[i])) i++;
         int rc = MULTIPART_MALFORMED;
         char *v = read_value(ct, n, &i, &rc, err, errlen);
         if (!v) return rc;
         while (i < n && ct[i] != ';') {
-            if (!is_ws(ct[i])) {
+            if (!ascii_blank(ct[i])) {
                 free(v);
                 return set_err(err, errlen, "Content-Type has characters after a quoted value");
             }
             i++;
         }
-        if (ieq(ct + nb, ne - nb, "boundary")) {
+        if (ascii_ieq(ct + nb, ne - nb, "boundary")) {
             if (found) {
                 free(v);
                 return set_err(err, errlen, "Content-Type has two boundary parameters");
@@ -259,20 +242,20 @@ static int parse_disposition(const char *v, size_t n, struct multipart_part *p, 
     size_t i = 0;
     while (i < n && v[i] != ';') i++;
     size_t te = i;
-    while (te > 0 && is_ws(v[te - 1])) te--;
-    if (!ieq(v, te, "form-data")) {
+    while (te > 0 && ascii_blank(v[te - 1])) te--;
+    if (!ascii_ieq(v, te, "form-data")) {
         char t[64];
         printable_copy(v, te, t, sizeof t);
         return set_err(err, errlen, "part %zu: Content-Disposition '%s' is not form-data", idx, t);
     }
     while (i < n) {
         i++; /* ';' */
-        while (i < n && is_ws(v[i])) i++;
+        while (i < n && ascii_blank(v[i])) i++;
         if (i >= n) break;
         size_t nb = i;
         while (i < n && v[i] != '=' && v[i] != ';') i++;
         size_t ne = i;
-        while (ne > nb && is_ws(v[ne - 1])) ne--;
+        while (ne > nb && ascii_blank(v[ne - 1])) ne--;
         if (ne == nb && (i >= n || v[i] == ';')) continue; /* empty parameter (";;") */
         if (i >= n || v[i] == ';') {
             char t[64];
@@ -281,7 +264,7 @@ static int parse_disposition(const char *v, size_t n, struct multipart_part *p, 
                            idx, t);
         }
         i++; /* '=' */
-        while (i < n && is_ws(v[i])) i++;
+        while (i < n && ascii_blank(v[i])) i++;
         int rc = MULTIPART_MALFORMED;
         char sub[256];
         char *val = read_value(v, n, &i, &rc, sub, sizeof sub);
@@ -290,7 +273,7 @@ static int parse_disposition(const char *v, size_t n, struct multipart_part *p, 
             return rc;
         }
         while (i < n && v[i] != ';') {
-            if (!is_ws(v[i])) {
+            if (!ascii_blank(v[i])) {
                 free(val);
                 return set_err(err, errlen,
                                "part %zu: Content-Disposition has characters after a quoted value",
@@ -299,8 +282,8 @@ static int parse_disposition(const char *v, size_t n, struct multipart_part *p, 
             i++;
         }
         char **slot = NULL;
-        if (ieq(v + nb, ne - nb, "name")) slot = &p->name;
-        else if (ieq(v + nb, ne - nb, "filename")) slot = &p->filename;
+        if (ascii_ieq(v + nb, ne - nb, "name")) slot = &p->name;
+        else if (ascii_ieq(v + nb, ne - nb, "filename")) slot = &p->filename;
         if (!slot) {
             free(val);
             continue;
@@ -349,7 +332,7 @@ static int parse_headers(const uint8_t *body, size_t len, size_t hs, struct mult
         if (memchr(line, '\0', ll))
             return set_err(err, errlen, "part %zu: header line contains a NUL byte", idx);
         /* A continuation line belongs to this header: refuse before using it. */
-        if (is_ws(line[0]) || (le_nl + 1 < limit && is_ws((char)body[le_nl + 1])))
+        if (ascii_blank(line[0]) || (le_nl + 1 < limit && ascii_blank((char)body[le_nl + 1])))
             return set_err(err, errlen, "part %zu: folded (continued) header lines are not "
                            "supported", idx);
         const char *colon = memchr(line, ':', ll);
@@ -360,19 +343,19 @@ static int parse_headers(const uint8_t *body, size_t len, size_t hs, struct mult
         }
         const size_t nlen = (size_t)(colon - line);
         size_t vb = nlen + 1, ve = ll;
-        while (vb < ve && is_ws(line[vb])) vb++;
-        while (ve > vb && is_ws(line[ve - 1])) ve--;
+        while (vb < ve && ascii_blank(line[vb])) vb++;
+        while (ve > vb && ascii_blank(line[ve - 1])) ve--;
         const char *val = line + vb;
         const size_t vl = ve - vb;
-        if (nlen == 0 || is_ws(line[nlen - 1]))
+        if (nlen == 0 || ascii_blank(line[nlen - 1]))
             return set_err(err, errlen, "part %zu: malformed header name", idx);
-        if (ieq(line, nlen, "content-disposition")) {
+        if (ascii_ieq(line, nlen, "content-disposition")) {
             if (have_cd)
                 return set_err(err, errlen, "part %zu: two Content-Disposition headers", idx);
             have_cd = true;
             const int rc = parse_disposition(val, vl, p, idx, err, errlen);
             if (rc != 0) return rc;
-        } else if (ieq(line, nlen, "content-type")) {
+        } else if (ascii_ieq(line, nlen, "content-type")) {
             if (have_ct) return set_err(err, errlen, "part %zu: two Content-Type headers", idx);
             have_ct = true;
             if (vl) {
@@ -384,8 +367,8 @@ static int parse_headers(const uint8_t *body, size_t len, size_t hs, struct mult
                 memcpy(p->content_type, val, vl);
                 p->content_type[vl] = '\0';
             }
-        } else if (ieq(line, nlen, "content-transfer-encoding")) {
-            if (!ieq(val, vl, "7bit") && !ieq(val, vl, "8bit") && !ieq(val, vl, "binary")) {
+        } else if (ascii_ieq(line, nlen, "content-transfer-encoding")) {
+            if (!ascii_ieq(val, vl, "7bit") && !ascii_ieq(val, vl, "8bit") && !ascii_ieq(val, vl, "binary")) {
                 char t[64];
                 printable_copy(val, vl, t, sizeof t);
                 return set_err(err, errlen, "part %zu: Content-Transfer-Encoding '%s' is not "

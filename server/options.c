@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ascii.h"
 #include "errors.h"
 #include "vit.h"
 
@@ -272,31 +273,13 @@ int options_from_json(const char *json, size_t len, struct feature_options *o, c
 
 /* ---- query strings ---- */
 
-static bool is_space(char c)
-{
-    return c == ' ' || c == '\t';
-}
-
-static char lower(char c)
-{
-    return (c >= 'A' && c <= 'Z') ? (char)(c - 'A' + 'a') : c;
-}
-
-static bool ieq(const char *s, size_t n, const char *w)
-{
-    if (n != strlen(w)) return false;
-    for (size_t i = 0; i < n; i++)
-        if (lower(s[i]) != w[i]) return false;
-    return true;
-}
-
 /* A decimal integer (optional sign, digits only, surrounding blanks allowed).
  * 0: ok; 1: not an integer; 2: out of range. */
 static int parse_int(const char *s, size_t n, long long *out)
 {
     size_t i = 0;
-    while (i < n && is_space(s[i])) i++;
-    while (n > i && is_space(s[n - 1])) n--;
+    while (i < n && ascii_blank(s[i])) i++;
+    while (n > i && ascii_blank(s[n - 1])) n--;
     bool neg = false;
     if (i < n && (s[i] == '-' || s[i] == '+')) neg = s[i++] == '-';
     if (i >= n) return 1;
@@ -351,8 +334,8 @@ static int apply_pair(struct feature_options *o, unsigned *seen, const char *k, 
             size_t e = b;
             while (e < vn && v[e] != ',') e++;
             size_t ib = b, ie = e;
-            while (ib < ie && is_space(v[ib])) ib++;
-            while (ie > ib && is_space(v[ie - 1])) ie--;
+            while (ib < ie && ascii_blank(v[ib])) ib++;
+            while (ie > ib && ascii_blank(v[ie - 1])) ie--;
             if (ib == ie)
                 return set_err(err, errlen, "query parameter 'widths' has an empty item");
             rc = query_int(name, v + ib, ie - ib, &iv, err, errlen);
@@ -369,9 +352,9 @@ static int apply_pair(struct feature_options *o, unsigned *seen, const char *k, 
     case K_RASA:
     case K_NORMALIZE: {
         bool *slot = bool_slot(o, key);
-        if (ieq(v, vn, "true") || ieq(v, vn, "1")) {
+        if (ascii_ieq(v, vn, "true") || ascii_ieq(v, vn, "1")) {
             *slot = true;
-        } else if (ieq(v, vn, "false") || ieq(v, vn, "0")) {
+        } else if (ascii_ieq(v, vn, "false") || ascii_ieq(v, vn, "0")) {
             *slot = false;
         } else {
             char t[64];

@@ -37,6 +37,7 @@
 
 #include "app.h"
 #include "datauri.h"
+#include "ascii.h"
 #include "errors.h"
 #include "images.h"
 #include "infer.h"
@@ -57,34 +58,15 @@ static double now_s(void)
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-static char lower_ascii(char c)
-{
-    return (c >= 'A' && c <= 'Z') ? (char)(c - 'A' + 'a') : c;
-}
-
-static bool is_blank(char c)
-{
-    return c == ' ' || c == '\t';
-}
-
-/* s[0..n) equals the lowercase word w, case-insensitively. */
-static bool ieq_n(const char *s, size_t n, const char *w)
-{
-    if (n != strlen(w)) return false;
-    for (size_t i = 0; i < n; i++)
-        if (lower_ascii(s[i]) != w[i]) return false;
-    return true;
-}
-
 /* The media type of a Content-Type value (before any ';', blanks trimmed) is
  * the lowercase type want. */
 static bool media_is(const char *ct, const char *want)
 {
     if (!ct) return false;
-    while (is_blank(*ct)) ct++;
+    while (ascii_blank(*ct)) ct++;
     size_t n = strcspn(ct, ";");
-    while (n > 0 && is_blank(ct[n - 1])) n--;
-    return ieq_n(ct, n, want);
+    while (n > 0 && ascii_blank(ct[n - 1])) n--;
+    return ascii_ieq(ct, n, want);
 }
 
 /* Accept lists application/vnd.safetensors (exactly; not through a wildcard)
@@ -97,17 +79,17 @@ static bool wants_safetensors(const char *accept)
         const size_t len = strcspn(p, ",");
         const char *end = p + len;
         const char *s = p;
-        while (s < end && is_blank(*s)) s++;
+        while (s < end && ascii_blank(*s)) s++;
         const char *m = s;
-        while (m < end && *m != ';' && !is_blank(*m)) m++;
-        if (ieq_n(s, (size_t)(m - s), SAFETENSORS_TYPE)) {
+        while (m < end && *m != ';' && !ascii_blank(*m)) m++;
+        if (ascii_ieq(s, (size_t)(m - s), SAFETENSORS_TYPE)) {
             bool refused = false;
             /* Parameters: ";q=0" (or 0.0...) refuses the type. */
             for (const char *q = m; q < end; q++) {
                 if (*q != ';') continue;
                 const char *k = q + 1;
-                while (k < end && is_blank(*k)) k++;
-                if (k + 1 < end && lower_ascii(k[0]) == 'q' && k[1] == '=') {
+                while (k < end && ascii_blank(*k)) k++;
+                if (k + 1 < end && ascii_lower(k[0]) == 'q' && k[1] == '=') {
                     char num[16];
                     size_t nl = 0;
                     for (const char *d = k + 2; d < end && *d != ';' && nl + 1 < sizeof num; d++)
