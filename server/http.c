@@ -487,6 +487,31 @@ static void log_msg(const struct http_server *srv, const char *fmt, ...)
     fprintf(stderr, "http: %s\n", buf);
 }
 
+/* With req->lock held and the reply not given yet: records status, attaches
+ * *resp to a live connection (taking it; *resp becomes NULL) and, if the
+ * connection was suspended, returns it for the caller to resume after
+ * unlocking. */
+static struct MHD_Connection *attach_reply_locked(struct http_request *req, int status,
+                                                  struct MHD_Response **resp)
+{
+    struct http_server *srv = req->srv;
+    struct MHD_Connection *resume = NULL;
+    req->replied = true;
+    req->status = status;
+    if (req->conn) {
+        req->response = *resp;
+        *resp = NULL;
+        if (req->suspended) {
+            req->suspended = false;
+            resume = req->conn;
+            pthread_mutex_lock(&srv->lock);
+            susp_remove(srv, req);
+            pthread_mutex_unlock(&srv->lock);
+        }
+    }
+    return resume;
+}
+
 /* Gives the reply (resp may be NULL after an allocation failure: the
  * connection then closes). Exactly once; see http.h. */
 static int give_reply(struct http_request *req, int status, struct MHD_Response *resp)
@@ -507,21 +532,9 @@ static int give_reply(struct http_request *req, int status, struct MHD_Response 
                 req->method ? req->method : "?", req->path ? req->path : req->raw_uri);
         return -1;
     }
-    req->replied = true;
-    req->status = status;
-    struct MHD_Connection *resume = NULL;
-    if (req->conn) {
-        req->response = resp;
-        resp = NULL;
-        if (req->suspended) {
-            req->suspended = false;
-            resume = req->conn;
-            pthread_mutex_lock(&srv->lock);
-            susp_remove(srv, req);
-            pthread_mutex_unlock(&srv->lock);
-        }
-    }
-    const bool ok = req->response != NULL || resp != NULL;
+    const bool had_response = resp != NULL;
+    struct MHD_Connection *resume = attach_reply_locked(req, status, &resp);
+    const bool ok = had_response;
     pthread_mutex_unlock(&req->lock);
     if (resp) MHD_destroy_response(resp); /* the connection is gone */
     if (resume) MHD_resume_connection(resume);
@@ -679,24 +692,11 @@ static void force_503(struct http_request *req)
     char *body = error_body(503, http_error_type(503), "the server is shutting down");
     struct MHD_Response *resp =
         make_response(req, body, body ? strlen(body) : 0, true, "application/json", NULL);
-    struct http_server *srv = req->srv;
     pthread_mutex_lock(&req->lock);
     struct MHD_Connection *resume = NULL;
     if (!req->replied) {
-        req->replied = true;
         req->forced = true;
-        req->status = 503;
-        if (req->conn) {
-            req->response = resp;
-            resp = NULL;
-            if (req->suspended) {
-                req->suspended = false;
-                resume = req->conn;
-                pthread_mutex_lock(&srv->lock);
-                susp_remove(srv, req);
-                pthread_mutex_unlock(&srv->lock);
-            }
-        }
+        resume = attach_reply_locked(req, 503, &resp);
     }
     pthread_mutex_unlock(&req->lock);
     if (resp) MHD_destroy_response(resp);
