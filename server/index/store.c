@@ -1,0 +1,758 @@
+/* The durable vector store over SQLite; see store.h for the contract. */
+#include "index/store.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+
+#include "errors.h"
+
+#if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "store.c stores float32 vectors as host bytes and assumes a little-endian host"
+#endif
+
+#define STORE_SCHEMA_VERSION 1
+#define STORE_BUSY_TIMEOUT_MS 5000
+
+struct index_store {
+    sqlite3 *db;
+    pthread_mutex_t mu; /* held for the whole of every public call */
+};
+
+static const char *const metric_names[] = {"cosine", "l2", "dot"};
+
+const char *store_metric_name(enum store_metric m)
+{
+    return (unsigned)m < 3 ? metric_names[m] : NULL;
+}
+
+int store_metric_parse(const char *name, enum store_metric *m)
+{
+    for (unsigned i = 0; i < 3; i++) {
+        if (name && strcmp(name, metric_names[i]) == 0) {
+            *m = (enum store_metric)i;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+/* --- helpers --------------------------------------------------------------- */
+
+/* Formats a message like set_err and returns STORE_INVALID. */
+static int invalid(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static int invalid(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return STORE_INVALID;
+}
+
+static int db_fail(struct index_store *s, char *err, size_t errlen, const char *what)
+{
+    return set_err(err, errlen, "index store: %s: %s", what, sqlite3_errmsg(s->db));
+}
+
+static int fail_code(int code, char *err, size_t errlen, const char *what, const char *id)
+{
+    char shown[64];
+    printable_copy(id, strlen(id), shown, sizeof shown);
+    set_err(err, errlen, "%s '%s'", what, shown);
+    return code;
+}
+
+static int exec_const(struct index_store *s, const char *sql, char *err, size_t errlen)
+{
+    if (sqlite3_exec(s->db, sql, NULL, NULL, NULL) != SQLITE_OK) return db_fail(s, err, errlen, sql);
+    return 0;
+}
+
+static void rollback(struct index_store *s)
+{
+    /* After a failed COMMIT SQLite may already have rolled back; ignore that error. */
+    if (sqlite3_get_autocommit(s->db) == 0) sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+}
+
+static int prepare(struct index_store *s, const char *sql, sqlite3_stmt **st, char *err,
+                   size_t errlen)
+{
+    if (sqlite3_prepare_v2(s->db, sql, -1, st, NULL) != SQLITE_OK) {
+        *st = NULL;
+        return db_fail(s, err, errlen, "prepare");
+    }
+    return 0;
+}
+
+static void copy_col(char *dst, size_t cap, sqlite3_stmt *st, int col)
+{
+    const unsigned char *t = sqlite3_column_text(st, col);
+    size_t n = t ? (size_t)sqlite3_column_bytes(st, col) : 0;
+    if (n >= cap) n = cap - 1;
+    if (n) memcpy(dst, t, n);
+    dst[n] = '\0';
+}
+
+static int check_text(const char *v, size_t min, size_t cap, const char *what, char *err,
+                      size_t errlen)
+{
+    if (!v) return invalid(err, errlen, "%s is missing", what);
+    size_t n = strlen(v);
+    if (n < min || n >= cap) {
+        set_err(err, errlen, "%s must be %zu..%zu bytes, got %zu", what, min, cap - 1, n);
+        return STORE_INVALID;
+    }
+    return 0;
+}
+
+/* Reads (width, store_images) of a collection inside the caller's transaction. */
+static int collection_shape(struct index_store *s, int64_t id, int64_t *width, int *keep_images,
+                            char *err, size_t errlen)
+{
+    sqlite3_stmt *st;
+    if (prepare(s, "SELECT width, store_images FROM collections WHERE id = ?1", &st, err, errlen))
+        return STORE_ERR;
+    sqlite3_bind_int64(st, 1, id);
+    int rc = sqlite3_step(st), ret = 0;
+    if (rc == SQLITE_ROW) {
+        *width = sqlite3_column_int64(st, 0);
+        if (keep_images) *keep_images = sqlite3_column_int(st, 1) != 0;
+    } else if (rc == SQLITE_DONE) {
+        set_err(err, errlen, "no collection with id %lld", (long long)id);
+        ret = STORE_NOT_FOUND;
+    } else {
+        ret = db_fail(s, err, errlen, "read collection");
+    }
+    sqlite3_finalize(st);
+    return ret;
+}
+
+/* --- open, schema ------------------------------------------------------------ */
+
+static const char schema_v1[] =
+    "CREATE TABLE collections ("
+    " id INTEGER PRIMARY KEY,"
+    " name TEXT NOT NULL UNIQUE,"
+    " model TEXT NOT NULL,"
+    " fingerprint TEXT NOT NULL,"
+    " width INTEGER NOT NULL CHECK (width > 0),"
+    " metric TEXT NOT NULL CHECK (metric IN ('cosine', 'l2', 'dot')),"
+    " store_images INTEGER NOT NULL CHECK (store_images IN (0, 1)),"
+    " created_at TEXT NOT NULL);"
+    "CREATE TABLE items ("
+    " id INTEGER PRIMARY KEY,"
+    " collection_id INTEGER NOT NULL REFERENCES collections(id) ON DELETE CASCADE,"
+    " external_id TEXT NOT NULL,"
+    " metadata TEXT,"
+    " vector BLOB NOT NULL,"
+    " image BLOB,"
+    " UNIQUE (collection_id, external_id));";
+
+/* Brings the schema from user_version `from` to STORE_SCHEMA_VERSION, one step
+ * per version, inside one transaction. Version 1 is the first; later versions
+ * add a case here. */
+static int migrate(struct index_store *s, char *err, size_t errlen)
+{
+    if (exec_const(s, "BEGIN IMMEDIATE", err, errlen)) return STORE_ERR;
+    sqlite3_stmt *st;
+    if (prepare(s, "PRAGMA user_version", &st, err, errlen)) goto fail;
+    int from = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int(st, 0) : -1;
+    sqlite3_finalize(st);
+    if (from < 0) {
+        db_fail(s, err, errlen, "read user_version");
+        goto fail;
+    }
+    if (from > STORE_SCHEMA_VERSION) {
+        set_err(err, errlen, "index store: schema version %d is newer than this server's %d",
+                from, STORE_SCHEMA_VERSION);
+        goto fail;
+    }
+    switch (from) {
+    case 0:
+        if (exec_const(s, schema_v1, err, errlen)) goto fail;
+        /* fall through: future versions add "case 1: ... v1 -> v2" here */
+    default:
+        break;
+    }
+    if (from != STORE_SCHEMA_VERSION &&
+        exec_const(s, "PRAGMA user_version = 1", err, errlen)) /* = STORE_SCHEMA_VERSION */
+        goto fail;
+    if (exec_const(s, "COMMIT", err, errlen)) goto fail;
+    return 0;
+fail:
+    rollback(s);
+    return STORE_ERR;
+}
+
+int store_open(struct index_store **out, const char *data_dir, char *err, size_t errlen)
+{
+    *out = NULL;
+    if (!data_dir || !*data_dir) return set_err(err, errlen, "index store: no data directory");
+    if (mkdir(data_dir, 0700) != 0 && errno != EEXIST)
+        return set_err(err, errlen, "index store: cannot create %s: %s", data_dir, strerror(errno));
+    char path[PATH_MAX];
+    if ((size_t)snprintf(path, sizeof path, "%s/index.sqlite3", data_dir) >= sizeof path)
+        return set_err(err, errlen, "index store: data directory path too long");
+
+    struct index_store *s = calloc(1, sizeof *s);
+    if (!s) return set_err(err, errlen, "index store: out of memory");
+    if (pthread_mutex_init(&s->mu, NULL) != 0) {
+        free(s);
+        return set_err(err, errlen, "index store: cannot create mutex");
+    }
+    /* FULLMUTEX is belt and braces: our own mutex already serialises every use. */
+    int rc = sqlite3_open_v2(path, &s->db,
+                             SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
+                             NULL);
+    if (rc != SQLITE_OK) {
+        set_err(err, errlen, "index store: cannot open %s: %s", path,
+                s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc));
+        goto fail;
+    }
+    sqlite3_extended_result_codes(s->db, 1);
+    if (sqlite3_busy_timeout(s->db, STORE_BUSY_TIMEOUT_MS) != SQLITE_OK) {
+        db_fail(s, err, errlen, "busy timeout");
+        goto fail;
+    }
+    /* Durability: journal_mode=WAL appends each transaction to the -wal file, and
+     * synchronous=FULL makes every COMMIT fsync the WAL before it returns. A commit
+     * that returned is therefore on stable storage: it survives kill -9 (which
+     * NORMAL would also survive, the data being in the OS page cache) and power
+     * loss (which NORMAL would not: in WAL mode it syncs only at checkpoints, so
+     * the last commits could roll back). Checkpoints also fsync under FULL. WAL is
+     * persistent in the file; synchronous and foreign_keys are per connection. */
+    sqlite3_stmt *st;
+    if (prepare(s, "PRAGMA journal_mode = WAL", &st, err, errlen)) goto fail;
+    const unsigned char *mode = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_text(st, 0) : NULL;
+    int wal = mode && strcmp((const char *)mode, "wal") == 0;
+    sqlite3_finalize(st);
+    if (!wal) {
+        set_err(err, errlen, "index store: %s: cannot switch to WAL journal mode", path);
+        goto fail;
+    }
+    if (exec_const(s, "PRAGMA synchronous = FULL", err, errlen) ||
+        exec_const(s, "PRAGMA foreign_keys = ON", err, errlen))
+        goto fail;
+    if (migrate(s, err, errlen)) goto fail;
+    *out = s;
+    return 0;
+fail:
+    sqlite3_close(s->db);
+    pthread_mutex_destroy(&s->mu);
+    free(s);
+    return STORE_ERR;
+}
+
+void store_close(struct index_store *s)
+{
+    if (!s) return;
+    sqlite3_close(s->db); /* all statements are finalised by each call */
+    pthread_mutex_destroy(&s->mu);
+    free(s);
+}
+
+/* --- collections ----------------------------------------------------------- */
+
+int store_collection_create(struct index_store *s, const struct collection_info *in,
+                            int64_t *id, char *err, size_t errlen)
+{
+    int rc;
+    if ((rc = check_text(in->name, 1, STORE_NAME_MAX, "collection name", err, errlen)) ||
+        (rc = check_text(in->model, 0, STORE_TEXT_MAX, "model name", err, errlen)) ||
+        (rc = check_text(in->fingerprint, 0, STORE_TEXT_MAX, "fingerprint", err, errlen)))
+        return rc;
+    if (in->width < 1 || in->width > STORE_WIDTH_MAX) {
+        set_err(err, errlen, "width must be 1..%d, got %lld", STORE_WIDTH_MAX,
+                (long long)in->width);
+        return STORE_INVALID;
+    }
+    const char *metric = store_metric_name(in->metric);
+    if (!metric) {
+        set_err(err, errlen, "unknown metric %d", (int)in->metric);
+        return STORE_INVALID;
+    }
+    pthread_mutex_lock(&s->mu);
+    sqlite3_stmt *st;
+    int ret = STORE_ERR;
+    if (prepare(s,
+                "INSERT INTO collections (name, model, fingerprint, width, metric, store_images,"
+                " created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6,"
+                " strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
+                &st, err, errlen) == 0) {
+        sqlite3_bind_text(st, 1, in->name, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, in->model, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 3, in->fingerprint, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 4, in->width);
+        sqlite3_bind_text(st, 5, metric, -1, SQLITE_STATIC);
+        sqlite3_bind_int(st, 6, in->store_images ? 1 : 0);
+        rc = sqlite3_step(st);
+        if (rc == SQLITE_DONE) {
+            if (id) *id = sqlite3_last_insert_rowid(s->db);
+            ret = 0;
+        } else if (rc == SQLITE_CONSTRAINT_UNIQUE) {
+            ret = fail_code(STORE_EXISTS, err, errlen, "a collection exists named", in->name);
+        } else {
+            db_fail(s, err, errlen, "create collection");
+        }
+        sqlite3_finalize(st);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return ret;
+}
+
+#define COLLECTION_COLS \
+    "id, name, model, fingerprint, width, metric, store_images, created_at"
+
+static void read_collection(sqlite3_stmt *st, struct collection_info *out)
+{
+    memset(out, 0, sizeof *out);
+    out->id = sqlite3_column_int64(st, 0);
+    copy_col(out->name, sizeof out->name, st, 1);
+    copy_col(out->model, sizeof out->model, st, 2);
+    copy_col(out->fingerprint, sizeof out->fingerprint, st, 3);
+    out->width = sqlite3_column_int64(st, 4);
+    enum store_metric m = STORE_METRIC_COSINE;
+    store_metric_parse((const char *)sqlite3_column_text(st, 5), &m); /* CHECK keeps it valid */
+    out->metric = m;
+    out->store_images = sqlite3_column_int(st, 6) != 0;
+    copy_col(out->created_at, sizeof out->created_at, st, 7);
+}
+
+int store_collection_get(struct index_store *s, const char *name, struct collection_info *out,
+                         char *err, size_t errlen)
+{
+    if (!name) return invalid(err, errlen, "no collection name");
+    pthread_mutex_lock(&s->mu);
+    sqlite3_stmt *st;
+    int ret = STORE_ERR;
+    if (prepare(s, "SELECT " COLLECTION_COLS " FROM collections WHERE name = ?1", &st, err,
+                errlen) == 0) {
+        sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+        int rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW) {
+            read_collection(st, out);
+            ret = 0;
+        } else if (rc == SQLITE_DONE) {
+            ret = fail_code(STORE_NOT_FOUND, err, errlen, "no collection named", name);
+        } else {
+            db_fail(s, err, errlen, "get collection");
+        }
+        sqlite3_finalize(st);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return ret;
+}
+
+int store_collection_list(struct index_store *s, struct collection_info **out, size_t *n,
+                          char *err, size_t errlen)
+{
+    *out = NULL;
+    *n = 0;
+    pthread_mutex_lock(&s->mu);
+    sqlite3_stmt *st;
+    int ret = STORE_ERR;
+    struct collection_info *arr = NULL;
+    size_t len = 0, cap = 0;
+    if (prepare(s, "SELECT " COLLECTION_COLS " FROM collections ORDER BY id", &st, err,
+                errlen) == 0) {
+        int rc;
+        while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+            if (len == cap) {
+                size_t nc = cap ? cap * 2 : 8;
+                struct collection_info *na = realloc(arr, nc * sizeof *na);
+                if (!na) {
+                    set_err(err, errlen, "index store: out of memory");
+                    break;
+                }
+                arr = na;
+                cap = nc;
+            }
+            read_collection(st, &arr[len++]);
+        }
+        if (rc == SQLITE_DONE) {
+            ret = 0;
+        } else if (rc != SQLITE_ROW) {
+            db_fail(s, err, errlen, "list collections");
+        }
+        sqlite3_finalize(st);
+    }
+    pthread_mutex_unlock(&s->mu);
+    if (ret) {
+        free(arr);
+        return ret;
+    }
+    *out = arr;
+    *n = len;
+    return 0;
+}
+
+int store_collection_delete(struct index_store *s, const char *name, char *err, size_t errlen)
+{
+    if (!name) return invalid(err, errlen, "no collection name");
+    pthread_mutex_lock(&s->mu);
+    sqlite3_stmt *st;
+    int ret = STORE_ERR;
+    /* One statement is one transaction; the cascade deletes the items within it. */
+    if (prepare(s, "DELETE FROM collections WHERE name = ?1", &st, err, errlen) == 0) {
+        sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+        if (sqlite3_step(st) != SQLITE_DONE)
+            db_fail(s, err, errlen, "delete collection");
+        else if (sqlite3_changes(s->db) == 0)
+            ret = fail_code(STORE_NOT_FOUND, err, errlen, "no collection named", name);
+        else
+            ret = 0;
+        sqlite3_finalize(st);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return ret;
+}
+
+int store_collection_count(struct index_store *s, int64_t collection_id, int64_t *n,
+                           char *err, size_t errlen)
+{
+    pthread_mutex_lock(&s->mu);
+    sqlite3_stmt *st;
+    int ret = STORE_ERR;
+    if (prepare(s,
+                "SELECT (SELECT count(*) FROM collections WHERE id = ?1),"
+                " (SELECT count(*) FROM items WHERE collection_id = ?1)",
+                &st, err, errlen) == 0) {
+        sqlite3_bind_int64(st, 1, collection_id);
+        if (sqlite3_step(st) != SQLITE_ROW) {
+            db_fail(s, err, errlen, "count items");
+        } else if (sqlite3_column_int64(st, 0) == 0) {
+            set_err(err, errlen, "no collection with id %lld", (long long)collection_id);
+            ret = STORE_NOT_FOUND;
+        } else {
+            *n = sqlite3_column_int64(st, 1);
+            ret = 0;
+        }
+        sqlite3_finalize(st);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return ret;
+}
+
+/* --- items ----------------------------------------------------------------- */
+
+static int gen_id(char out[STORE_ID_MAX], char *err, size_t errlen)
+{
+    unsigned char r[STORE_GEN_ID_LEN / 2];
+    size_t got = 0;
+    while (got < sizeof r) {
+        ssize_t k = getrandom(r + got, sizeof r - got, 0);
+        if (k < 0) {
+            if (errno == EINTR) continue;
+            return set_err(err, errlen, "index store: getrandom: %s", strerror(errno));
+        }
+        got += (size_t)k;
+    }
+    static const char hex[] = "0123456789abcdef";
+    for (size_t i = 0; i < sizeof r; i++) {
+        out[2 * i] = hex[r[i] >> 4];
+        out[2 * i + 1] = hex[r[i] & 15];
+    }
+    out[STORE_GEN_ID_LEN] = '\0';
+    return 0;
+}
+
+static int validate_item(const struct item_in *it, size_t i, int64_t width, char *err,
+                         size_t errlen)
+{
+    if (it->external_id && check_text(it->external_id, 1, STORE_ID_MAX, "item id", err, errlen))
+        return STORE_INVALID;
+    if (!it->vector || it->dim != (size_t)width) {
+        set_err(err, errlen, "item %zu: vector has %zu values (%zu bytes), the collection width"
+                " is %lld (%lld bytes)", i, it->vector ? it->dim : 0,
+                (it->vector ? it->dim : 0) * sizeof(float), (long long)width,
+                (long long)width * 4);
+        return STORE_INVALID;
+    }
+    for (size_t k = 0; k < it->dim; k++) {
+        if (!isfinite(it->vector[k])) {
+            set_err(err, errlen, "item %zu: vector value %zu is NaN or infinite", i, k);
+            return STORE_INVALID;
+        }
+    }
+    if (it->image_len && !it->image) {
+        set_err(err, errlen, "item %zu: image length without image bytes", i);
+        return STORE_INVALID;
+    }
+    return 0;
+}
+
+int store_items_insert(struct index_store *s, int64_t collection_id,
+                       const struct item_in *items, size_t n, char (*out_ids)[STORE_ID_MAX],
+                       char *err, size_t errlen)
+{
+    char(*ids)[STORE_ID_MAX] = NULL;
+    if (n && !(ids = malloc(n * sizeof *ids)))
+        return set_err(err, errlen, "index store: out of memory");
+    sqlite3_stmt *st = NULL;
+    int ret = STORE_ERR;
+    pthread_mutex_lock(&s->mu);
+    if (exec_const(s, "BEGIN IMMEDIATE", err, errlen)) goto out;
+    int64_t width;
+    int keep_images;
+    if ((ret = collection_shape(s, collection_id, &width, &keep_images, err, errlen))) goto out;
+    for (size_t i = 0; i < n; i++)
+        if ((ret = validate_item(&items[i], i, width, err, errlen))) goto out;
+    ret = STORE_ERR;
+    if (prepare(s,
+                "INSERT INTO items (collection_id, external_id, metadata, vector, image)"
+                " VALUES (?1, ?2, ?3, ?4, ?5)",
+                &st, err, errlen))
+        goto out;
+    for (size_t i = 0; i < n; i++) {
+        const struct item_in *it = &items[i];
+        sqlite3_bind_int64(st, 1, collection_id);
+        if (it->metadata)
+            sqlite3_bind_text(st, 3, it->metadata, -1, SQLITE_STATIC);
+        else
+            sqlite3_bind_null(st, 3);
+        sqlite3_bind_blob(st, 4, it->vector, (int)(it->dim * sizeof(float)), SQLITE_STATIC);
+        if (keep_images && it->image)
+            sqlite3_bind_blob64(st, 5, it->image, it->image_len, SQLITE_STATIC);
+        else
+            sqlite3_bind_null(st, 5);
+        for (int attempt = 0;; attempt++) {
+            if (it->external_id) {
+                strcpy(ids[i], it->external_id); /* length checked by validate_item */
+            } else if (gen_id(ids[i], err, errlen)) {
+                goto out;
+            }
+            sqlite3_bind_text(st, 2, ids[i], -1, SQLITE_STATIC);
+            int rc = sqlite3_step(st);
+            sqlite3_reset(st);
+            if (rc == SQLITE_DONE) break;
+            if (rc != SQLITE_CONSTRAINT_UNIQUE) {
+                db_fail(s, err, errlen, "insert item");
+                goto out;
+            }
+            if (it->external_id) {
+                size_t j = 0;
+                while (j < i && strcmp(ids[j], ids[i]) != 0) j++;
+                ret = fail_code(STORE_CONFLICT, err, errlen,
+                                j < i ? "duplicate item id in the batch:"
+                                      : "an item exists in the collection with id",
+                                ids[i]);
+                goto out;
+            }
+            if (attempt == 8) { /* 2^-64 per try: only a broken RNG gets here */
+                set_err(err, errlen, "index store: could not generate a unique item id");
+                goto out;
+            }
+        }
+        sqlite3_clear_bindings(st);
+    }
+    sqlite3_finalize(st);
+    st = NULL;
+    if (exec_const(s, "COMMIT", err, errlen)) goto out;
+    ret = 0;
+    for (size_t i = 0; i < n; i++) memcpy(out_ids[i], ids[i], STORE_ID_MAX);
+out:
+    sqlite3_finalize(st);
+    if (ret) rollback(s);
+    pthread_mutex_unlock(&s->mu);
+    free(ids);
+    return ret;
+}
+
+int store_item_get(struct index_store *s, int64_t collection_id, const char *external_id,
+                   struct item_out *out, char *err, size_t errlen)
+{
+    memset(out, 0, sizeof *out);
+    if (!external_id) return invalid(err, errlen, "no item id");
+    pthread_mutex_lock(&s->mu);
+    sqlite3_stmt *st = NULL;
+    int ret = STORE_ERR;
+    if (exec_const(s, "BEGIN", err, errlen)) goto out;
+    int64_t width;
+    if ((ret = collection_shape(s, collection_id, &width, NULL, err, errlen))) goto out;
+    ret = STORE_ERR;
+    if (prepare(s,
+                "SELECT id, external_id, metadata, vector, image FROM items"
+                " WHERE collection_id = ?1 AND external_id = ?2",
+                &st, err, errlen))
+        goto out;
+    sqlite3_bind_int64(st, 1, collection_id);
+    sqlite3_bind_text(st, 2, external_id, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_DONE) {
+        ret = fail_code(STORE_NOT_FOUND, err, errlen, "no item with id", external_id);
+        goto out;
+    }
+    if (rc != SQLITE_ROW) {
+        db_fail(s, err, errlen, "get item");
+        goto out;
+    }
+    out->row_id = sqlite3_column_int64(st, 0);
+    copy_col(out->external_id, sizeof out->external_id, st, 1);
+    const unsigned char *meta = sqlite3_column_text(st, 2);
+    if (meta && !(out->metadata = strdup((const char *)meta))) goto oom;
+    const void *vec = sqlite3_column_blob(st, 3);
+    size_t vbytes = (size_t)sqlite3_column_bytes(st, 3);
+    if (vbytes != (size_t)width * sizeof(float)) {
+        set_err(err, errlen, "index store: item has %zu vector bytes, expected %lld", vbytes,
+                (long long)width * 4);
+        goto out;
+    }
+    if (!(out->vector = malloc(vbytes))) goto oom;
+    memcpy(out->vector, vec, vbytes);
+    out->dim = (size_t)width;
+    if (sqlite3_column_type(st, 4) == SQLITE_BLOB) {
+        const void *img = sqlite3_column_blob(st, 4);
+        size_t ilen = (size_t)sqlite3_column_bytes(st, 4);
+        if (!(out->image = malloc(ilen ? ilen : 1))) goto oom;
+        if (ilen) memcpy(out->image, img, ilen);
+        out->image_len = ilen;
+    }
+    ret = 0;
+    goto out;
+oom:
+    set_err(err, errlen, "index store: out of memory");
+out:
+    sqlite3_finalize(st);
+    rollback(s); /* read-only transaction: ending it either way is the same */
+    pthread_mutex_unlock(&s->mu);
+    if (ret) store_item_free(out);
+    return ret;
+}
+
+void store_item_free(struct item_out *out)
+{
+    if (!out) return;
+    free(out->metadata);
+    free(out->vector);
+    free(out->image);
+    out->metadata = NULL;
+    out->vector = NULL;
+    out->image = NULL;
+    out->dim = out->image_len = 0;
+}
+
+int store_items_delete(struct index_store *s, int64_t collection_id,
+                       const char *const *external_ids, size_t n, size_t *deleted,
+                       char *err, size_t errlen)
+{
+    *deleted = 0;
+    for (size_t i = 0; i < n; i++)
+        if (!external_ids[i])
+            return invalid(err, errlen, "item id %zu is missing", i);
+    sqlite3_stmt *st = NULL;
+    int ret = STORE_ERR;
+    size_t count = 0;
+    pthread_mutex_lock(&s->mu);
+    if (exec_const(s, "BEGIN IMMEDIATE", err, errlen)) goto out;
+    int64_t width;
+    if ((ret = collection_shape(s, collection_id, &width, NULL, err, errlen))) goto out;
+    ret = STORE_ERR;
+    if (prepare(s, "DELETE FROM items WHERE collection_id = ?1 AND external_id = ?2", &st, err,
+                errlen))
+        goto out;
+    for (size_t i = 0; i < n; i++) {
+        sqlite3_bind_int64(st, 1, collection_id);
+        sqlite3_bind_text(st, 2, external_ids[i], -1, SQLITE_STATIC);
+        int rc = sqlite3_step(st);
+        sqlite3_reset(st);
+        if (rc != SQLITE_DONE) {
+            db_fail(s, err, errlen, "delete item");
+            goto out;
+        }
+        count += (size_t)sqlite3_changes(s->db);
+    }
+    sqlite3_finalize(st);
+    st = NULL;
+    if (exec_const(s, "COMMIT", err, errlen)) goto out;
+    ret = 0;
+    *deleted = count;
+out:
+    sqlite3_finalize(st);
+    if (ret) rollback(s);
+    pthread_mutex_unlock(&s->mu);
+    return ret;
+}
+
+int store_items_scan(struct index_store *s, int64_t collection_id, store_scan_fn fn,
+                     void *user, char *err, size_t errlen)
+{
+    sqlite3_stmt *st = NULL;
+    float *vec = NULL;
+    int ret = STORE_ERR;
+    pthread_mutex_lock(&s->mu);
+    if (exec_const(s, "BEGIN", err, errlen)) goto out; /* one snapshot for the whole scan */
+    int64_t width;
+    if ((ret = collection_shape(s, collection_id, &width, NULL, err, errlen))) goto out;
+    ret = STORE_ERR;
+    size_t vbytes = (size_t)width * sizeof(float);
+    if (!(vec = malloc(vbytes))) { /* aligned copy: blob memory has no alignment promise */
+        set_err(err, errlen, "index store: out of memory");
+        goto out;
+    }
+    if (prepare(s,
+                "SELECT id, external_id, vector, metadata FROM items WHERE collection_id = ?1"
+                " ORDER BY id",
+                &st, err, errlen))
+        goto out;
+    sqlite3_bind_int64(st, 1, collection_id);
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *ext = (const char *)sqlite3_column_text(st, 1);
+        const void *blob = sqlite3_column_blob(st, 2);
+        size_t got = (size_t)sqlite3_column_bytes(st, 2);
+        const char *meta = (const char *)sqlite3_column_text(st, 3);
+        if (!ext || got != vbytes) {
+            set_err(err, errlen, "index store: item row %lld is malformed (%zu vector bytes,"
+                    " expected %zu)", (long long)sqlite3_column_int64(st, 0), got, vbytes);
+            goto out;
+        }
+        memcpy(vec, blob, vbytes);
+        if (fn(sqlite3_column_int64(st, 0), ext, vec, (size_t)width, meta, user) != 0) {
+            set_err(err, errlen, "index store: scan stopped by its callback");
+            goto out;
+        }
+    }
+    if (rc != SQLITE_DONE) {
+        db_fail(s, err, errlen, "scan items");
+        goto out;
+    }
+    ret = 0;
+out:
+    sqlite3_finalize(st);
+    rollback(s);
+    pthread_mutex_unlock(&s->mu);
+    free(vec);
+    return ret;
+}
+
+int store_integrity_check(struct index_store *s, char *err, size_t errlen)
+{
+    pthread_mutex_lock(&s->mu);
+    sqlite3_stmt *st;
+    int ret = STORE_ERR;
+    if (prepare(s, "PRAGMA integrity_check", &st, err, errlen) == 0) {
+        int rc = sqlite3_step(st);
+        const char *msg = rc == SQLITE_ROW ? (const char *)sqlite3_column_text(st, 0) : NULL;
+        if (msg && strcmp(msg, "ok") == 0 && sqlite3_step(st) == SQLITE_DONE)
+            ret = 0;
+        else if (msg)
+            set_err(err, errlen, "index store: integrity check: %.200s", msg);
+        else
+            db_fail(s, err, errlen, "integrity check");
+        sqlite3_finalize(st);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return ret;
+}

@@ -1,0 +1,128 @@
+/* The durable vector store: collections and items in one SQLite database.
+ *
+ * store_open opens (creating if needed) DATA_DIR/index.sqlite3 in WAL mode with
+ * synchronous=FULL, foreign keys on and a busy timeout, and brings the schema to
+ * the current version (PRAGMA user_version). Every write call is one transaction
+ * (BEGIN IMMEDIATE ... COMMIT), never one per row, and reports success only after
+ * COMMIT returned: with WAL + synchronous=FULL the WAL is fsync'ed at every
+ * commit, so an acknowledged change survives kill -9 and power loss as far as
+ * SQLite and the disk guarantee. All SQL is constant text with bound parameters.
+ *
+ * Thread safety: a store is one SQLite connection guarded by one (non-recursive)
+ * mutex held for the whole of each call, so calls from any threads are
+ * serialised and a multi-statement transaction is never interleaved with another
+ * thread's statements. A store_items_scan callback runs under that mutex and must
+ * not call back into the store.
+ *
+ * Vectors are float32 in host order, stored as little-endian bytes (width * 4).
+ *
+ * Every function follows engine/errors.h: 0 on success, a negative code and a
+ * one-line message in err on failure, never prints, never aborts. */
+#ifndef FRANCA_INDEX_STORE_H
+#define FRANCA_INDEX_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Return codes. Routes map them to HTTP statuses as noted. */
+enum store_status {
+    STORE_OK = 0,
+    STORE_ERR = -1,       /* SQLite, I/O or out of memory (500) */
+    STORE_NOT_FOUND = -2, /* no such collection or item (404) */
+    STORE_EXISTS = -3,    /* a collection by that name exists (409) */
+    STORE_CONFLICT = -4,  /* duplicate external id, in the batch or stored (409) */
+    STORE_INVALID = -5,   /* bad argument: name, width, metric, vector length, NaN/Inf (400) */
+};
+
+#define STORE_NAME_MAX 128   /* collection names: 1..127 bytes, NUL-free */
+#define STORE_TEXT_MAX 128   /* model name, fingerprint: 0..127 bytes */
+#define STORE_ID_MAX 256     /* external ids: 1..255 bytes, NUL-free */
+#define STORE_WIDTH_MAX 65536
+#define STORE_GEN_ID_LEN 16  /* generated ids: 16 lowercase hex characters */
+
+enum store_metric { STORE_METRIC_COSINE = 0, STORE_METRIC_L2 = 1, STORE_METRIC_DOT = 2 };
+
+/* "cosine", "l2", "dot"; NULL for an unknown value. */
+const char *store_metric_name(enum store_metric m);
+/* 0 and *m set, or -1 for an unknown name. */
+int store_metric_parse(const char *name, enum store_metric *m);
+
+struct collection_info {
+    int64_t id;                       /* output only (ignored by create) */
+    char name[STORE_NAME_MAX];
+    char model[STORE_TEXT_MAX];
+    char fingerprint[STORE_TEXT_MAX];
+    int64_t width;                    /* 1..STORE_WIDTH_MAX */
+    enum store_metric metric;
+    int store_images;                 /* 0 or 1 */
+    char created_at[32];              /* output only: UTC, "YYYY-MM-DDTHH:MM:SS.SSSZ" */
+};
+
+struct item_in {
+    const char *external_id; /* NULL: a unique id is generated */
+    const char *metadata;    /* JSON text (the caller validates it), or NULL */
+    const float *vector;     /* dim finite floats; dim must equal the collection width */
+    size_t dim;
+    const void *image;       /* source image bytes or NULL; kept only if the
+                                collection has store_images set */
+    size_t image_len;
+};
+
+struct item_out {
+    int64_t row_id;
+    char external_id[STORE_ID_MAX];
+    char *metadata;   /* NUL-terminated JSON text, or NULL */
+    float *vector;    /* dim floats */
+    size_t dim;
+    void *image;      /* NULL when none was kept */
+    size_t image_len;
+};
+
+struct index_store;
+
+/* Opens or creates data_dir/index.sqlite3 (data_dir itself is created if missing). */
+int store_open(struct index_store **out, const char *data_dir, char *err, size_t errlen);
+void store_close(struct index_store *s);
+
+/* Creates a collection; *id receives its row id. STORE_EXISTS for a taken name. */
+int store_collection_create(struct index_store *s, const struct collection_info *in,
+                            int64_t *id, char *err, size_t errlen);
+int store_collection_get(struct index_store *s, const char *name, struct collection_info *out,
+                         char *err, size_t errlen);
+/* All collections by id; *out is malloc'ed (NULL when *n == 0), caller frees it. */
+int store_collection_list(struct index_store *s, struct collection_info **out, size_t *n,
+                          char *err, size_t errlen);
+/* Deletes a collection and (by cascade) all its items. */
+int store_collection_delete(struct index_store *s, const char *name, char *err, size_t errlen);
+int store_collection_count(struct index_store *s, int64_t collection_id, int64_t *n,
+                           char *err, size_t errlen);
+
+/* Inserts n items in one transaction, all or nothing. On success out_ids[i] holds
+ * item i's external id (given or generated); out_ids is written only after COMMIT
+ * succeeded. STORE_CONFLICT names a duplicate id; STORE_INVALID a bad item. */
+int store_items_insert(struct index_store *s, int64_t collection_id,
+                       const struct item_in *items, size_t n, char (*out_ids)[STORE_ID_MAX],
+                       char *err, size_t errlen);
+/* Fills *out (free it with store_item_free). */
+int store_item_get(struct index_store *s, int64_t collection_id, const char *external_id,
+                   struct item_out *out, char *err, size_t errlen);
+void store_item_free(struct item_out *out);
+/* Deletes the listed items in one transaction; ids not present are skipped and
+ * *deleted counts the rows removed. */
+int store_items_delete(struct index_store *s, int64_t collection_id,
+                       const char *const *external_ids, size_t n, size_t *deleted,
+                       char *err, size_t errlen);
+
+/* Called once per item in row-id order; vector has width floats and, like the
+ * strings, is valid only during the call. metadata may be NULL. Returning
+ * non-zero stops the scan, and store_items_scan returns STORE_ERR. */
+typedef int (*store_scan_fn)(int64_t row_id, const char *external_id, const float *vector,
+                             size_t dim, const char *metadata, void *user);
+/* Reads one consistent snapshot of a collection's items. */
+int store_items_scan(struct index_store *s, int64_t collection_id, store_scan_fn fn,
+                     void *user, char *err, size_t errlen);
+
+/* PRAGMA integrity_check; STORE_ERR with its first message unless it says "ok". */
+int store_integrity_check(struct index_store *s, char *err, size_t errlen);
+
+#endif
