@@ -1,0 +1,355 @@
+/* The in-memory search mirror; see mirror.h for the contract. */
+#include "index/mirror.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "errors.h"
+
+struct index_mirror {
+    pthread_rwlock_t lock;
+    int width, pw;
+    enum store_metric metric;
+    size_t n, cap;
+    float *data;      /* [cap, width] */
+    float *prefix;    /* [cap, pw] */
+    float *sq;        /* [cap]: squared norm of the stored row at width */
+    float *psq;       /* [cap]: squared norm of the prefix row */
+    int64_t *row_ids; /* [cap] */
+    char **ext;       /* [cap], owned */
+    uint64_t *hash;   /* [cap]: hash of ext */
+    uint32_t *slots;  /* [nslots]: row + 1, 0 = empty; linear probing */
+    size_t nslots;    /* power of two, at least 2 * cap */
+};
+
+static uint64_t hash_id(const char *s)
+{
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a, then a final mix */
+    for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdULL;
+    h ^= h >> 33;
+    return h;
+}
+
+/* The slot of external id (hash h), or SIZE_MAX if absent. */
+static size_t slot_of_id(const struct index_mirror *m, const char *id, uint64_t h)
+{
+    if (!m->nslots) return SIZE_MAX;
+    const size_t mask = m->nslots - 1;
+    for (size_t i = h & mask;; i = (i + 1) & mask) {
+        const uint32_t v = m->slots[i];
+        if (!v) return SIZE_MAX;
+        if (m->hash[v - 1] == h && strcmp(m->ext[v - 1], id) == 0) return i;
+    }
+}
+
+/* The slot holding a row that is in the table (found through its hash). */
+static size_t slot_of_row(const struct index_mirror *m, size_t row)
+{
+    const size_t mask = m->nslots - 1;
+    size_t i = m->hash[row] & mask;
+    while (m->slots[i] != row + 1) i = (i + 1) & mask;
+    return i;
+}
+
+static void slot_insert(struct index_mirror *m, size_t row)
+{
+    const size_t mask = m->nslots - 1;
+    size_t i = m->hash[row] & mask;
+    while (m->slots[i]) i = (i + 1) & mask;
+    m->slots[i] = (uint32_t)(row + 1);
+}
+
+/* Backward-shift deletion: no tombstones. */
+static void slot_delete(struct index_mirror *m, size_t i)
+{
+    const size_t mask = m->nslots - 1;
+    size_t j = i;
+    m->slots[i] = 0;
+    for (;;) {
+        j = (j + 1) & mask;
+        const uint32_t v = m->slots[j];
+        if (!v) return;
+        const size_t home = m->hash[v - 1] & mask;
+        if (((j - home) & mask) >= ((j - i) & mask)) {
+            m->slots[i] = v;
+            m->slots[j] = 0;
+            i = j;
+        }
+    }
+}
+
+static int rehash(struct index_mirror *m, size_t nslots)
+{
+    uint32_t *s = calloc(nslots, sizeof *s);
+    if (!s) return -1;
+    free(m->slots);
+    m->slots = s;
+    m->nslots = nslots;
+    for (size_t r = 0; r < m->n; r++) slot_insert(m, r);
+    return 0;
+}
+
+#define GROW(ptr, count)                                                        \
+    do {                                                                        \
+        void *p_ = realloc((ptr), (count) * sizeof *(ptr));                     \
+        if (!p_) return -1;                                                     \
+        (ptr) = p_;                                                             \
+    } while (0)
+
+/* Room for need rows (arrays and table); on failure nothing observable changes
+ * (arrays that did grow just have spare room). */
+static int reserve(struct index_mirror *m, size_t need)
+{
+    if (need > m->cap) {
+        size_t cap = m->cap ? m->cap : 64;
+        while (cap < need) cap *= 2;
+        if (cap > MIRROR_MAX_ROWS) cap = MIRROR_MAX_ROWS;
+        GROW(m->data, cap * (size_t)m->width);
+        GROW(m->prefix, cap * (size_t)m->pw);
+        GROW(m->sq, cap);
+        GROW(m->psq, cap);
+        GROW(m->row_ids, cap);
+        GROW(m->ext, cap);
+        GROW(m->hash, cap);
+        m->cap = cap;
+    }
+    size_t ns = m->nslots ? m->nslots : 128;
+    while (ns < 2 * need) ns *= 2;
+    if (ns != m->nslots && rehash(m, ns)) return -1;
+    return 0;
+}
+
+struct index_mirror *mirror_create(int width, enum store_metric metric, int prefix_width,
+                                   char *err, size_t errlen)
+{
+    if (width < 1 || width > STORE_WIDTH_MAX) {
+        set_err(err, errlen, "mirror: width %d is outside 1..%d", width, STORE_WIDTH_MAX);
+        return NULL;
+    }
+    if (metric != STORE_METRIC_COSINE && metric != STORE_METRIC_L2 && metric != STORE_METRIC_DOT) {
+        set_err(err, errlen, "mirror: unknown metric %d", (int)metric);
+        return NULL;
+    }
+    if (prefix_width == 0) prefix_width = width / 16 > 1 ? width / 16 : 1;
+    if (prefix_width < 1 || prefix_width > width) {
+        set_err(err, errlen, "mirror: prefix width %d is outside 1..%d", prefix_width, width);
+        return NULL;
+    }
+    struct index_mirror *m = calloc(1, sizeof *m);
+    if (!m) {
+        set_err(err, errlen, "mirror: out of memory");
+        return NULL;
+    }
+    /* Writers first: a stream of searches must not starve inserts and deletes. */
+    pthread_rwlockattr_t attr;
+    int bad = pthread_rwlockattr_init(&attr);
+    if (!bad) {
+        pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+        bad = pthread_rwlock_init(&m->lock, &attr);
+        pthread_rwlockattr_destroy(&attr);
+    }
+    if (bad) {
+        free(m);
+        set_err(err, errlen, "mirror: cannot create its lock");
+        return NULL;
+    }
+    m->width = width;
+    m->pw = prefix_width;
+    m->metric = metric;
+    return m;
+}
+
+static void free_rows(struct index_mirror *m)
+{
+    for (size_t r = 0; r < m->n; r++) free(m->ext[r]);
+    m->n = 0;
+}
+
+void mirror_free(struct index_mirror *m)
+{
+    if (!m) return;
+    free_rows(m);
+    pthread_rwlock_destroy(&m->lock);
+    free(m->data);
+    free(m->prefix);
+    free(m->sq);
+    free(m->psq);
+    free(m->row_ids);
+    free(m->ext);
+    free(m->hash);
+    free(m->slots);
+    free(m);
+}
+
+static double sqnorm(const float *x, int w)
+{
+    double s = 0;
+    for (int i = 0; i < w; i++) s += (double)x[i] * x[i];
+    return s;
+}
+
+/* Writes row r from v in the stored form (see mirror.h). */
+static void store_row(struct index_mirror *m, size_t r, const float *v)
+{
+    float *d = m->data + r * (size_t)m->width;
+    float *p = m->prefix + r * (size_t)m->pw;
+    const double full = sqnorm(v, m->width), pre = sqnorm(v, m->pw);
+    if (m->metric == STORE_METRIC_COSINE) {
+        const double sf = full > 0 ? 1.0 / sqrt(full) : 0.0;
+        const double sp = pre > 0 ? 1.0 / sqrt(pre) : 0.0;
+        for (int i = 0; i < m->width; i++) d[i] = (float)(v[i] * sf);
+        for (int i = 0; i < m->pw; i++) p[i] = (float)(v[i] * sp);
+        m->sq[r] = (float)sqnorm(d, m->width);
+        m->psq[r] = (float)sqnorm(p, m->pw);
+    } else {
+        memcpy(d, v, (size_t)m->width * sizeof *d);
+        memcpy(p, v, (size_t)m->pw * sizeof *p);
+        m->sq[r] = (float)full;
+        m->psq[r] = (float)pre;
+    }
+}
+
+int mirror_add(struct index_mirror *m, size_t count, const int64_t *row_ids,
+               const char *const *external_ids, const float *vectors, char *err,
+               size_t errlen)
+{
+    if (!count) return 0;
+    if (!row_ids || !external_ids || !vectors)
+        return set_err(err, errlen, "mirror: missing arguments"), STORE_INVALID;
+    const size_t w = (size_t)m->width;
+    for (size_t i = 0; i < count; i++) {
+        const char *id = external_ids[i];
+        const size_t len = id ? strnlen(id, STORE_ID_MAX) : 0;
+        if (len == 0 || len >= STORE_ID_MAX)
+            return set_err(err, errlen, "mirror: item %zu has an empty or over-long id", i),
+                   STORE_INVALID;
+        for (size_t j = 0; j < w; j++)
+            if (!isfinite(vectors[i * w + j]))
+                return set_err(err, errlen, "mirror: item %zu has a NaN or Inf at %zu", i, j),
+                       STORE_INVALID;
+    }
+    pthread_rwlock_wrlock(&m->lock);
+    int rc = 0;
+    if (count > MIRROR_MAX_ROWS - m->n) {
+        rc = STORE_INVALID;
+        set_err(err, errlen, "mirror: more than %d rows", MIRROR_MAX_ROWS);
+        goto out;
+    }
+    if (reserve(m, m->n + count)) {
+        rc = STORE_ERR;
+        set_err(err, errlen, "mirror: out of memory for %zu rows", m->n + count);
+        goto out;
+    }
+    const size_t base = m->n;
+    size_t i;
+    for (i = 0; i < count; i++) { /* provisional: rows base.. */
+        const size_t r = base + i;
+        const uint64_t h = hash_id(external_ids[i]);
+        if (slot_of_id(m, external_ids[i], h) != SIZE_MAX) {
+            char shown[64];
+            printable_copy(external_ids[i], strlen(external_ids[i]), shown, sizeof shown);
+            rc = STORE_CONFLICT;
+            set_err(err, errlen, "mirror: duplicate external id \"%s\"", shown);
+            break;
+        }
+        m->ext[r] = strdup(external_ids[i]);
+        if (!m->ext[r]) {
+            rc = STORE_ERR;
+            set_err(err, errlen, "mirror: out of memory");
+            break;
+        }
+        m->hash[r] = h;
+        slot_insert(m, r);
+    }
+    if (rc) { /* roll back the provisional rows */
+        while (i-- > 0) {
+            const size_t r = base + i;
+            slot_delete(m, slot_of_row(m, r));
+            free(m->ext[r]);
+        }
+        goto out;
+    }
+    for (i = 0; i < count; i++) {
+        m->row_ids[base + i] = row_ids[i];
+        store_row(m, base + i, vectors + i * w);
+    }
+    m->n = base + count;
+out:
+    pthread_rwlock_unlock(&m->lock);
+    return rc;
+}
+
+static void remove_row(struct index_mirror *m, size_t r, size_t slot)
+{
+    slot_delete(m, slot);
+    free(m->ext[r]);
+    const size_t last = m->n - 1;
+    if (r != last) {
+        memcpy(m->data + r * (size_t)m->width, m->data + last * (size_t)m->width,
+               (size_t)m->width * sizeof(float));
+        memcpy(m->prefix + r * (size_t)m->pw, m->prefix + last * (size_t)m->pw,
+               (size_t)m->pw * sizeof(float));
+        m->sq[r] = m->sq[last];
+        m->psq[r] = m->psq[last];
+        m->row_ids[r] = m->row_ids[last];
+        m->ext[r] = m->ext[last];
+        m->hash[r] = m->hash[last];
+        m->slots[slot_of_row(m, last)] = (uint32_t)(r + 1);
+    }
+    m->n = last;
+}
+
+int mirror_remove(struct index_mirror *m, size_t count, const char *const *external_ids,
+                  size_t *n_removed)
+{
+    size_t removed = 0;
+    pthread_rwlock_wrlock(&m->lock);
+    for (size_t i = 0; i < count; i++) {
+        if (!external_ids || !external_ids[i]) continue;
+        const size_t s = slot_of_id(m, external_ids[i], hash_id(external_ids[i]));
+        if (s == SIZE_MAX) continue;
+        remove_row(m, m->slots[s] - 1, s);
+        removed++;
+    }
+    pthread_rwlock_unlock(&m->lock);
+    if (n_removed) *n_removed = removed;
+    return 0;
+}
+
+void mirror_clear(struct index_mirror *m)
+{
+    pthread_rwlock_wrlock(&m->lock);
+    free_rows(m);
+    if (m->slots) memset(m->slots, 0, m->nslots * sizeof *m->slots);
+    pthread_rwlock_unlock(&m->lock);
+}
+
+void mirror_read_lock(struct index_mirror *m) { pthread_rwlock_rdlock(&m->lock); }
+void mirror_read_unlock(struct index_mirror *m) { pthread_rwlock_unlock(&m->lock); }
+
+int mirror_width(const struct index_mirror *m) { return m->width; }
+int mirror_prefix_width(const struct index_mirror *m) { return m->pw; }
+enum store_metric mirror_metric(const struct index_mirror *m) { return m->metric; }
+size_t mirror_count(const struct index_mirror *m) { return m->n; }
+
+long mirror_find(const struct index_mirror *m, const char *external_id)
+{
+    if (!external_id) return -1;
+    const size_t s = slot_of_id(m, external_id, hash_id(external_id));
+    return s == SIZE_MAX ? -1 : (long)m->slots[s] - 1;
+}
+
+int64_t mirror_row_id(const struct index_mirror *m, size_t row) { return m->row_ids[row]; }
+const char *mirror_external_id(const struct index_mirror *m, size_t row) { return m->ext[row]; }
+const float *mirror_row_vector(const struct index_mirror *m, size_t row)
+{
+    return m->data + row * (size_t)m->width;
+}
+const float *mirror_matrix(const struct index_mirror *m) { return m->data; }
+const float *mirror_prefix_matrix(const struct index_mirror *m) { return m->prefix; }
+const float *mirror_sqnorms(const struct index_mirror *m) { return m->sq; }
+const float *mirror_prefix_sqnorms(const struct index_mirror *m) { return m->psq; }

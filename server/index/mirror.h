@@ -1,0 +1,90 @@
+/* The in-memory search mirror of one collection.
+ *
+ * A mirror holds, for n rows, a contiguous row-major float32 matrix [n, width]
+ * (leading dimension = width), a second contiguous matrix [n, prefix_width]
+ * holding the Matryoshka funnel prefix, the squared L2 norm of every row at
+ * width and at prefix_width, and parallel arrays of store row ids (int64) and
+ * external ids (strings). An open-addressing table maps external ids to rows,
+ * so add, remove and find are O(1) per row (expected).
+ *
+ * Stored form by metric:
+ *   l2, dot: the full matrix holds the vectors as given; the prefix matrix
+ *            holds their first prefix_width components as given.
+ *   cosine:  the full matrix holds each vector L2-normalised at full width; the
+ *            prefix matrix holds its first prefix_width components renormalised
+ *            to unit length. An all-zero vector stays zero (similarity 0).
+ *
+ * Removal is swap-with-last: the last row moves into the hole, so row indices
+ * change on every removal; row ids and external ids are the stable names.
+ *
+ * Thread safety: every mirror carries a pthread rwlock. mirror_add,
+ * mirror_remove and mirror_clear take it exclusively themselves. Every reader
+ * (mirror_find, the row accessors, search_exact, search_funnel) does NOT lock:
+ * the caller brackets a whole read (building a row mask, searching, reading
+ * the hits' external ids) in mirror_read_lock / mirror_read_unlock, so that
+ * row indices stay valid throughout. Any number of readers share the lock;
+ * writers wait for them. The lock prefers writers (glibc's
+ * PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP), so a stream of searches cannot
+ * starve inserts and deletes; in exchange a thread must never take the read
+ * lock twice, nor call a writer while holding it (either would deadlock).
+ *
+ * Errors follow engine/errors.h with the store's codes (index/store.h):
+ * STORE_INVALID for bad arguments, STORE_CONFLICT for duplicate external ids,
+ * STORE_ERR for out of memory; a message goes into err. A failed call changes
+ * nothing. */
+#ifndef FRANCA_INDEX_MIRROR_H
+#define FRANCA_INDEX_MIRROR_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "index/store.h"
+
+#define MIRROR_MAX_ROWS (1 << 30)
+
+struct index_mirror;
+
+/* A new, empty mirror. width 1..STORE_WIDTH_MAX; prefix_width 1..width, or 0
+ * for the default max(1, width / 16). NULL on failure (message in err). */
+struct index_mirror *mirror_create(int width, enum store_metric metric, int prefix_width,
+                                   char *err, size_t errlen);
+void mirror_free(struct index_mirror *m);
+
+/* Appends count rows: vectors [count, width] (finite floats, as stored in
+ * SQLite), row_ids[count], external_ids[count] (1..STORE_ID_MAX-1 bytes, copied).
+ * All or nothing: an id already present or repeated within the batch gives
+ * STORE_CONFLICT; NaN/Inf or a bad id gives STORE_INVALID. Takes the write lock. */
+int mirror_add(struct index_mirror *m, size_t count, const int64_t *row_ids,
+               const char *const *external_ids, const float *vectors, char *err,
+               size_t errlen);
+
+/* Removes the rows with these external ids (unknown ids are skipped); the
+ * number removed goes to *n_removed if not NULL. Takes the write lock. */
+int mirror_remove(struct index_mirror *m, size_t count, const char *const *external_ids,
+                  size_t *n_removed);
+
+/* Removes every row. Takes the write lock. */
+void mirror_clear(struct index_mirror *m);
+
+void mirror_read_lock(struct index_mirror *m);
+void mirror_read_unlock(struct index_mirror *m);
+
+/* Readers: the caller holds the read lock (see above). */
+int mirror_width(const struct index_mirror *m);
+int mirror_prefix_width(const struct index_mirror *m);
+enum store_metric mirror_metric(const struct index_mirror *m);
+size_t mirror_count(const struct index_mirror *m);
+/* The row of an external id, or -1. */
+long mirror_find(const struct index_mirror *m, const char *external_id);
+int64_t mirror_row_id(const struct index_mirror *m, size_t row);
+const char *mirror_external_id(const struct index_mirror *m, size_t row);
+/* The stored (for cosine: normalised) vector of a row, width floats. */
+const float *mirror_row_vector(const struct index_mirror *m, size_t row);
+/* The matrices and norms, for search backends: [n, width], [n, prefix_width],
+ * squared norms of the stored rows at width and of the prefix rows. */
+const float *mirror_matrix(const struct index_mirror *m);
+const float *mirror_prefix_matrix(const struct index_mirror *m);
+const float *mirror_sqnorms(const struct index_mirror *m);
+const float *mirror_prefix_sqnorms(const struct index_mirror *m);
+
+#endif

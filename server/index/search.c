@@ -1,0 +1,367 @@
+/* Exact and funnel k-NN search on the CPU; see search.h for the contract. */
+#include "index/search.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "errors.h"
+
+#define BLOCK_ROWS_MAX 4096
+#define BLOCK_ROWS_MIN 16
+#define BLOCK_SCORES (1 << 22) /* floats in one block of scores: 16 MiB */
+
+/* Per-query top-k: a binary heap whose root is the worst kept entry. Keys are
+ * "larger is better" (l2 uses minus the squared distance); ties go to the lower
+ * row. */
+struct topk {
+    float *key;
+    uint32_t *row;
+    int size, cap;
+};
+
+static int worse(float ka, uint32_t ra, float kb, uint32_t rb)
+{
+    return ka < kb || (ka == kb && ra > rb);
+}
+
+static void topk_sift_down(struct topk *h, int i)
+{
+    for (;;) {
+        int c = 2 * i + 1;
+        if (c >= h->size) return;
+        if (c + 1 < h->size && worse(h->key[c + 1], h->row[c + 1], h->key[c], h->row[c])) c++;
+        if (!worse(h->key[c], h->row[c], h->key[i], h->row[i])) return;
+        float tk = h->key[c];
+        uint32_t tr = h->row[c];
+        h->key[c] = h->key[i], h->row[c] = h->row[i];
+        h->key[i] = tk, h->row[i] = tr;
+        i = c;
+    }
+}
+
+static inline void topk_push(struct topk *h, float key, uint32_t row)
+{
+    if (h->size < h->cap) {
+        int i = h->size++;
+        while (i > 0) {
+            const int p = (i - 1) / 2;
+            if (!worse(key, row, h->key[p], h->row[p])) break;
+            h->key[i] = h->key[p], h->row[i] = h->row[p];
+            i = p;
+        }
+        h->key[i] = key, h->row[i] = row;
+    } else if (worse(h->key[0], h->row[0], key, row)) {
+        h->key[0] = key, h->row[0] = row;
+        topk_sift_down(h, 0);
+    }
+}
+
+/* Sorts the heap best first, in place (heap sort popping the worst to the end). */
+static void topk_sort(struct topk *h)
+{
+    const int n = h->size;
+    while (h->size > 1) {
+        const int last = h->size - 1;
+        float tk = h->key[0];
+        uint32_t tr = h->row[0];
+        h->key[0] = h->key[last], h->row[0] = h->row[last];
+        h->key[last] = tk, h->row[last] = tr;
+        h->size--;
+        topk_sift_down(h, 0);
+    }
+    h->size = n;
+}
+
+/* Heaps for q queries of capacity cap each, in two allocations. */
+struct heaps {
+    struct topk *h;
+    float *keys;
+    uint32_t *rows;
+};
+
+static int heaps_init(struct heaps *hs, int q, int cap)
+{
+    hs->h = calloc((size_t)q, sizeof *hs->h);
+    hs->keys = malloc((size_t)q * (size_t)cap * sizeof *hs->keys);
+    hs->rows = malloc((size_t)q * (size_t)cap * sizeof *hs->rows);
+    if (!hs->h || !hs->keys || !hs->rows) return -1;
+    for (int i = 0; i < q; i++) {
+        hs->h[i].key = hs->keys + (size_t)i * cap;
+        hs->h[i].row = hs->rows + (size_t)i * cap;
+        hs->h[i].cap = cap;
+    }
+    return 0;
+}
+
+static void heaps_free(struct heaps *hs)
+{
+    free(hs->h);
+    free(hs->keys);
+    free(hs->rows);
+}
+
+/* Copies the first w components of each query (stride qstride) and prepares
+ * them: normalised for cosine; squared norms into qsq for l2. */
+static void prepare_queries(enum store_metric metric, const float *queries, int q, int qstride,
+                            int w, float *Q, float *qsq)
+{
+    for (int i = 0; i < q; i++) {
+        const float *src = queries + (size_t)i * qstride;
+        float *dst = Q + (size_t)i * w;
+        double s = 0;
+        for (int j = 0; j < w; j++) s += (double)src[j] * src[j];
+        const double scale = metric == STORE_METRIC_COSINE ? (s > 0 ? 1.0 / sqrt(s) : 0.0) : 1.0;
+        for (int j = 0; j < w; j++) dst[j] = (float)(src[j] * scale);
+        qsq[i] = (float)s;
+    }
+}
+
+/* Squared norm of the first w components of a row. */
+static float row_sq(const float *x, int w)
+{
+    double s = 0;
+    for (int j = 0; j < w; j++) s += (double)x[j] * x[j];
+    return (float)s;
+}
+
+/* The key of one (query, row) pair from its dot product s. rinv: cosine row
+ * scale (1 for unit rows); rsq: l2 row squared norm. */
+static inline float make_key(enum store_metric metric, float s, float rinv, float rsq, float qsq)
+{
+    switch (metric) {
+    case STORE_METRIC_COSINE: return s * rinv;
+    case STORE_METRIC_L2: return -(rsq - 2.0f * s + qsq);
+    default: return s;
+    }
+}
+
+/* One pass over n rows of X (leading dimension ldx, first w columns), scoring
+ * the prepared queries Q [q, w] with sgemm in blocks and pushing into heaps.
+ * rows_unit: cosine rows are unit at width w (no scaling). rowsq: l2 squared
+ * row norms at width w, or NULL to compute them. */
+static int scan(enum store_metric metric, const float *X, size_t ldx, size_t n, int w,
+                const float *Q, const float *qsq, int q, int rows_unit, const float *rowsq,
+                const uint8_t *mask, struct topk *heaps)
+{
+    size_t B = BLOCK_SCORES / (size_t)q;
+    if (B > BLOCK_ROWS_MAX) B = BLOCK_ROWS_MAX;
+    if (B < BLOCK_ROWS_MIN) B = BLOCK_ROWS_MIN;
+    if (B > n) B = n;
+    float *S = malloc((size_t)q * B * sizeof *S);
+    float *rf = malloc(B * sizeof *rf); /* per-row factor: cosine scale or l2 norm */
+    if (!S || !rf) {
+        free(S);
+        free(rf);
+        return -1;
+    }
+    for (size_t r0 = 0; r0 < n; r0 += B) {
+        const size_t b = n - r0 < B ? n - r0 : B;
+        if (mask) { /* skip blocks with nothing eligible */
+            size_t e = 0;
+            while (e < b && !mask[r0 + e]) e++;
+            if (e == b) continue;
+        }
+        const float *Xb = X + r0 * ldx;
+        for (size_t i = 0; i < b; i++) {
+            if (metric == STORE_METRIC_COSINE) {
+                if (rows_unit) {
+                    rf[i] = 1.0f;
+                } else {
+                    const float s = row_sq(Xb + i * ldx, w);
+                    rf[i] = s > 0 ? (float)(1.0 / sqrt((double)s)) : 0.0f;
+                }
+            } else if (metric == STORE_METRIC_L2) {
+                rf[i] = rowsq ? rowsq[r0 + i] : row_sq(Xb + i * ldx, w);
+            } else {
+                rf[i] = 1.0f;
+            }
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, q, (int)b, w, 1.0f, Q, w, Xb,
+                    (int)ldx, 0.0f, S, (int)b);
+        for (int qi = 0; qi < q; qi++) {
+            const float *Sq = S + (size_t)qi * b;
+            struct topk *h = heaps + qi;
+            for (size_t i = 0; i < b; i++) {
+                if (mask && !mask[r0 + i]) continue;
+                topk_push(h, make_key(metric, Sq[i], rf[i], rf[i], qsq[qi]), (uint32_t)(r0 + i));
+            }
+        }
+    }
+    free(S);
+    free(rf);
+    return 0;
+}
+
+static void emit(const struct index_mirror *m, enum store_metric metric, struct topk *heaps,
+                 int q, int k, struct search_hit *out, int *n_out)
+{
+    for (int qi = 0; qi < q; qi++) {
+        struct topk *h = heaps + qi;
+        topk_sort(h);
+        for (int i = 0; i < h->size; i++) {
+            struct search_hit *o = out + (size_t)qi * k + i;
+            const uint32_t r = h->row[i];
+            o->row = r;
+            o->row_id = mirror_row_id(m, r);
+            o->external_id = mirror_external_id(m, r);
+            const float key = h->key[i];
+            o->score = metric == STORE_METRIC_L2 ? sqrtf(key < 0 ? -key : 0.0f) : key;
+        }
+    }
+    *n_out = heaps[0].size;
+}
+
+static size_t eligible_rows(size_t n, const uint8_t *mask)
+{
+    if (!mask) return n;
+    size_t e = 0;
+    for (size_t i = 0; i < n; i++) e += mask[i] != 0;
+    return e;
+}
+
+static int cpu_exact(const struct index_mirror *m, const float *queries, int q, int w, int k,
+                     const uint8_t *row_mask, struct search_hit *out, int *n_out, char *err,
+                     size_t errlen)
+{
+    const enum store_metric metric = mirror_metric(m);
+    const int width = mirror_width(m);
+    const size_t n = mirror_count(m);
+    const size_t e = eligible_rows(n, row_mask);
+    const int cap = (size_t)k < e ? k : (int)e;
+    *n_out = 0;
+    if (cap == 0) return 0;
+    float *Q = malloc((size_t)q * w * sizeof *Q);
+    float *qsq = malloc((size_t)q * sizeof *qsq);
+    struct heaps hs = {0};
+    int rc = 0;
+    if (!Q || !qsq || heaps_init(&hs, q, cap)) {
+        rc = STORE_ERR;
+        goto out;
+    }
+    prepare_queries(metric, queries, q, w, w, Q, qsq);
+    if (scan(metric, mirror_matrix(m), (size_t)width, n, w, Q, qsq, q, w == width,
+             w == width ? mirror_sqnorms(m) : NULL, row_mask, hs.h)) {
+        rc = STORE_ERR;
+        goto out;
+    }
+    emit(m, metric, hs.h, q, k, out, n_out);
+out:
+    if (rc) set_err(err, errlen, "search: out of memory for %d queries", q);
+    free(Q);
+    free(qsq);
+    heaps_free(&hs);
+    return rc;
+}
+
+static int cpu_funnel(const struct index_mirror *m, const float *queries, int q, int w, int k,
+                      int shortlist, const uint8_t *row_mask, struct search_hit *out,
+                      int *n_out, char *err, size_t errlen)
+{
+    const int pw = mirror_prefix_width(m);
+    if (w <= pw) return cpu_exact(m, queries, q, w, k, row_mask, out, n_out, err, errlen);
+    const enum store_metric metric = mirror_metric(m);
+    const int width = mirror_width(m);
+    const size_t n = mirror_count(m);
+    const size_t e = eligible_rows(n, row_mask);
+    size_t L = (size_t)(shortlist > k ? shortlist : k);
+    if (L > e) L = e;
+    *n_out = 0;
+    if (L == 0) return 0;
+    const int cap = (size_t)k < L ? k : (int)L;
+    float *Q = malloc((size_t)q * w * sizeof *Q);
+    float *qsq = malloc((size_t)q * sizeof *qsq);
+    float *Qp = malloc((size_t)q * pw * sizeof *Qp);
+    float *qsqp = malloc((size_t)q * sizeof *qsqp);
+    struct heaps cand = {0}, best = {0};
+    int rc = 0;
+    if (!Q || !qsq || !Qp || !qsqp || heaps_init(&cand, q, (int)L) || heaps_init(&best, q, cap)) {
+        rc = STORE_ERR;
+        goto out;
+    }
+    /* Stage 1: the shortlist on the prefix matrix (unit rows for cosine). */
+    prepare_queries(metric, queries, q, w, pw, Qp, qsqp);
+    if (scan(metric, mirror_prefix_matrix(m), (size_t)pw, n, pw, Qp, qsqp, q, 1,
+             mirror_prefix_sqnorms(m), row_mask, cand.h)) {
+        rc = STORE_ERR;
+        goto out;
+    }
+    /* Stage 2: exact re-rank of the candidates at width w. */
+    prepare_queries(metric, queries, q, w, w, Q, qsq);
+    const float *X = mirror_matrix(m);
+    const float *sq = mirror_sqnorms(m);
+    for (int qi = 0; qi < q; qi++) {
+        const struct topk *c = cand.h + qi;
+        const float *Qq = Q + (size_t)qi * w;
+        for (int i = 0; i < c->size; i++) {
+            const uint32_t r = c->row[i];
+            const float *x = X + (size_t)r * width;
+            const float s = cblas_sdot(w, Qq, 1, x, 1);
+            float f = 1.0f;
+            if (metric == STORE_METRIC_COSINE && w < width) {
+                const float rs = row_sq(x, w);
+                f = rs > 0 ? (float)(1.0 / sqrt((double)rs)) : 0.0f;
+            } else if (metric == STORE_METRIC_L2) {
+                f = w == width ? sq[r] : row_sq(x, w);
+            }
+            topk_push(best.h + qi, make_key(metric, s, f, f, qsq[qi]), r);
+        }
+    }
+    emit(m, metric, best.h, q, k, out, n_out);
+out:
+    if (rc) set_err(err, errlen, "search: out of memory for %d queries, shortlist %zu", q, L);
+    free(Q);
+    free(qsq);
+    free(Qp);
+    free(qsqp);
+    heaps_free(&cand);
+    heaps_free(&best);
+    return rc;
+}
+
+const struct search_backend search_backend_cpu = {"cpu", cpu_exact, cpu_funnel};
+
+static int check_args(const struct index_mirror *m, const float *queries, int q, int w, int k,
+                      const struct search_hit *out, const int *n_out, char *err, size_t errlen)
+{
+    if (!m || !queries || !out || !n_out)
+        return set_err(err, errlen, "search: missing arguments"), STORE_INVALID;
+    if (q < 1) return set_err(err, errlen, "search: %d queries; need at least 1", q), STORE_INVALID;
+    if (k < 1 || k > SEARCH_K_MAX)
+        return set_err(err, errlen, "search: k = %d is outside 1..%d", k, SEARCH_K_MAX),
+               STORE_INVALID;
+    const int width = mirror_width(m);
+    if (w < 1 || w > width)
+        return set_err(err, errlen, "search: width %d is outside 1..%d (the collection width)",
+                       w, width),
+               STORE_INVALID;
+    const size_t total = (size_t)q * (size_t)w;
+    for (size_t i = 0; i < total; i++)
+        if (!isfinite(queries[i]))
+            return set_err(err, errlen, "search: query %zu has a NaN or Inf at %zu", i / w, i % w),
+                   STORE_INVALID;
+    return 0;
+}
+
+int search_exact(const struct index_mirror *m, const float *queries, int q, int w, int k,
+                 const uint8_t *row_mask, struct search_hit *out, int *n_out, char *err,
+                 size_t errlen)
+{
+    const int rc = check_args(m, queries, q, w, k, out, n_out, err, errlen);
+    if (rc) return rc;
+    return search_backend_cpu.exact(m, queries, q, w, k, row_mask, out, n_out, err, errlen);
+}
+
+int search_funnel(const struct index_mirror *m, const float *queries, int q, int w, int k,
+                  int shortlist, const uint8_t *row_mask, struct search_hit *out, int *n_out,
+                  char *err, size_t errlen)
+{
+    const int rc = check_args(m, queries, q, w, k, out, n_out, err, errlen);
+    if (rc) return rc;
+    if (shortlist < 1)
+        return set_err(err, errlen, "search: shortlist %d; need at least 1", shortlist),
+               STORE_INVALID;
+    return search_backend_cpu.funnel(m, queries, q, w, k, shortlist, row_mask, out, n_out, err,
+                                     errlen);
+}

@@ -1,0 +1,72 @@
+/* k-nearest-neighbour search over an index mirror, behind one small interface.
+ *
+ * struct search_backend is the interface: a backend supplies exact and funnel
+ * search with the signatures below. search_exact and search_funnel check the
+ * arguments, then call the active backend (the CPU/BLAS one; a cuBLAS backend
+ * can be added by providing another struct search_backend).
+ *
+ * Scores, best first:
+ *   cosine: the cosine similarity at width w (rows and queries cut to their
+ *           first w components, then renormalised); larger is better.
+ *   dot:    the dot product of the first w components; larger is better.
+ *   l2:     the Euclidean distance (the square root of |x|^2 - 2 x.q + |q|^2,
+ *           clamped at 0) over the first w components; smaller is better.
+ * Equal scores are ordered by lower row index, so results are deterministic
+ * for a given mirror state.
+ *
+ * Locking: the caller holds mirror_read_lock for the whole call and for as
+ * long as it reads the hits' row and external_id (see mirror.h).
+ *
+ * Return: 0, STORE_INVALID (bad argument: k outside 1..SEARCH_K_MAX, q < 1,
+ * w outside 1..width, shortlist < 1, NaN/Inf in a query) or STORE_ERR (out of
+ * memory), with a message in err. */
+#ifndef FRANCA_INDEX_SEARCH_H
+#define FRANCA_INDEX_SEARCH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "index/mirror.h"
+
+#define SEARCH_K_MAX 1000
+
+struct search_hit {
+    int64_t row_id;          /* store row id */
+    const char *external_id; /* owned by the mirror; valid under the read lock */
+    uint32_t row;            /* mirror row; valid under the read lock */
+    float score;             /* see above */
+};
+
+/* queries: [q, w] row-major, the first w components of each query (for cosine
+ * they need not be normalised). row_mask: NULL, or mirror_count bytes, nonzero =
+ * eligible (filters). out: [q, k]; the first *n_out = min(k, eligible rows)
+ * entries of each query's k are filled, the rest untouched. */
+typedef int (*search_exact_fn)(const struct index_mirror *m, const float *queries, int q,
+                               int w, int k, const uint8_t *row_mask,
+                               struct search_hit *out, int *n_out, char *err,
+                               size_t errlen);
+/* Funnel: scores every eligible row on the prefix matrix (prefix_width), keeps
+ * the best max(shortlist, k) per query, then re-ranks those exactly at width w.
+ * When w <= prefix_width the funnel has nothing to gain and runs exact search. */
+typedef int (*search_funnel_fn)(const struct index_mirror *m, const float *queries, int q,
+                                int w, int k, int shortlist, const uint8_t *row_mask,
+                                struct search_hit *out, int *n_out, char *err,
+                                size_t errlen);
+
+struct search_backend {
+    const char *name;
+    search_exact_fn exact;
+    search_funnel_fn funnel;
+};
+
+/* The CPU backend: cblas_sgemm over blocks of rows, binary-heap top-k. */
+extern const struct search_backend search_backend_cpu;
+
+int search_exact(const struct index_mirror *m, const float *queries, int q, int w, int k,
+                 const uint8_t *row_mask, struct search_hit *out, int *n_out, char *err,
+                 size_t errlen);
+int search_funnel(const struct index_mirror *m, const float *queries, int q, int w, int k,
+                  int shortlist, const uint8_t *row_mask, struct search_hit *out, int *n_out,
+                  char *err, size_t errlen);
+
+#endif
