@@ -4,15 +4,27 @@
 #include <stdio.h>
 #include <string.h>
 
+static void vformat(char *err, size_t errlen, const char *fmt, va_list ap)
+{
+    if (err && errlen) vsnprintf(err, errlen, fmt, ap);
+}
+
 int set_err(char *err, size_t errlen, const char *fmt, ...)
 {
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
+    va_list ap;
+    va_start(ap, fmt);
+    vformat(err, errlen, fmt, ap);
+    va_end(ap);
     return -1;
+}
+
+int set_err_code(char *err, size_t errlen, int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vformat(err, errlen, fmt, ap);
+    va_end(ap);
+    return code;
 }
 
 void printable_copy(const char *s, size_t n, char *buf, size_t cap)

@@ -16,6 +16,10 @@
 int set_err(char *err, size_t errlen, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* Same, returning code instead of -1 (for modules with their own codes). */
+int set_err_code(char *err, size_t errlen, int code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
 /* A printable, bounded copy of untrusted bytes for a message: at most 40 of
  * them, other than printable ASCII shown as '?', "..." when cut. */
 void printable_copy(const char *s, size_t n, char *buf, size_t cap);

@@ -38,19 +38,6 @@ static int key_lookup(const char *k, size_t n)
     return -1;
 }
 
-/* set_err for a well-typed value out of range: returns OPTIONS_INVALID. */
-__attribute__((format(printf, 3, 4)))
-static int invalid(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return OPTIONS_INVALID;
-}
-
 void options_defaults(struct feature_options *o)
 {
     memset(o, 0, sizeof *o);
@@ -64,14 +51,14 @@ void options_defaults(struct feature_options *o)
 
 static int set_model(struct feature_options *o, const char *s, size_t n, char *err, size_t errlen)
 {
-    if (n == 0) return invalid(err, errlen, "option 'model' must not be empty");
+    if (n == 0) return set_err_code(err, errlen, OPTIONS_INVALID, "option 'model' must not be empty");
     if (n >= sizeof o->model)
-        return invalid(err, errlen, "option 'model' is %zu bytes, over the %zu allowed", n,
+        return set_err_code(err, errlen, OPTIONS_INVALID, "option 'model' is %zu bytes, over the %zu allowed", n,
                        sizeof o->model - 1);
     for (size_t i = 0; i < n; i++) {
         const unsigned char c = (unsigned char)s[i];
         if (c < 0x20 || c == 0x7f)
-            return invalid(err, errlen, "option 'model' has a control character at byte %zu", i);
+            return set_err_code(err, errlen, OPTIONS_INVALID, "option 'model' has a control character at byte %zu", i);
     }
     memcpy(o->model, s, n);
     o->model[n] = '\0';
@@ -83,14 +70,14 @@ static int add_width(struct feature_options *o, long long w, char *err, size_t e
     /* The range 1..D is checked against the model (options_check_model), whose
      * message lists the valid widths; here only what an int cannot hold. */
     if (w < INT_MIN || w > INT_MAX)
-        return invalid(err, errlen, "invalid width %lld: widths are 1 to the model's dimension",
+        return set_err_code(err, errlen, OPTIONS_INVALID, "invalid width %lld: widths are 1 to the model's dimension",
                        w);
     if (o->n_widths >= OPTIONS_MAX_WIDTHS)
-        return invalid(err, errlen, "option 'widths' has more than %d widths",
+        return set_err_code(err, errlen, OPTIONS_INVALID, "option 'widths' has more than %d widths",
                        OPTIONS_MAX_WIDTHS);
     for (int i = 0; i < o->n_widths; i++)
         if (o->widths[i] == (int)w)
-            return invalid(err, errlen, "option 'widths' lists %lld twice", w);
+            return set_err_code(err, errlen, OPTIONS_INVALID, "option 'widths' lists %lld twice", w);
     o->widths[o->n_widths++] = (int)w;
     return OPTIONS_OK;
 }
@@ -98,7 +85,7 @@ static int add_width(struct feature_options *o, long long w, char *err, size_t e
 static int set_resolution(struct feature_options *o, long long r, char *err, size_t errlen)
 {
     if (r < 0 || r > VIT_MAX_SIDE)
-        return invalid(err, errlen, "option 'resolution' is %lld: use 0 for the model's default, "
+        return set_err_code(err, errlen, OPTIONS_INVALID, "option 'resolution' is %lld: use 0 for the model's default, "
                        "or a multiple of the patch size up to %d", r, VIT_MAX_SIDE);
     o->resolution = (int)r;
     return OPTIONS_OK;
@@ -149,9 +136,9 @@ static bool *bool_slot(struct feature_options *o, int key)
 static int finish(const struct feature_options *o, char *err, size_t errlen)
 {
     if (!o->cls && !o->patch && !o->pooled)
-        return invalid(err, errlen, "no output requested: set cls, patch or pooled to true");
+        return set_err_code(err, errlen, OPTIONS_INVALID, "no output requested: set cls, patch or pooled to true");
     if (o->rasa && !o->patch && !o->pooled)
-        return invalid(err, errlen, "option 'rasa' cleans patch tokens: set patch or pooled to "
+        return set_err_code(err, errlen, OPTIONS_INVALID, "option 'rasa' cleans patch tokens: set patch or pooled to "
                        "true as well");
     return OPTIONS_OK;
 }
@@ -191,7 +178,7 @@ static int apply_json_key(struct feature_options *o, int key, const json_t *v, c
         if (!json_is_array(v))
             return wrong_type(name, "an integer or an array of integers", v, err, errlen);
         if (json_array_size(v) == 0)
-            return invalid(err, errlen, "option 'widths' is an empty array");
+            return set_err_code(err, errlen, OPTIONS_INVALID, "option 'widths' is an empty array");
         for (size_t i = 0; i < json_array_size(v); i++) {
             const json_t *e = json_array_get(v, i);
             if (!json_is_integer(e))
@@ -303,7 +290,7 @@ static int query_int(const char *key, const char *s, size_t n, long long *v, cha
     char t[64];
     printable_copy(s, n, t, sizeof t);
     if (r == 2)
-        return invalid(err, errlen, "option '%s' value '%s' is out of range", key, t);
+        return set_err_code(err, errlen, OPTIONS_INVALID, "option '%s' value '%s' is out of range", key, t);
     return set_err(err, errlen, "option '%s' must be an integer, got '%s'", key, t);
 }
 
@@ -488,29 +475,29 @@ int options_check_model(const struct feature_options *o, const struct model_conf
         if (w < 1 || w > D) {
             char list[MAX_WIDTHS * 12 + 16];
             list_widths(cfg, list, sizeof list);
-            return invalid(err, errlen, "invalid width %d: %s takes widths 1 to %d; its trained "
+            return set_err_code(err, errlen, OPTIONS_INVALID, "invalid width %d: %s takes widths 1 to %d; its trained "
                            "Matryoshka widths are %s", w, mname, D, list);
         }
     }
     if (o->resolution != 0) {
         const int P = cfg->patch_size;
         const int r = o->resolution;
-        if (P <= 0) return invalid(err, errlen, "%s has no patch size", mname);
+        if (P <= 0) return set_err_code(err, errlen, OPTIONS_INVALID, "%s has no patch size", mname);
         const int top = VIT_MAX_SIDE / P * P;
         if (r < P || r > VIT_MAX_SIDE)
-            return invalid(err, errlen, "resolution %d is out of range: %s takes multiples of %d "
+            return set_err_code(err, errlen, OPTIONS_INVALID, "resolution %d is out of range: %s takes multiples of %d "
                            "from %d to %d", r, mname, P, P, top);
         if (r % P != 0) {
             const int lo = r / P * P, hi = lo + P; /* r >= P, so lo >= P */
             if (hi > top)
-                return invalid(err, errlen, "resolution %d is not a multiple of the patch size %d "
+                return set_err_code(err, errlen, OPTIONS_INVALID, "resolution %d is not a multiple of the patch size %d "
                                "(nearest: %d)", r, P, lo);
-            return invalid(err, errlen, "resolution %d is not a multiple of the patch size %d "
+            return set_err_code(err, errlen, OPTIONS_INVALID, "resolution %d is not a multiple of the patch size %d "
                            "(nearest: %d or %d)", r, P, lo, hi);
         }
     }
     if (o->rasa && cfg->rasa_layers <= 0)
-        return invalid(err, errlen, "option 'rasa' is not available: %s has no RASA layers",
+        return set_err_code(err, errlen, OPTIONS_INVALID, "option 'rasa' is not available: %s has no RASA layers",
                        mname);
     return OPTIONS_OK;
 }

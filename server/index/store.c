@@ -47,20 +47,6 @@ int store_metric_parse(const char *name, enum store_metric *m)
 
 /* --- helpers --------------------------------------------------------------- */
 
-/* Formats a message like set_err and returns STORE_INVALID. */
-static int invalid(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static int invalid(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return STORE_INVALID;
-}
-
 static int db_fail(struct index_store *s, char *err, size_t errlen, const char *what)
 {
     return set_err(err, errlen, "index store: %s: %s", what, sqlite3_errmsg(s->db));
@@ -108,7 +94,7 @@ static void copy_col(char *dst, size_t cap, sqlite3_stmt *st, int col)
 static int check_text(const char *v, size_t min, size_t cap, const char *what, char *err,
                       size_t errlen)
 {
-    if (!v) return invalid(err, errlen, "%s is missing", what);
+    if (!v) return set_err_code(err, errlen, STORE_INVALID, "%s is missing", what);
     size_t n = strlen(v);
     if (n < min || n >= cap) {
         set_err(err, errlen, "%s must be %zu..%zu bytes, got %zu", what, min, cap - 1, n);
@@ -333,7 +319,7 @@ static void read_collection(sqlite3_stmt *st, struct collection_info *out)
 int store_collection_get(struct index_store *s, const char *name, struct collection_info *out,
                          char *err, size_t errlen)
 {
-    if (!name) return invalid(err, errlen, "no collection name");
+    if (!name) return set_err_code(err, errlen, STORE_INVALID, "no collection name");
     pthread_mutex_lock(&s->mu);
     sqlite3_stmt *st;
     int ret = STORE_ERR;
@@ -400,7 +386,7 @@ int store_collection_list(struct index_store *s, struct collection_info **out, s
 
 int store_collection_delete(struct index_store *s, const char *name, char *err, size_t errlen)
 {
-    if (!name) return invalid(err, errlen, "no collection name");
+    if (!name) return set_err_code(err, errlen, STORE_INVALID, "no collection name");
     pthread_mutex_lock(&s->mu);
     sqlite3_stmt *st;
     int ret = STORE_ERR;
@@ -574,7 +560,7 @@ int store_item_get(struct index_store *s, int64_t collection_id, const char *ext
                    struct item_out *out, char *err, size_t errlen)
 {
     memset(out, 0, sizeof *out);
-    if (!external_id) return invalid(err, errlen, "no item id");
+    if (!external_id) return set_err_code(err, errlen, STORE_INVALID, "no item id");
     pthread_mutex_lock(&s->mu);
     sqlite3_stmt *st = NULL;
     int ret = STORE_ERR;
@@ -650,7 +636,7 @@ int store_items_delete(struct index_store *s, int64_t collection_id,
     *deleted = 0;
     for (size_t i = 0; i < n; i++)
         if (!external_ids[i])
-            return invalid(err, errlen, "item id %zu is missing", i);
+            return set_err_code(err, errlen, STORE_INVALID, "item id %zu is missing", i);
     sqlite3_stmt *st = NULL;
     int ret = STORE_ERR;
     size_t count = 0;

@@ -1,5 +1,7 @@
-"""Shared by the integration tests: one line per check, and the closing
-'N passed, M failed' line that the test runner reads."""
+"""Shared by the integration tests: one line per check, the closing
+'N passed, M failed' line that the test runner reads, and stopping a server."""
+import signal
+import subprocess
 
 
 class Checks:
@@ -25,3 +27,13 @@ class Checks:
         """Prints the closing line; returns the exit code."""
         print(f"{self.passed} passed, {self.failed} failed")
         return 1 if self.failed else 0
+
+
+def stop_server(proc, timeout=30):
+    """SIGTERM, then wait for the drain; returns the exit code (None if it had to be killed)."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return None

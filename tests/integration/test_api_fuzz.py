@@ -41,7 +41,6 @@ import hashlib
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -51,7 +50,7 @@ import xml.etree.ElementTree as ET
 
 # Also loaded by schemathesis as its hooks module, from wherever it runs.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Checks  # noqa: E402
+from harness import Checks, stop_server  # noqa: E402
 
 SCHEMATHESIS = "schemathesis==4.32.5"
 MAX_EXAMPLES = int(os.environ.get("FRANCA_FUZZ_EXAMPLES", "200"))
@@ -226,12 +225,7 @@ def main():
               "no admin request without the token succeeded")
         check(get_status(port, "/healthz") == 200, "GET /healthz: 200 after fuzzing")
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            rc = server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            rc = None
+        rc = stop_server(server)
         check(rc == 0, f"SIGTERM: exited 0 (rc {rc})")
         if rc != 0 or check.failed:
             print("server stderr (last 4000 characters):\n" + open(os.path.join(tmp, "server.err")).read()[-4000:])

@@ -8,7 +8,6 @@ import base64
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -21,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import test_server as ts  # noqa: E402  (helpers: start, conforms, raw; paths)
 from franca_client import FrancaClient, parse_safetensors  # noqa: E402
 from refmodel import read_safetensors  # noqa: E402
-from harness import Checks  # noqa: E402
+from harness import Checks, stop_server  # noqa: E402
 
 ROUTE = "/v1/features"
 ST = "application/vnd.safetensors"
@@ -152,12 +151,7 @@ def main():
         batched(servers[1][1], ref)
     finally:
         for name, (server, _) in zip(("one image per batch", "batching"), servers):
-            server.send_signal(signal.SIGTERM)
-            try:
-                rc = server.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                rc = None
+            rc = stop_server(server, timeout=60)
             check(rc == 0, f"{name} server: SIGTERM drained and exited 0 (rc {rc})")
         shutil.rmtree(tmp, ignore_errors=True)
     return check.summary()

@@ -7,7 +7,6 @@ import base64
 import http.client
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -22,9 +21,9 @@ ROOT = os.environ.get("FRANCA_SOURCE_ROOT") or os.path.dirname(os.path.dirname(o
 BUILD = os.environ.get("FRANCA_BUILD_ROOT") or os.path.join(ROOT, "build")
 sys.path.insert(0, os.path.join(ROOT, "clients", "python"))
 sys.path.insert(0, os.path.join(ROOT, "tests", "reference"))
-from franca_client import FrancaClient, FrancaError  # noqa: E402
+from franca_client import FrancaClient  # noqa: E402
 from refmodel import read_safetensors  # noqa: E402
-from harness import Checks  # noqa: E402
+from harness import Checks, stop_server  # noqa: E402
 
 SERVER = os.path.join(BUILD, "server", "franca-server")
 EMBED = os.path.join(BUILD, "engine", "franca-embed")
@@ -132,20 +131,10 @@ def main():
     try:
         run_checks(port, client, ref_a, ref_b, models)
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            rc = server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            rc = None
+        rc = stop_server(server)
         check(rc == 0, f"SIGTERM: drained and exited 0 (rc {rc})")
     queue_and_busy(models, tmp, token_file)
     return check.summary()
-
-
-def stop(server):
-    server.send_signal(signal.SIGTERM)
-    return server.wait(timeout=30)
 
 
 def queue_and_busy(models, tmp, token_file):
@@ -173,7 +162,7 @@ def queue_and_busy(models, tmp, token_file):
     swap()
     first.join()
     check(sorted(results) == [200, 409], f"concurrent loads of one name: {sorted(results)} (want 200 and 409)")
-    check(stop(server) == 0, "second server: SIGTERM exit 0")
+    check(stop_server(server) == 0, "second server: SIGTERM exit 0")
 
 
 def run_checks(port, client, ref_a, ref_b, models):
