@@ -1,0 +1,79 @@
+/* Franca's training objective for one batch: student and EMA-teacher backbones,
+ * the Matryoshka multi-head clustering heads (DINO on CLS, iBOT on masked
+ * patches), Sinkhorn-Knopp targets, the DINO, iBOT and KoLeo losses, and the
+ * backward pass into every student parameter (spec sections 1.2, 4, 5.1-5.4).
+ *
+ * The objective owns the parameters (student, teacher copy, gradients) and the
+ * activation buffers; the trainer around it (optimizer, EMA, schedules, data,
+ * checkpoints) sees them only through objective_params(). */
+#ifndef FRANCA_TRAIN_OBJECTIVE_H
+#define FRANCA_TRAIN_OBJECTIVE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "checkpoint.h"
+#include "model_config.h"
+#include "params.h"
+#include "rng.h"
+
+#define HEAD_MAX_LEVELS 8
+
+struct head_config {
+    bool nested;          /* true: one head per Matryoshka level (prefix slices);
+                             false: one full-width head (ablation) */
+    int n_levels;         /* nested: levels; widths ascending, last == D */
+    int widths[HEAD_MAX_LEVELS];
+    int prototypes;       /* K at full width; level j has K * widths[j] / D */
+    int hidden;           /* MLP hidden width (2048 in the paper) */
+    int bottleneck;       /* 384 in the paper */
+};
+
+struct objective_config {
+    struct model_config backbone;  /* engine config; training supports R == 0 */
+    struct head_config head;       /* same shape for the DINO and iBOT heads */
+    float student_temp;            /* 0.1 */
+    float koleo_weight;            /* 0.1 */
+    float drop_path;               /* uniform rate over blocks; 0 disables */
+};
+
+/* One batch of crops, collated crop-major as spec 3.2: global[c*B + b] is crop c
+ * of sample b. All images normalised float32 NCHW. */
+struct crop_batch {
+    int B;                 /* samples */
+    int global_size;       /* side of global crops (multiple of the patch size) */
+    int n_local;           /* local crops per sample (may be 0) */
+    int local_size;        /* side of local crops */
+    const float *global;   /* [2B, 3, G, G] */
+    const float *local;    /* [n_local*B, 3, Lc, Lc] */
+    const uint8_t *masks;  /* [2B, (G/P)^2], 1 = masked patch (iBOT); all zero = no iBOT term */
+};
+
+struct loss_terms {
+    double total, dino_local, dino_global, ibot, koleo;
+};
+
+struct objective;
+
+/* Builds student and teacher with the initialisation of spec 1.2 (backbone) and
+ * 4.1 (heads), drawn from seed; the teacher starts equal to the student. */
+int objective_create(const struct objective_config *cfg, uint64_t seed,
+                     struct objective **out, char *err, size_t errlen);
+void objective_free(struct objective *o);
+const struct objective_config *objective_get_config(const struct objective *o);
+
+/* Every trainable tensor: w (student), g (gradient), t (teacher copy). */
+struct param_list *objective_params(struct objective *o);
+
+/* Forward and backward for one batch. Gradients are ADDED to each param's g
+ * (the caller zeroes them, which makes gradient accumulation free). Teacher
+ * runs without drop path and without masks; the student gets masks on its
+ * global crops and drop path drawn from rng. */
+int objective_step(struct objective *o, const struct crop_batch *batch, float teacher_temp,
+                   struct rng *rng, struct loss_terms *loss, char *err, size_t errlen);
+
+/* The teacher backbone as engine weights (for export and k-NN evaluation). */
+const struct vit_weights *objective_teacher_backbone(const struct objective *o);
+
+#endif
