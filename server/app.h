@@ -9,6 +9,9 @@
 
 #include "batcher.h"
 #include "http.h"
+#include "index/collections.h"
+#include "jobs.h"
+#include "workq.h"
 #include "metrics.h"
 #include "registry.h"
 
@@ -20,6 +23,8 @@ struct app_limits {
     int max_delay_ms;          /* --max-delay-ms */
     int max_queue;             /* images waiting for a batch; past it 429 */
     size_t max_json_floats;    /* patch outputs above this as JSON get 413 */
+    int max_insert_items;      /* --max-insert-items: items per insert request */
+    int max_search_queries;    /* queries per batch search request */
 };
 
 struct app {
@@ -31,7 +36,11 @@ struct app {
     char *admin_token;         /* NULL: admin routes answer 404 */
     const char *device;        /* "cpu" */
     atomic_bool ready;         /* every model loaded and warmed up */
-    atomic_int loaders;        /* admin load threads running (shutdown waits for them) */
+    atomic_int loaders;        /* admin load and reembed threads running (shutdown waits) */
+    atomic_bool stopping;      /* set at shutdown: background jobs stop early */
+    struct index *index;       /* collections (SQLite under --data + search mirrors) */
+    struct workq *index_work;  /* index commits and searches run here */
+    struct jobs *jobs;         /* reembed jobs */
     time_t started_at;
 };
 
@@ -44,6 +53,9 @@ int routes_models_register(struct http_router *r, struct app *app, char *err, si
 int routes_embeddings_register(struct http_router *r, struct app *app, char *err, size_t errlen);
 int routes_features_register(struct http_router *r, struct app *app, char *err, size_t errlen);
 int routes_admin_register(struct http_router *r, struct app *app, char *err, size_t errlen);
+int routes_collections_register(struct http_router *r, struct app *app, char *err, size_t errlen);
+int routes_search_register(struct http_router *r, struct app *app, char *err, size_t errlen);
+int routes_jobs_register(struct http_router *r, struct app *app, char *err, size_t errlen);
 
 /* Acquires the named model (NULL: the default) for a request; otherwise replies
  * 503 while models load, 404 for an unknown name, and returns NULL. */

@@ -39,13 +39,16 @@ static const char usage_text[] =
     "  --max-images N          images per request (default 256)\n"
     "  --max-queue N           images waiting for a batch before 429 (default 1024)\n"
     "  --threads N             inference threads (default: all cores)\n"
-    "  --http-threads N        HTTP threads (default 4)\n";
+    "  --http-threads N        HTTP threads (default 4)\n"
+    "  --index-threads N       threads for index commits and searches (default 2)\n"
+    "  --max-insert-items N    items per insert request (default 4096)\n";
 
 struct options {
     const char *names[MAX_MODELS], *paths[MAX_MODELS];
     int n_models;
     const char *models_dir, *host, *data, *device, *token_file;
     int port, max_batch, max_delay_ms, max_body_mb, max_images, max_queue, threads, http_threads;
+    int index_threads, max_insert_items;
     long long max_pixels;
 };
 
@@ -70,7 +73,7 @@ static int parse_num(const char *s, long long lo, long long hi, long long *out)
 static int parse_options(int argc, char **argv, struct options *o)
 {
     enum { O_MODEL = 256, O_MODELS_DIR, O_HOST, O_PORT, O_DATA, O_DEVICE, O_TOKEN, O_BATCH,
-           O_DELAY, O_BODY, O_PIXELS, O_IMAGES, O_QUEUE, O_THREADS, O_HTTP, O_HELP };
+           O_DELAY, O_BODY, O_PIXELS, O_IMAGES, O_QUEUE, O_THREADS, O_HTTP, O_INDEX_THREADS, O_INSERT_ITEMS, O_HELP };
     static const struct option lo[] = {
         {"model", required_argument, 0, O_MODEL}, {"models-dir", required_argument, 0, O_MODELS_DIR},
         {"host", required_argument, 0, O_HOST}, {"port", required_argument, 0, O_PORT},
@@ -81,11 +84,13 @@ static int parse_options(int argc, char **argv, struct options *o)
         {"max-image-pixels", required_argument, 0, O_PIXELS},
         {"max-images", required_argument, 0, O_IMAGES}, {"max-queue", required_argument, 0, O_QUEUE},
         {"threads", required_argument, 0, O_THREADS}, {"http-threads", required_argument, 0, O_HTTP},
+        {"index-threads", required_argument, 0, O_INDEX_THREADS},
+        {"max-insert-items", required_argument, 0, O_INSERT_ITEMS},
         {"help", no_argument, 0, O_HELP}, {0, 0, 0, 0}};
     *o = (struct options){.host = "127.0.0.1", .port = 8080, .data = "./data", .device = "auto",
                           .max_batch = 16, .max_delay_ms = 5, .max_body_mb = 64,
                           .max_pixels = 40000000, .max_images = 256, .max_queue = 1024,
-                          .http_threads = 4};
+                          .http_threads = 4, .index_threads = 2, .max_insert_items = 4096};
     opterr = 0;
     int c;
     long long v;
@@ -98,6 +103,9 @@ static int parse_options(int argc, char **argv, struct options *o)
         {O_QUEUE, &o->max_queue, 1, 1 << 20, "--max-queue needs 1..1048576, got '%s'"},
         {O_THREADS, &o->threads, 1, 1024, "--threads needs 1..1024, got '%s'"},
         {O_HTTP, &o->http_threads, 1, 256, "--http-threads needs 1..256, got '%s'"},
+        {O_INDEX_THREADS, &o->index_threads, 1, 256, "--index-threads needs 1..256, got '%s'"},
+        {O_INSERT_ITEMS, &o->max_insert_items, 1, 1 << 20,
+         "--max-insert-items needs 1..1048576, got '%s'"},
     };
     while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         bool handled = false;
@@ -214,13 +222,17 @@ int main(int argc, char **argv)
     app.limits = (struct app_limits){
         .max_body_bytes = (size_t)o.max_body_mb << 20, .max_image_pixels = (size_t)o.max_pixels,
         .max_images = o.max_images, .max_batch = o.max_batch, .max_delay_ms = o.max_delay_ms,
-        .max_queue = o.max_queue, .max_json_floats = 4u << 20};
+        .max_queue = o.max_queue, .max_json_floats = 4u << 20,
+        .max_insert_items = o.max_insert_items, .max_search_queries = 1024};
     if (o.token_file && !(app.admin_token = read_token(o.token_file, err, sizeof err))) return fail(err);
     if (!(app.metrics = metrics_new())) return fail("out of memory");
     if (registry_create(&app.registry, app.device, err, sizeof err)) return fail(err);
     if (!(app.batcher = batcher_create(o.max_batch, o.max_delay_ms, o.max_queue, err, sizeof err)))
         return fail(err);
     batcher_set_observer(app.batcher, on_batch, app.metrics);
+    if (index_open(&app.index, o.data, err, sizeof err)) return fail(err);
+    if (!(app.index_work = workq_create(o.index_threads, 4096, err, sizeof err))) return fail(err);
+    if (!(app.jobs = jobs_create())) return fail("out of memory");
 
     struct http_router *router = http_router_new();
     if (!router || routes_register(router, &app, err, sizeof err)) return fail(err);
@@ -251,8 +263,12 @@ int main(int argc, char **argv)
     sigwait(&sigs, &sig);
     fprintf(stderr, "franca-server: %s received, draining\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
     http_stop(srv);
+    atomic_store(&app.stopping, true);
     while (atomic_load(&app.loaders) > 0) usleep(10000);
+    workq_free(app.index_work);
     batcher_free(app.batcher);
+    index_close(app.index);
+    jobs_free(app.jobs);
     registry_free(app.registry);
     http_router_free(router);
     metrics_free(app.metrics);

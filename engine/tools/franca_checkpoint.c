@@ -2,7 +2,7 @@
  *
  *   franca-checkpoint init --arch ARCH --out OUT.safetensors [--family franca|dinov2]
  *                          [--seed N] [--dtype f32|bf16|f16] [--grid M] [--name NAME]
- *                          [--rasa-layers T]
+ *                          [--rasa-layers T] [--layerscale G]
  *   franca-checkpoint info CKPT
  *
  * Exit status: 0 success, 2 usage error, 1 any other error (one line on stderr). */
@@ -22,7 +22,7 @@
 static const char usage_text[] =
     "usage: " PROG " init --arch ARCH --out OUT.safetensors [--family franca|dinov2]\n"
     "                         [--seed N] [--dtype f32|bf16|f16] [--grid M] [--name NAME]\n"
-    "                         [--rasa-layers T]\n"
+    "                         [--rasa-layers T] [--layerscale G]\n"
     "       " PROG " info CKPT\n"
     "\n"
     "init writes an UNTRAINED, randomly initialised checkpoint (\"trained\": false).\n"
@@ -31,6 +31,8 @@ static const char usage_text[] =
     "  --family franca (default): SwiGLU FFN; dinov2: MLP FFN with hidden 4*D\n"
     "  --grid M: positional-embedding grid (default 16, i.e. 224 px at patch 14)\n"
     "  --rasa-layers T: RASA pre-position layers (default 2 for vit_tiny_test, else 0)\n"
+    "  --layerscale G: LayerScale init (default 1e-5 as spec 1.2; 1 makes an untrained\n"
+    "        model's embeddings depend on the image, useful for index and search tests)\n"
     "  --seed N (default 0), --dtype (default f32), --name (default <family>_vit?14_untrained)\n"
     "info validates CKPT and prints its config JSON, sha256 fingerprint and tensor table.\n";
 
@@ -78,7 +80,7 @@ static int parse_int(const char *s, int lo, int hi, int *out)
 static int cmd_init(int argc, char **argv)
 {
     const char *arch_s = NULL, *out = NULL, *family_s = "franca", *dtype_s = "f32", *name = NULL;
-    const char *seed_s = NULL, *grid_s = NULL, *rasa_s = NULL;
+    const char *seed_s = NULL, *grid_s = NULL, *rasa_s = NULL, *ls_s = NULL;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
         const char **dst = NULL;
@@ -86,8 +88,10 @@ static int cmd_init(int argc, char **argv)
         static const struct { const char *opt; int idx; } opts[] = {
             { "--arch", 0 }, { "--out", 1 }, { "--family", 2 }, { "--dtype", 3 },
             { "--name", 4 }, { "--seed", 5 }, { "--grid", 6 }, { "--rasa-layers", 7 },
+            { "--layerscale", 8 },
         };
-        const char **slots[] = { &arch_s, &out, &family_s, &dtype_s, &name, &seed_s, &grid_s, &rasa_s };
+        const char **slots[] = { &arch_s, &out, &family_s, &dtype_s, &name, &seed_s, &grid_s, &rasa_s,
+                                 &ls_s };
         for (size_t k = 0; k < sizeof opts / sizeof opts[0]; k++) {
             size_t n = strlen(opts[k].opt);
             if (strncmp(a, opts[k].opt, n) == 0 && (a[n] == '\0' || a[n] == '=')) {
@@ -141,6 +145,13 @@ static int cmd_init(int argc, char **argv)
     int rasa = strcmp(ar->name, "vit_tiny_test") == 0 ? 2 : 0;
     if (rasa_s && parse_int(rasa_s, 0, MAX_RASA_LAYERS, &rasa))
         return usage("init: --rasa-layers must be an integer in 0..64, not '%s'", rasa_s);
+    double ls = 0;
+    if (ls_s) {
+        char *end;
+        ls = strtod(ls_s, &end);
+        if (!*ls_s || *end || !(ls > 0 && ls <= 10))
+            return usage("init: --layerscale must be a number in (0, 10], not '%s'", ls_s);
+    }
 
     struct model_config cfg;
     model_config_defaults(&cfg, ar->D, ar->depth);
@@ -173,6 +184,9 @@ static int cmd_init(int argc, char **argv)
         return 1;
     }
     vit_weights_init_random(&cfg, &w, seed);
+    for (int b = 0; ls_s && b < cfg.depth; b++)
+        for (int k = 0; k < cfg.embed_dim; k++)
+            w.blocks[b].ls1[k] = w.blocks[b].ls2[k] = (float)ls;
     char extra[160];
     snprintf(extra, sizeof extra, "{\"source\":\"franca-checkpoint init --arch %s\",\"init_seed\":%" PRIu64 "}",
              ar->name, seed);

@@ -19,6 +19,8 @@ struct index_mirror {
     float *psq;       /* [cap]: squared norm of the prefix row */
     int64_t *row_ids; /* [cap] */
     char **ext;       /* [cap], owned */
+    void **payload;   /* [cap], owned through payload_free; may hold NULLs */
+    void (*payload_free)(void *);
     uint64_t *hash;   /* [cap]: hash of ext */
     uint32_t *slots;  /* [nslots]: row + 1, 0 = empty; linear probing */
     size_t nslots;    /* power of two, at least 2 * cap */
@@ -114,6 +116,7 @@ static int reserve(struct index_mirror *m, size_t need)
         GROW(m->psq, cap);
         GROW(m->row_ids, cap);
         GROW(m->ext, cap);
+        GROW(m->payload, cap);
         GROW(m->hash, cap);
         m->cap = cap;
     }
@@ -163,9 +166,18 @@ struct index_mirror *mirror_create(int width, enum store_metric metric, int pref
     return m;
 }
 
+static void drop_payload(struct index_mirror *m, size_t r)
+{
+    if (m->payload[r] && m->payload_free) m->payload_free(m->payload[r]);
+    m->payload[r] = NULL;
+}
+
 static void free_rows(struct index_mirror *m)
 {
-    for (size_t r = 0; r < m->n; r++) free(m->ext[r]);
+    for (size_t r = 0; r < m->n; r++) {
+        free(m->ext[r]);
+        drop_payload(m, r);
+    }
     m->n = 0;
 }
 
@@ -180,6 +192,7 @@ void mirror_free(struct index_mirror *m)
     free(m->psq);
     free(m->row_ids);
     free(m->ext);
+    free(m->payload);
     free(m->hash);
     free(m->slots);
     free(m);
@@ -213,9 +226,18 @@ static void store_row(struct index_mirror *m, size_t r, const float *v)
     }
 }
 
+void mirror_set_payload_free(struct index_mirror *m, void (*fn)(void *)) { m->payload_free = fn; }
+
 int mirror_add(struct index_mirror *m, size_t count, const int64_t *row_ids,
                const char *const *external_ids, const float *vectors, char *err,
                size_t errlen)
+{
+    return mirror_add_payloads(m, count, row_ids, external_ids, vectors, NULL, err, errlen);
+}
+
+int mirror_add_payloads(struct index_mirror *m, size_t count, const int64_t *row_ids,
+                        const char *const *external_ids, const float *vectors,
+                        void *const *payloads, char *err, size_t errlen)
 {
     if (!count) return 0;
     if (!row_ids || !external_ids || !vectors)
@@ -275,6 +297,7 @@ int mirror_add(struct index_mirror *m, size_t count, const int64_t *row_ids,
     }
     for (i = 0; i < count; i++) {
         m->row_ids[base + i] = row_ids[i];
+        m->payload[base + i] = payloads ? payloads[i] : NULL;
         store_row(m, base + i, vectors + i * w);
     }
     m->n = base + count;
@@ -287,6 +310,7 @@ static void remove_row(struct index_mirror *m, size_t r, size_t slot)
 {
     slot_delete(m, slot);
     free(m->ext[r]);
+    drop_payload(m, r);
     const size_t last = m->n - 1;
     if (r != last) {
         memcpy(m->data + r * (size_t)m->width, m->data + last * (size_t)m->width,
@@ -297,6 +321,8 @@ static void remove_row(struct index_mirror *m, size_t r, size_t slot)
         m->psq[r] = m->psq[last];
         m->row_ids[r] = m->row_ids[last];
         m->ext[r] = m->ext[last];
+        m->payload[r] = m->payload[last];
+        m->payload[last] = NULL;
         m->hash[r] = m->hash[last];
         m->slots[slot_of_row(m, last)] = (uint32_t)(r + 1);
     }
@@ -345,6 +371,7 @@ long mirror_find(const struct index_mirror *m, const char *external_id)
 
 int64_t mirror_row_id(const struct index_mirror *m, size_t row) { return m->row_ids[row]; }
 const char *mirror_external_id(const struct index_mirror *m, size_t row) { return m->ext[row]; }
+void *mirror_payload(const struct index_mirror *m, size_t row) { return m->payload[row]; }
 const float *mirror_row_vector(const struct index_mirror *m, size_t row)
 {
     return m->data + row * (size_t)m->width;

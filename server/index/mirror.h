@@ -58,6 +58,16 @@ int mirror_add(struct index_mirror *m, size_t count, const int64_t *row_ids,
                const char *const *external_ids, const float *vectors, char *err,
                size_t errlen);
 
+/* mirror_add with one opaque payload per row (e.g. parsed metadata), owned by
+ * the mirror from a successful call on (freed with the function given to
+ * mirror_set_payload_free when the row goes); on failure the caller keeps
+ * them. payloads may be NULL. */
+int mirror_add_payloads(struct index_mirror *m, size_t count, const int64_t *row_ids,
+                        const char *const *external_ids, const float *vectors,
+                        void *const *payloads, char *err, size_t errlen);
+/* How payloads are freed (default: they are not). Set before the first add. */
+void mirror_set_payload_free(struct index_mirror *m, void (*fn)(void *));
+
 /* Removes the rows with these external ids (unknown ids are skipped); the
  * number removed goes to *n_removed if not NULL. Takes the write lock. */
 int mirror_remove(struct index_mirror *m, size_t count, const char *const *external_ids,
@@ -78,6 +88,8 @@ size_t mirror_count(const struct index_mirror *m);
 long mirror_find(const struct index_mirror *m, const char *external_id);
 int64_t mirror_row_id(const struct index_mirror *m, size_t row);
 const char *mirror_external_id(const struct index_mirror *m, size_t row);
+/* The payload of a row (NULL when none was given). */
+void *mirror_payload(const struct index_mirror *m, size_t row);
 /* The stored (for cosine: normalised) vector of a row, width floats. */
 const float *mirror_row_vector(const struct index_mirror *m, size_t row);
 /* The matrices and norms, for search backends: [n, width], [n, prefix_width],

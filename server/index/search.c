@@ -256,11 +256,14 @@ out:
 }
 
 static int cpu_funnel(const struct index_mirror *m, const float *queries, int q, int w, int k,
-                      int shortlist, const uint8_t *row_mask, struct search_hit *out,
+                      int fw, int shortlist, const uint8_t *row_mask, struct search_hit *out,
                       int *n_out, char *err, size_t errlen)
 {
-    const int pw = mirror_prefix_width(m);
+    const int pw = fw;
     if (w <= pw) return cpu_exact(m, queries, q, w, k, row_mask, out, n_out, err, errlen);
+    /* The kept prefix matrix when the funnel width is its width; otherwise the
+     * first fw columns of the full matrix (rows renormalised on the fly). */
+    const int kept = fw == mirror_prefix_width(m);
     const enum store_metric metric = mirror_metric(m);
     const int width = mirror_width(m);
     const size_t n = mirror_count(m);
@@ -280,10 +283,12 @@ static int cpu_funnel(const struct index_mirror *m, const float *queries, int q,
         rc = STORE_ERR;
         goto out;
     }
-    /* Stage 1: the shortlist on the prefix matrix (unit rows for cosine). */
+    /* Stage 1: the shortlist at the funnel width. */
     prepare_queries(metric, queries, q, w, pw, Qp, qsqp);
-    if (scan(metric, mirror_prefix_matrix(m), (size_t)pw, n, pw, Qp, qsqp, q, 1,
-             mirror_prefix_sqnorms(m), row_mask, cand.h)) {
+    if (kept ? scan(metric, mirror_prefix_matrix(m), (size_t)pw, n, pw, Qp, qsqp, q, 1,
+                    mirror_prefix_sqnorms(m), row_mask, cand.h)
+             : scan(metric, mirror_matrix(m), (size_t)width, n, pw, Qp, qsqp, q, 0, NULL,
+                    row_mask, cand.h)) {
         rc = STORE_ERR;
         goto out;
     }
@@ -354,14 +359,19 @@ int search_exact(const struct index_mirror *m, const float *queries, int q, int 
 }
 
 int search_funnel(const struct index_mirror *m, const float *queries, int q, int w, int k,
-                  int shortlist, const uint8_t *row_mask, struct search_hit *out, int *n_out,
-                  char *err, size_t errlen)
+                  int funnel_width, int shortlist, const uint8_t *row_mask,
+                  struct search_hit *out, int *n_out, char *err, size_t errlen)
 {
     const int rc = check_args(m, queries, q, w, k, out, n_out, err, errlen);
     if (rc) return rc;
     if (shortlist < 1)
         return set_err(err, errlen, "search: shortlist %d; need at least 1", shortlist),
                STORE_INVALID;
-    return search_backend_cpu.funnel(m, queries, q, w, k, shortlist, row_mask, out, n_out, err,
-                                     errlen);
+    if (funnel_width == 0) funnel_width = mirror_prefix_width(m);
+    if (funnel_width < 1 || funnel_width > w)
+        return set_err(err, errlen, "search: funnel width %d is outside 1..%d (the search width)",
+                       funnel_width, w),
+               STORE_INVALID;
+    return search_backend_cpu.funnel(m, queries, q, w, k, funnel_width, shortlist, row_mask, out,
+                                     n_out, err, errlen);
 }

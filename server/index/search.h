@@ -45,11 +45,13 @@ typedef int (*search_exact_fn)(const struct index_mirror *m, const float *querie
                                int w, int k, const uint8_t *row_mask,
                                struct search_hit *out, int *n_out, char *err,
                                size_t errlen);
-/* Funnel: scores every eligible row on the prefix matrix (prefix_width), keeps
- * the best max(shortlist, k) per query, then re-ranks those exactly at width w.
- * When w <= prefix_width the funnel has nothing to gain and runs exact search. */
+/* Funnel: scores every eligible row at the funnel width fw (on the kept prefix
+ * matrix when fw is its width, else on the first fw columns of the full
+ * matrix), keeps the best max(shortlist, k) per query, then re-ranks those
+ * exactly at width w. When w <= fw the funnel has nothing to gain and runs
+ * exact search. */
 typedef int (*search_funnel_fn)(const struct index_mirror *m, const float *queries, int q,
-                                int w, int k, int shortlist, const uint8_t *row_mask,
+                                int w, int k, int fw, int shortlist, const uint8_t *row_mask,
                                 struct search_hit *out, int *n_out, char *err,
                                 size_t errlen);
 
@@ -65,8 +67,9 @@ extern const struct search_backend search_backend_cpu;
 int search_exact(const struct index_mirror *m, const float *queries, int q, int w, int k,
                  const uint8_t *row_mask, struct search_hit *out, int *n_out, char *err,
                  size_t errlen);
+/* funnel_width 0 means the mirror's prefix width; otherwise 1..w. */
 int search_funnel(const struct index_mirror *m, const float *queries, int q, int w, int k,
-                  int shortlist, const uint8_t *row_mask, struct search_hit *out, int *n_out,
-                  char *err, size_t errlen);
+                  int funnel_width, int shortlist, const uint8_t *row_mask,
+                  struct search_hit *out, int *n_out, char *err, size_t errlen);
 
 #endif

@@ -483,9 +483,20 @@ int store_items_insert(struct index_store *s, int64_t collection_id,
                        const struct item_in *items, size_t n, char (*out_ids)[STORE_ID_MAX],
                        char *err, size_t errlen)
 {
+    return store_items_insert_rows(s, collection_id, items, n, out_ids, NULL, err, errlen);
+}
+
+int store_items_insert_rows(struct index_store *s, int64_t collection_id,
+                            const struct item_in *items, size_t n,
+                            char (*out_ids)[STORE_ID_MAX], int64_t *out_row_ids, char *err,
+                            size_t errlen)
+{
     char(*ids)[STORE_ID_MAX] = NULL;
-    if (n && !(ids = malloc(n * sizeof *ids)))
+    int64_t *rows = NULL;
+    if (n && (!(ids = malloc(n * sizeof *ids)) || !(rows = malloc(n * sizeof *rows)))) {
+        free(ids);
         return set_err(err, errlen, "index store: out of memory");
+    }
     sqlite3_stmt *st = NULL;
     int ret = STORE_ERR;
     pthread_mutex_lock(&s->mu);
@@ -522,7 +533,10 @@ int store_items_insert(struct index_store *s, int64_t collection_id,
             sqlite3_bind_text(st, 2, ids[i], -1, SQLITE_STATIC);
             int rc = sqlite3_step(st);
             sqlite3_reset(st);
-            if (rc == SQLITE_DONE) break;
+            if (rc == SQLITE_DONE) {
+                rows[i] = sqlite3_last_insert_rowid(s->db);
+                break;
+            }
             if (rc != SQLITE_CONSTRAINT_UNIQUE) {
                 db_fail(s, err, errlen, "insert item");
                 goto out;
@@ -548,11 +562,13 @@ int store_items_insert(struct index_store *s, int64_t collection_id,
     if (exec_const(s, "COMMIT", err, errlen)) goto out;
     ret = 0;
     for (size_t i = 0; i < n; i++) memcpy(out_ids[i], ids[i], STORE_ID_MAX);
+    if (out_row_ids && n) memcpy(out_row_ids, rows, n * sizeof *rows);
 out:
     sqlite3_finalize(st);
     if (ret) rollback(s);
     pthread_mutex_unlock(&s->mu);
     free(ids);
+    free(rows);
     return ret;
 }
 
@@ -739,6 +755,146 @@ int store_integrity_check(struct index_store *s, char *err, size_t errlen)
             db_fail(s, err, errlen, "integrity check");
         sqlite3_finalize(st);
     }
+    pthread_mutex_unlock(&s->mu);
+    return ret;
+}
+
+/* --- re-embedding ------------------------------------------------------------ */
+
+int store_collection_image_counts(struct index_store *s, int64_t collection_id,
+                                  int64_t *with_image, int64_t *without_image, char *err,
+                                  size_t errlen)
+{
+    pthread_mutex_lock(&s->mu);
+    sqlite3_stmt *st;
+    int ret = STORE_ERR;
+    if (prepare(s,
+                "SELECT count(image), count(*) - count(image) FROM items"
+                " WHERE collection_id = ?1",
+                &st, err, errlen) == 0) {
+        sqlite3_bind_int64(st, 1, collection_id);
+        if (sqlite3_step(st) == SQLITE_ROW) {
+            *with_image = sqlite3_column_int64(st, 0);
+            *without_image = sqlite3_column_int64(st, 1);
+            ret = 0;
+        } else {
+            db_fail(s, err, errlen, "count images");
+        }
+        sqlite3_finalize(st);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return ret;
+}
+
+void store_image_rows_free(struct store_image_row *rows, size_t n)
+{
+    for (size_t i = 0; rows && i < n; i++) free(rows[i].image);
+    free(rows);
+}
+
+int store_images_page(struct index_store *s, int64_t collection_id, int64_t after_row_id,
+                      size_t limit, struct store_image_row **out, size_t *n, char *err,
+                      size_t errlen)
+{
+    *out = NULL;
+    *n = 0;
+    struct store_image_row *rows = calloc(limit ? limit : 1, sizeof *rows);
+    if (!rows) return set_err_code(err, errlen, STORE_ERR, "index store: out of memory");
+    sqlite3_stmt *st = NULL;
+    int ret = STORE_ERR;
+    size_t got = 0;
+    pthread_mutex_lock(&s->mu);
+    if (prepare(s,
+                "SELECT id, image FROM items WHERE collection_id = ?1 AND id > ?2"
+                " AND image IS NOT NULL ORDER BY id LIMIT ?3",
+                &st, err, errlen))
+        goto out;
+    sqlite3_bind_int64(st, 1, collection_id);
+    sqlite3_bind_int64(st, 2, after_row_id);
+    sqlite3_bind_int64(st, 3, (sqlite3_int64)limit);
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const size_t len = (size_t)sqlite3_column_bytes(st, 1);
+        const void *blob = sqlite3_column_blob(st, 1);
+        struct store_image_row *r = &rows[got];
+        r->row_id = sqlite3_column_int64(st, 0);
+        r->image = malloc(len ? len : 1);
+        if (!r->image) {
+            set_err(err, errlen, "index store: out of memory");
+            goto out;
+        }
+        if (len) memcpy(r->image, blob, len);
+        r->image_len = len;
+        got++;
+    }
+    if (rc != SQLITE_DONE) {
+        db_fail(s, err, errlen, "read images");
+        goto out;
+    }
+    ret = 0;
+out:
+    sqlite3_finalize(st);
+    pthread_mutex_unlock(&s->mu);
+    if (ret) {
+        store_image_rows_free(rows, got); /* a row that failed holds no image */
+        return ret;
+    }
+    *out = rows;
+    *n = got;
+    return 0;
+}
+
+int store_collection_revector(struct index_store *s, int64_t collection_id,
+                              const char *fingerprint, const int64_t *row_ids,
+                              const float *vectors, size_t n, char *err, size_t errlen)
+{
+    if (check_text(fingerprint, 0, STORE_TEXT_MAX, "fingerprint", err, errlen))
+        return STORE_INVALID;
+    sqlite3_stmt *st = NULL;
+    int ret = STORE_ERR;
+    pthread_mutex_lock(&s->mu);
+    if (exec_const(s, "BEGIN IMMEDIATE", err, errlen)) goto out;
+    int64_t width;
+    if ((ret = collection_shape(s, collection_id, &width, NULL, err, errlen))) goto out;
+    ret = STORE_ERR;
+    const size_t vbytes = (size_t)width * sizeof(float);
+    for (size_t i = 0; i < n * (size_t)width; i++)
+        if (!isfinite(vectors[i])) {
+            ret = set_err_code(err, errlen, STORE_INVALID, "vector %zu has a NaN or Inf",
+                               i / (size_t)width);
+            goto out;
+        }
+    if (prepare(s, "UPDATE items SET vector = ?1 WHERE id = ?2 AND collection_id = ?3", &st,
+                err, errlen))
+        goto out;
+    for (size_t i = 0; i < n; i++) {
+        sqlite3_bind_blob(st, 1, vectors + i * (size_t)width, (int)vbytes, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 2, row_ids[i]);
+        sqlite3_bind_int64(st, 3, collection_id);
+        const int rc = sqlite3_step(st);
+        sqlite3_reset(st);
+        if (rc != SQLITE_DONE) {
+            db_fail(s, err, errlen, "update vector");
+            goto out;
+        }
+    }
+    sqlite3_finalize(st);
+    st = NULL;
+    if (prepare(s, "UPDATE collections SET fingerprint = ?1 WHERE id = ?2", &st, err, errlen))
+        goto out;
+    sqlite3_bind_text(st, 1, fingerprint, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, collection_id);
+    if (sqlite3_step(st) != SQLITE_DONE) {
+        db_fail(s, err, errlen, "update fingerprint");
+        goto out;
+    }
+    sqlite3_finalize(st);
+    st = NULL;
+    if (exec_const(s, "COMMIT", err, errlen)) goto out;
+    ret = 0;
+out:
+    sqlite3_finalize(st);
+    if (ret) rollback(s);
     pthread_mutex_unlock(&s->mu);
     return ret;
 }

@@ -103,6 +103,11 @@ int store_collection_count(struct index_store *s, int64_t collection_id, int64_t
 int store_items_insert(struct index_store *s, int64_t collection_id,
                        const struct item_in *items, size_t n, char (*out_ids)[STORE_ID_MAX],
                        char *err, size_t errlen);
+/* The same, also giving each item's store row id (out_row_ids[n], may be NULL). */
+int store_items_insert_rows(struct index_store *s, int64_t collection_id,
+                            const struct item_in *items, size_t n,
+                            char (*out_ids)[STORE_ID_MAX], int64_t *out_row_ids, char *err,
+                            size_t errlen);
 /* Fills *out (free it with store_item_free). */
 int store_item_get(struct index_store *s, int64_t collection_id, const char *external_id,
                    struct item_out *out, char *err, size_t errlen);
@@ -121,6 +126,27 @@ typedef int (*store_scan_fn)(int64_t row_id, const char *external_id, const floa
 /* Reads one consistent snapshot of a collection's items. */
 int store_items_scan(struct index_store *s, int64_t collection_id, store_scan_fn fn,
                      void *user, char *err, size_t errlen);
+
+/* Re-embedding (POST /v1/collections/{name}/reembed). */
+int store_collection_image_counts(struct index_store *s, int64_t collection_id,
+                                  int64_t *with_image, int64_t *without_image, char *err,
+                                  size_t errlen);
+struct store_image_row {
+    int64_t row_id;
+    void *image;
+    size_t image_len;
+};
+/* Up to limit items with a source image and a row id above after_row_id, in
+ * row-id order; *out is malloc'ed (free with store_image_rows_free). */
+int store_images_page(struct index_store *s, int64_t collection_id, int64_t after_row_id,
+                      size_t limit, struct store_image_row **out, size_t *n, char *err,
+                      size_t errlen);
+void store_image_rows_free(struct store_image_row *rows, size_t n);
+/* Replaces the vectors of the listed rows and the collection's fingerprint in
+ * one transaction: all or nothing. */
+int store_collection_revector(struct index_store *s, int64_t collection_id,
+                              const char *fingerprint, const int64_t *row_ids,
+                              const float *vectors, size_t n, char *err, size_t errlen);
 
 /* PRAGMA integrity_check; STORE_ERR with its first message unless it says "ok". */
 int store_integrity_check(struct index_store *s, char *err, size_t errlen);

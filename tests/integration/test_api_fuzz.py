@@ -30,7 +30,7 @@ The closing line "N passed, M failed" counts the schemathesis test cases of
 both runs (one per API operation plus one for the stateful phase, as in its
 JUnit report) and this test's own checks (schemathesis installed, server up,
 /healthz after fuzzing, SIGTERM exit 0, and that the fuzzing reached a 200 of
-each POST route with the token and no 2xx of an admin route without it). Each
+each POST route (2xx) with the token and no 2xx of an admin route without it). Each
 run also prints how often each operation answered each status; with
 FRANCA_FUZZ_DEBUG=FILE every request and the start of its answer go to FILE.
 
@@ -38,6 +38,7 @@ If the virtual environment cannot be made or PyPI cannot be reached the test
 fails; it never skips."""
 import base64
 import hashlib
+import json
 import os
 import random
 import shutil
@@ -215,11 +216,18 @@ def main():
                                  "--data", os.path.join(tmp, "data"), "--max-body-mb", "8", "--max-images", "8",
                                  "--max-delay-ms", "5"], os.path.join(tmp, "server.err"))
     check(True, f"server listening on port {port}")
+    for name, body in COLLECTIONS.items():  # targets for the index routes (see the hooks)
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/collections", method="POST",
+                                     data=json.dumps(dict(body, name=name)).encode())
+        with urllib.request.urlopen(req) as r:
+            check(r.status == 201, f"collection {name} created for the fuzzing")
     t0 = time.monotonic()
     try:
         counts = schemathesis(port, tmp, "with-token", ["--header", f"Authorization: Bearer {TOKEN}"])
-        for op in ("POST /v1/embeddings", "POST /v1/features", "POST /admin/models/{name}"):
-            check(counts.get(op, {}).get("200", 0) > 0, f"fuzzing reached {op} answering 200")
+        for op in ("POST /v1/embeddings", "POST /v1/features", "POST /admin/models/{name}",
+                   "POST /v1/collections", "POST /v1/collections/{name}/items",
+                   "POST /v1/collections/{name}/search"):
+            check(any(st.startswith("2") for st in counts.get(op, {})), f"fuzzing reached {op} answering 2xx")
         counts = schemathesis(port, tmp, "admin-without-token", ["--include-path-regex", "^/admin/"])
         check(counts and not any(st.startswith("2") for op in counts.values() for st in op),
               "no admin request without the token succeeded")
@@ -239,6 +247,8 @@ def main():
 # Loaded by schemathesis (in the virtual environment) through SCHEMATHESIS_HOOKS.
 
 MODELS = ("tiny", "spare")
+COLLECTIONS = {"fz": {"store_images": True}, "fzl2": {"width": 16, "metric": "l2"}}
+WIDTHS = {"fz": 64, "fzl2": 16}
 CHECKPOINTS = ("tiny.safetensors", "spare.safetensors", "corrupt.safetensors", "escape.safetensors",
                "missing.safetensors", "../token", "/etc/passwd", "./tiny.safetensors", "sub/../tiny.safetensors")
 ACCEPTS = ("application/vnd.safetensors", "application/vnd.safetensors", "application/json", "*/*",
@@ -303,6 +313,41 @@ def _options(d, rng, image_keys, raw=False):
             _options(v, rng, ())
 
 
+def _vector(rng, n):
+    return [rng.uniform(-2, 2) for _ in range(n)]
+
+
+def _index_query(q, rng, dim):
+    """Makes most vectors of a query or an item the collection's width and most images real."""
+    if not isinstance(q, dict):
+        return
+    if not {"vector", "image", "id"} & set(q) and rng.random() < 0.5:
+        q["vector"] = []
+    if "vector" in q and rng.random() < 0.7:
+        q["vector"] = _vector(rng, dim)
+    if "image" in q and rng.random() < 0.7:
+        q["image"] = _image_string(rng)
+    if "id" in q and rng.random() < 0.3:
+        q["id"] = rng.choice(["a", "b", "missing"])
+
+
+def _index_body(path, body, rng, name):
+    dim = WIDTHS.get(name, 64)
+    if path.endswith("/items") and isinstance(body.get("items"), list):
+        for i, it in enumerate(body["items"][:8]):
+            _index_query(it, rng, dim)
+            if isinstance(it, dict) and rng.random() < 0.5:
+                it["id"] = rng.choice(["a", "b", f"x{i}"])
+    elif path.endswith("/search"):
+        _index_query(body, rng, dim)
+        if isinstance(body.get("queries"), list):
+            for q in body["queries"][:8]:
+                _index_query(q, rng, dim)
+        for key, hi in (("k", 20), ("width", dim)):
+            if isinstance(body.get(key), int) and rng.random() < 0.7:
+                body[key] = rng.randint(1, hi)
+
+
 def _before_call(context, case, kwargs):
     seed = hashlib.sha256(repr((case.method, case.operation.path, case.path_parameters, case.query,
                                 case.media_type, case.body)).encode()).digest()
@@ -310,7 +355,10 @@ def _before_call(context, case, kwargs):
     path = case.operation.path
     if isinstance(case.path_parameters, dict) and isinstance(case.path_parameters.get("name"), str) \
             and rng.random() < 0.5:
-        case.path_parameters["name"] = rng.choice(MODELS)
+        if not path.startswith("/v1/collections/"):
+            case.path_parameters["name"] = rng.choice(MODELS)
+        elif not (case.method == "DELETE" and path == "/v1/collections/{name}"):  # keep the targets
+            case.path_parameters["name"] = rng.choice(tuple(COLLECTIONS))
     if isinstance(case.query, dict):
         _options(case.query, rng, ())
     if path == "/v1/features" and rng.random() < 0.4:
@@ -322,6 +370,8 @@ def _before_call(context, case, kwargs):
         if isinstance(body, dict) and isinstance(body.get("checkpoint"), str) and rng.random() < 0.6 \
                 and case.path_parameters.get("name") in MODELS:
             body["checkpoint"] = rng.choice(CHECKPOINTS)
+    elif path.startswith("/v1/collections/") and isinstance(body, dict):
+        _index_body(path, body, rng, (case.path_parameters or {}).get("name"))
     elif path in ("/v1/embeddings", "/v1/features"):
         if path == "/v1/features" and isinstance(body, dict):
             # Options in the query and in the body, or image beside images, are 400 by design:

@@ -238,7 +238,9 @@ def run_checks(port, client, ref_a, ref_b, models):
             for what, body, hdrs, want in cases:
                 raw(port, "POST", "/v1/embeddings", body, {"Content-Type": "application/json", **hdrs})
         growth.append(rss_kib(SERVER_PID[0]) - rss0)
-    check(sum(growth[-3:]) < 512, f"memory per {10 * len(cases)} bad requests levels off: {growth} KiB")
+    # A leak grows every round; an arena touched late grows once. So the median of the last
+    # three rounds, not their sum, must stay small.
+    check(sorted(growth[-3:])[1] < 256, f"memory per {10 * len(cases)} bad requests levels off: {growth} KiB")
 
     # Admin: authentication and the models directory fence.
     for what, hdrs, body, want in [

@@ -155,12 +155,14 @@ static void check_against_brute(struct index_mirror *m, enum store_metric metric
         const int w = widths[wi];
         float *qw = malloc((size_t)NQ * w * sizeof *qw);
         for (int qi = 0; qi < NQ; qi++) memcpy(qw + qi * w, queries + qi * W, w * sizeof *qw);
-        for (int mode = 0; mode < 2; mode++) { /* 0 exact, 1 funnel with shortlist n */
+        /* 0 exact; funnels with shortlist n: 1 on the kept prefix, 2 at width 40
+         * (the first columns of the full matrix, renormalised on the fly). */
+        for (int mode = 0; mode < 3; mode++) {
             int n_out = -1;
             const int rc = mode == 0
                                ? search_exact(m, qw, NQ, w, k, row_mask, hits, &n_out, err, sizeof err)
-                               : search_funnel(m, qw, NQ, w, k, (int)n, row_mask, hits, &n_out, err,
-                                               sizeof err);
+                               : search_funnel(m, qw, NQ, w, k, mode == 1 ? 0 : 40, (int)n,
+                                               row_mask, hits, &n_out, err, sizeof err);
             CHECK(rc == 0, "%s %s w=%d: %s", stage, metric_names[metric], w, err);
             int bad = 0;
             for (int qi = 0; qi < NQ && rc == 0; qi++) {
@@ -191,7 +193,7 @@ static double funnel_recall(struct index_mirror *m, const float *queries, int nq
     mirror_read_lock(m);
     int rc = search_exact(m, queries, nq, W, k, NULL, ex, &ne, err, sizeof err);
     CHECK(rc == 0, "recall exact: %s", err);
-    rc = search_funnel(m, queries, nq, W, k, shortlist, NULL, fu, &nf, err, sizeof err);
+    rc = search_funnel(m, queries, nq, W, k, 0, shortlist, NULL, fu, &nf, err, sizeof err);
     CHECK(rc == 0, "recall funnel: %s", err);
     mirror_read_unlock(m);
     CHECK(ne == k && nf == k, "recall: %d and %d hits", ne, nf);
@@ -270,6 +272,38 @@ static void test_mirror_basics(void)
     mirror_free(m);
 }
 
+static int payloads_freed;
+static void count_free(void *p)
+{
+    payloads_freed++;
+    free(p);
+}
+
+/* Payloads follow their rows through swap-with-last removal and are freed once. */
+static void test_payloads(void)
+{
+    char err[ERR_LEN];
+    struct index_mirror *m = mirror_create(W, STORE_METRIC_L2, 0, err, sizeof err);
+    mirror_set_payload_free(m, count_free);
+    void *p[3] = {strdup("p0"), strdup("p1"), strdup("p2")};
+    CHECK(mirror_add_payloads(m, 3, row_ids, id_ptrs, data, p, err, sizeof err) == 0, "%s", err);
+    const char *rm[1] = {"id0"};
+    mirror_remove(m, 1, rm, NULL);
+    mirror_read_lock(m);
+    const long r2 = mirror_find(m, "id2"), r1 = mirror_find(m, "id1");
+    CHECK(r2 >= 0 && !strcmp(mirror_payload(m, (size_t)r2), "p2"), "payload moved with its row");
+    CHECK(r1 >= 0 && !strcmp(mirror_payload(m, (size_t)r1), "p1"), "payload of id1 kept");
+    mirror_read_unlock(m);
+    CHECK(payloads_freed == 1, "removed row's payload freed: %d", payloads_freed);
+    void *dup[1] = {strdup("dup")};
+    const char *dupid[1] = {"id1"};
+    CHECK(mirror_add_payloads(m, 1, row_ids, dupid, data, dup, err, sizeof err) == STORE_CONFLICT,
+          "duplicate refused");
+    free(dup[0]); /* a failed add leaves the payload with the caller */
+    mirror_free(m);
+    CHECK(payloads_freed == 3, "all payloads freed with the mirror: %d", payloads_freed);
+}
+
 static void test_small_cases(void)
 {
     char err[ERR_LEN];
@@ -286,7 +320,7 @@ static void test_small_cases(void)
     int ordered = 1;
     for (int i = 0; i < n_out; i++) ordered &= hits[i].row == (uint32_t)i;
     CHECK(ordered, "equal scores ordered by row");
-    CHECK(search_funnel(m, data + W, 1, W, 10, 3, NULL, hits, &n_out, err, sizeof err) == 0, "%s", err);
+    CHECK(search_funnel(m, data + W, 1, W, 10, 0, 3, NULL, hits, &n_out, err, sizeof err) == 0, "%s", err);
     CHECK(n_out == 7, "funnel k > n gives n hits: %d", n_out);
     uint8_t mask[7] = {0, 1, 0, 0, 1, 0, 0};
     CHECK(search_exact(m, data + W, 2, W, 1000, mask, hits, &n_out, err, sizeof err) == 0, "%s", err);
@@ -311,10 +345,13 @@ static void test_small_cases(void)
                   rc, err);
         }
         err[0] = 0;
-        rc = search_funnel(m, data, badargs[i].q, badargs[i].w, badargs[i].k,
+        rc = search_funnel(m, data, badargs[i].q, badargs[i].w, badargs[i].k, 0,
                            badargs[i].shortlist, NULL, hits, &n_out, err, sizeof err);
         CHECK(rc == STORE_INVALID && err[0], "funnel %s refused (%d: %s)", badargs[i].what, rc, err);
     }
+    CHECK(search_funnel(m, data, 1, 64, 5, 65, 10, NULL, hits, &n_out, err, sizeof err) ==
+              STORE_INVALID && strstr(err, "funnel width"),
+          "funnel width above the search width refused: %s", err);
     float nanq[W];
     memcpy(nanq, data, sizeof nanq);
     nanq[3] = INFINITY;
@@ -341,7 +378,7 @@ static void *reader(void *arg)
     int n_out;
     while (!__atomic_load_n(&r->stop, __ATOMIC_ACQUIRE)) {
         mirror_read_lock(r->m);
-        if (search_funnel(r->m, r->queries, 1, W, 10, 50, NULL, hits, &n_out, err, sizeof err))
+        if (search_funnel(r->m, r->queries, 1, W, 10, 0, 50, NULL, hits, &n_out, err, sizeof err))
             __atomic_add_fetch(&r->bad, 1, __ATOMIC_RELAXED);
         for (int i = 0; i < n_out; i++)
             if (mirror_find(r->m, hits[i].external_id) != (long)hits[i].row)
@@ -388,6 +425,7 @@ int main(void)
 
     test_mirror_basics();
     test_small_cases();
+    test_payloads();
 
     const int nrq = 100;
     float *rq = malloc((size_t)nrq * W * sizeof *rq);

@@ -1,0 +1,81 @@
+/* The vector index as the server sees it: the SQLite store plus, per
+ * collection, a runtime object holding its search mirror and parsed metadata.
+ *
+ * Every change goes to SQLite first (one transaction) and then to the mirror,
+ * under the collection's write mutex, so that the mirror applies committed
+ * changes in commit order and always equals SQLite once a write returns.
+ *
+ * Lock order (never taken the other way): write_mu -> swap (rwlock) -> the
+ * mirror's own lock. Readers take swap shared and the mirror's read lock
+ * (coll_read_begin); a reembed replaces the mirror and the fingerprint under
+ * swap held exclusively, so a reader sees the old or the new collection,
+ * never a mix.
+ *
+ * Collections are reference counted: a request holds its collection with
+ * index_acquire / coll_release, and a dropped collection is freed when its
+ * last holder lets go. Errors use the store's codes (index/store.h). */
+#ifndef FRANCA_INDEX_COLLECTIONS_H
+#define FRANCA_INDEX_COLLECTIONS_H
+
+#include <jansson.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+
+#include "index/mirror.h"
+#include "index/store.h"
+
+struct coll {
+    struct collection_info info; /* fingerprint changes only under swap (exclusive) */
+    struct index_mirror *mirror; /* replaced only under swap (exclusive) */
+    pthread_mutex_t write_mu;
+    pthread_rwlock_t swap;
+    char job[32];                /* id of the reembed job writing it, "" when none (write_mu) */
+    /* Private. */
+    atomic_long refs;
+    struct index *ix;
+    bool dropped;
+};
+
+struct index;
+
+/* Opens DATA_DIR/index.sqlite3 and rebuilds every collection's mirror. */
+int index_open(struct index **out, const char *data_dir, char *err, size_t errlen);
+void index_close(struct index *ix);
+struct index_store *index_store(struct index *ix);
+
+/* Creates a collection (STORE_EXISTS for a taken name) and returns it acquired. */
+int index_create(struct index *ix, const struct collection_info *in, struct coll **out,
+                 char *err, size_t errlen);
+/* The named collection, acquired; NULL when there is none. */
+struct coll *index_acquire(struct index *ix, const char *name);
+void coll_release(struct coll *c);
+/* Every collection, acquired, in creation order; release each, free the array. */
+int index_list(struct index *ix, struct coll ***out, size_t *n, char *err, size_t errlen);
+/* Deletes a collection and its items. STORE_CONFLICT while a job writes it. */
+int index_drop(struct index *ix, const char *name, char *err, size_t errlen);
+
+/* Inserts n items (all or nothing) and mirrors them. metadata[i] is item i's
+ * parsed metadata object or NULL; on success the index owns those references,
+ * on failure the caller keeps them. STORE_CONFLICT also while a job writes the
+ * collection. */
+int coll_insert(struct coll *c, const struct item_in *items, json_t *const *metadata, size_t n,
+                char (*out_ids)[STORE_ID_MAX], char *err, size_t errlen);
+int coll_delete(struct coll *c, const char *external_id, char *err, size_t errlen);
+
+/* Marks a job as the collection's only writer (STORE_CONFLICT when another
+ * runs); coll_end_job clears it. */
+int coll_begin_job(struct coll *c, const char *job_id, char *err, size_t errlen);
+void coll_end_job(struct coll *c);
+/* Commits new vectors for rows (all of the collection's items) and the new
+ * fingerprint, builds a new mirror from SQLite and switches to it at once. */
+int coll_replace_vectors(struct coll *c, const char *fingerprint, const int64_t *row_ids,
+                         const float *vectors, size_t n, char *err, size_t errlen);
+
+/* A consistent read: the mirror is valid and unchanging until coll_read_end. */
+struct index_mirror *coll_read_begin(struct coll *c);
+void coll_read_end(struct coll *c);
+/* The collection's fingerprint, copied under the swap lock. */
+void coll_fingerprint(struct coll *c, char out[STORE_TEXT_MAX]);
+
+#endif

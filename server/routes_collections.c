@@ -1,0 +1,374 @@
+/* Collections and their items:
+ *   POST /v1/collections, GET /v1/collections, GET|DELETE /v1/collections/{name},
+ *   POST /v1/collections/{name}/items, GET|DELETE /v1/collections/{name}/items/{id}.
+ * Inserts are acknowledged only after their SQLite transaction committed. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "errors.h"
+#include "routes_index.h"
+#include "vit.h"
+
+/* ---- collections ---------------------------------------------------------- */
+
+static void create_collection(struct http_request *req, void *user)
+{
+    struct app *app = user;
+    json_t *j = index_body(req);
+    if (!j) return;
+    json_t *name = json_object_get(j, "name"), *model = json_object_get(j, "model");
+    json_t *width = json_object_get(j, "width"), *metric = json_object_get(j, "metric");
+    json_t *keep = json_object_get(j, "store_images");
+    struct collection_info in = {0};
+    const char *why = NULL;
+    if (!json_is_string(name) || !collection_name_valid(json_string_value(name)))
+        why = "'name' is required: 1 to 127 characters of A-Z a-z 0-9 . _ -, not starting with '.'";
+    else if (model && !json_is_null(model) && !json_is_string(model))
+        why = "'model' must be a string";
+    else if (width && !json_is_null(width) && !json_is_integer(width))
+        why = "'width' must be an integer";
+    else if (metric && !json_is_null(metric) &&
+             (!json_is_string(metric) || store_metric_parse(json_string_value(metric), &in.metric)))
+        why = "'metric' must be \"cosine\", \"l2\" or \"dot\"";
+    else if (keep && !json_is_null(keep) && !json_is_boolean(keep))
+        why = "'store_images' must be a boolean";
+    if (why) {
+        http_reply_error(req, 400, NULL, why);
+        json_decref(j);
+        return;
+    }
+    snprintf(in.name, sizeof in.name, "%s", json_string_value(name));
+    in.store_images = json_is_true(keep);
+    const char *model_name = json_string_value(model);
+    json_int_t w = json_is_integer(width) ? json_integer_value(width) : 0;
+
+    /* The model: the one named, else the default when one is loaded; a
+     * collection without a model takes vectors only and needs a width. */
+    struct model_entry *e = NULL;
+    char err[ERR_LEN];
+    if (model_name || !w) {
+        if (!atomic_load(&app->ready)) {
+            http_add_header(req, "Retry-After", "2");
+            http_reply_error(req, 503, NULL, "models are still loading");
+            json_decref(j);
+            return;
+        }
+        const int rc = registry_acquire(app->registry, model_name, &e, err, sizeof err);
+        if (rc && (model_name || rc != REGISTRY_NOT_FOUND)) {
+            reply_registry_error(req, rc, err);
+            json_decref(j);
+            return;
+        }
+    }
+    int D = STORE_WIDTH_MAX;
+    if (e) {
+        D = vit_model_config(e->model)->embed_dim;
+        snprintf(in.model, sizeof in.model, "%s", e->name);
+        snprintf(in.fingerprint, sizeof in.fingerprint, "%s", e->fingerprint);
+        model_entry_release(e);
+        if (!w) w = D;
+    }
+    if (w < 1 || w > D) {
+        if (!e)
+            http_reply_error(req, 400, NULL, "no model is loaded: give 'width' for a collection of vectors");
+        else
+            http_reply_errorf(req, 400, NULL, "'width' %lld is outside 1..%d (the width of model '%s')",
+                              (long long)w, D, in.model);
+        json_decref(j);
+        return;
+    }
+    in.width = w;
+    json_decref(j);
+    struct coll *c;
+    const int rc = index_create(app->index, &in, &c, err, sizeof err);
+    if (rc) {
+        reply_store_error(req, rc, rc == STORE_EXISTS ? "a collection with this name exists" : err);
+        return;
+    }
+    http_reply_json(req, 201, coll_json(c));
+    coll_release(c);
+}
+
+static void list_collections(struct http_request *req, void *user)
+{
+    struct app *app = user;
+    struct coll **cs;
+    size_t n;
+    char err[ERR_LEN];
+    if (index_list(app->index, &cs, &n, err, sizeof err)) {
+        http_reply_error(req, 500, NULL, err);
+        return;
+    }
+    json_t *arr = json_array();
+    for (size_t i = 0; i < n; i++) {
+        json_array_append_new(arr, coll_json(cs[i]));
+        coll_release(cs[i]);
+    }
+    free(cs);
+    http_reply_json(req, 200, json_pack("{s:o}", "collections", arr));
+}
+
+static void get_collection(struct http_request *req, void *user)
+{
+    struct coll *c = coll_or_reply(req, user);
+    if (!c) return;
+    http_reply_json(req, 200, coll_json(c));
+    coll_release(c);
+}
+
+static void delete_collection(struct http_request *req, void *user)
+{
+    struct app *app = user;
+    const char *name = http_param(req, "name");
+    char err[ERR_LEN];
+    const int rc = index_drop(app->index, name, err, sizeof err);
+    if (rc) {
+        reply_store_error(req, rc, err);
+        return;
+    }
+    http_reply_json(req, 200, json_pack("{s:s}", "deleted", name));
+}
+
+/* ---- items ---------------------------------------------------------------- */
+
+struct insert_ctx {
+    struct http_request *req;
+    struct app *app;
+    struct coll *c;
+    json_t *body;               /* keeps the id strings alive */
+    size_t n;
+    struct item_in *items;
+    json_t **meta;              /* parsed metadata per item, or NULL */
+    char **meta_text;           /* the same as compact JSON text, for SQLite */
+    float *vecs;                /* [n, width] */
+    int *image_of;              /* item -> index in im, or -1 */
+    struct coll_images im;
+    char (*ids)[STORE_ID_MAX];
+};
+
+static void insert_free(struct insert_ctx *x)
+{
+    for (size_t i = 0; x->meta && i < x->n; i++) json_decref(x->meta[i]);
+    for (size_t i = 0; x->meta_text && i < x->n; i++) free(x->meta_text[i]);
+    free(x->meta);
+    free(x->meta_text);
+    free(x->items);
+    free(x->vecs);
+    free(x->image_of);
+    free(x->ids);
+    coll_images_free(&x->im);
+    json_decref(x->body);
+    coll_release(x->c);
+    free(x);
+}
+
+static void insert_commit(void *arg)
+{
+    struct insert_ctx *x = arg;
+    const size_t w = (size_t)x->c->info.width;
+    for (size_t i = 0; i < x->n; i++) {
+        const int k = x->image_of[i];
+        if (k < 0) continue;
+        memcpy(x->vecs + i * w, x->im.vectors + (size_t)k * w, w * sizeof *x->vecs);
+        x->items[i].image = x->im.bytes[k];
+        x->items[i].image_len = x->im.lens[k];
+    }
+    char err[ERR_LEN];
+    const int rc = coll_insert(x->c, x->items, x->meta, x->n, x->ids, err, sizeof err);
+    if (rc) {
+        reply_store_error(x->req, rc, err);
+    } else {
+        for (size_t i = 0; i < x->n; i++) x->meta[i] = NULL; /* the index owns them now */
+        json_t *ids = json_array();
+        for (size_t i = 0; i < x->n; i++) json_array_append_new(ids, json_string(x->ids[i]));
+        http_reply_json(x->req, 200, json_pack("{s:o}", "ids", ids));
+    }
+    insert_free(x);
+}
+
+static void insert_embedded(void *user, int status, const char *err)
+{
+    struct insert_ctx *x = user;
+    if (status != BATCH_OK) {
+        reply_batch_error(x->req, status, err);
+        insert_free(x);
+        return;
+    }
+    insert_commit(x);
+}
+
+/* Checks the items of an insert and fills x; replies 400/413 and returns -1. */
+static int parse_items(struct http_request *req, struct insert_ctx *x, json_t ***image_strings,
+                       char ***where)
+{
+    json_t *items = json_object_get(x->body, "items");
+    if (!json_is_array(items) || json_array_size(items) == 0) {
+        http_reply_error(req, 400, NULL, "'items' must be a non-empty array of items");
+        return -1;
+    }
+    const size_t n = json_array_size(items);
+    if (n > (size_t)x->app->limits.max_insert_items) {
+        http_reply_errorf(req, 413, NULL, "%zu items in one request; the limit is %d", n,
+                          x->app->limits.max_insert_items);
+        return -1;
+    }
+    const size_t w = (size_t)x->c->info.width;
+    x->n = n;
+    x->items = calloc(n, sizeof *x->items);
+    x->meta = calloc(n, sizeof *x->meta);
+    x->meta_text = calloc(n, sizeof *x->meta_text);
+    x->vecs = calloc(n * w, sizeof *x->vecs);
+    x->image_of = malloc(n * sizeof *x->image_of);
+    x->ids = malloc(n * sizeof *x->ids);
+    *image_strings = calloc(n, sizeof **image_strings);
+    *where = calloc(n, sizeof **where);
+    if (!x->items || !x->meta || !x->meta_text || !x->vecs || !x->image_of || !x->ids || !*image_strings || !*where) {
+        http_reply_error(req, 500, NULL, "out of memory");
+        return -1;
+    }
+    int n_images = 0;
+    for (size_t i = 0; i < n; i++) {
+        json_t *it = json_array_get(items, i);
+        char why[ERR_LEN] = "";
+        json_t *id = json_object_get(it, "id"), *image = json_object_get(it, "image");
+        json_t *vector = json_object_get(it, "vector"), *meta = json_object_get(it, "metadata");
+        x->image_of[i] = -1;
+        x->items[i].vector = x->vecs + i * w;
+        x->items[i].dim = w;
+        if (!json_is_object(it)) {
+            snprintf(why, sizeof why, "is not an object");
+        } else if (id && !json_is_null(id) &&
+                   (!json_is_string(id) || json_string_length(id) == 0 ||
+                    json_string_length(id) >= STORE_ID_MAX ||
+                    strlen(json_string_value(id)) != json_string_length(id))) {
+            snprintf(why, sizeof why, "'id' must be a string of 1 to %d bytes without NUL",
+                     STORE_ID_MAX - 1);
+        } else if (!image == !vector) {
+            snprintf(why, sizeof why, "needs exactly one of 'image' and 'vector'");
+        } else if (meta && !json_is_null(meta) && !json_is_object(meta)) {
+            snprintf(why, sizeof why, "'metadata' must be an object");
+        } else if (image && !json_is_string(image)) {
+            snprintf(why, sizeof why, "'image' must be a base64 string or a data URI");
+        } else if (vector) {
+            char vw[256];
+            if (json_to_vector(vector, (int)w, true, x->vecs + i * w, vw, sizeof vw))
+                snprintf(why, sizeof why, "'vector' %s", vw);
+        }
+        if (why[0]) {
+            http_reply_errorf(req, 400, NULL, "items[%zu] %s", i, why);
+            return -1;
+        }
+        x->items[i].external_id = json_string_value(id);
+        if (json_is_object(meta)) {
+            x->meta[i] = json_incref(meta);
+            x->meta_text[i] = json_dumps(meta, JSON_COMPACT);
+            if (!x->meta_text[i]) {
+                http_reply_error(req, 500, NULL, "out of memory");
+                return -1;
+            }
+            x->items[i].metadata = x->meta_text[i];
+        }
+        if (image) {
+            char label[48];
+            snprintf(label, sizeof label, "items[%zu].image", i);
+            (*where)[n_images] = strdup(label);
+            (*image_strings)[n_images] = image;
+            x->image_of[i] = n_images++;
+        }
+    }
+    return n_images;
+}
+
+static void insert_items(struct http_request *req, void *user)
+{
+    struct app *app = user;
+    struct insert_ctx *x = calloc(1, sizeof *x);
+    if (!x) {
+        http_reply_error(req, 500, NULL, "out of memory");
+        return;
+    }
+    x->req = req;
+    x->app = app;
+    if (!(x->body = index_body(req)) || !(x->c = coll_or_reply(req, app))) {
+        insert_free(x);
+        return;
+    }
+    json_t **image_strings = NULL;
+    char **where = NULL;
+    const int n_images = parse_items(req, x, &image_strings, &where);
+    int rc = n_images < 0 ? -1 : 0;
+    if (n_images > 0)
+        rc = coll_images_decode(req, app, image_strings, (const char *const *)where, n_images,
+                                &x->im);
+    for (size_t i = 0; where && i < x->n; i++) free(where[i]);
+    free(where);
+    free(image_strings);
+    if (rc) {
+        insert_free(x);
+        return;
+    }
+    http_defer(req);
+    if (n_images > 0) {
+        if (coll_embed(req, app, x->c, &x->im, insert_embedded, x)) insert_free(x);
+    } else if (index_submit(req, app, insert_commit, x)) {
+        insert_free(x);
+    }
+}
+
+static void get_item(struct http_request *req, void *user)
+{
+    struct coll *c = coll_or_reply(req, user);
+    if (!c) return;
+    const char *id = http_param(req, "id");
+    struct item_out it;
+    char err[ERR_LEN];
+    const int rc = store_item_get(index_store(c->ix), c->info.id, id, &it, err, sizeof err);
+    if (rc) {
+        reply_store_error(req, rc, err);
+        coll_release(c);
+        return;
+    }
+    json_t *vec = json_array();
+    for (size_t i = 0; i < it.dim; i++) json_array_append_new(vec, json_real(it.vector[i]));
+    json_t *meta = it.metadata ? json_loads(it.metadata, 0, NULL) : NULL;
+    http_reply_json(req, 200, json_pack("{s:s, s:o, s:o, s:b}", "id", it.external_id, "metadata",
+                                        meta ? meta : json_null(), "vector", vec, "has_image",
+                                        it.image != NULL));
+    store_item_free(&it);
+    coll_release(c);
+}
+
+static void delete_item(struct http_request *req, void *user)
+{
+    struct coll *c = coll_or_reply(req, user);
+    if (!c) return;
+    const char *id = http_param(req, "id");
+    char err[ERR_LEN];
+    const int rc = coll_delete(c, id, err, sizeof err);
+    if (rc)
+        reply_store_error(req, rc, err);
+    else
+        http_reply_json(req, 200, json_pack("{s:s}", "deleted", id));
+    coll_release(c);
+}
+
+int routes_collections_register(struct http_router *r, struct app *app, char *err, size_t errlen)
+{
+    static const struct {
+        const char *method, *path;
+        http_handler_fn fn;
+    } routes[] = {
+        {"POST", "/v1/collections", create_collection},
+        {"GET", "/v1/collections", list_collections},
+        {"GET", "/v1/collections/{name}", get_collection},
+        {"DELETE", "/v1/collections/{name}", delete_collection},
+        {"POST", "/v1/collections/{name}/items", insert_items},
+        {"GET", "/v1/collections/{name}/items/{id}", get_item},
+        {"DELETE", "/v1/collections/{name}/items/{id}", delete_item},
+    };
+    for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++)
+        if (http_router_add(r, routes[i].method, routes[i].path, routes[i].fn, app, err, errlen))
+            return -1;
+    return 0;
+}

@@ -1,0 +1,260 @@
+/* Helpers of the index routes; see routes_index.h. */
+#include "routes_index.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "datauri.h"
+#include "errors.h"
+#include "images.h"
+#include "infer.h"
+#include "matryoshka.h"
+#include "vit.h"
+
+json_t *index_body(struct http_request *req)
+{
+    const char *ct = http_header(req, "Content-Type");
+    if (ct && strncmp(ct, "application/json", 16) &&
+        strncmp(ct, "application/x-www-form-urlencoded", 33)) {
+        http_reply_errorf(req, 415, NULL, "Content-Type must be application/json, got '%s'", ct);
+        return NULL;
+    }
+    size_t len;
+    const char *body = http_body(req, &len);
+    json_error_t je;
+    json_t *j = json_loadb(body, len, 0, &je);
+    if (!json_is_object(j)) {
+        http_reply_errorf(req, 400, NULL, "body is not a JSON object: %s",
+                          j ? "found another JSON type" : je.text);
+        json_decref(j);
+        return NULL;
+    }
+    return j;
+}
+
+struct coll *coll_or_reply(struct http_request *req, struct app *app)
+{
+    const char *name = http_param(req, "name");
+    struct coll *c = name ? index_acquire(app->index, name) : NULL;
+    if (!c) {
+        char shown[64];
+        printable_copy(name ? name : "", name ? strlen(name) : 0, shown, sizeof shown);
+        http_reply_errorf(req, 404, NULL, "no collection named '%s'", shown);
+    }
+    return c;
+}
+
+void reply_store_error(struct http_request *req, int rc, const char *msg)
+{
+    int status = 500;
+    switch (rc) {
+    case STORE_NOT_FOUND: status = 404; break;
+    case STORE_EXISTS:
+    case STORE_CONFLICT: status = 409; break;
+    case STORE_INVALID: status = 400; break;
+    }
+    http_reply_error(req, status, NULL, msg);
+}
+
+json_t *coll_json(struct coll *c)
+{
+    char err[ERR_LEN];
+    int64_t count = -1;
+    store_collection_count(index_store(c->ix), c->info.id, &count, err, sizeof err);
+    struct index_mirror *m = coll_read_begin(c);
+    const json_int_t indexed = (json_int_t)mirror_count(m);
+    const int pw = mirror_prefix_width(m);
+    json_t *o = json_pack("{s:s, s:s, s:s, s:I, s:s, s:b, s:s, s:I, s:I, s:i}", "name",
+                          c->info.name, "model", c->info.model, "fingerprint",
+                          c->info.fingerprint, "width", (json_int_t)c->info.width, "metric",
+                          store_metric_name(c->info.metric), "store_images",
+                          c->info.store_images, "created_at", c->info.created_at, "count",
+                          (json_int_t)count, "indexed", indexed, "prefix_width", pw);
+    coll_read_end(c);
+    pthread_mutex_lock(&c->write_mu);
+    if (o && c->job[0]) json_object_set_new(o, "job", json_string(c->job));
+    pthread_mutex_unlock(&c->write_mu);
+    return o;
+}
+
+bool collection_name_valid(const char *name)
+{
+    if (!name || !name[0] || name[0] == '.' || strlen(name) >= STORE_NAME_MAX) return false;
+    for (const char *p = name; *p; p++) {
+        const char ch = *p;
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              ch == '.' || ch == '_' || ch == '-'))
+            return false;
+    }
+    return true;
+}
+
+int json_to_vector(const json_t *v, int dim, bool exact, float *out, char *why, size_t len)
+{
+    if (!json_is_array(v)) return set_err(why, len, "must be an array of numbers");
+    const size_t n = json_array_size(v);
+    if (exact ? n != (size_t)dim : n < (size_t)dim)
+        return set_err(why, len, "has %zu numbers; the collection width is %d%s", n, dim,
+                       exact ? "" : " (at least that many are needed)");
+    for (int i = 0; i < dim; i++) {
+        const json_t *x = json_array_get(v, (size_t)i);
+        if (!json_is_number(x)) return set_err(why, len, "element %d is not a number", i);
+        const double d = json_number_value(x);
+        if (!isfinite(d) || fabs(d) > 3.4028234663852886e38)
+            return set_err(why, len, "element %d is not a finite float32 (NaN, Inf or too large)",
+                           i);
+        out[i] = (float)d;
+    }
+    return 0;
+}
+
+int coll_images_decode(struct http_request *req, struct app *app, json_t *const *strings,
+                       const char *const *where, int n, struct coll_images *out)
+{
+    *out = (struct coll_images){.n = n};
+    out->bytes = calloc((size_t)n, sizeof *out->bytes);
+    out->lens = calloc((size_t)n, sizeof *out->lens);
+    if (!out->bytes || !out->lens) {
+        http_reply_error(req, 500, NULL, "out of memory");
+        return -1;
+    }
+    for (int i = 0; i < n; i++) {
+        char err[ERR_LEN];
+        enum datauri_status st =
+            datauri_decode(json_string_value(strings[i]), json_string_length(strings[i]),
+                           app->limits.max_body_bytes, &out->bytes[i], &out->lens[i], NULL, err,
+                           sizeof err);
+        if (st != DATAURI_OK) {
+            http_reply_errorf(req, datauri_http_status(st), NULL, "%s: %s", where[i], err);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+void coll_images_free(struct coll_images *im)
+{
+    for (int i = 0; im->bytes && i < im->n; i++) free(im->bytes[i]);
+    free(im->bytes);
+    free(im->lens);
+    free(im->vectors);
+    *im = (struct coll_images){0};
+}
+
+struct embed_ctx {
+    struct app *app;
+    struct coll_images *im;
+    int width;
+    coll_embed_done done;
+    void *user;
+    int status;
+    char err[ERR_LEN];
+};
+
+static void embed_finish(void *arg)
+{
+    struct embed_ctx *x = arg;
+    x->done(x->user, x->status, x->status == BATCH_OK ? NULL : x->err);
+    free(x);
+}
+
+static void embed_done(struct infer_request *r, int status, const char *err, void *user)
+{
+    struct embed_ctx *x = user;
+    x->status = status;
+    if (status == BATCH_OK) {
+        x->im->vectors = malloc((size_t)r->n * (size_t)x->width * sizeof(float));
+        if (x->im->vectors)
+            matryoshka_cut(r->cls, r->n, r->D, x->width, true, x->im->vectors);
+        else
+            x->status = BATCH_ERR, snprintf(x->err, sizeof x->err, "out of memory");
+    } else {
+        snprintf(x->err, sizeof x->err, "%s", err ? err : "inference failed");
+    }
+    infer_free(r);
+    /* Off the batcher's thread: the caller commits or searches next. */
+    if (workq_submit(x->app->index_work, embed_finish, x)) {
+        x->status = BATCH_FULL;
+        snprintf(x->err, sizeof x->err, "the index work queue is full");
+        embed_finish(x);
+    }
+}
+
+int coll_embed(struct http_request *req, struct app *app, struct coll *c, struct coll_images *im,
+               coll_embed_done done, void *user)
+{
+    char err[ERR_LEN];
+    if (!c->info.model[0]) {
+        http_reply_errorf(req, 400, NULL, "collection '%s' has no model; it takes vectors only",
+                          c->info.name);
+        return -1;
+    }
+    if (!atomic_load(&app->ready)) {
+        http_add_header(req, "Retry-After", "2");
+        http_reply_error(req, 503, NULL, "models are still loading");
+        return -1;
+    }
+    struct model_entry *e;
+    if (registry_acquire(app->registry, c->info.model, &e, err, sizeof err)) {
+        http_reply_errorf(req, 409, NULL, "collection '%s' was embedded with model '%s', which is "
+                          "not loaded: %s", c->info.name, c->info.model, err);
+        return -1;
+    }
+    char fp[STORE_TEXT_MAX];
+    coll_fingerprint(c, fp);
+    const struct model_config *cfg = vit_model_config(e->model);
+    if (strcmp(fp, e->fingerprint)) {
+        http_reply_errorf(req, 409, NULL, "collection '%s' was embedded with checkpoint %s, but "
+                          "model '%s' now serves checkpoint %s; search it by vector, or "
+                          "re-embed it (POST /v1/collections/%s/reembed)", c->info.name, fp,
+                          e->name, e->fingerprint, c->info.name);
+        model_entry_release(e);
+        return -1;
+    }
+    if (c->info.width > cfg->embed_dim) { /* only a broken store gets here */
+        http_reply_errorf(req, 500, NULL, "collection width %lld exceeds the model's %d",
+                          (long long)c->info.width, cfg->embed_dim);
+        model_entry_release(e);
+        return -1;
+    }
+    const int S = image_input_side(cfg, 0);
+    struct infer_request *r = infer_new(e, im->n, S, S, false, false, err, sizeof err);
+    if (!r) {
+        http_reply_error(req, 500, NULL, err);
+        return -1;
+    }
+    for (int i = 0; i < im->n; i++)
+        if (image_prepare(im->bytes[i], im->lens[i], cfg, 0, app->limits.max_image_pixels,
+                          r->input + (size_t)i * 3 * S * S, err, sizeof err)) {
+            http_reply_errorf(req, 422, NULL, "image %d: %s", i, err);
+            infer_free(r);
+            return -1;
+        }
+    struct embed_ctx *x = calloc(1, sizeof *x);
+    if (!x) {
+        http_reply_error(req, 500, NULL, "out of memory");
+        infer_free(r);
+        return -1;
+    }
+    *x = (struct embed_ctx){.app = app, .im = im, .width = (int)c->info.width, .done = done,
+                            .user = user};
+    const int rc = infer_submit(r, app->batcher, embed_done, x, err, sizeof err);
+    if (rc) {
+        reply_batch_error(req, rc, err);
+        free(x);
+        infer_free(r);
+        return -1;
+    }
+    return 0;
+}
+
+int index_submit(struct http_request *req, struct app *app, workq_fn fn, void *arg)
+{
+    if (workq_submit(app->index_work, fn, arg)) {
+        http_add_header(req, "Retry-After", "1");
+        http_reply_error(req, 429, NULL, "the index work queue is full; retry later");
+        return -1;
+    }
+    return 0;
+}
