@@ -1,4 +1,5 @@
-/* The CPU ViT forward (spec Appendix A) and the model object around it. */
+/* The CPU ViT forward (spec Appendix A), the model object around it, and the
+ * dispatch to the CUDA backend (cuda/cuda_engine.h) for models moved there. */
 #include "vit.h"
 
 #include <omp.h>
@@ -8,6 +9,7 @@
 
 #include "cpu/ops.h"
 #include "cpu/pos_embed.h"
+#include "cuda/cuda_engine.h"
 #include "errors.h"
 #include "rasa.h"
 
@@ -23,6 +25,8 @@ struct vit_model {
     float *rasa_units;           /* [T+1, 2, D] or NULL */
     pthread_mutex_t pos_lock;
     struct pos_cache_entry *pos_cache;
+    struct cuda_model *cuda;     /* non-NULL: forwards run on CUDA */
+    enum vit_precision precision;
 };
 
 /* Activations for one (B, T) shape, carved from one allocation. */
@@ -40,6 +44,7 @@ struct vit_workspace {
     float *hidden;               /* [B*T, 2Hs] (SwiGLU) or [B*T, Hs] (MLP) */
     float *gated;                /* [B*T, Hs] (SwiGLU only) */
     float *scores;               /* threads * attention_scratch_floats(T) */
+    struct cuda_ws *cuda;        /* device activations of CUDA models, or NULL */
 };
 
 int vit_model_from_checkpoint(struct checkpoint *ck, struct vit_model **out, char *err,
@@ -87,6 +92,7 @@ void vit_model_free(struct vit_model *m)
         free(e);
     }
     pthread_mutex_destroy(&m->pos_lock);
+    cuda_model_free(m->cuda);
     free(m->rasa_units);
     checkpoint_free(&m->ck);
     free(m);
@@ -146,6 +152,7 @@ static const float *pos_table(struct vit_model *m, int gh, int gw, char *err, si
 void vit_workspace_free(struct vit_workspace *ws)
 {
     if (!ws) return;
+    cuda_ws_free(ws->cuda);
     free(ws->arena);
     free(ws);
 }
@@ -247,6 +254,26 @@ static void block_forward(const struct model_config *c, const struct vit_block_w
     residual_scale_add(ws->x, ws->branch, bw->ls2, rows, D);
 }
 
+/* The CUDA path: patches land in patch (or patch_rasa); RASA runs here on the host. */
+static int forward_cuda(struct vit_model *m, struct vit_workspace **wsp, const float *pos,
+                        const float *x, int B, int H, int W, const struct vit_outputs *out,
+                        char *err, size_t errlen)
+{
+    const struct model_config *c = &m->ck.cfg;
+    if (!*wsp && !(*wsp = calloc(1, sizeof(**wsp))))
+        return set_err(err, errlen, "out of memory");
+    const size_t tok = (size_t)B * (H / c->patch_size) * (W / c->patch_size) * c->embed_dim;
+    float *patch = out->patch ? out->patch : out->patch_rasa;
+    if (cuda_forward(m->cuda, &(*wsp)->cuda, pos, x, B, H, W, out->cls, patch, err, errlen))
+        return -1;
+    if (out->patch_rasa) {
+        if (out->patch_rasa != patch) memcpy(out->patch_rasa, patch, sizeof(float) * tok);
+        rasa_apply(m->rasa_units, c->rasa_layers + 1, c->embed_dim, out->patch_rasa,
+                   tok / c->embed_dim);
+    }
+    return 0;
+}
+
 int vit_forward(struct vit_model *m, struct vit_workspace **wsp, const float *x, int B, int H,
                 int W, const struct vit_outputs *out, char *err, size_t errlen)
 {
@@ -261,6 +288,7 @@ int vit_forward(struct vit_model *m, struct vit_workspace **wsp, const float *x,
     const int gh = H / P, gw = W / P, N = gh * gw, T = 1 + R + N;
     const float *pos = pos_table(m, gh, gw, err, errlen);
     if (!pos) return -1;
+    if (m->cuda) return forward_cuda(m, wsp, pos, x, B, H, W, out, err, errlen);
     if (workspace_ensure(wsp, c, B, T, N, err, errlen)) return -1;
     struct vit_workspace *ws = *wsp;
 
@@ -292,4 +320,70 @@ double vit_flops_per_image(const struct model_config *c, int H, int W)
     const double ffn = c->ffn == FFN_SWIGLU ? 3 * D * Hs : 2 * D * Hs;
     const double per_block = 2 * T * (4 * D * D + ffn) + 4 * T * T * D;
     return 2 * N * 3 * P * P * D + c->depth * per_block;
+}
+
+/* ------------------------------------------------------------ devices -- */
+
+int vit_cuda_available(char *err, size_t errlen)
+{
+    return cuda_device_available(err, errlen);
+}
+
+const char *vit_device_name(enum vit_device d)
+{
+    return d == VIT_DEVICE_CUDA ? "cuda" : "cpu";
+}
+
+int vit_device_select(const char *name, enum vit_device *out, char *err, size_t errlen)
+{
+    char why[ERR_LEN];
+    if (!name || !strcmp(name, "cpu")) {
+        *out = VIT_DEVICE_CPU;
+        return 0;
+    }
+    if (!strcmp(name, "auto")) {
+        *out = vit_cuda_available(why, sizeof why) ? VIT_DEVICE_CUDA : VIT_DEVICE_CPU;
+        return 0;
+    }
+    if (!strcmp(name, "cuda")) {
+        if (!vit_cuda_available(why, sizeof why))
+            return set_err(err, errlen, "--device cuda: %s", why);
+        *out = VIT_DEVICE_CUDA;
+        return 0;
+    }
+    return set_err(err, errlen, "unknown device '%s' (expected cpu, cuda or auto)", name);
+}
+
+int vit_model_use_device(struct vit_model *m, enum vit_device d, enum vit_precision p,
+                         char *err, size_t errlen)
+{
+    if (d == VIT_DEVICE_CPU) {
+        cuda_model_free(m->cuda);
+        m->cuda = NULL;
+        m->precision = VIT_PRECISION_FP32;
+        return 0;
+    }
+    struct cuda_model *cm;
+    if (cuda_model_create(&m->ck.cfg, &m->ck.w, p == VIT_PRECISION_BF16, &cm, err, errlen))
+        return -1;
+    cuda_model_free(m->cuda);
+    m->cuda = cm;
+    m->precision = p;
+    return 0;
+}
+
+enum vit_device vit_model_device(const struct vit_model *m)
+{
+    return m->cuda ? VIT_DEVICE_CUDA : VIT_DEVICE_CPU;
+}
+
+enum vit_precision vit_model_precision(const struct vit_model *m)
+{
+    return m->cuda ? m->precision : VIT_PRECISION_FP32;
+}
+
+int vit_model_set_attention(struct vit_model *m, enum vit_attention a, char *err, size_t errlen)
+{
+    if (!m->cuda) return set_err(err, errlen, "attention paths apply to CUDA models only");
+    return cuda_model_set_attention(m->cuda, (enum cuda_attention)a, err, errlen);
 }

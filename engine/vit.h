@@ -1,4 +1,4 @@
-/* The ViT forward: one small API shared by the CPU and (later) CUDA engines.
+/* The ViT forward: one small API shared by the CPU and CUDA engines.
  *
  * A vit_model owns a loaded checkpoint and the caches derived from it
  * (interpolated positional tables per grid, RASA unit vectors). A vit_workspace
@@ -45,6 +45,32 @@ int vit_forward(struct vit_model *m, struct vit_workspace **ws, const float *x,
                 int B, int H, int W, const struct vit_outputs *out,
                 char *err, size_t errlen);
 void vit_workspace_free(struct vit_workspace *ws);
+
+/* Devices. A model starts on the CPU; vit_model_use_device moves its forward to
+ * CUDA (weights uploaded once: bf16 GEMM weights in bf16 mode, fp32 otherwise),
+ * after which vit_forward runs there with the same contract (a workspace then
+ * holds the device activations, pinned staging and a stream). Call it before
+ * the model is shared between threads. RASA runs on the host on the
+ * downloaded patch tokens; the Matryoshka cut stays with the caller. */
+enum vit_device { VIT_DEVICE_CPU = 0, VIT_DEVICE_CUDA = 1 };
+enum vit_precision { VIT_PRECISION_FP32 = 0, VIT_PRECISION_BF16 = 1 };
+/* CUDA attention: AUTO = fused (flash-style) kernel where supported (bf16, head
+ * dim 32/64/128), else batched GEMMs + softmax; the others force one path. */
+enum vit_attention { VIT_ATTENTION_AUTO = 0, VIT_ATTENTION_UNFUSED = 1, VIT_ATTENTION_FUSED = 2 };
+
+/* 1 when a CUDA device is usable, 0 otherwise with the reason in err (no
+ * device, no driver, or a build without CUDA). */
+int vit_cuda_available(char *err, size_t errlen);
+/* "cpu", "cuda" or "auto" (cuda when available, else cpu) -> *out. Fails with
+ * a one-line reason for an unknown name or for "cuda" without a usable device. */
+int vit_device_select(const char *name, enum vit_device *out, char *err, size_t errlen);
+const char *vit_device_name(enum vit_device d);
+int vit_model_use_device(struct vit_model *m, enum vit_device d, enum vit_precision p,
+                         char *err, size_t errlen);
+enum vit_device vit_model_device(const struct vit_model *m);
+enum vit_precision vit_model_precision(const struct vit_model *m);
+/* Only for a CUDA model; fails for FUSED where the fused kernel does not apply. */
+int vit_model_set_attention(struct vit_model *m, enum vit_attention a, char *err, size_t errlen);
 
 /* Forward FLOPs for one image at H x W (GEMMs and attention), for benchmarks. */
 double vit_flops_per_image(const struct model_config *cfg, int H, int W);

@@ -34,7 +34,7 @@ struct app {
     struct app_limits limits;
     const char *models_dir;    /* --models-dir (admin loads only from here), or NULL */
     char *admin_token;         /* NULL: admin routes answer 404 */
-    const char *device;        /* "cpu" */
+    const char *device;        /* --device as given: "cpu", "cuda" or "auto" */
     atomic_bool ready;         /* every model loaded and warmed up */
     atomic_int loaders;        /* admin load and reembed threads running (shutdown waits) */
     atomic_bool stopping;      /* set at shutdown: background jobs stop early */

@@ -30,7 +30,7 @@ static const char usage_text[] =
     "  --host HOST             address to bind (default 127.0.0.1)\n"
     "  --port PORT             port (default 8080; 0 picks a free one)\n"
     "  --data DIR              index and state directory (default ./data)\n"
-    "  --device D              cpu, cuda or auto (default auto: cpu in this build)\n"
+    "  --device D              cpu, cuda or auto (default auto: cuda when a GPU is usable)\n"
     "  --admin-token-file F    enables the admin routes with the bearer token in F\n"
     "  --max-batch N           images per forward pass (default 16)\n"
     "  --max-delay-ms N        how long a batch waits to fill (default 5)\n"
@@ -196,7 +196,7 @@ int main(int argc, char **argv)
     int rc = parse_options(argc, argv, &o);
     if (rc) return rc;
     char err[ERR_LEN];
-    if (!strcmp(o.device, "cuda")) return fail("--device cuda: this build has no CUDA engine yet; use cpu");
+    /* --device: registry_create resolves auto (cuda when a GPU is usable) and refuses cuda without one. */
     if (o.threads) {
         omp_set_num_threads(o.threads);
         openblas_set_num_threads(o.threads);
@@ -216,7 +216,7 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
 
     static struct app app;
-    app.device = "cpu";
+    app.device = o.device;
     app.models_dir = o.models_dir;
     app.started_at = time(NULL);
     app.limits = (struct app_limits){

@@ -52,6 +52,10 @@ int registry_create(struct registry **out, const char *device, char *err, size_t
     *out = NULL;
     if (!device || !device[0] || strlen(device) >= sizeof(((struct registry *)0)->device))
         return set_err(err, errlen, "registry: invalid device name");
+    /* "auto" becomes cuda when a GPU is usable, else cpu; "cuda" without one fails. */
+    enum vit_device dev;
+    if (vit_device_select(device, &dev, err, errlen)) return REGISTRY_ERR;
+    device = vit_device_name(dev);
     struct registry *reg = calloc(1, sizeof(*reg));
     if (!reg) return set_err(err, errlen, "registry: out of memory");
     if (pthread_mutex_init(&reg->lock, NULL)) {
@@ -177,6 +181,12 @@ static int entry_create(const char *name, const char *path, const char *device,
 
     const double t0 = now_monotonic();
     if (vit_model_load(path, &e->model, err, errlen)) {
+        entry_free(e);
+        return REGISTRY_ERR;
+    }
+    /* CUDA models keep their weights on the device in bf16 (fp32 accumulation). */
+    if (!strcmp(device, "cuda") &&
+        vit_model_use_device(e->model, VIT_DEVICE_CUDA, VIT_PRECISION_BF16, err, errlen)) {
         entry_free(e);
         return REGISTRY_ERR;
     }

@@ -50,6 +50,9 @@ struct crop_batch {
     const uint8_t *masks;  /* [2B, (G/P)^2], 1 = masked patch (iBOT); all zero = no iBOT term */
 };
 
+/* Each term as it enters total (already divided by the DINO n_terms = 2 n_local + 2,
+ * summed over the Matryoshka levels; koleo already times koleo_weight, over global
+ * crops 0 and 1); total = dino_local + dino_global + ibot + koleo. */
 struct loss_terms {
     double total, dino_local, dino_global, ibot, koleo;
 };
@@ -75,5 +78,15 @@ int objective_step(struct objective *o, const struct crop_batch *batch, float te
 
 /* The teacher backbone as engine weights (for export and k-NN evaluation). */
 const struct vit_weights *objective_teacher_backbone(const struct objective *o);
+
+/* Drop-path subset chooser (tests): called for every residual branch of every
+ * student block when drop_path > 0, with pass 0 for the global crops and 1 for
+ * the local crops, layer 0..L-1, branch 0 (attention) or 1 (FFN), b samples in
+ * the pass and k = max(int(b (1 - drop_path)), 1); it writes the k kept sample
+ * indices (distinct, in 0..b-1) to idx. With no hook (the default) the subset
+ * is drawn from the rng given to objective_step. */
+typedef void (*objective_subset_fn)(void *ctx, int pass, int layer, int branch, int b, int k,
+                                    int *idx);
+void objective_set_drop_path_hook(struct objective *o, objective_subset_fn fn, void *ctx);
 
 #endif

@@ -1,9 +1,11 @@
 /* franca-embed: run the engine on images or a prepared array and write the
  * features as safetensors; or measure steady-state throughput (--bench).
  * Contract (fixed; scripts depend on it):
- *   franca-embed --model CKPT [--device cpu|cuda] [--resolution R] [--width W]...
+ *   franca-embed --model CKPT [--device cpu|cuda|auto] [--precision fp32|bf16]
+ *                [--resolution R] [--width W]...
  *                [--rasa] (--input-npy X.npy | IMAGE...) --out OUT.safetensors
- *   franca-embed --model CKPT --bench [--batch B] [--resolution R] [--iters N] [--threads T]
+ *   franca-embed --model CKPT --bench [--device D] [--precision P] [--batch B] [--resolution R]
+ *                [--iters N] [--threads T]
  * Exit codes: 0 success, 2 usage error, 1 any other error (one line on stderr). */
 #include <cblas.h>
 #include <getopt.h>
@@ -25,14 +27,16 @@
 #define EXIT_USAGE 2
 
 static const char usage_text[] =
-    "usage: franca-embed --model CKPT [--device cpu|cuda|auto] [--resolution R] [--width W]...\n"
+    "usage: franca-embed --model CKPT [--device cpu|cuda|auto] [--precision fp32|bf16]\n"
+    "                    [--resolution R] [--width W]...\n"
     "                    [--rasa] [--batch B] [--threads T] (--input-npy X.npy | IMAGE...)\n"
     "                    --out OUT.safetensors\n"
-    "       franca-embed --model CKPT --bench [--batch B] [--resolution R] [--iters N]\n"
-    "                    [--threads T]\n"
+    "       franca-embed --model CKPT --bench [--device D] [--precision P] [--batch B]\n"
+    "                    [--resolution R] [--iters N] [--threads T]\n"
     "\n"
     "  --model CKPT       checkpoint (.safetensors with franca metadata)\n"
-    "  --device D         cpu (default), cuda, or auto\n"
+    "  --device D         cpu (default), cuda, or auto (cuda when a GPU is usable, else cpu)\n"
+    "  --precision P      CUDA GEMM precision: bf16 (default; fp32 accumulation) or fp32\n"
     "  --resolution R     resize images to R x R (R a multiple of the patch size) instead of\n"
     "                     the checkpoint's eval preprocessing (resize + centre crop);\n"
     "                     with --bench: input side (default: the crop size)\n"
@@ -51,7 +55,7 @@ static const char usage_text[] =
     "cls_w{W} [B,W].\n";
 
 struct args {
-    const char *model, *out, *input_npy, *device;
+    const char *model, *out, *input_npy, *device, *precision;
     int resolution, batch, iters, threads;
     int widths[MAX_WIDTHS * 4];
     int n_widths;
@@ -87,7 +91,7 @@ static bool parse_int(const char *s, long lo, long hi, int *out)
 static int parse_args(int argc, char **argv, struct args *a)
 {
     enum { O_MODEL = 256, O_OUT, O_NPY, O_DEVICE, O_RES, O_WIDTH, O_RASA, O_BENCH, O_BATCH,
-           O_ITERS, O_THREADS, O_ALPHA, O_MAXPIX, O_HELP };
+           O_ITERS, O_THREADS, O_ALPHA, O_MAXPIX, O_PRECISION, O_HELP };
     static const struct option opts[] = {
         {"model", required_argument, 0, O_MODEL},     {"out", required_argument, 0, O_OUT},
         {"input-npy", required_argument, 0, O_NPY},   {"device", required_argument, 0, O_DEVICE},
@@ -96,6 +100,7 @@ static int parse_args(int argc, char **argv, struct args *a)
         {"batch", required_argument, 0, O_BATCH},     {"iters", required_argument, 0, O_ITERS},
         {"threads", required_argument, 0, O_THREADS}, {"alpha", required_argument, 0, O_ALPHA},
         {"max-pixels", required_argument, 0, O_MAXPIX}, {"help", no_argument, 0, O_HELP},
+        {"precision", required_argument, 0, O_PRECISION},
         {0, 0, 0, 0}};
     memset(a, 0, sizeof(*a));
     a->device = "cpu";
@@ -109,6 +114,7 @@ static int parse_args(int argc, char **argv, struct args *a)
         case O_OUT: a->out = optarg; break;
         case O_NPY: a->input_npy = optarg; break;
         case O_DEVICE: a->device = optarg; break;
+        case O_PRECISION: a->precision = optarg; break;
         case O_RASA: a->rasa = true; break;
         case O_BENCH: a->bench = true; break;
         case O_RES:
@@ -154,6 +160,8 @@ static int parse_args(int argc, char **argv, struct args *a)
     if (!a->model) return usage_error("--model is required");
     if (strcmp(a->device, "cpu") && strcmp(a->device, "cuda") && strcmp(a->device, "auto"))
         return usage_error("--device must be cpu, cuda or auto");
+    if (a->precision && strcmp(a->precision, "fp32") && strcmp(a->precision, "bf16"))
+        return usage_error("--precision must be fp32 or bf16");
     if (a->bench) {
         if (a->n_images || a->input_npy || a->out)
             return usage_error("--bench takes no inputs and no --out");
@@ -167,13 +175,21 @@ static int parse_args(int argc, char **argv, struct args *a)
     return 0;
 }
 
-/* The CUDA engine is a separate backend (engine/cuda); this build serves the CPU. */
-static int select_device(const char *device, char *err, size_t errlen)
+/* --device: auto picks cuda when a GPU is usable; cuda without one fails here,
+ * before the checkpoint is read. */
+static int select_device(const char *device, enum vit_device *d, char *err, size_t errlen)
 {
-    if (!strcmp(device, "cuda"))
-        return set_err(err, errlen, "--device cuda: this build has no CUDA engine yet; use "
-                       "--device cpu");
-    return 0;
+    return vit_device_select(device, d, err, errlen);
+}
+
+/* Moves the model to the device (bf16 unless --precision fp32). */
+static int use_device(const struct args *a, struct vit_model *m, enum vit_device d, char *err,
+                      size_t errlen)
+{
+    if (d == VIT_DEVICE_CPU) return 0;
+    const enum vit_precision p = a->precision && !strcmp(a->precision, "fp32")
+                                     ? VIT_PRECISION_FP32 : VIT_PRECISION_BF16;
+    return vit_model_use_device(m, d, p, err, errlen);
 }
 
 /* Decodes and preprocesses every image into one [B,3,S,S] batch. */
@@ -367,8 +383,10 @@ static int run_bench(const struct args *a, struct vit_model *m, char *err, size_
         const double gflops = vit_flops_per_image(cfg, S, S) * ips / 1e9;
         printf("model: %s (D=%d, depth=%d, ffn=%s)\n", cfg->name, cfg->embed_dim, cfg->depth,
                cfg->ffn == FFN_SWIGLU ? "swiglu" : "mlp");
-        printf("batch: %d  resolution: %d  threads: %d  iters: %d\n", B, S,
-               omp_get_max_threads(), a->iters);
+        printf("batch: %d  resolution: %d  threads: %d  iters: %d  device: %s%s\n", B, S,
+               omp_get_max_threads(), a->iters, vit_device_name(vit_model_device(m)),
+               vit_model_device(m) == VIT_DEVICE_CPU ? ""
+               : vit_model_precision(m) == VIT_PRECISION_BF16 ? " (bf16)" : " (fp32)");
         printf("ms/batch: %.3f\n", dt * 1e3 / a->iters);
         printf("GFLOP/s: %.1f\n", gflops);
         printf("images/s: %.3f\n", ips);
@@ -389,9 +407,14 @@ int main(int argc, char **argv)
         openblas_set_num_threads(a.threads);
     }
     char err[ERR_LEN];
-    if (select_device(a.device, err, sizeof err)) return fail(err);
+    enum vit_device device;
+    if (select_device(a.device, &device, err, sizeof err)) return fail(err);
     struct vit_model *m;
     if (vit_model_load(a.model, &m, err, sizeof err)) return fail(err);
+    if (use_device(&a, m, device, err, sizeof err)) {
+        vit_model_free(m);
+        return fail(err);
+    }
     rc = a.bench ? run_bench(&a, m, err, sizeof err) : run_embed(&a, m, err, sizeof err);
     vit_model_free(m);
     return rc ? fail(err) : 0;

@@ -1,0 +1,636 @@
+/* The CUDA forward (spec Appendix A), same contract as the CPU engine in vit.c.
+ *
+ * Per block, with T the activation type (bf16 or float):
+ *   xn  = LN1(x)                        [fused into the previous residual add]
+ *   qkv = xn . Wqkv^T + b               cuBLASLt, bias epilogue
+ *   attn = softmax(Q K^T / sqrt(hd)) V  fused kernel, or GEMM + softmax + GEMM
+ *   br  = attn . Wproj^T + b            cuBLASLt, bias epilogue
+ *   x  += ls1 * br; xn = LN2(x)         one kernel
+ *   FFN: SwiGLU (w12 GEMM + bias, swiglu kernel, w3 GEMM + bias) or GELU MLP
+ *   x  += ls2 * br; xn = LN1'(x)        one kernel (the final LayerNorm, in float, after the last block)
+ * The residual stream x stays float in both modes. */
+#include <cublasLt.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda_engine.h"
+#include "kernels.cuh"
+
+extern "C" {
+#include "errors.h"
+#include "plan.h"
+}
+
+typedef __nv_bfloat16 bf16;
+
+#define CU(call)                                                                                  \
+    do {                                                                                          \
+        const cudaError_t e_ = (call);                                                            \
+        if (e_ != cudaSuccess)                                                                    \
+            return set_err(err, errlen, "CUDA error in %s (%s:%d): %s", #call, __FILE__,          \
+                           __LINE__, cudaGetErrorString(e_));                                     \
+    } while (0)
+
+#define LT(call)                                                                                  \
+    do {                                                                                          \
+        const cublasStatus_t s_ = (call);                                                         \
+        if (s_ != CUBLAS_STATUS_SUCCESS)                                                          \
+            return set_err(err, errlen, "cuBLASLt error in %s (%s:%d): %s", #call, __FILE__,      \
+                           __LINE__, cublasLtGetStatusString(s_));                                \
+    } while (0)
+
+/* Propagates a failure of a helper that already wrote err. */
+#define TRY(call)                                                                                 \
+    do {                                                                                          \
+        if ((call) != 0) return -1;                                                               \
+    } while (0)
+
+/* ------------------------------------------------------------- device -- */
+
+extern "C" int cuda_device_available(char *err, size_t errlen)
+{
+    int n = 0;
+    const cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess) {
+        set_err(err, errlen, "no usable CUDA device (%s)", cudaGetErrorString(e));
+        cudaGetLastError(); /* clear the error so later calls do not see it */
+        return 0;
+    }
+    if (n <= 0) {
+        set_err(err, errlen, "no CUDA device found");
+        return 0;
+    }
+    return 1;
+}
+
+/* -------------------------------------------------------------- model -- */
+
+struct dev_block {
+    const void *qkv_w, *qkv_b, *proj_w, *proj_b, *fc1_w, *fc1_b, *fc2_w, *fc2_b; /* T */
+    const float *norm1_w, *norm1_b, *norm2_w, *norm2_b, *ls1, *ls2;             /* float */
+};
+
+struct pos_entry {
+    int gh, gw;
+    float *table; /* device [1 + gh*gw, D] */
+    struct pos_entry *next;
+};
+
+struct cuda_model {
+    struct model_config cfg;
+    bool bf16;
+    enum cuda_attention attention;
+    unsigned char *arena; /* device: every weight */
+    const void *patch_w, *patch_b;
+    const float *cls, *reg, *norm_w, *norm_b;
+    struct dev_block *blocks;
+    pthread_mutex_t pos_lock;
+    struct pos_entry *pos;
+};
+
+/* Two passes over the weights: the first (host == NULL) only sizes the arena,
+ * the second converts into host staging and hands out device pointers. */
+struct uploader {
+    unsigned char *host;
+    unsigned char *dev;
+    size_t off;
+    bool bf16;
+};
+
+static const void *put(struct uploader *u, const float *src, size_t n, bool gemm)
+{
+    if (!src) return NULL;
+    const bool half = gemm && u->bf16;
+    const size_t off = (u->off + CUDA_PLAN_ALIGN - 1) / CUDA_PLAN_ALIGN * CUDA_PLAN_ALIGN;
+    u->off = off + n * (half ? 2 : 4);
+    if (!u->host) return NULL;
+    if (half) {
+        uint16_t *h = (uint16_t *)(u->host + off);
+        for (size_t i = 0; i < n; i++) h[i] = cuda_f32_to_bf16(src[i]);
+    } else {
+        memcpy(u->host + off, src, n * sizeof(float));
+    }
+    return u->dev + off;
+}
+
+static void place_weights(struct uploader *u, struct cuda_model *cm, const struct vit_weights *w)
+{
+    const struct model_config *c = &cm->cfg;
+    const size_t D = c->embed_dim, Hs = c->ffn_hidden, P = c->patch_size;
+    const size_t fc1_rows = c->ffn == FFN_SWIGLU ? 2 * Hs : Hs;
+    cm->patch_w = put(u, w->patch_w, D * 3 * P * P, true);
+    cm->patch_b = put(u, w->patch_b, D, true);
+    cm->cls = (const float *)put(u, w->cls_token, D, false);
+    cm->reg = c->register_tokens ? (const float *)put(u, w->register_tokens,
+                                                      (size_t)c->register_tokens * D, false)
+                                 : NULL;
+    cm->norm_w = (const float *)put(u, w->norm_w, D, false);
+    cm->norm_b = (const float *)put(u, w->norm_b, D, false);
+    for (int l = 0; l < c->depth; l++) {
+        const struct vit_block_weights *s = &w->blocks[l];
+        struct dev_block *d = &cm->blocks[l];
+        d->qkv_w = put(u, s->qkv_w, 3 * D * D, true);
+        d->qkv_b = put(u, s->qkv_b, 3 * D, true);
+        d->proj_w = put(u, s->proj_w, D * D, true);
+        d->proj_b = put(u, s->proj_b, D, true);
+        d->fc1_w = put(u, s->fc1_w, fc1_rows * D, true);
+        d->fc1_b = put(u, s->fc1_b, fc1_rows, true);
+        d->fc2_w = put(u, s->fc2_w, D * Hs, true);
+        d->fc2_b = put(u, s->fc2_b, D, true);
+        d->norm1_w = (const float *)put(u, s->norm1_w, D, false);
+        d->norm1_b = (const float *)put(u, s->norm1_b, D, false);
+        d->norm2_w = (const float *)put(u, s->norm2_w, D, false);
+        d->norm2_b = (const float *)put(u, s->norm2_b, D, false);
+        d->ls1 = c->layerscale ? (const float *)put(u, s->ls1, D, false) : NULL;
+        d->ls2 = c->layerscale ? (const float *)put(u, s->ls2, D, false) : NULL;
+    }
+}
+
+extern "C" void cuda_model_free(struct cuda_model *cm)
+{
+    if (!cm) return;
+    for (struct pos_entry *e = cm->pos, *n; e; e = n) {
+        n = e->next;
+        cudaFree(e->table);
+        free(e);
+    }
+    cudaFree(cm->arena);
+    pthread_mutex_destroy(&cm->pos_lock);
+    free(cm->blocks);
+    free(cm);
+}
+
+extern "C" int cuda_model_create(const struct model_config *cfg, const struct vit_weights *w,
+                                 bool bf16, struct cuda_model **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    if (!cuda_device_available(err, errlen)) return -1;
+    struct cuda_model *cm = (struct cuda_model *)calloc(1, sizeof(*cm));
+    if (!cm) return set_err(err, errlen, "out of memory");
+    cm->cfg = *cfg;
+    cm->bf16 = bf16;
+    cm->attention = CUDA_ATTN_AUTO;
+    pthread_mutex_init(&cm->pos_lock, NULL);
+    cm->blocks = (struct dev_block *)calloc(cfg->depth, sizeof(struct dev_block));
+    if (!cm->blocks) {
+        cuda_model_free(cm);
+        return set_err(err, errlen, "out of memory");
+    }
+    struct uploader u = {NULL, NULL, 0, bf16};
+    place_weights(&u, cm, w);
+    const size_t bytes = u.off;
+    unsigned char *host = (unsigned char *)malloc(bytes);
+    if (!host) {
+        cuda_model_free(cm);
+        return set_err(err, errlen, "out of memory staging %.1f MiB of weights", bytes / 1048576.0);
+    }
+    cudaError_t e = cudaMalloc((void **)&cm->arena, bytes);
+    if (e == cudaSuccess) {
+        u = (struct uploader){host, cm->arena, 0, bf16};
+        place_weights(&u, cm, w);
+        e = cudaMemcpy(cm->arena, host, bytes, cudaMemcpyHostToDevice);
+    }
+    /* A pageable copy may return before its DMA lands; forwards run on other streams. */
+    if (e == cudaSuccess) e = cudaDeviceSynchronize();
+    free(host);
+    if (e != cudaSuccess) {
+        cuda_model_free(cm);
+        return set_err(err, errlen, "CUDA: uploading %.1f MiB of weights failed: %s",
+                       bytes / 1048576.0, cudaGetErrorString(e));
+    }
+    *out = cm;
+    return 0;
+}
+
+extern "C" int cuda_model_set_attention(struct cuda_model *cm, enum cuda_attention a, char *err,
+                                        size_t errlen)
+{
+    const int hd = cm->cfg.embed_dim / cm->cfg.num_heads;
+    if (a == CUDA_ATTN_FUSED && !cuda_plan_fused_supported(hd, cm->bf16 ? 2 : 4))
+        return set_err(err, errlen, "fused attention needs bf16 and head dim 32, 64 or 128 "
+                       "(this model: %s, head dim %d)", cm->bf16 ? "bf16" : "fp32", hd);
+    cm->attention = a;
+    return 0;
+}
+
+/* The device copy of the host table for grid (gh, gw), uploaded on first use. */
+static const float *device_pos(struct cuda_model *cm, const float *host, int gh, int gw,
+                               char *err, size_t errlen)
+{
+    pthread_mutex_lock(&cm->pos_lock);
+    struct pos_entry *e = cm->pos;
+    while (e && (e->gh != gh || e->gw != gw)) e = e->next;
+    if (!e) {
+        const size_t bytes = sizeof(float) * (1 + (size_t)gh * gw) * cm->cfg.embed_dim;
+        float *t = NULL;
+        cudaError_t ce = cudaMalloc((void **)&t, bytes);
+        if (ce == cudaSuccess) ce = cudaMemcpy(t, host, bytes, cudaMemcpyHostToDevice);
+        if (ce == cudaSuccess) ce = cudaDeviceSynchronize(); /* see cuda_model_create */
+        e = ce == cudaSuccess ? (struct pos_entry *)calloc(1, sizeof(*e)) : NULL;
+        if (!e) {
+            cudaFree(t);
+            pthread_mutex_unlock(&cm->pos_lock);
+            set_err(err, errlen, "CUDA: positional table for a %dx%d grid: %s", gh, gw,
+                    ce == cudaSuccess ? "out of memory" : cudaGetErrorString(ce));
+            return NULL;
+        }
+        e->gh = gh;
+        e->gw = gw;
+        e->table = t;
+        e->next = cm->pos;
+        cm->pos = e;
+    }
+    pthread_mutex_unlock(&cm->pos_lock);
+    return e->table;
+}
+
+/* ---------------------------------------------------------- workspace -- */
+
+struct gemm_key {
+    int opa, opb, m, n, k, lda, ldb, ldc, atype, btype, ctype, epi, batch;
+    long long sa, sb, sc;
+    uint32_t al_a, al_b, al_c;
+};
+
+struct gemm_entry {
+    struct gemm_key key;
+    cublasLtMatmulDesc_t op;
+    cublasLtMatrixLayout_t la, lb, lc;
+    cublasLtMatmulAlgo_t algo;
+};
+
+#define GEMM_CACHE 128
+
+struct cuda_ws {
+    cudaStream_t stream;
+    cublasLtHandle_t lt;
+    struct gemm_entry gemms[GEMM_CACHE];
+    int n_gemms;
+    struct cuda_shape shape;  /* what the arena was planned for (B == 0: none) */
+    struct cuda_plan plan;
+    unsigned char *arena;     /* device */
+    float *h_in;              /* pinned [plan.input_bytes] */
+    float *h_cls;             /* pinned [B, D] */
+};
+
+static void gemm_cache_clear(struct cuda_ws *ws)
+{
+    for (int i = 0; i < ws->n_gemms; i++) {
+        cublasLtMatrixLayoutDestroy(ws->gemms[i].la);
+        cublasLtMatrixLayoutDestroy(ws->gemms[i].lb);
+        cublasLtMatrixLayoutDestroy(ws->gemms[i].lc);
+        cublasLtMatmulDescDestroy(ws->gemms[i].op);
+    }
+    ws->n_gemms = 0;
+}
+
+static void ws_release_buffers(struct cuda_ws *ws)
+{
+    cudaFree(ws->arena);
+    cudaFreeHost(ws->h_in);
+    cudaFreeHost(ws->h_cls);
+    ws->arena = NULL;
+    ws->h_in = ws->h_cls = NULL;
+    memset(&ws->shape, 0, sizeof ws->shape);
+}
+
+extern "C" void cuda_ws_free(struct cuda_ws *ws)
+{
+    if (!ws) return;
+    if (ws->stream) cudaStreamSynchronize(ws->stream);
+    gemm_cache_clear(ws);
+    ws_release_buffers(ws);
+    if (ws->lt) cublasLtDestroy(ws->lt);
+    if (ws->stream) cudaStreamDestroy(ws->stream);
+    free(ws);
+}
+
+static bool shape_fits(const struct cuda_shape *have, const struct cuda_shape *want)
+{
+    return have->B >= want->B && have->T >= want->T && have->N >= want->N &&
+           have->D == want->D && have->Hs == want->Hs && have->heads == want->heads &&
+           have->P == want->P && have->swiglu == want->swiglu &&
+           have->act_bytes == want->act_bytes && (have->unfused || !want->unfused);
+}
+
+static int ws_ensure(struct cuda_ws **wsp, const struct cuda_shape *want, char *err, size_t errlen)
+{
+    struct cuda_ws *ws = *wsp;
+    if (!ws) {
+        ws = (struct cuda_ws *)calloc(1, sizeof(*ws));
+        if (!ws) return set_err(err, errlen, "out of memory");
+        cudaError_t e = cudaStreamCreateWithFlags(&ws->stream, cudaStreamNonBlocking);
+        if (e != cudaSuccess) {
+            free(ws);
+            return set_err(err, errlen, "CUDA: cannot create a stream: %s", cudaGetErrorString(e));
+        }
+        const cublasStatus_t s = cublasLtCreate(&ws->lt);
+        if (s != CUBLAS_STATUS_SUCCESS) {
+            cudaStreamDestroy(ws->stream);
+            free(ws);
+            return set_err(err, errlen, "cuBLASLt: cannot create a handle: %s",
+                           cublasLtGetStatusString(s));
+        }
+        *wsp = ws;
+    }
+    if (ws->arena && shape_fits(&ws->shape, want)) return 0;
+    cudaStreamSynchronize(ws->stream);
+    ws_release_buffers(ws);
+    struct cuda_plan p;
+    if (cuda_plan_activations(want, &p))
+        return set_err(err, errlen, "batch %d at %d tokens: activation sizes overflow", want->B,
+                       want->T);
+    CU(cudaMalloc((void **)&ws->arena, p.total));
+    cudaError_t e = cudaMallocHost((void **)&ws->h_in, p.input_bytes);
+    if (e == cudaSuccess)
+        e = cudaMallocHost((void **)&ws->h_cls, sizeof(float) * want->B * want->D);
+    if (e != cudaSuccess) {
+        ws_release_buffers(ws);
+        return set_err(err, errlen, "CUDA: pinned staging for batch %d: %s", want->B,
+                       cudaGetErrorString(e));
+    }
+    ws->plan = p;
+    ws->shape = *want;
+    return 0;
+}
+
+/* ------------------------------------------------------------- GEMMs -- */
+
+/* Column-major cuBLASLt call: C[m,n] = alpha * op(A) op(B) (+ bias[m] per column),
+ * batched with element strides sa/sb/sc when batch > 1. fp32 accumulation. */
+static int gemm(struct cuda_ws *ws, cublasOperation_t opa, cublasOperation_t opb, int m, int n,
+                int k, float alpha, const void *A, cudaDataType_t at, int lda, long long sa,
+                const void *Bm, cudaDataType_t bt, int ldb, long long sb, void *C,
+                cudaDataType_t ct, int ldc, long long sc, int batch, const void *bias,
+                char *err, size_t errlen)
+{
+    const size_t ea = at == CUDA_R_32F ? 4 : 2, eb = bt == CUDA_R_32F ? 4 : 2,
+                 ec = ct == CUDA_R_32F ? 4 : 2;
+    const size_t stra = (size_t)sa * ea, strb = (size_t)sb * eb, strc = (size_t)sc * ec;
+    struct gemm_key key;
+    memset(&key, 0, sizeof key);
+    key.opa = opa;
+    key.opb = opb;
+    key.m = m;
+    key.n = n;
+    key.k = k;
+    key.lda = lda;
+    key.ldb = ldb;
+    key.ldc = ldc;
+    key.atype = at;
+    key.btype = bt;
+    key.ctype = ct;
+    key.epi = bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
+    key.batch = batch;
+    key.sa = batch > 1 ? sa : 0;
+    key.sb = batch > 1 ? sb : 0;
+    key.sc = batch > 1 ? sc : 0;
+    key.al_a = cuda_plan_alignment(A, &stra, batch > 1);
+    key.al_b = cuda_plan_alignment(Bm, &strb, batch > 1);
+    key.al_c = cuda_plan_alignment(C, &strc, batch > 1);
+
+    struct gemm_entry *g = NULL;
+    for (int i = 0; i < ws->n_gemms && !g; i++)
+        if (!memcmp(&ws->gemms[i].key, &key, sizeof key)) g = &ws->gemms[i];
+    if (!g) {
+        if (ws->n_gemms == GEMM_CACHE) gemm_cache_clear(ws);
+        g = &ws->gemms[ws->n_gemms];
+        memset(g, 0, sizeof(*g));
+        g->key = key;
+        LT(cublasLtMatmulDescCreate(&g->op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+        /* From here on, failures must destroy what was created: build into
+         * locals and only count the entry once complete. */
+        cublasStatus_t s = CUBLAS_STATUS_SUCCESS;
+        const int32_t ta = opa, tb = opb;
+        const uint32_t epi = (uint32_t)key.epi;
+        if (!s) s = cublasLtMatmulDescSetAttribute(g->op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta);
+        if (!s) s = cublasLtMatmulDescSetAttribute(g->op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb);
+        if (!s) s = cublasLtMatmulDescSetAttribute(g->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi);
+        if (!s && bias)
+            s = cublasLtMatmulDescSetAttribute(g->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias,
+                                               sizeof bias);
+        const bool na = opa == CUBLAS_OP_N, nb = opb == CUBLAS_OP_N;
+        if (!s) s = cublasLtMatrixLayoutCreate(&g->la, at, na ? m : k, na ? k : m, lda);
+        if (!s) s = cublasLtMatrixLayoutCreate(&g->lb, bt, nb ? k : n, nb ? n : k, ldb);
+        if (!s) s = cublasLtMatrixLayoutCreate(&g->lc, ct, m, n, ldc);
+        if (!s && batch > 1) {
+            const int32_t bc = batch;
+            const int64_t offs[3] = {sa, sb, sc};
+            cublasLtMatrixLayout_t ls[3] = {g->la, g->lb, g->lc};
+            for (int i = 0; i < 3 && !s; i++) {
+                s = cublasLtMatrixLayoutSetAttribute(ls[i], CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &bc, sizeof bc);
+                if (!s)
+                    s = cublasLtMatrixLayoutSetAttribute(ls[i], CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET,
+                                                         &offs[i], sizeof offs[i]);
+            }
+        }
+        cublasLtMatmulPreference_t pref = NULL;
+        if (!s) s = cublasLtMatmulPreferenceCreate(&pref);
+        const uint64_t wsb = CUDA_PLAN_GEMM_WORKSPACE;
+        if (!s) s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wsb, sizeof wsb);
+        if (!s) s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &key.al_a, sizeof key.al_a);
+        if (!s) s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &key.al_b, sizeof key.al_b);
+        if (!s) s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &key.al_c, sizeof key.al_c);
+        if (!s) s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &key.al_c, sizeof key.al_c);
+        cublasLtMatmulHeuristicResult_t res;
+        int found = 0;
+        memset(&res, 0, sizeof res);
+        if (!s) s = cublasLtMatmulAlgoGetHeuristic(ws->lt, g->op, g->la, g->lb, g->lc, g->lc, pref, 1, &res, &found);
+        if (pref) cublasLtMatmulPreferenceDestroy(pref);
+        if (s || found < 1) {
+            if (g->la) cublasLtMatrixLayoutDestroy(g->la);
+            if (g->lb) cublasLtMatrixLayoutDestroy(g->lb);
+            if (g->lc) cublasLtMatrixLayoutDestroy(g->lc);
+            cublasLtMatmulDescDestroy(g->op);
+            return set_err(err, errlen, "cuBLASLt: no algorithm for a %dx%dx%d GEMM (batch %d, "
+                           "types %d/%d/%d): %s", m, n, k, batch, (int)at, (int)bt, (int)ct,
+                           s ? cublasLtGetStatusString(s) : "heuristic returned none");
+        }
+        g->algo = res.algo;
+        ws->n_gemms++;
+    }
+    if (bias)
+        LT(cublasLtMatmulDescSetAttribute(g->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias,
+                                          sizeof bias));
+    const float beta = 0.0f;
+    LT(cublasLtMatmul(ws->lt, g->op, &alpha, A, g->la, Bm, g->lb, &beta, C, g->lc, C, g->lc,
+                      &g->algo, ws->arena + ws->plan.gemm_ws, CUDA_PLAN_GEMM_WORKSPACE,
+                      ws->stream));
+    return 0;
+}
+
+template <typename T> struct dtype;
+template <> struct dtype<float> { static const cudaDataType_t v = CUDA_R_32F; };
+template <> struct dtype<bf16> { static const cudaDataType_t v = CUDA_R_16BF; };
+
+/* out[rows, N] = in[rows, K] . W[N, K]^T + bias[N] (row-major), i.e. in column
+ * major: out^T (N x rows) = W^T' . in^T with W stored K x N (ld K), transposed. */
+template <typename T>
+static int linear(struct cuda_ws *ws, T *out, const T *in, const void *Wt, const void *bias,
+                  size_t rows, int K, int N, char *err, size_t errlen)
+{
+    if (rows > 0x7fffffffu) return set_err(err, errlen, "GEMM with %zu rows is too large", rows);
+    return gemm(ws, CUBLAS_OP_T, CUBLAS_OP_N, N, (int)rows, K, 1.0f, Wt, dtype<T>::v, K, 0, in,
+                dtype<T>::v, K, 0, out, dtype<T>::v, N, 0, 1, bias, err, errlen);
+}
+
+/* ------------------------------------------------------------ forward -- */
+
+#define KL(call)                                                                                  \
+    do {                                                                                          \
+        const cudaError_t e_ = (call);                                                            \
+        if (e_ != cudaSuccess)                                                                    \
+            return set_err(err, errlen, "CUDA kernel launch %s (%s:%d): %s", #call, __FILE__,     \
+                           __LINE__, cudaGetErrorString(e_));                                     \
+    } while (0)
+
+template <typename T>
+static int attention_unfused(struct cuda_ws *ws, T *attn, const T *qkv, int B, int Tk, int D,
+                             int heads, char *err, size_t errlen)
+{
+    const struct cuda_plan *p = &ws->plan;
+    const int hd = D / heads, pairs = B * heads;
+    const size_t plane = (size_t)B * Tk * D;
+    T *qh = (T *)(ws->arena + p->heads), *kh = qh + plane, *vh = kh + plane;
+    T *oh = (T *)(ws->arena + p->oh);
+    float *scores = (float *)(ws->arena + p->scores);
+    T *probs = (T *)(ws->arena + p->probs);
+    const long long shd = (long long)Tk * hd, stt = (long long)Tk * Tk;
+    const float scale = 1.0f / sqrtf((float)hd);
+    KL(launch_split_heads<T>(qh, qkv, B, Tk, D, heads, ws->stream));
+    for (int c0 = 0; c0 < pairs; c0 += p->attn_chunk) {
+        const int n = pairs - c0 < p->attn_chunk ? pairs - c0 : p->attn_chunk;
+        /* scores (row q, col k) = scale * Q_q . K_k: column-major C = K^T' Q, m = n = Tk. */
+        TRY(gemm(ws, CUBLAS_OP_T, CUBLAS_OP_N, Tk, Tk, hd, scale, kh + c0 * shd, dtype<T>::v, hd,
+                 shd, qh + c0 * shd, dtype<T>::v, hd, shd, scores, CUDA_R_32F, Tk, stt, n, NULL,
+                 err, errlen));
+        KL(launch_softmax<T>(probs, scores, (size_t)n * Tk, Tk, ws->stream));
+        /* O (row q) = sum_k P[q][k] V_k: column-major O^T (hd x Tk) = V^T P^T. */
+        TRY(gemm(ws, CUBLAS_OP_N, CUBLAS_OP_N, hd, Tk, Tk, 1.0f, vh + c0 * shd, dtype<T>::v, hd,
+                 shd, probs, dtype<T>::v, Tk, stt, oh + c0 * shd, dtype<T>::v, hd, shd, n, NULL,
+                 err, errlen));
+    }
+    KL(launch_merge_heads<T>(attn, oh, B, Tk, D, heads, ws->stream));
+    return 0;
+}
+
+static int attention(struct cuda_model *cm, struct cuda_ws *ws, float *attn, const float *qkv,
+                     int B, int Tk, char *err, size_t errlen)
+{
+    /* fp32 mode: always the unfused path (the fused kernel is bf16 only). */
+    return attention_unfused<float>(ws, attn, qkv, B, Tk, cm->cfg.embed_dim, cm->cfg.num_heads,
+                                    err, errlen);
+}
+
+static bool use_fused(const struct cuda_model *cm)
+{
+    const int hd = cm->cfg.embed_dim / cm->cfg.num_heads;
+    return cm->attention != CUDA_ATTN_UNFUSED && cuda_plan_fused_supported(hd, cm->bf16 ? 2 : 4);
+}
+
+static int attention(struct cuda_model *cm, struct cuda_ws *ws, bf16 *attn, const bf16 *qkv,
+                     int B, int Tk, char *err, size_t errlen)
+{
+    const int D = cm->cfg.embed_dim, heads = cm->cfg.num_heads;
+    if (use_fused(cm)) {
+        KL(launch_flash_attention(attn, qkv, B, Tk, D, heads, ws->stream));
+        return 0;
+    }
+    return attention_unfused<bf16>(ws, attn, qkv, B, Tk, D, heads, err, errlen);
+}
+
+template <typename T>
+static int forward_t(struct cuda_model *cm, struct cuda_ws *ws, const float *pos, const float *x,
+                     int B, int H, int W, float *cls, float *patch, char *err, size_t errlen)
+{
+    const struct model_config *c = &cm->cfg;
+    const int P = c->patch_size, D = c->embed_dim, R = c->register_tokens, Hs = c->ffn_hidden;
+    const int gh = H / P, gw = W / P, N = gh * gw, Tk = 1 + R + N;
+    const size_t rows = (size_t)B * Tk;
+    const float eps = c->norm_eps;
+    const struct cuda_plan *p = &ws->plan;
+    cudaStream_t st = ws->stream;
+    unsigned char *A = ws->arena;
+    float *d_in = (float *)(A + p->input);
+    T *patches = (T *)(A + p->patches);
+    float *xr = (float *)(A + p->x);
+    T *xn = (T *)(A + p->xn), *qkv = (T *)(A + p->qkv), *attn = (T *)(A + p->attn);
+    T *branch = (T *)(A + p->branch), *hidden = (T *)(A + p->hidden);
+    T *gated = (T *)(A + p->gated);
+    float *outf = (float *)(A + p->out);
+
+    const size_t in_bytes = sizeof(float) * (size_t)B * 3 * H * W;
+    memcpy(ws->h_in, x, in_bytes);
+    CU(cudaMemcpyAsync(d_in, ws->h_in, in_bytes, cudaMemcpyHostToDevice, st));
+    KL(launch_im2col<T>(patches, d_in, B, H, W, P, st));
+    TRY(linear<T>(ws, branch, patches, cm->patch_w, cm->patch_b, (size_t)B * N, 3 * P * P, D,
+                  err, errlen));
+    KL(launch_embed<T>(xr, branch, cm->cls, cm->reg, pos, B, Tk, N, R, D, st));
+    const struct dev_block *bw = cm->blocks;
+    KL((launch_residual_ln<T, T>(xr, NULL, NULL, bw[0].norm1_w, bw[0].norm1_b, xn, rows, D, eps, st)));
+    for (int l = 0; l < c->depth; l++) {
+        const struct dev_block *b = &bw[l];
+        TRY(linear<T>(ws, qkv, xn, b->qkv_w, b->qkv_b, rows, D, 3 * D, err, errlen));
+        TRY(attention(cm, ws, attn, qkv, B, Tk, err, errlen));
+        TRY(linear<T>(ws, branch, attn, b->proj_w, b->proj_b, rows, D, D, err, errlen));
+        KL((launch_residual_ln<T, T>(xr, branch, b->ls1, b->norm2_w, b->norm2_b, xn, rows, D, eps, st)));
+        if (c->ffn == FFN_SWIGLU) {
+            TRY(linear<T>(ws, hidden, xn, b->fc1_w, b->fc1_b, rows, D, 2 * Hs, err, errlen));
+            KL(launch_swiglu<T>(gated, hidden, rows, Hs, st));
+            TRY(linear<T>(ws, branch, gated, b->fc2_w, b->fc2_b, rows, Hs, D, err, errlen));
+        } else {
+            TRY(linear<T>(ws, hidden, xn, b->fc1_w, b->fc1_b, rows, D, Hs, err, errlen));
+            KL(launch_gelu<T>(hidden, rows * Hs, st));
+            TRY(linear<T>(ws, branch, hidden, b->fc2_w, b->fc2_b, rows, Hs, D, err, errlen));
+        }
+        if (l + 1 < c->depth)
+            KL((launch_residual_ln<T, T>(xr, branch, b->ls2, bw[l + 1].norm1_w, bw[l + 1].norm1_b,
+                                         xn, rows, D, eps, st)));
+        else
+            KL((launch_residual_ln<T, float>(xr, branch, b->ls2, cm->norm_w, cm->norm_b, outf,
+                                             rows, D, eps, st)));
+    }
+
+    /* CLS is row 0 of each image, patches follow the registers. */
+    const size_t img_pitch = sizeof(float) * (size_t)Tk * D;
+    if (cls)
+        CU(cudaMemcpy2DAsync(ws->h_cls, sizeof(float) * D, outf, img_pitch, sizeof(float) * D, B,
+                             cudaMemcpyDeviceToHost, st));
+    if (patch)
+        CU(cudaMemcpy2DAsync(patch, sizeof(float) * (size_t)N * D, outf + (size_t)(1 + R) * D,
+                             img_pitch, sizeof(float) * (size_t)N * D, B, cudaMemcpyDeviceToHost,
+                             st));
+    CU(cudaStreamSynchronize(st));
+    if (cls) memcpy(cls, ws->h_cls, sizeof(float) * (size_t)B * D);
+    return 0;
+}
+
+extern "C" int cuda_forward(struct cuda_model *cm, struct cuda_ws **wsp, const float *pos,
+                            const float *x, int B, int H, int W, float *cls, float *patch,
+                            char *err, size_t errlen)
+{
+    const struct model_config *c = &cm->cfg;
+    const int P = c->patch_size, gh = H / P, gw = W / P, N = gh * gw;
+    struct cuda_shape want;
+    memset(&want, 0, sizeof want);
+    want.B = B;
+    want.T = 1 + c->register_tokens + N;
+    want.N = N;
+    want.D = c->embed_dim;
+    want.Hs = c->ffn_hidden;
+    want.heads = c->num_heads;
+    want.P = P;
+    want.swiglu = c->ffn == FFN_SWIGLU;
+    want.act_bytes = cm->bf16 ? 2 : 4;
+    want.unfused = !use_fused(cm);
+    const float *dpos = device_pos(cm, pos, gh, gw, err, errlen);
+    if (!dpos) return -1;
+    TRY(ws_ensure(wsp, &want, err, errlen));
+    return cm->bf16 ? forward_t<bf16>(cm, *wsp, dpos, x, B, H, W, cls, patch, err, errlen)
+                    : forward_t<float>(cm, *wsp, dpos, x, B, H, W, cls, patch, err, errlen);
+}

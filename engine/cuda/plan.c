@@ -1,0 +1,104 @@
+#include "plan.h"
+
+#include <string.h>
+
+/* a * b, or SIZE_MAX on overflow (which every later check turns into failure). */
+static size_t mul(size_t a, size_t b)
+{
+    if (a && b > SIZE_MAX / a) return SIZE_MAX;
+    return a * b;
+}
+
+/* Appends a buffer of n bytes at the aligned end of *end; returns its offset. */
+static size_t carve(size_t *end, size_t n, int *overflow)
+{
+    if (n == SIZE_MAX || *end > SIZE_MAX - CUDA_PLAN_ALIGN - n) {
+        *overflow = 1;
+        return 0;
+    }
+    if (!n) return 0;
+    const size_t off = (*end + CUDA_PLAN_ALIGN - 1) / CUDA_PLAN_ALIGN * CUDA_PLAN_ALIGN;
+    *end = off + n;
+    return off;
+}
+
+int cuda_plan_attention_chunk(int pairs, int T, int act_bytes, size_t budget)
+{
+    if (pairs <= 0 || T <= 0) return 0;
+    const size_t per = mul(mul((size_t)T, (size_t)T), 4 + (size_t)act_bytes);
+    size_t n = per ? budget / per : (size_t)pairs;
+    if (n < 1) n = 1;
+    if (n > (size_t)pairs) n = (size_t)pairs;
+    return (int)n;
+}
+
+int cuda_plan_activations(const struct cuda_shape *s, struct cuda_plan *p)
+{
+    memset(p, 0, sizeof(*p));
+    if (s->B <= 0 || s->T <= 0 || s->N <= 0 || s->N >= s->T || s->D <= 0 || s->Hs <= 0 ||
+        s->heads <= 0 || s->D % s->heads || s->P <= 0 || (s->act_bytes != 2 && s->act_bytes != 4))
+        return -1;
+    const size_t e = (size_t)s->act_bytes, D = (size_t)s->D, Hs = (size_t)s->Hs;
+    const size_t rows = mul((size_t)s->B, (size_t)s->T);
+    const size_t prows = mul((size_t)s->B, (size_t)s->N);
+    const size_t K = (size_t)3 * s->P * s->P;
+    int of = 0;
+    size_t end = 0;
+    p->input_bytes = mul(mul(prows, K), 4);
+    p->input = carve(&end, p->input_bytes, &of);
+    p->patches = carve(&end, mul(mul(prows, K), e), &of);
+    p->x = carve(&end, mul(mul(rows, D), 4), &of);
+    p->xn = carve(&end, mul(mul(rows, D), e), &of);
+    p->qkv = carve(&end, mul(mul(rows, 3 * D), e), &of);
+    p->attn = carve(&end, mul(mul(rows, D), e), &of);
+    p->branch = carve(&end, mul(mul(rows, D), e), &of);
+    p->hidden = carve(&end, mul(mul(rows, s->swiglu ? 2 * Hs : Hs), e), &of);
+    p->gated = s->swiglu ? carve(&end, mul(mul(rows, Hs), e), &of) : 0;
+    p->out = carve(&end, mul(mul(rows, D), 4), &of);
+    if (s->unfused) {
+        const int pairs = s->B * s->heads;
+        if (s->heads > 0 && pairs / s->heads != s->B) return -1;
+        const size_t budget = s->scores_budget ? s->scores_budget : CUDA_PLAN_SCORES_BUDGET;
+        p->attn_chunk = cuda_plan_attention_chunk(pairs, s->T, s->act_bytes, budget);
+        const size_t tt = mul((size_t)s->T, (size_t)s->T);
+        p->heads = carve(&end, mul(mul(rows, 3 * D), e), &of);
+        p->oh = carve(&end, mul(mul(rows, D), e), &of);
+        p->scores = carve(&end, mul(mul(tt, (size_t)p->attn_chunk), 4), &of);
+        p->probs = carve(&end, mul(mul(tt, (size_t)p->attn_chunk), e), &of);
+    }
+    p->gemm_ws = carve(&end, CUDA_PLAN_GEMM_WORKSPACE, &of);
+    if (of) return -1;
+    p->total = (end + CUDA_PLAN_ALIGN - 1) / CUDA_PLAN_ALIGN * CUDA_PLAN_ALIGN;
+    return 0;
+}
+
+bool cuda_plan_fused_supported(int head_dim, int act_bytes)
+{
+    return act_bytes == 2 && (head_dim == 32 || head_dim == 64 || head_dim == 128);
+}
+
+uint16_t cuda_f32_to_bf16(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* quiet NaN */
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+float cuda_bf16_to_f32(uint16_t h)
+{
+    const uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+uint32_t cuda_plan_alignment(const void *ptr, const size_t *strides_bytes, int n)
+{
+    uintptr_t bits = (uintptr_t)ptr;
+    for (int i = 0; i < n; i++) bits |= (uintptr_t)strides_bytes[i];
+    uint32_t a = 1;
+    while (a < 256 && !(bits & a)) a <<= 1;
+    return a;
+}

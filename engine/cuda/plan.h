@@ -1,0 +1,76 @@
+/* Host-side planning of the CUDA engine, in plain C so that it builds and is
+ * unit-tested on machines without CUDA: the activation arena layout for one
+ * (batch, tokens) shape, the attention chunking of the unfused path, the
+ * fused-attention eligibility, and float -> bfloat16 rounding for the weight
+ * upload. Nothing here touches a device. */
+#ifndef FRANCA_CUDA_PLAN_H
+#define FRANCA_CUDA_PLAN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Every buffer of the arenas starts on this boundary (cuBLASLt's preferred alignment). */
+#define CUDA_PLAN_ALIGN 256
+/* cuBLASLt workspace carved from the activation arena. */
+#define CUDA_PLAN_GEMM_WORKSPACE ((size_t)32 << 20)
+/* Default cap on the unfused attention's score + probability buffers. */
+#define CUDA_PLAN_SCORES_BUDGET ((size_t)2 << 30)
+
+/* The shape an activation arena is planned for. */
+struct cuda_shape {
+    int B;            /* images */
+    int T;            /* tokens per image (1 + registers + N) */
+    int N;            /* patches per image */
+    int D;            /* embed dim */
+    int Hs;           /* FFN hidden (SwiGLU: w12 has 2*Hs rows) */
+    int heads;
+    int P;            /* patch size */
+    bool swiglu;
+    int act_bytes;    /* 2 (bf16) or 4 (fp32): GEMM inputs/outputs */
+    bool unfused;     /* plan the unfused attention's buffers */
+    size_t scores_budget; /* bytes allowed for scores + probabilities; 0: default */
+};
+
+/* Byte offsets into one device allocation; 0-sized buffers get offset 0 and must
+ * not be used. Shapes in elements, row = token. */
+struct cuda_plan {
+    size_t input;     /* [B, 3, H, W] f32: the uploaded images */
+    size_t patches;   /* [B*N, 3*P*P] act: im2col */
+    size_t x;         /* [B*T, D] f32: residual stream */
+    size_t xn;        /* [B*T, D] act: LayerNorm output (GEMM input) */
+    size_t qkv;       /* [B*T, 3D] act */
+    size_t attn;      /* [B*T, D] act: attention output (heads concatenated) */
+    size_t branch;    /* [B*T, D] act: proj / FFN output; patch-embed tokens [B*N, D] first */
+    size_t hidden;    /* [B*T, 2Hs] (SwiGLU) or [B*T, Hs] (MLP) act */
+    size_t gated;     /* [B*T, Hs] act (SwiGLU only) */
+    size_t out;       /* [B*T, D] f32: final LayerNorm output */
+    size_t heads;     /* [3, B*heads, T, hd] act: head-major Q, K, V (unfused only) */
+    size_t oh;        /* [B*heads, T, hd] act: head-major attention output (unfused only) */
+    size_t scores;    /* [chunk, T, T] f32 (unfused only) */
+    size_t probs;     /* [chunk, T, T] act (unfused only) */
+    size_t gemm_ws;   /* CUDA_PLAN_GEMM_WORKSPACE bytes */
+    size_t total;     /* bytes of the whole arena */
+    size_t input_bytes; /* bytes of the input buffer (B*3*H*W*4) */
+    int attn_chunk;   /* (image, head) pairs per unfused attention pass; 0 when not planned */
+};
+
+/* Plans the arena; returns 0, or -1 when a size overflows or the shape is invalid. */
+int cuda_plan_activations(const struct cuda_shape *s, struct cuda_plan *p);
+
+/* (image, head) pairs whose T x T scores and probabilities fit in budget bytes
+ * (at least 1, at most pairs). */
+int cuda_plan_attention_chunk(int pairs, int T, int act_bytes, size_t budget);
+
+/* Head dims the fused attention kernel is compiled for (bf16 only). */
+bool cuda_plan_fused_supported(int head_dim, int act_bytes);
+
+/* Round to nearest even, as the device's __float2bfloat16; NaN stays NaN. */
+uint16_t cuda_f32_to_bf16(float f);
+float cuda_bf16_to_f32(uint16_t h);
+
+/* Largest power of two (at most 256) dividing the address and every stride in
+ * bytes: the alignment to promise cuBLASLt for a (batched) matrix. */
+uint32_t cuda_plan_alignment(const void *ptr, const size_t *strides_bytes, int n);
+
+#endif

@@ -1,0 +1,117 @@
+/* Host-side planning of the CUDA engine (engine/cuda/plan.c), on any machine:
+ * arena layout (alignment, no overlap, sizes), attention chunking, fused-kernel
+ * eligibility, bf16 rounding and the alignment promised to cuBLASLt. */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "cuda/plan.h"
+
+static int failed, passed;
+#define EXPECT(c, ...) do { if (c) passed++; else { failed++; printf("FAIL %s:%d: ", __FILE__, __LINE__); printf(__VA_ARGS__); printf("\n"); } } while (0)
+
+struct buf { const char *name; size_t off, size; };
+
+static void check_layout(const struct cuda_shape *s)
+{
+    struct cuda_plan p;
+    EXPECT(cuda_plan_activations(s, &p) == 0, "plan B=%d T=%d", s->B, s->T);
+    const size_t e = s->act_bytes, rows = (size_t)s->B * s->T, D = s->D, Hs = s->Hs;
+    const size_t prows = (size_t)s->B * s->N, K = (size_t)3 * s->P * s->P;
+    const size_t tt = (size_t)s->T * s->T;
+    struct buf b[] = {
+        {"input", p.input, prows * K * 4}, {"patches", p.patches, prows * K * e},
+        {"x", p.x, rows * D * 4}, {"xn", p.xn, rows * D * e}, {"qkv", p.qkv, rows * 3 * D * e},
+        {"attn", p.attn, rows * D * e}, {"branch", p.branch, rows * D * e},
+        {"hidden", p.hidden, rows * (s->swiglu ? 2 * Hs : Hs) * e},
+        {"gated", p.gated, s->swiglu ? rows * Hs * e : 0}, {"out", p.out, rows * D * 4},
+        {"heads", p.heads, s->unfused ? rows * 3 * D * e : 0},
+        {"oh", p.oh, s->unfused ? rows * D * e : 0},
+        {"scores", p.scores, s->unfused ? tt * p.attn_chunk * 4 : 0},
+        {"probs", p.probs, s->unfused ? tt * p.attn_chunk * e : 0},
+        {"gemm_ws", p.gemm_ws, CUDA_PLAN_GEMM_WORKSPACE},
+    };
+    const int n = sizeof b / sizeof b[0];
+    EXPECT(p.input_bytes == prows * K * 4, "input bytes");
+    for (int i = 0; i < n; i++) {
+        if (!b[i].size) continue;
+        EXPECT(b[i].off % CUDA_PLAN_ALIGN == 0, "%s aligned", b[i].name);
+        EXPECT(b[i].off + b[i].size <= p.total, "%s inside the arena", b[i].name);
+        for (int j = 0; j < i; j++)
+            if (b[j].size)
+                EXPECT(b[i].off >= b[j].off + b[j].size || b[j].off >= b[i].off + b[i].size,
+                       "%s and %s do not overlap", b[i].name, b[j].name);
+    }
+    if (s->unfused) {
+        EXPECT(p.attn_chunk >= 1 && p.attn_chunk <= s->B * s->heads, "chunk %d in range", p.attn_chunk);
+        const size_t budget = s->scores_budget ? s->scores_budget : CUDA_PLAN_SCORES_BUDGET;
+        EXPECT(p.attn_chunk == 1 || tt * p.attn_chunk * (4 + e) <= budget, "chunk within budget");
+    } else {
+        EXPECT(p.attn_chunk == 0, "no chunk without the unfused path");
+    }
+}
+
+int main(void)
+{
+    /* ViT-S 224 bf16 fused; ViT-L 518 batch 64 unfused (chunked); tiny MLP fp32 with registers. */
+    const struct cuda_shape shapes[] = {
+        {8, 257, 256, 384, 1024, 6, 14, true, 2, false, 0},
+        {64, 1370, 1369, 1024, 2736, 16, 14, true, 2, true, 0},
+        {3, 21, 16, 128, 512, 4, 14, false, 4, true, 0},
+        {2, 1370, 1369, 768, 2048, 12, 14, true, 4, true, (size_t)64 << 20},
+        {1, 16385, 16384, 1536, 4096, 24, 14, true, 2, true, 0},
+    };
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) check_layout(&shapes[i]);
+
+    struct cuda_plan p;
+    struct cuda_shape bad = shapes[0];
+    bad.act_bytes = 3;
+    EXPECT(cuda_plan_activations(&bad, &p) == -1, "act_bytes 3 refused");
+    bad = shapes[0];
+    bad.heads = 5;
+    EXPECT(cuda_plan_activations(&bad, &p) == -1, "D %% heads refused");
+    bad = shapes[0];
+    bad.B = 1 << 30;
+    bad.T = 1 << 30;
+    EXPECT(cuda_plan_activations(&bad, &p) == -1, "overflowing sizes refused");
+
+    /* Chunking: budget / (T*T*(4+e)), clamped to [1, pairs]. */
+    EXPECT(cuda_plan_attention_chunk(100, 100, 2, 100 * 100 * 6 * 7) == 7, "7 pairs fit");
+    EXPECT(cuda_plan_attention_chunk(5, 100, 2, (size_t)1 << 40) == 5, "clamped to pairs");
+    EXPECT(cuda_plan_attention_chunk(5, 100, 4, 10) == 1, "at least one pair");
+
+    EXPECT(cuda_plan_fused_supported(64, 2) && cuda_plan_fused_supported(32, 2) &&
+           cuda_plan_fused_supported(128, 2), "fused: bf16 head dims 32/64/128");
+    EXPECT(!cuda_plan_fused_supported(64, 4) && !cuda_plan_fused_supported(48, 2) &&
+           !cuda_plan_fused_supported(80, 2), "no fused kernel for fp32 or other head dims");
+
+    /* bf16: round to nearest even. */
+    EXPECT(cuda_f32_to_bf16(1.0f) == 0x3f80, "1.0");
+    EXPECT(cuda_f32_to_bf16(-2.0f) == 0xc000, "-2.0");
+    EXPECT(cuda_f32_to_bf16(1.0f + 1.0f / 256) == 0x3f80, "tie rounds to even (down)");
+    EXPECT(cuda_f32_to_bf16(1.0f + 3.0f / 256) == 0x3f82, "tie rounds to even (up)");
+    EXPECT(cuda_f32_to_bf16(1.0f + 1.5f / 256) == 0x3f81, "above the tie rounds up");
+    EXPECT(cuda_f32_to_bf16(INFINITY) == 0x7f80, "inf");
+    EXPECT(isnan(cuda_bf16_to_f32(cuda_f32_to_bf16(NAN))), "NaN stays NaN");
+    EXPECT(cuda_f32_to_bf16(3.4e38f) == 0x7f80, "overflow rounds to inf");
+    double worst = 0;
+    for (float f = -3.0f; f < 3.0f; f += 0.001f) {
+        const float r = cuda_bf16_to_f32(cuda_f32_to_bf16(f));
+        const double e = fabs((double)r - f) / (fabs(f) + 1e-30);
+        if (e > worst) worst = e;
+    }
+    EXPECT(worst <= 1.0 / 256, "relative rounding error %.3e <= 2^-8", worst);
+
+    /* Alignment promised to cuBLASLt. */
+    size_t st[2] = {256, 512};
+    EXPECT(cuda_plan_alignment((void *)0x1000, st, 2) == 256, "256");
+    st[0] = 64 * 257 * 2; /* head dim 64, 257 tokens, bf16 */
+    EXPECT(cuda_plan_alignment((void *)0x1000, st, 1) == 128, "stride %zu", st[0]);
+    st[0] = 6;
+    EXPECT(cuda_plan_alignment((void *)0x1000, st, 1) == 2, "stride 6");
+    EXPECT(cuda_plan_alignment((void *)0x1008, NULL, 0) == 8, "pointer alignment 8");
+    EXPECT(cuda_plan_alignment((void *)0x1002, NULL, 0) == 2, "pointer alignment 2");
+
+    printf("%d passed, %d failed\n", passed, failed);
+    return failed ? 1 : 0;
+}

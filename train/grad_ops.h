@@ -1,0 +1,51 @@
+/* Training-time forward variants and backward passes of the ViT ops.
+ *
+ * Conventions follow engine/cpu/ops.h: outputs first, then inputs, then sizes;
+ * row-major float32; a "row" is one token. Parameter gradients are always
+ * ACCUMULATED (+=), so a caller can sum several passes into one gradient arena.
+ * Input gradients are accumulated too (dx +=) unless the comment says otherwise,
+ * because the residual stream collects contributions from several branches.
+ * GEMMs go to cblas; loops over rows (or heads) use OpenMP. */
+#ifndef FRANCA_TRAIN_GRAD_OPS_H
+#define FRANCA_TRAIN_GRAD_OPS_H
+
+#include <stddef.h>
+
+/* Backward of out = in . W^T + bias (in [rows, K], W [N, K]):
+ * dx (+)= dy . W   (written when dx_accumulate is 0, added otherwise; may be NULL),
+ * dW += dy^T . x   (may be NULL), db += column sums of dy (may be NULL). */
+void linear_backward(float *dx, float *dW, float *db, const float *dy, const float *x,
+                     const float *W, size_t rows, int K, int N, int dx_accumulate);
+
+/* LayerNorm forward that also keeps the per-row mean and 1/std for backward. */
+void layernorm_forward_train(float *out, float *mean, float *rstd, const float *in,
+                             const float *w, const float *b, size_t rows, int D, float eps);
+/* dx += dLN/dx . dy; dw += sum_r dy * xhat; db += sum_r dy. x is the LN input. */
+void layernorm_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
+                        const float *mean, const float *rstd, const float *w, size_t rows, int D);
+
+/* Exact-erf GELU backward: dx = dy * (Phi(x) + x phi(x)) (written; dx may alias dy). */
+void gelu_backward(float *dx, const float *dy, const float *x, size_t n);
+/* Exact GELU out of place: out = GELU(x). */
+void gelu_forward_copy(float *out, const float *x, size_t n);
+
+/* SwiGLU: out[r, j] = SiLU(h[r, j]) * h[r, Hs + j] (accurate expf, for training). */
+void swiglu_forward_train(float *out, const float *h, size_t rows, int Hs);
+/* dh [rows, 2Hs] written from dy [rows, Hs] and the pre-activations h. */
+void swiglu_backward(float *dh, const float *dy, const float *h, size_t rows, int Hs);
+
+/* Attention as engine attention_forward, keeping the softmax probabilities
+ * P [B, heads, T, T] for backward. */
+void attention_forward_train(float *out, float *P, const float *qkv, int B, int T, int D,
+                             int heads);
+/* dqkv [B*T, 3D] is written (Q | K | V columns) from dout [B*T, D], qkv and P.
+ * scratch: at least attention_backward_scratch_floats(T) floats per OpenMP thread. */
+void attention_backward(float *dqkv, const float *dout, const float *qkv, const float *P,
+                        float *scratch, int B, int T, int D, int heads);
+size_t attention_backward_scratch_floats(int T);
+
+/* Transpose of engine pos_embed_interpolate (a fixed linear map for a grid):
+ * dtable [1 + M*M, D] += J^T . dout, dout [1 + gh*gw, D]. */
+void pos_embed_backward(float *dtable, const float *dout, int M, int D, int gh, int gw);
+
+#endif

@@ -1,0 +1,324 @@
+/* Franca's training objective (objective.h): teacher forward and Sinkhorn-Knopp
+ * targets, student forward on masked global and local crops, DINO + iBOT + KoLeo
+ * losses summed over the Matryoshka levels, and the backward pass. */
+#include "objective.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backbone.h"
+#include "errors.h"
+#include "head.h"
+#include "loss.h"
+
+#define SK_ITERS 3
+
+struct objective {
+    struct objective_config cfg;
+    struct vit_weights sw, tw, gw;           /* backbone: student, teacher, gradient */
+    struct head_weights sd, td, gd;          /* DINO head */
+    struct head_weights si, ti, gi;          /* iBOT head */
+    struct param_list params;
+    struct bb_act *t_act, *g_act, *l_act;    /* teacher globals, student globals, locals */
+    struct head_act *hd_s, *hd_t, *hi_s, *hi_t;
+    objective_subset_fn hook;
+    void *hook_ctx;
+    /* grow-only scratch */
+    float *fbuf;
+    size_t fbuf_cap;
+    double *dbuf;
+    size_t dbuf_cap;
+    int *ibuf;
+    size_t ibuf_cap;
+};
+
+const struct objective_config *objective_get_config(const struct objective *o) { return &o->cfg; }
+struct param_list *objective_params(struct objective *o) { return &o->params; }
+const struct vit_weights *objective_teacher_backbone(const struct objective *o) { return &o->tw; }
+
+void objective_set_drop_path_hook(struct objective *o, objective_subset_fn fn, void *ctx)
+{
+    o->hook = fn;
+    o->hook_ctx = ctx;
+}
+
+void objective_free(struct objective *o)
+{
+    if (!o) return;
+    vit_weights_free(&o->sw);
+    vit_weights_free(&o->tw);
+    vit_weights_free(&o->gw);
+    head_free(&o->sd);
+    head_free(&o->td);
+    head_free(&o->gd);
+    head_free(&o->si);
+    head_free(&o->ti);
+    head_free(&o->gi);
+    param_list_free(&o->params);
+    bb_act_free(o->t_act);
+    bb_act_free(o->g_act);
+    bb_act_free(o->l_act);
+    head_act_free(o->hd_s);
+    head_act_free(o->hd_t);
+    head_act_free(o->hi_s);
+    head_act_free(o->hi_t);
+    free(o->fbuf);
+    free(o->dbuf);
+    free(o->ibuf);
+    free(o);
+}
+
+int objective_create(const struct objective_config *cfg, uint64_t seed, struct objective **out,
+                     char *err, size_t errlen)
+{
+    *out = NULL;
+    const struct model_config *c = &cfg->backbone;
+    if (model_config_validate(c, err, errlen)) return -1;
+    if (c->register_tokens != 0 || c->rasa_layers != 0)
+        return set_err(err, errlen, "training supports neither register tokens nor RASA tensors");
+    if (!(cfg->student_temp > 0.0f) || !(cfg->drop_path >= 0.0f && cfg->drop_path < 1.0f))
+        return set_err(err, errlen, "objective: student_temp %g must be > 0 and drop_path %g in "
+                       "[0, 1)", (double)cfg->student_temp, (double)cfg->drop_path);
+    if (head_config_check(&cfg->head, c->embed_dim, err, errlen)) return -1;
+
+    struct objective *o = calloc(1, sizeof *o);
+    if (!o) return set_err(err, errlen, "out of memory");
+    o->cfg = *cfg;
+    const int D = c->embed_dim;
+    if (vit_weights_alloc(c, &o->sw, err, errlen) || vit_weights_alloc(c, &o->tw, err, errlen) ||
+        vit_weights_alloc(c, &o->gw, err, errlen) ||
+        head_alloc(&cfg->head, D, &o->sd, err, errlen) ||
+        head_alloc(&cfg->head, D, &o->td, err, errlen) ||
+        head_alloc(&cfg->head, D, &o->gd, err, errlen) ||
+        head_alloc(&cfg->head, D, &o->si, err, errlen) ||
+        head_alloc(&cfg->head, D, &o->ti, err, errlen) ||
+        head_alloc(&cfg->head, D, &o->gi, err, errlen)) {
+        objective_free(o);
+        return -1;
+    }
+    vit_weights_init_random(c, &o->sw, seed);
+    struct rng root, r;
+    rng_seed(&root, seed);
+    rng_fork(&root, 0x6865616431ull, &r); /* DINO head stream */
+    head_init_random(&o->sd, &r);
+    rng_fork(&root, 0x6865616432ull, &r); /* iBOT head stream */
+    head_init_random(&o->si, &r);
+    memcpy(o->tw.arena, o->sw.arena, sizeof(float) * o->sw.arena_floats);
+    memcpy(o->td.arena, o->sd.arena, sizeof(float) * o->sd.n_floats);
+    memcpy(o->ti.arena, o->si.arena, sizeof(float) * o->si.n_floats);
+
+    if (bb_add_params(&o->params, c, &o->sw, &o->gw, &o->tw, 0.2f) ||
+        head_add_params(&o->params, "dino_head", MOD_DINO_HEAD, &o->sd, &o->gd, &o->td) ||
+        head_add_params(&o->params, "ibot_head", MOD_IBOT_HEAD, &o->si, &o->gi, &o->ti)) {
+        objective_free(o);
+        return set_err(err, errlen, "out of memory for the parameter list");
+    }
+    *out = o;
+    return 0;
+}
+
+static int grow(void **p, size_t *cap, size_t need, size_t elem)
+{
+    if (need <= *cap) return 0;
+    void *q = realloc(*p, need * elem);
+    if (!q) return -1;
+    *p = q;
+    *cap = need;
+    return 0;
+}
+
+int objective_step(struct objective *o, const struct crop_batch *bt, float teacher_temp,
+                   struct rng *rng, struct loss_terms *loss, char *err, size_t errlen)
+{
+    const struct model_config *c = &o->cfg.backbone;
+    const int D = c->embed_dim, P = c->patch_size, B = bt->B;
+    const int nl = bt->local && bt->n_local > 0 ? bt->n_local : 0;
+    memset(loss, 0, sizeof *loss);
+    if (B < 1 || bt->global_size < P || bt->global_size % P || !bt->global ||
+        (nl && (bt->local_size < P || bt->local_size % P)))
+        return set_err(err, errlen, "objective: bad batch (B %d, global %d, %d locals of %d, "
+                       "patch %d)", B, bt->global_size, nl, bt->local_size, P);
+    if (!(teacher_temp > 0.0f)) return set_err(err, errlen, "objective: teacher_temp must be > 0");
+    const int nG = 2 * B, nL = nl * B, nD = nG + nL;
+    const int gside = bt->global_size / P, Ng = gside * gside;
+
+    if (bb_act_ensure(&o->t_act, c, nG, bt->global_size, 0, err, errlen) ||
+        bb_act_ensure(&o->g_act, c, nG, bt->global_size, 1, err, errlen) ||
+        (nl && bb_act_ensure(&o->l_act, c, nL, bt->local_size, 1, err, errlen)))
+        return -1;
+
+    /* Masked patches, image-major: index img * Ng + n. */
+    int nm = 0;
+    if (bt->masks)
+        for (size_t i = 0; i < (size_t)nG * Ng; i++) nm += bt->masks[i] != 0;
+    int Kmax = 0, Ksum = 0;
+    for (int j = 0; j < o->sd.n_levels; j++) {
+        Kmax = o->sd.lv[j].K > Kmax ? o->sd.lv[j].K : Kmax;
+        Ksum += o->sd.lv[j].K;
+    }
+    const size_t nrows_max = (size_t)(nD > nm ? nD : nm);
+    const size_t fneed = (size_t)nD * D * 2 + (size_t)nG * D + (size_t)nm * D * 3 +
+                         (size_t)nG * Ksum + (size_t)nm * Ksum;
+    const size_t dneed = nrows_max * Kmax + Kmax + nrows_max + 1;
+    if (grow((void **)&o->fbuf, &o->fbuf_cap, fneed, sizeof(float)) ||
+        grow((void **)&o->dbuf, &o->dbuf_cap, dneed, sizeof(double)) ||
+        grow((void **)&o->ibuf, &o->ibuf_cap, (size_t)nm + nG + 1, sizeof(int)) ||
+        head_act_ensure(&o->hd_t, &o->td, nG, err, errlen) ||
+        head_act_ensure(&o->hd_s, &o->sd, nD, err, errlen) ||
+        (nm && (head_act_ensure(&o->hi_t, &o->ti, nm, err, errlen) ||
+                head_act_ensure(&o->hi_s, &o->si, nm, err, errlen))))
+        return err && err[0] ? -1 : set_err(err, errlen, "out of memory for loss buffers");
+    float *cls_s = o->fbuf, *dcls = cls_s + (size_t)nD * D, *cls_t = dcls + (size_t)nD * D;
+    float *pt = cls_t + (size_t)nG * D, *ps = pt + (size_t)nm * D, *dps = ps + (size_t)nm * D;
+    float *tgt_d = dps + (size_t)nm * D, *tgt_i = tgt_d + (size_t)nG * Ksum;
+    double *work = o->dbuf, *rowloss = work + nrows_max * Kmax + Kmax;
+    int *midx = o->ibuf, *mcount = midx + nm;
+    for (int i = 0; i < nG; i++) mcount[i] = 0;
+    if (nm) {
+        int m = 0;
+        for (int i = 0; i < nG; i++)
+            for (int n = 0; n < Ng; n++)
+                if (bt->masks[(size_t)i * Ng + n]) {
+                    midx[m++] = i * Ng + n;
+                    mcount[i]++;
+                }
+    }
+
+    /* 1. Teacher: unmasked globals, no drop path; SK targets per level. */
+    bb_forward(c, &o->tw, o->t_act, bt->global, NULL, NULL);
+    const int Tg = bb_tokens(o->t_act);
+    const float *tout = bb_out(o->t_act);
+    for (int i = 0; i < nG; i++)
+        memcpy(cls_t + (size_t)i * D, tout + (size_t)i * Tg * D, sizeof(float) * D);
+    for (int m = 0; m < nm; m++) {
+        const int img = midx[m] / Ng, n = midx[m] % Ng;
+        memcpy(pt + (size_t)m * D, tout + ((size_t)img * Tg + 1 + n) * D, sizeof(float) * D);
+    }
+    head_forward(&o->td, o->hd_t, cls_t, D, nG);
+    {
+        size_t off = 0;
+        for (int j = 0; j < o->td.n_levels; j++) {
+            const int K = o->td.lv[j].K;
+            sinkhorn_knopp(tgt_d + off, head_logits(o->hd_t, j), nG, K, teacher_temp, SK_ITERS, work);
+            off += (size_t)nG * K;
+        }
+    }
+    if (nm) {
+        head_forward(&o->ti, o->hi_t, pt, D, nm);
+        size_t off = 0;
+        for (int j = 0; j < o->ti.n_levels; j++) {
+            const int K = o->ti.lv[j].K;
+            sinkhorn_knopp(tgt_i + off, head_logits(o->hi_t, j), nm, K, teacher_temp, SK_ITERS, work);
+            off += (size_t)nm * K;
+        }
+    }
+
+    /* 2. Student: masked globals, then locals (shared weights, own drop-path subsets). */
+    struct bb_drop drop = { o->cfg.drop_path, rng, o->hook, o->hook_ctx, 0 };
+    bb_forward(c, &o->sw, o->g_act, bt->global, nm ? bt->masks : NULL, &drop);
+    const float *gout = bb_out(o->g_act);
+    for (int i = 0; i < nG; i++)
+        memcpy(cls_s + (size_t)i * D, gout + (size_t)i * Tg * D, sizeof(float) * D);
+    int Tl = 0;
+    if (nl) {
+        drop.pass = 1;
+        bb_forward(c, &o->sw, o->l_act, bt->local, NULL, &drop);
+        Tl = bb_tokens(o->l_act);
+        const float *lout = bb_out(o->l_act);
+        for (int i = 0; i < nL; i++)
+            memcpy(cls_s + (size_t)(nG + i) * D, lout + (size_t)i * Tl * D, sizeof(float) * D);
+    }
+
+    /* 3. DINO loss (spec 5.2): student crop c against teacher crop 1 - c; locals
+     * against both teacher crops; every term / n_terms, the global term x2 over 2B. */
+    const double tau = o->cfg.student_temp;
+    const double n_terms = 2.0 * nl + 2.0;
+    const double wrow = 1.0 / ((double)B * n_terms);
+    head_forward(&o->sd, o->hd_s, cls_s, D, nD);
+    {
+        size_t off = 0;
+        for (int j = 0; j < o->sd.n_levels; j++) {
+            const int K = o->sd.lv[j].K;
+            const float *S = head_logits(o->hd_s, j), *Tt = tgt_d + off;
+            float *dS = head_dlogits(o->hd_s, j);
+#pragma omp parallel for schedule(static)
+            for (int r = 0; r < nD; r++) {
+                const float *t1, *t2 = NULL;
+                if (r < nG) {
+                    const int cr = r / B, b = r % B;
+                    t1 = Tt + (size_t)((1 - cr) * B + b) * K;
+                } else {
+                    const int b = (r - nG) % B;
+                    t1 = Tt + (size_t)b * K;
+                    t2 = Tt + (size_t)(B + b) * K;
+                }
+                rowloss[r] = ce_row(dS + (size_t)r * K, S + (size_t)r * K, t1, t2, K, wrow, tau);
+            }
+            for (int r = 0; r < nD; r++) {
+                if (r < nG) loss->dino_global += rowloss[r];
+                else loss->dino_local += rowloss[r];
+            }
+            off += (size_t)nG * K;
+        }
+    }
+    memset(dcls, 0, sizeof(float) * (size_t)nD * D);
+    head_backward(&o->sd, &o->gd, o->hd_s, dcls, D);
+
+    /* 4. iBOT loss (spec 5.3) on the masked patches, weight 1 / (m_i * 2B). */
+    if (nm) {
+        for (int m = 0; m < nm; m++) {
+            const int img = midx[m] / Ng, n = midx[m] % Ng;
+            memcpy(ps + (size_t)m * D, gout + ((size_t)img * Tg + 1 + n) * D, sizeof(float) * D);
+        }
+        head_forward(&o->si, o->hi_s, ps, D, nm);
+        size_t off = 0;
+        for (int j = 0; j < o->si.n_levels; j++) {
+            const int K = o->si.lv[j].K;
+            const float *S = head_logits(o->hi_s, j), *Tt = tgt_i + off;
+            float *dS = head_dlogits(o->hi_s, j);
+#pragma omp parallel for schedule(static)
+            for (int m = 0; m < nm; m++) {
+                const double w = 1.0 / ((double)mcount[midx[m] / Ng] * nG);
+                rowloss[m] = ce_row(dS + (size_t)m * K, S + (size_t)m * K, Tt + (size_t)m * K,
+                                    NULL, K, w, tau);
+            }
+            for (int m = 0; m < nm; m++) loss->ibot += rowloss[m];
+            off += (size_t)nm * K;
+        }
+        memset(dps, 0, sizeof(float) * (size_t)nm * D);
+        head_backward(&o->si, &o->gi, o->hi_s, dps, D);
+    }
+
+    /* 5. KoLeo on the student CLS of global crop 0 and crop 1 separately. */
+    if (o->cfg.koleo_weight != 0.0f)
+        for (int cr = 0; cr < 2; cr++)
+            loss->koleo += koleo_loss(dcls + (size_t)cr * B * D, D, cls_s + (size_t)cr * B * D, D,
+                                      B, D, o->cfg.koleo_weight);
+    loss->total = loss->dino_local + loss->dino_global + loss->ibot + loss->koleo;
+
+    /* 6. Backward into the backbone. */
+    float *gd_out = bb_dout(o->g_act);
+    for (int i = 0; i < nG; i++) {
+        float *dst = gd_out + (size_t)i * Tg * D;
+        const float *src = dcls + (size_t)i * D;
+        for (int k = 0; k < D; k++) dst[k] += src[k];
+    }
+    for (int m = 0; m < nm; m++) {
+        const int img = midx[m] / Ng, n = midx[m] % Ng;
+        float *dst = gd_out + ((size_t)img * Tg + 1 + n) * D;
+        const float *src = dps + (size_t)m * D;
+        for (int k = 0; k < D; k++) dst[k] += src[k];
+    }
+    bb_backward(c, &o->sw, &o->gw, o->g_act);
+    if (nl) {
+        float *ld_out = bb_dout(o->l_act);
+        for (int i = 0; i < nL; i++) {
+            float *dst = ld_out + (size_t)i * Tl * D;
+            const float *src = dcls + (size_t)(nG + i) * D;
+            for (int k = 0; k < D; k++) dst[k] += src[k];
+        }
+        bb_backward(c, &o->sw, &o->gw, o->l_act);
+    }
+    return 0;
+}
