@@ -9,7 +9,7 @@ packages=(
   libjansson-dev libopenblas-openmp-dev libpng-dev libjpeg62-turbo-dev
   libsqlite3-dev libmicrohttpd-dev zlib1g-dev
   python3 python3-numpy python3-torch python3-torchvision python3-pil python3-skimage
-  python3-jsonschema python3-venv curl
+  python3-jsonschema python3-venv python3-faiss curl
   dataset-fashion-mnist
 )
 

@@ -49,7 +49,8 @@ void vit_workspace_free(struct vit_workspace *ws);
 /* Devices. A model starts on the CPU; vit_model_use_device moves its forward to
  * CUDA (weights uploaded once: bf16 GEMM weights in bf16 mode, fp32 otherwise),
  * after which vit_forward runs there with the same contract (a workspace then
- * holds the device activations, pinned staging and a stream). Call it before
+ * holds the device activations, three streams and double-buffered staging; a large
+ * batch runs in chunks whose copies overlap compute). Call it before
  * the model is shared between threads. RASA runs on the host on the
  * downloaded patch tokens; the Matryoshka cut stays with the caller. */
 enum vit_device { VIT_DEVICE_CPU = 0, VIT_DEVICE_CUDA = 1 };

@@ -89,6 +89,19 @@ struct job *jobs_start(struct jobs *js, const char *type, const char *collection
 
 const char *job_id(const struct job *j) { return j->id; }
 
+void jobs_discard(struct jobs *js, struct job *j)
+{
+    pthread_mutex_lock(&js->mu);
+    for (int i = 0; i < js->n; i++)
+        if (js->ring[i] == j) {
+            memmove(js->ring + i, js->ring + i + 1, (size_t)(js->n - i - 1) * sizeof *js->ring);
+            js->n--;
+            free(j);
+            break;
+        }
+    pthread_mutex_unlock(&js->mu);
+}
+
 void job_progress(struct job *j, int64_t done)
 {
     pthread_mutex_lock(&j->owner->mu);

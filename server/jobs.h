@@ -25,6 +25,8 @@ void jobs_free(struct jobs *js);
 struct job *jobs_start(struct jobs *js, const char *type, const char *collection,
                        const char *from_fingerprint, const char *to_fingerprint, int64_t total);
 const char *job_id(const struct job *j);
+/* Forgets a job that never started (e.g. its collection was busy). */
+void jobs_discard(struct jobs *js, struct job *j);
 void job_progress(struct job *j, int64_t done);
 /* Ends the job; error NULL means success. */
 void job_finish(struct job *j, const char *error);

@@ -19,6 +19,8 @@
 
 #include "app.h"
 #include "errors.h"
+#include "index/search.h"
+#include "vit.h"
 
 #define MAX_MODELS 16
 
@@ -227,6 +229,11 @@ int main(int argc, char **argv)
     if (o.token_file && !(app.admin_token = read_token(o.token_file, err, sizeof err))) return fail(err);
     if (!(app.metrics = metrics_new())) return fail("out of memory");
     if (registry_create(&app.registry, app.device, err, sizeof err)) return fail(err);
+    /* The index searches with cuBLAS where the models run on CUDA. */
+    enum vit_device search_device;
+    if (!vit_device_select(app.device, &search_device, err, sizeof err) &&
+        search_device == VIT_DEVICE_CUDA)
+        search_use_backend(&search_backend_cuda);
     if (!(app.batcher = batcher_create(o.max_batch, o.max_delay_ms, o.max_queue, err, sizeof err)))
         return fail(err);
     batcher_set_observer(app.batcher, on_batch, app.metrics);

@@ -41,25 +41,24 @@ static void create_collection(struct http_request *req, void *user)
     snprintf(in.name, sizeof in.name, "%s", json_string_value(name));
     in.store_images = json_is_true(keep);
     const char *model_name = json_string_value(model);
-    json_int_t w = json_is_integer(width) ? json_integer_value(width) : 0;
+    const bool has_width = json_is_integer(width);
+    json_int_t w = has_width ? json_integer_value(width) : 0;
 
-    /* The model: the one named, else the default when one is loaded; a
-     * collection without a model takes vectors only and needs a width. */
+    /* The model: the one named, else the default; only when no model is loaded
+     * at all does a collection take vectors only (and then needs a width). */
+    if (!atomic_load(&app->ready)) {
+        http_add_header(req, "Retry-After", "2");
+        http_reply_error(req, 503, NULL, "models are still loading");
+        json_decref(j);
+        return;
+    }
     struct model_entry *e = NULL;
     char err[ERR_LEN];
-    if (model_name || !w) {
-        if (!atomic_load(&app->ready)) {
-            http_add_header(req, "Retry-After", "2");
-            http_reply_error(req, 503, NULL, "models are still loading");
-            json_decref(j);
-            return;
-        }
-        const int rc = registry_acquire(app->registry, model_name, &e, err, sizeof err);
-        if (rc && (model_name || rc != REGISTRY_NOT_FOUND)) {
-            reply_registry_error(req, rc, err);
-            json_decref(j);
-            return;
-        }
+    const int arc = registry_acquire(app->registry, model_name, &e, err, sizeof err);
+    if (arc && (model_name || arc != REGISTRY_NOT_FOUND)) {
+        reply_registry_error(req, arc, err);
+        json_decref(j);
+        return;
     }
     int D = STORE_WIDTH_MAX;
     if (e) {
@@ -67,11 +66,13 @@ static void create_collection(struct http_request *req, void *user)
         snprintf(in.model, sizeof in.model, "%s", e->name);
         snprintf(in.fingerprint, sizeof in.fingerprint, "%s", e->fingerprint);
         model_entry_release(e);
-        if (!w) w = D;
+        if (!has_width) w = D;
     }
     if (w < 1 || w > D) {
-        if (!e)
+        if (!in.model[0] && !has_width)
             http_reply_error(req, 400, NULL, "no model is loaded: give 'width' for a collection of vectors");
+        else if (!in.model[0])
+            http_reply_errorf(req, 400, NULL, "'width' %lld is outside 1..%d", (long long)w, D);
         else
             http_reply_errorf(req, 400, NULL, "'width' %lld is outside 1..%d (the width of model '%s')",
                               (long long)w, D, in.model);

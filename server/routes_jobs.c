@@ -177,7 +177,7 @@ static void reembed(struct http_request *req, void *user)
         int rc = job ? coll_begin_job(c, job_id(job), err, sizeof err)
                      : set_err_code(err, sizeof err, STORE_ERR, "out of memory");
         if (rc) {
-            if (job) job_finish(job, err);
+            if (job) jobs_discard(app->jobs, job);
             reply_store_error(req, rc, err);
             free(re);
         } else {

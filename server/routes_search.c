@@ -63,6 +63,31 @@ static json_t *hit_json(const struct search_ctx *x, const struct index_mirror *m
     return o;
 }
 
+/* Replaces each hit's indexed vector (unit length for cosine) by the vector as
+ * stored, read from SQLite after the mirror's lock was released; a hit deleted
+ * meanwhile keeps the indexed one. */
+static void stored_vectors(const struct search_ctx *x, json_t *answer)
+{
+    json_t *batch = json_object_get(answer, "batch"), *one, *hit;
+    size_t i, j;
+    json_t *single = json_pack("[O]", answer);
+    json_array_foreach(batch ? batch : single, i, one) {
+        json_array_foreach(json_object_get(one, "results"), j, hit) {
+            struct item_out it;
+            char err[ERR_LEN];
+            if (store_item_get(index_store(x->c->ix), x->c->info.id,
+                               json_string_value(json_object_get(hit, "id")), &it, err,
+                               sizeof err))
+                continue;
+            json_t *vec = json_array();
+            for (size_t d = 0; d < it.dim; d++) json_array_append_new(vec, json_real(it.vector[d]));
+            json_object_set_new(hit, "vector", vec);
+            store_item_free(&it);
+        }
+    }
+    json_decref(single);
+}
+
 static void search_run(void *arg)
 {
     struct search_ctx *x = arg;
@@ -122,6 +147,7 @@ static void search_run(void *arg)
         }
     }
     coll_read_end(x->c);
+    if (!status && x->with_vector) stored_vectors(x, answer);
     if (status)
         http_reply_error(x->req, status, NULL, err);
     else
@@ -169,11 +195,17 @@ static int parse_options(struct search_ctx *x, char *why, size_t len)
         if (!json_is_object(funnel)) return set_err(why, len, "'funnel' must be an object");
         struct index_mirror *m = coll_read_begin(x->c);
         const int pw = mirror_prefix_width(m);
+        const size_t n = mirror_count(m);
         coll_read_end(x->c);
+        /* Default shortlist: 10 k, and more for large collections, where the
+         * prefix ranks more rows close to the true neighbours. */
+        long long cand = 10LL * x->k;
+        if ((long long)(n / 2000) > cand) cand = (long long)(n / 2000);
+        if (cand > FUNNEL_MAX_CANDIDATES) cand = FUNNEL_MAX_CANDIDATES;
         char fw[ERR_LEN];
         if (int_field(funnel, "width", 1, x->w, pw < x->w ? pw : x->w, &x->funnel_width, fw,
                       sizeof fw) ||
-            int_field(funnel, "candidates", 1, FUNNEL_MAX_CANDIDATES, 10LL * x->k,
+            int_field(funnel, "candidates", 1, FUNNEL_MAX_CANDIDATES, cand,
                       &x->candidates, fw, sizeof fw))
             return set_err(why, len, "funnel: %s", fw);
     }
@@ -243,6 +275,13 @@ static void search(struct http_request *req, void *user)
     }
     if (x->batch && (!json_is_array(queries) || !json_array_size(queries))) {
         http_reply_error(req, 400, NULL, "'queries' must be a non-empty array of queries");
+        search_free(x);
+        return;
+    }
+    if (x->batch && (json_object_get(x->body, "vector") || json_object_get(x->body, "image") ||
+                     json_object_get(x->body, "id"))) {
+        http_reply_error(req, 400, NULL, "give either 'queries' (the batch form) or one of "
+                         "'image', 'vector' and 'id', not both");
         search_free(x);
         return;
     }

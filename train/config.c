@@ -27,7 +27,8 @@ static const struct key KEYS[] = {
     {"ffn", K_STR, F(ffn), S(ffn), 0, 0, "feed-forward: swiglu | mlp"},
     {"ffn_hidden", K_INT, F(ffn_hidden), 0, 0, 65536, "FFN hidden width; 0 = released-model rule (swiglu) or 4D (mlp)"},
     {"patch_size", K_INT, F(patch_size), 0, 1, 64, "patch side P"},
-    {"layerscale", K_BOOL, F(layerscale), 0, 0, 0, "LayerScale (1e-5 init)"},
+    {"layerscale", K_BOOL, F(layerscale), 0, 0, 0, "LayerScale on the residual branches"},
+    {"layerscale_init", K_DBL, F(layerscale_init), 0, 1e-8, 10, "LayerScale gamma init (spec 1.2: 1e-5; 0.1 for short small runs, where 1e-5 leaves every CLS identical and the clustering losses flat)"},
     {"global_size", K_INT, F(global_size), 0, 1, 1024, "global crop side (multiple of P)"},
     {"local_size", K_INT, F(local_size), 0, 1, 1024, "local crop side (multiple of P)"},
     {"n_local", K_INT, F(n_local), 0, 0, 32, "local crops per image"},
@@ -38,6 +39,7 @@ static const struct key KEYS[] = {
     {"head_hidden", K_INT, F(head_hidden), 0, 1, 65536, "projector MLP hidden width (2048 in the paper)"},
     {"head_bottleneck", K_INT, F(head_bottleneck), 0, 1, 65536, "projector bottleneck (384 in the paper)"},
     {"head_prototypes", K_INT, F(head_prototypes), 0, 1, 1 << 20, "prototypes K at full width (131072 in the paper)"},
+    {"head_init", K_STR, F(head_init), S(head_init), 0, 0, "head Linear init: spec (trunc-normal 0.02, spec 4.1) | fan_in (std 1/sqrt(fan_in); for narrow heads, where 0.02 gives ~1e-4 logits and flat losses)"},
     {"head_nested", K_BOOL, F(head_nested), 0, 0, 0, "Matryoshka heads (false: one full-width head, ablation)"},
     {"n_levels", K_INT, F(n_levels), 0, 1, HEAD_MAX_LEVELS, "Matryoshka levels: widths D/2^(n-1) .. D"},
     {"student_temp", K_DBL, F(student_temp), 0, 1e-4, 10, "student temperature"},
@@ -102,6 +104,7 @@ void train_config_defaults(struct train_config *c)
     c->ffn_hidden = 0;
     c->patch_size = 4;
     c->layerscale = true;
+    c->layerscale_init = 0.1;
     c->global_size = 28;
     c->local_size = 12;
     c->n_local = 4;
@@ -113,6 +116,7 @@ void train_config_defaults(struct train_config *c)
     c->head_bottleneck = 128;
     c->head_prototypes = 1024;
     c->head_nested = true;
+    snprintf(c->head_init, sizeof c->head_init, "fan_in");
     c->n_levels = 5;
     c->student_temp = 0.1;
     c->koleo_weight = 0.1;
@@ -303,6 +307,9 @@ int train_config_validate(const struct train_config *c, char *err, size_t errlen
 {
     if (strcmp(c->ffn, "swiglu") && strcmp(c->ffn, "mlp"))
         return set_err(err, errlen, "config: 'ffn' must be \"swiglu\" or \"mlp\", got \"%s\"", c->ffn);
+    if (strcmp(c->head_init, "spec") && strcmp(c->head_init, "fan_in"))
+        return set_err(err, errlen, "config: head_init must be \"spec\" or \"fan_in\", got \"%s\"",
+                       c->head_init);
     if (strcmp(c->masking, "cyclic") && strcmp(c->masking, "block"))
         return set_err(err, errlen, "config: 'masking' must be \"cyclic\" or \"block\", got \"%s\"",
                        c->masking);
@@ -412,9 +419,11 @@ int train_config_objective(const struct train_config *c, struct objective_config
     }
     h->prototypes = c->head_prototypes;
     h->hidden = c->head_hidden;
+    h->init_fan_in = !strcmp(c->head_init, "fan_in");
     h->bottleneck = c->head_bottleneck;
     oc->student_temp = (float)c->student_temp;
     oc->koleo_weight = (float)c->koleo_weight;
+    oc->layerscale_init = (float)c->layerscale_init;
     oc->drop_path = (float)c->drop_path;
     return 0;
 }

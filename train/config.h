@@ -21,6 +21,8 @@ struct train_config {
     char ffn[16];                                /* "swiglu" | "mlp" */
     int patch_size;
     bool layerscale;
+    double layerscale_init;
+    char head_init[16];
     int global_size, local_size, n_local;
     double global_scale_min, global_scale_max, local_scale_min, local_scale_max;
     int head_hidden, head_bottleneck, head_prototypes;

@@ -345,8 +345,14 @@ static int train(struct run *r, int64_t step0, char *err, size_t errlen)
             for (int i = 0; i < pl->n; i++)
                 for (size_t k = 0; k < pl->p[i].n; k++) pl->p[i].g[k] *= s;
         }
-        if (c->clip_grad > 0)
-            for (int m = 0; m < MOD_COUNT; m++) clip_grad_norm(pl, m, (float)c->clip_grad);
+        if (c->clip_grad > 0 || getenv("FRANCA_TRAIN_DIAG")) {
+            double gn[MOD_COUNT];
+            for (int m = 0; m < MOD_COUNT; m++)
+                gn[m] = clip_grad_norm(pl, m, c->clip_grad > 0 ? (float)c->clip_grad : INFINITY);
+            if (getenv("FRANCA_TRAIN_DIAG"))
+                fprintf(stderr, "diag step %lld grad-norm backbone %.4g dino_head %.4g ibot_head %.4g\n",
+                        (long long)step + 1, gn[MOD_BACKBONE], gn[MOD_DINO_HEAD], gn[MOD_IBOT_HEAD]);
+        }
         const struct optim_hparams h = {(float)sv.lr, (float)sv.wd, (float)c->beta1,
                                         (float)c->beta2, (float)c->adam_eps,
                                         sv.freeze_last_layer};

@@ -44,7 +44,9 @@ int head_alloc(const struct head_config *hc, int D, struct head_weights *h, char
 void head_free(struct head_weights *h);
 /* Spec 4.1 init: Linear weights trunc-normal 0.02 (cut at +-2 std), biases 0,
  * weight_g 1, weight_v U(-1/sqrt(bottleneck), 1/sqrt(bottleneck)). */
-void head_init_random(struct head_weights *h, struct rng *r);
+/* fan_in: Linear weights trunc-normal with std 1/sqrt(fan_in) instead (keeps the
+ * activations O(1) through a narrow head, where 0.02 shrinks them ~10x a layer). */
+void head_init_random(struct head_weights *h, struct rng *r, bool fan_in);
 /* Appends every tensor as prefix + "." + official name (module for clipping). */
 int head_add_params(struct param_list *l, const char *prefix, int module, struct head_weights *w,
                     struct head_weights *g, struct head_weights *t);

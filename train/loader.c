@@ -84,7 +84,7 @@ struct loader {
 static void *worker(void *arg)
 {
     struct loader *l = arg;
-    char err[ERR_LEN];
+    char err[ERR_LEN - 32]; /* room for the "step N: " prefix in l->err */
     for (;;) {
         pthread_mutex_lock(&l->mu);
         while (!l->stop && !l->failed && l->next_produce >= l->released + l->Q)

@@ -3,6 +3,7 @@
  * losses summed over the Matryoshka levels, and the backward pass. */
 #include "objective.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -98,12 +99,18 @@ int objective_create(const struct objective_config *cfg, uint64_t seed, struct o
         return -1;
     }
     vit_weights_init_random(c, &o->sw, seed);
+    if (c->layerscale && cfg->layerscale_init > 0.0f)
+        for (int b = 0; b < c->depth; b++)
+            for (int k = 0; k < D; k++) {
+                if (o->sw.blocks[b].ls1) o->sw.blocks[b].ls1[k] = cfg->layerscale_init;
+                if (o->sw.blocks[b].ls2) o->sw.blocks[b].ls2[k] = cfg->layerscale_init;
+            }
     struct rng root, r;
     rng_seed(&root, seed);
     rng_fork(&root, 0x6865616431ull, &r); /* DINO head stream */
-    head_init_random(&o->sd, &r);
+    head_init_random(&o->sd, &r, cfg->head.init_fan_in);
     rng_fork(&root, 0x6865616432ull, &r); /* iBOT head stream */
-    head_init_random(&o->si, &r);
+    head_init_random(&o->si, &r, cfg->head.init_fan_in);
     memcpy(o->tw.arena, o->sw.arena, sizeof(float) * o->sw.arena_floats);
     memcpy(o->td.arena, o->sd.arena, sizeof(float) * o->sd.n_floats);
     memcpy(o->ti.arena, o->si.arena, sizeof(float) * o->si.n_floats);
@@ -126,6 +133,75 @@ static int grow(void **p, size_t *cap, size_t need, size_t elem)
     *p = q;
     *cap = need;
     return 0;
+}
+
+
+/* FRANCA_TRAIN_DIAG=1: per-level statistics on stderr, for diagnosing runs whose
+ * clustering losses do not move. For each level j: spread of the teacher logits
+ * across samples (std over samples, averaged over prototypes) and overall std;
+ * mean entropy of the Sinkhorn targets and of the student softmax, both / ln K;
+ * spread of the teacher CLS across samples. Costs one pass over the logits. */
+static int diag_on(void)
+{
+    static int on = -1;
+    if (on < 0) {
+        const char *e = getenv("FRANCA_TRAIN_DIAG");
+        on = e && e[0] && strcmp(e, "0");
+    }
+    return on;
+}
+
+static void diag_level(const char *tag, int j, const float *tl, const float *tg, const float *sl,
+                       int nt, int ns, int K, double tau)
+{
+    double spread = 0.0, all = 0.0, mean_all = 0.0, ht = 0.0, hs = 0.0;
+    for (size_t i = 0; i < (size_t)nt * K; i++) mean_all += tl[i];
+    mean_all /= (double)nt * K;
+    for (int k = 0; k < K; k++) {
+        double m = 0.0, v = 0.0;
+        for (int i = 0; i < nt; i++) m += tl[(size_t)i * K + k];
+        m /= nt;
+        for (int i = 0; i < nt; i++) {
+            const double d = tl[(size_t)i * K + k] - m;
+            v += d * d;
+            all += (tl[(size_t)i * K + k] - mean_all) * (tl[(size_t)i * K + k] - mean_all);
+        }
+        spread += sqrt(v / nt);
+    }
+    for (int i = 0; i < nt; i++)
+        for (int k = 0; k < K; k++) {
+            const double t = tg[(size_t)i * K + k];
+            if (t > 0) ht -= t * log(t);
+        }
+    for (int i = 0; i < ns; i++) {
+        const float *s = sl + (size_t)i * K;
+        double mx = s[0], z = 0.0, e = 0.0;
+        for (int k = 1; k < K; k++) mx = s[k] > mx ? s[k] : mx;
+        for (int k = 0; k < K; k++) z += exp((s[k] - mx) / tau);
+        for (int k = 0; k < K; k++) {
+            const double p = exp((s[k] - mx) / tau) / z;
+            if (p > 0) e -= p * log(p);
+        }
+        hs += e;
+    }
+    fprintf(stderr, "diag %s L%d K=%d teacher_logit_spread %.3g logit_std %.3g "
+            "H(target)/lnK %.4f H(student)/lnK %.4f\n", tag, j, K, spread / K,
+            sqrt(all / ((double)nt * K)), ht / nt / log(K), hs / ns / log(K));
+}
+
+static void diag_cls(const float *x, int n, int D)
+{
+    double spread = 0.0, mag = 0.0;
+    for (int c = 0; c < D; c++) {
+        double m = 0.0, v = 0.0;
+        for (int i = 0; i < n; i++) m += x[(size_t)i * D + c];
+        m /= n;
+        for (int i = 0; i < n; i++) v += (x[(size_t)i * D + c] - m) * (x[(size_t)i * D + c] - m);
+        spread += sqrt(v / n);
+        mag += fabs(m);
+    }
+    fprintf(stderr, "diag teacher CLS: spread over samples %.4g, |mean| %.4g (per feature)\n",
+            spread / D, mag / D);
 }
 
 int objective_step(struct objective *o, const struct crop_batch *bt, float teacher_temp,
@@ -259,6 +335,10 @@ int objective_step(struct objective *o, const struct crop_batch *bt, float teach
                 if (r < nG) loss->dino_global += rowloss[r];
                 else loss->dino_local += rowloss[r];
             }
+            if (diag_on()) {
+                if (j == 0) diag_cls(cls_t, nG, D);
+                diag_level("dino", j, head_logits(o->hd_t, j), Tt, S, nG, nD, K, tau);
+            }
             off += (size_t)nG * K;
         }
     }
@@ -284,6 +364,7 @@ int objective_step(struct objective *o, const struct crop_batch *bt, float teach
                                     NULL, K, w, tau);
             }
             for (int m = 0; m < nm; m++) loss->ibot += rowloss[m];
+            if (diag_on()) diag_level("ibot", j, head_logits(o->hi_t, j), Tt, S, nm, nm, K, tau);
             off += (size_t)nm * K;
         }
         memset(dps, 0, sizeof(float) * (size_t)nm * D);

@@ -28,6 +28,8 @@ struct head_config {
     int prototypes;       /* K at full width; level j has K * widths[j] / D */
     int hidden;           /* MLP hidden width (2048 in the paper) */
     int bottleneck;       /* 384 in the paper */
+    bool init_fan_in;     /* Linear init std 1/sqrt(fan_in) instead of spec 4.1's 0.02
+                             (small heads: 0.02 makes the logits ~1e-4, flat softmax) */
 };
 
 struct objective_config {
@@ -36,6 +38,7 @@ struct objective_config {
     float student_temp;            /* 0.1 */
     float koleo_weight;            /* 0.1 */
     float drop_path;               /* uniform rate over blocks; 0 disables */
+    float layerscale_init;         /* LayerScale gamma init; <= 0: spec 1.2's 1e-5 */
 };
 
 /* One batch of crops, collated crop-major as spec 3.2: global[c*B + b] is crop c

@@ -8,6 +8,16 @@
     f["patch.w384"].shape, f.metadata["grid_height"]      # (1, 256, 384), 16
     c.swap("default", "franca_vitb14.safetensors", token="...")
 
+    # the vector index
+    c.create_collection("photos", width=192, metric="cosine", store_images=True)
+    c.insert("photos", images=["cat.jpg", "dog.png"], ids=["cat", "dog"],
+             metadata=[{"kind": "cat"}, {"kind": "dog"}])
+    c.insert("vecs", vectors=np.random.rand(100, 192))             # -> list of ids
+    c.search("photos", image="cat.jpg", k=5, filter={"kind": {"$ne": "dog"}},
+             include=["metadata"])                                 # -> list of results
+    c.search_batch("photos", [{"id": "cat"}, {"image": "dog.png"}], k=5)
+    job = c.reembed("photos"); c.wait_job(job["id"])                # after a model swap
+
 Command line:
     python3 clients/python/franca_client.py [--url URL] embed IMAGE... [--width W] [--model M]
     python3 clients/python/franca_client.py [--url URL] features IMAGE... [--width W]... [--patch]
@@ -15,6 +25,13 @@ Command line:
         [--model M] [--f16] [--out FILE.npz]
     python3 clients/python/franca_client.py [--url URL] models
     python3 clients/python/franca_client.py [--url URL] swap NAME CHECKPOINT --token-file F
+    python3 clients/python/franca_client.py [--url URL] collections [list | show NAME | delete NAME |
+        create NAME [--model M] [--width W] [--metric cosine|l2|dot] [--store-images]]
+    python3 clients/python/franca_client.py [--url URL] insert COLLECTION [IMAGE...] [--vectors FILE.npy|FILE.json]
+        [--ids ID,...] [--metadata JSON] [--batch N]
+    python3 clients/python/franca_client.py [--url URL] search COLLECTION (--image F | --vector JSON | --id ID)
+        [--k K] [--width W] [--funnel] [--funnel-width W] [--candidates N] [--filter JSON]
+        [--include metadata,vector]
 """
 import argparse
 import base64
@@ -22,8 +39,10 @@ import json
 import os
 import struct
 import sys
+import time
 import uuid
 import urllib.error
+import urllib.parse
 import urllib.request
 
 try:
@@ -260,6 +279,168 @@ class FrancaClient:
         finally:
             self.token = saved
 
+    # --- the vector index -------------------------------------------------------
+
+    @staticmethod
+    def _q(segment):
+        """A path segment (collection name, item id, job id), percent-encoded."""
+        return urllib.parse.quote(str(segment), safe="")
+
+    def create_collection(self, name, model=None, width=None, metric=None, store_images=None):
+        """Creates a collection; returns its description (name, model, fingerprint,
+        width, metric, store_images, created_at, count, indexed, prefix_width)."""
+        body = {"name": name}
+        for key, val in (("model", model), ("width", width), ("metric", metric),
+                         ("store_images", store_images)):
+            if val is not None:
+                body[key] = val
+        return self.json("POST", "/v1/collections", body)
+
+    def collections(self):
+        return self.json("GET", "/v1/collections")["collections"]
+
+    def collection(self, name):
+        return self.json("GET", f"/v1/collections/{self._q(name)}")
+
+    def delete_collection(self, name):
+        return self.json("DELETE", f"/v1/collections/{self._q(name)}")
+
+    @staticmethod
+    def _vector(v):
+        """A vector (numpy array, list, tuple) -> a JSON list of floats."""
+        if np is not None and isinstance(v, np.ndarray):
+            return [float(x) for x in v.astype(np.float64).ravel()]
+        return [float(x) for x in v]
+
+    def insert_items(self, collection, items):
+        """Sends items as they are ({"id"?, "image" | "vector", "metadata"?} dicts)
+        in one request (one transaction); returns the ids in input order."""
+        return self.json("POST", f"/v1/collections/{self._q(collection)}/items", {"items": items})["ids"]
+
+    def insert(self, collection, vectors=None, images=None, ids=None, metadata=None, batch=None):
+        """Inserts vectors (a 2-D numpy array or a list of lists) or images (paths
+        or bytes), with optional ids and metadata dicts (lists of the same length).
+        batch=N splits the items into requests of at most N items (each request is
+        all or nothing); by default they go in one request. Returns the ids."""
+        if (vectors is None) == (images is None):
+            raise ValueError("insert: give exactly one of vectors and images")
+        n = len(vectors) if vectors is not None else len(images)
+        for what, lst in (("ids", ids), ("metadata", metadata)):
+            if lst is not None and len(lst) != n:
+                raise ValueError(f"insert: {what} has {len(lst)} entries for {n} items")
+        step = batch or max(n, 1)
+        out = []
+        for lo in range(0, n, step):
+            items = []
+            for i in range(lo, min(n, lo + step)):
+                item = {"vector": self._vector(vectors[i])} if vectors is not None \
+                    else {"image": _image_data_uri(images[i])}
+                if ids is not None and ids[i] is not None:
+                    item["id"] = str(ids[i])
+                if metadata is not None and metadata[i] is not None:
+                    item["metadata"] = metadata[i]
+                items.append(item)
+            out.extend(self.insert_items(collection, items))
+        return out
+
+    def item(self, collection, item_id):
+        """{"id", "metadata", "vector", "has_image"} of a stored item."""
+        return self.json("GET", f"/v1/collections/{self._q(collection)}/items/{self._q(item_id)}")
+
+    def delete_item(self, collection, item_id):
+        return self.json("DELETE", f"/v1/collections/{self._q(collection)}/items/{self._q(item_id)}")
+
+    @staticmethod
+    def _query(vector=None, image=None, id=None):
+        given = [x for x in (vector, image, id) if x is not None]
+        if len(given) != 1:
+            raise ValueError("a query needs exactly one of vector, image and id")
+        if vector is not None:
+            return {"vector": FrancaClient._vector(vector)}
+        if image is not None:
+            return {"image": _image_data_uri(image)}
+        return {"id": str(id)}
+
+    @staticmethod
+    def _search_options(k, width, funnel, candidates, filter, include):
+        body = {"k": int(k)}
+        if width is not None:
+            body["width"] = int(width)
+        if (funnel is not None and funnel is not False) or candidates is not None:
+            f = {}
+            if isinstance(funnel, dict):
+                f.update(funnel)
+            elif funnel is not None and funnel is not True:
+                f["width"] = int(funnel)
+            if candidates is not None:
+                f["candidates"] = int(candidates)
+            body["funnel"] = f
+        if filter is not None:
+            body["filter"] = filter
+        if include:
+            body["include"] = [include] if isinstance(include, str) else list(include)
+        return body
+
+    def search(self, collection, vector=None, image=None, id=None, k=10, width=None, funnel=None,
+               candidates=None, filter=None, include=None, raw=False):
+        """k nearest neighbours of one query: a vector, an image (path or bytes) or
+        a stored item's id. width: prefix width (default the collection's).
+        funnel: True (the server's defaults), an int (the shortlist prefix width) or
+        a dict {"width", "candidates"}; candidates: shortlist size. filter: a
+        metadata filter ({"key": value} or {"key": {"$gt": ...}}); include: a list
+        of "metadata", "vector". Returns the results [{"id", "score", ...}] best
+        first (raw=True: the whole answer)."""
+        body = self._query(vector, image, id)
+        body.update(self._search_options(k, width, funnel, candidates, filter, include))
+        resp = self.json("POST", f"/v1/collections/{self._q(collection)}/search", body)
+        return resp if raw else resp["results"]
+
+    def search_batch(self, collection, queries, k=10, width=None, funnel=None, candidates=None,
+                     filter=None, include=None, raw=False):
+        """Several queries in one call. queries: a list of dicts with one of
+        "vector", "image" (path, bytes or data URI) or "id", or a 2-D array of
+        vectors. Returns one result list per query."""
+        qs = []
+        if np is not None and isinstance(queries, np.ndarray):
+            queries = list(queries)
+        for q in queries:
+            if isinstance(q, dict):
+                if "image" in q and not str(q["image"]).startswith("data:"):
+                    qs.append({"image": _image_data_uri(q["image"])})
+                elif "vector" in q:
+                    qs.append({"vector": self._vector(q["vector"])})
+                else:
+                    qs.append(dict(q))
+            else:
+                qs.append({"vector": self._vector(q)})
+        body = {"queries": qs}
+        body.update(self._search_options(k, width, funnel, candidates, filter, include))
+        resp = self.json("POST", f"/v1/collections/{self._q(collection)}/search", body)
+        return resp if raw else [b["results"] for b in resp["batch"]]
+
+    def reembed(self, collection):
+        """Starts re-embedding a collection (that keeps its source images) with its
+        model's current checkpoint; returns the job."""
+        return self.json("POST", f"/v1/collections/{self._q(collection)}/reembed", {})["job"]
+
+    def job(self, job_id):
+        return self.json("GET", f"/v1/jobs/{self._q(job_id)}")
+
+    def jobs(self):
+        return self.json("GET", "/v1/jobs")["jobs"]
+
+    def wait_job(self, job_id, timeout=600.0, poll=0.2):
+        """Polls a job until it is no longer running; returns it (raises
+        TimeoutError when it still runs after timeout seconds)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            j = self.job(job_id)
+            if j["status"] != "running":
+                return j
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still running after {timeout} s ({j.get('done')}/{j.get('total')})")
+            time.sleep(poll)
+
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description="franca-server client")
@@ -287,6 +468,33 @@ def main(argv=None):
     s.add_argument("name")
     s.add_argument("checkpoint")
     s.add_argument("--token-file", required=True)
+    co = sub.add_parser("collections", help="list, show, create or delete vector collections")
+    co.add_argument("action", nargs="?", default="list", choices=("list", "show", "create", "delete"))
+    co.add_argument("name", nargs="?")
+    co.add_argument("--model")
+    co.add_argument("--width", type=int)
+    co.add_argument("--metric", choices=("cosine", "l2", "dot"))
+    co.add_argument("--store-images", action="store_true", help="keep source images (for reembed)")
+    ins = sub.add_parser("insert", help="insert images or vectors into a collection; prints the ids")
+    ins.add_argument("collection")
+    ins.add_argument("images", nargs="*")
+    ins.add_argument("--vectors", help="FILE.npy (2-D, needs numpy) or FILE.json (a list of lists)")
+    ins.add_argument("--ids", help="comma-separated ids, one per item (default: generated)")
+    ins.add_argument("--metadata", help="a JSON object given to every item, or a JSON list with one per item")
+    ins.add_argument("--batch", type=int, default=256, help="items per request (default 256)")
+    se = sub.add_parser("search", help="k nearest neighbours in a collection")
+    se.add_argument("collection")
+    q = se.add_mutually_exclusive_group(required=True)
+    q.add_argument("--image")
+    q.add_argument("--vector", help="a JSON list of numbers")
+    q.add_argument("--id", help="a stored item's id")
+    se.add_argument("--k", type=int, default=10)
+    se.add_argument("--width", type=int)
+    se.add_argument("--funnel", action="store_true", help="Matryoshka funnel search (server defaults)")
+    se.add_argument("--funnel-width", type=int, help="funnel shortlist prefix width (implies --funnel)")
+    se.add_argument("--candidates", type=int, help="funnel shortlist size (implies --funnel)")
+    se.add_argument("--filter", help="a JSON metadata filter")
+    se.add_argument("--include", help="comma-separated: metadata,vector")
     args = ap.parse_args(argv)
     c = FrancaClient(args.url)
     try:
@@ -307,15 +515,75 @@ def main(argv=None):
             print(json.dumps({"metadata": res.metadata, "tensors": shapes, "out": args.out}))
         elif args.cmd == "models":
             print(json.dumps(c.models(), indent=1))
+        elif args.cmd == "collections":
+            if args.action != "list" and not args.name:
+                print(f"franca_client: collections {args.action} needs a NAME", file=sys.stderr)
+                return 2
+            if args.action == "list":
+                out = c.collections()
+            elif args.action == "show":
+                out = c.collection(args.name)
+            elif args.action == "delete":
+                out = c.delete_collection(args.name)
+            else:
+                out = c.create_collection(args.name, model=args.model, width=args.width, metric=args.metric,
+                                          store_images=True if args.store_images else None)
+            print(json.dumps(out, indent=1))
+        elif args.cmd == "insert":
+            return _cli_insert(c, args)
+        elif args.cmd == "search":
+            funnel = None
+            if args.funnel or args.funnel_width is not None or args.candidates is not None:
+                funnel = {} if args.funnel_width is None else {"width": args.funnel_width}
+            include = [x for x in args.include.split(",") if x] if args.include else None
+            res = c.search(args.collection, vector=json.loads(args.vector) if args.vector else None,
+                           image=args.image, id=args.id, k=args.k, width=args.width, funnel=funnel,
+                           candidates=args.candidates, filter=json.loads(args.filter) if args.filter else None,
+                           include=include)
+            for r in res:
+                print(json.dumps(r))
         else:
             token = open(args.token_file).readline().strip()
             print(json.dumps(c.swap(args.name, args.checkpoint, token)))
     except FrancaError as err:
         print(f"franca_client: {err}", file=sys.stderr)
         return 1
-    except (OSError, urllib.error.URLError) as err:
+    except (OSError, urllib.error.URLError, ValueError) as err:
         print(f"franca_client: {err}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _cli_insert(c, args):
+    if bool(args.images) == bool(args.vectors):
+        print("franca_client: insert needs IMAGE... or --vectors FILE (not both)", file=sys.stderr)
+        return 2
+    if args.vectors:
+        if args.vectors.endswith(".npy"):
+            if np is None:
+                print("franca_client: --vectors FILE.npy needs numpy", file=sys.stderr)
+                return 2
+            vectors = np.load(args.vectors)
+            if vectors.ndim != 2:
+                print(f"franca_client: {args.vectors} is not 2-D", file=sys.stderr)
+                return 2
+        else:
+            vectors = json.load(open(args.vectors))
+        n = len(vectors)
+    else:
+        vectors, n = None, len(args.images)
+    ids = args.ids.split(",") if args.ids else None
+    if ids is not None and len(ids) != n:
+        print(f"franca_client: --ids has {len(ids)} ids for {n} items", file=sys.stderr)
+        return 2
+    metadata = None
+    if args.metadata:
+        m = json.loads(args.metadata)
+        metadata = m if isinstance(m, list) else [m] * n
+    ids = c.insert(args.collection, vectors=vectors, images=args.images or None, ids=ids,
+                   metadata=metadata, batch=max(1, args.batch))
+    for i in ids:
+        print(i)
     return 0
 
 

@@ -8,8 +8,13 @@
  * bf16 mode, everything fp32 in fp32 mode; LayerNorm, LayerScale, tokens and
  * positional tables always fp32) and a per-grid cache of positional tables. It
  * is read-only during forwards, so threads may share it, each with its own
- * cuda_ws (stream, cuBLASLt handle, GEMM plan cache, activation arena, pinned
- * staging). */
+ * cuda_ws (compute, upload and download streams with their events, cuBLASLt
+ * handle, GEMM plan cache, activation arena, double-buffered pinned staging).
+ * A forward splits a large batch into chunks whose uploads and downloads
+ * overlap the compute of their neighbours (engine.cu, "Overlap of copies and
+ * compute"); it still returns only when the outputs are in the caller's
+ * buffers. FRANCA_CUDA_CHUNK_ROWS (token rows per chunk; 0 = one chunk) tunes
+ * it for benchmarks. */
 #ifndef FRANCA_CUDA_ENGINE_H
 #define FRANCA_CUDA_ENGINE_H
 

@@ -52,6 +52,16 @@ typedef __nv_bfloat16 bf16;
 
 /* ------------------------------------------------------------- device -- */
 
+/* Clears a non-sticky error (a failed cudaMalloc, an invalid launch) from the
+ * runtime's per-thread "last error", which cudaGetLastError after the next good
+ * launch would otherwise report again. A sticky error (a faulted context)
+ * comes back from every later call anyway. */
+static void clear_last_error(void)
+{
+    (void)cudaGetLastError();
+}
+
+
 extern "C" int cuda_device_available(char *err, size_t errlen)
 {
     int n = 0;
@@ -176,7 +186,7 @@ extern "C" int cuda_model_create(const struct model_config *cfg, const struct vi
     cm->bf16 = bf16;
     cm->attention = CUDA_ATTN_AUTO;
     pthread_mutex_init(&cm->pos_lock, NULL);
-    cm->blocks = (struct dev_block *)calloc(cfg->depth, sizeof(struct dev_block));
+    cm->blocks = (struct dev_block *)calloc(cfg->depth > 0 ? cfg->depth : 1, sizeof(struct dev_block));
     if (!cm->blocks) {
         cuda_model_free(cm);
         return set_err(err, errlen, "out of memory");
@@ -199,6 +209,7 @@ extern "C" int cuda_model_create(const struct model_config *cfg, const struct vi
     if (e == cudaSuccess) e = cudaDeviceSynchronize();
     free(host);
     if (e != cudaSuccess) {
+        clear_last_error();
         cuda_model_free(cm);
         return set_err(err, errlen, "CUDA: uploading %.1f MiB of weights failed: %s",
                        bytes / 1048576.0, cudaGetErrorString(e));
@@ -234,6 +245,7 @@ static const float *device_pos(struct cuda_model *cm, const float *host, int gh,
         e = ce == cudaSuccess ? (struct pos_entry *)calloc(1, sizeof(*e)) : NULL;
         if (!e) {
             cudaFree(t);
+            clear_last_error();
             pthread_mutex_unlock(&cm->pos_lock);
             set_err(err, errlen, "CUDA: positional table for a %dx%d grid: %s", gh, gw,
                     ce == cudaSuccess ? "out of memory" : cudaGetErrorString(ce));
@@ -266,17 +278,35 @@ struct gemm_entry {
 
 #define GEMM_CACHE 128
 
+/* Events per staging slot; see "Overlap of copies and compute" above compute_chunk. */
+enum { EV_UPLOADED, EV_CONSUMED, EV_COMPUTED, EV_DOWNLOADED, EV_KINDS };
+
 struct cuda_ws {
-    cudaStream_t stream;
+    cudaStream_t stream;      /* compute: kernels and GEMMs */
+    cudaStream_t up;          /* host -> device copies of the input */
+    cudaStream_t down;        /* device -> host copies of the outputs */
+    cudaEvent_t ev[EV_KINDS][CUDA_PLAN_SLOTS];
     cublasLtHandle_t lt;
     struct gemm_entry gemms[GEMM_CACHE];
     int n_gemms;
     struct cuda_shape shape;  /* what the arena was planned for (B == 0: none) */
     struct cuda_plan plan;
     unsigned char *arena;     /* device */
-    float *h_in;              /* pinned [plan.input_bytes] */
-    float *h_cls;             /* pinned [B, D] */
+    unsigned char *h_in;      /* pinned, plan.slots * plan.input_bytes */
+    float *h_cls;             /* pinned [h_cls_images, D] */
+    int h_cls_images;
 };
+
+/* Waits for everything queued on the workspace's streams, ignoring errors:
+ * before buffers are freed or replaced, and after a failed forward so that no
+ * copy into ws-owned memory is still in flight when the call returns. */
+static void ws_drain(struct cuda_ws *ws)
+{
+    if (ws->down) cudaStreamSynchronize(ws->down);
+    if (ws->stream) cudaStreamSynchronize(ws->stream);
+    if (ws->up) cudaStreamSynchronize(ws->up);
+    clear_last_error();
+}
 
 static void gemm_cache_clear(struct cuda_ws *ws)
 {
@@ -293,20 +323,27 @@ static void ws_release_buffers(struct cuda_ws *ws)
 {
     cudaFree(ws->arena);
     cudaFreeHost(ws->h_in);
-    cudaFreeHost(ws->h_cls);
     ws->arena = NULL;
-    ws->h_in = ws->h_cls = NULL;
+    ws->h_in = NULL;
     memset(&ws->shape, 0, sizeof ws->shape);
+    memset(&ws->plan, 0, sizeof ws->plan);
 }
 
 extern "C" void cuda_ws_free(struct cuda_ws *ws)
 {
     if (!ws) return;
-    if (ws->stream) cudaStreamSynchronize(ws->stream);
+    ws_drain(ws);
     gemm_cache_clear(ws);
     ws_release_buffers(ws);
+    cudaFreeHost(ws->h_cls);
+    for (int k = 0; k < EV_KINDS; k++)
+        for (int i = 0; i < CUDA_PLAN_SLOTS; i++)
+            if (ws->ev[k][i]) cudaEventDestroy(ws->ev[k][i]);
     if (ws->lt) cublasLtDestroy(ws->lt);
+    if (ws->down) cudaStreamDestroy(ws->down);
+    if (ws->up) cudaStreamDestroy(ws->up);
     if (ws->stream) cudaStreamDestroy(ws->stream);
+    clear_last_error();
     free(ws);
 }
 
@@ -315,43 +352,79 @@ static bool shape_fits(const struct cuda_shape *have, const struct cuda_shape *w
     return have->B >= want->B && have->T >= want->T && have->N >= want->N &&
            have->D == want->D && have->Hs == want->Hs && have->heads == want->heads &&
            have->P == want->P && have->swiglu == want->swiglu &&
-           have->act_bytes == want->act_bytes && (have->unfused || !want->unfused);
+           have->act_bytes == want->act_bytes && (have->unfused || !want->unfused) &&
+           have->slots >= want->slots;
 }
 
-static int ws_ensure(struct cuda_ws **wsp, const struct cuda_shape *want, char *err, size_t errlen)
+/* Streams, events and the cuBLASLt handle of a new workspace. */
+static int ws_create(struct cuda_ws **wsp, char *err, size_t errlen)
 {
+    struct cuda_ws *ws = (struct cuda_ws *)calloc(1, sizeof(*ws));
+    if (!ws) return set_err(err, errlen, "out of memory");
+    cudaError_t e = cudaStreamCreateWithFlags(&ws->stream, cudaStreamNonBlocking);
+    if (e == cudaSuccess) e = cudaStreamCreateWithFlags(&ws->up, cudaStreamNonBlocking);
+    if (e == cudaSuccess) e = cudaStreamCreateWithFlags(&ws->down, cudaStreamNonBlocking);
+    for (int k = 0; k < EV_KINDS && e == cudaSuccess; k++)
+        for (int i = 0; i < CUDA_PLAN_SLOTS && e == cudaSuccess; i++)
+            e = cudaEventCreateWithFlags(&ws->ev[k][i], cudaEventDisableTiming);
+    if (e != cudaSuccess) {
+        cuda_ws_free(ws);
+        return set_err(err, errlen, "CUDA: cannot create streams and events: %s",
+                       cudaGetErrorString(e));
+    }
+    const cublasStatus_t s = cublasLtCreate(&ws->lt);
+    if (s != CUBLAS_STATUS_SUCCESS) {
+        ws->lt = NULL;
+        cuda_ws_free(ws);
+        return set_err(err, errlen, "cuBLASLt: cannot create a handle: %s",
+                       cublasLtGetStatusString(s));
+    }
+    *wsp = ws;
+    return 0;
+}
+
+/* The arena and pinned input staging for want (one chunk), and pinned CLS
+ * staging for `images` images (the whole batch). */
+static int ws_ensure(struct cuda_ws **wsp, const struct cuda_shape *want, int images, char *err,
+                     size_t errlen)
+{
+    if (!*wsp) TRY(ws_create(wsp, err, errlen));
     struct cuda_ws *ws = *wsp;
-    if (!ws) {
-        ws = (struct cuda_ws *)calloc(1, sizeof(*ws));
-        if (!ws) return set_err(err, errlen, "out of memory");
-        cudaError_t e = cudaStreamCreateWithFlags(&ws->stream, cudaStreamNonBlocking);
+    if (!ws->h_cls || ws->h_cls_images < images) {
+        ws_drain(ws);
+        cudaFreeHost(ws->h_cls);
+        ws->h_cls = NULL;
+        ws->h_cls_images = 0;
+        const cudaError_t e = cudaMallocHost((void **)&ws->h_cls,
+                                             sizeof(float) * (size_t)images * want->D);
         if (e != cudaSuccess) {
-            free(ws);
-            return set_err(err, errlen, "CUDA: cannot create a stream: %s", cudaGetErrorString(e));
+            ws->h_cls = NULL;
+            clear_last_error();
+            return set_err(err, errlen, "CUDA: pinned CLS staging for %d images: %s", images,
+                           cudaGetErrorString(e));
         }
-        const cublasStatus_t s = cublasLtCreate(&ws->lt);
-        if (s != CUBLAS_STATUS_SUCCESS) {
-            cudaStreamDestroy(ws->stream);
-            free(ws);
-            return set_err(err, errlen, "cuBLASLt: cannot create a handle: %s",
-                           cublasLtGetStatusString(s));
-        }
-        *wsp = ws;
+        ws->h_cls_images = images;
     }
     if (ws->arena && shape_fits(&ws->shape, want)) return 0;
-    cudaStreamSynchronize(ws->stream);
+    ws_drain(ws);
     ws_release_buffers(ws);
     struct cuda_plan p;
     if (cuda_plan_activations(want, &p))
         return set_err(err, errlen, "batch %d at %d tokens: activation sizes overflow", want->B,
                        want->T);
-    CU(cudaMalloc((void **)&ws->arena, p.total));
-    cudaError_t e = cudaMallocHost((void **)&ws->h_in, p.input_bytes);
-    if (e == cudaSuccess)
-        e = cudaMallocHost((void **)&ws->h_cls, sizeof(float) * want->B * want->D);
+    cudaError_t e = cudaMalloc((void **)&ws->arena, p.total);
     if (e != cudaSuccess) {
+        ws->arena = NULL;
+        clear_last_error();
+        return set_err(err, errlen, "CUDA: %.1f MiB of activations for %d images at %d tokens: %s",
+                       p.total / 1048576.0, want->B, want->T, cudaGetErrorString(e));
+    }
+    e = cudaMallocHost((void **)&ws->h_in, p.input_bytes * (size_t)p.slots);
+    if (e != cudaSuccess) {
+        ws->h_in = NULL;
         ws_release_buffers(ws);
-        return set_err(err, errlen, "CUDA: pinned staging for batch %d: %s", want->B,
+        clear_last_error();
+        return set_err(err, errlen, "CUDA: pinned input staging for %d images: %s", want->B,
                        cudaGetErrorString(e));
     }
     ws->plan = p;
@@ -489,30 +562,33 @@ static int linear(struct cuda_ws *ws, T *out, const T *in, const void *Wt, const
                            __LINE__, cudaGetErrorString(e_));                                     \
     } while (0)
 
+/* Scores and probabilities are [pairs][Tk][ld] with ld = Tk rounded up to 8,
+ * so that rows and batch strides keep 16-byte alignment for cuBLASLt. */
 template <typename T>
 static int attention_unfused(struct cuda_ws *ws, T *attn, const T *qkv, int B, int Tk, int D,
                              int heads, char *err, size_t errlen)
 {
     const struct cuda_plan *p = &ws->plan;
-    const int hd = D / heads, pairs = B * heads;
+    const int hd = D / heads, pairs = B * heads, ld = cuda_plan_scores_ld(Tk);
     const size_t plane = (size_t)B * Tk * D;
     T *qh = (T *)(ws->arena + p->heads), *kh = qh + plane, *vh = kh + plane;
     T *oh = (T *)(ws->arena + p->oh);
     float *scores = (float *)(ws->arena + p->scores);
     T *probs = (T *)(ws->arena + p->probs);
-    const long long shd = (long long)Tk * hd, stt = (long long)Tk * Tk;
+    const long long shd = (long long)Tk * hd, stt = (long long)Tk * ld;
     const float scale = 1.0f / sqrtf((float)hd);
+    if (p->attn_chunk < 1) return set_err(err, errlen, "CUDA: unfused attention was not planned");
     KL(launch_split_heads<T>(qh, qkv, B, Tk, D, heads, ws->stream));
     for (int c0 = 0; c0 < pairs; c0 += p->attn_chunk) {
         const int n = pairs - c0 < p->attn_chunk ? pairs - c0 : p->attn_chunk;
         /* scores (row q, col k) = scale * Q_q . K_k: column-major C = K^T' Q, m = n = Tk. */
         TRY(gemm(ws, CUBLAS_OP_T, CUBLAS_OP_N, Tk, Tk, hd, scale, kh + c0 * shd, dtype<T>::v, hd,
-                 shd, qh + c0 * shd, dtype<T>::v, hd, shd, scores, CUDA_R_32F, Tk, stt, n, NULL,
+                 shd, qh + c0 * shd, dtype<T>::v, hd, shd, scores, CUDA_R_32F, ld, stt, n, NULL,
                  err, errlen));
-        KL(launch_softmax<T>(probs, scores, (size_t)n * Tk, Tk, ws->stream));
+        KL(launch_softmax<T>(probs, scores, (size_t)n * Tk, Tk, ld, ws->stream));
         /* O (row q) = sum_k P[q][k] V_k: column-major O^T (hd x Tk) = V^T P^T. */
         TRY(gemm(ws, CUBLAS_OP_N, CUBLAS_OP_N, hd, Tk, Tk, 1.0f, vh + c0 * shd, dtype<T>::v, hd,
-                 shd, probs, dtype<T>::v, Tk, stt, oh + c0 * shd, dtype<T>::v, hd, shd, n, NULL,
+                 shd, probs, dtype<T>::v, ld, stt, oh + c0 * shd, dtype<T>::v, hd, shd, n, NULL,
                  err, errlen));
     }
     KL(launch_merge_heads<T>(attn, oh, B, Tk, D, heads, ws->stream));
@@ -544,9 +620,45 @@ static int attention(struct cuda_model *cm, struct cuda_ws *ws, bf16 *attn, cons
     return attention_unfused<bf16>(ws, attn, qkv, B, Tk, D, heads, err, errlen);
 }
 
+/* Overlap of copies and compute (issue 5: "streams so that host-to-device
+ * copies overlap compute").
+ *
+ * cuda_forward is synchronous for its caller (vit_forward's contract: the
+ * outputs are in the caller's buffers when it returns), so the overlap lives
+ * inside one call: the batch is split into n balanced chunks
+ * (cuda_plan_chunk_count / cuda_plan_chunk_range: a chunk keeps about
+ * CUDA_PLAN_CHUNK_ROWS token rows or more so that its GEMMs stay efficient; at
+ * most CUDA_PLAN_MAX_CHUNKS chunks; small batches stay one chunk) and
+ * software-pipelined over three streams of the
+ * workspace, with double-buffered (CUDA_PLAN_SLOTS = 2) pinned input staging,
+ * device input buffers and device output buffers; chunk j uses slot j % 2:
+ *
+ *   host     memcpy x[j] -> pinned h_in[s]       (after EV_UPLOADED[s] of chunk j-2)
+ *   up       H2D h_in[s] -> in[s]                (after EV_CONSUMED[s]: im2col of j-2 read in[s])
+ *            record EV_UPLOADED[s]
+ *   compute  wait EV_UPLOADED[s]; im2col; record EV_CONSUMED[s]; patch embed, blocks;
+ *            wait EV_DOWNLOADED[s] (chunk j-2 left out[s]); final LayerNorm -> out[s];
+ *            record EV_COMPUTED[s]
+ *   down     wait EV_COMPUTED[s]; D2H out[s] -> pinned CLS staging / caller's patch buffer;
+ *            record EV_DOWNLOADED[s]
+ *
+ * The host issues, for j = 0..n-1: compute(j), then stage + upload(j+1), then
+ * download(j-1). So the host copy and the H2D copy of chunk j+1 run while chunk
+ * j computes, and chunk j-1's download runs while chunk j computes. Patch
+ * tokens go straight into the caller's (pageable) buffer; such a copy returns
+ * only once done, which is why download(j-1) is issued after compute(j): the
+ * host waits then while the device is busy with chunk j, and compute(j+1) is
+ * queued before chunk j ends. Every wait names the latest record of its event
+ * at the time it is issued, which the issue order above makes the intended
+ * chunk's. The activations themselves are sized for one chunk and reused in
+ * order on the compute stream. A single chunk (n = 1) degenerates to upload,
+ * compute, download. After a failure cuda_forward drains all three streams, so
+ * nothing is in flight when it returns. */
+
+/* Compute stream, chunk of B images whose input is (being) uploaded to slot. */
 template <typename T>
-static int forward_t(struct cuda_model *cm, struct cuda_ws *ws, const float *pos, const float *x,
-                     int B, int H, int W, float *cls, float *patch, char *err, size_t errlen)
+static int compute_chunk(struct cuda_model *cm, struct cuda_ws *ws, const float *pos, int slot,
+                         int B, int H, int W, char *err, size_t errlen)
 {
     const struct model_config *c = &cm->cfg;
     const int P = c->patch_size, D = c->embed_dim, R = c->register_tokens, Hs = c->ffn_hidden;
@@ -556,23 +668,29 @@ static int forward_t(struct cuda_model *cm, struct cuda_ws *ws, const float *pos
     const struct cuda_plan *p = &ws->plan;
     cudaStream_t st = ws->stream;
     unsigned char *A = ws->arena;
-    float *d_in = (float *)(A + p->input);
+    const float *d_in = (const float *)(A + p->input[slot]);
     T *patches = (T *)(A + p->patches);
     float *xr = (float *)(A + p->x);
     T *xn = (T *)(A + p->xn), *qkv = (T *)(A + p->qkv), *attn = (T *)(A + p->attn);
     T *branch = (T *)(A + p->branch), *hidden = (T *)(A + p->hidden);
     T *gated = (T *)(A + p->gated);
-    float *outf = (float *)(A + p->out);
+    float *outf = (float *)(A + p->out[slot]);
 
-    const size_t in_bytes = sizeof(float) * (size_t)B * 3 * H * W;
-    memcpy(ws->h_in, x, in_bytes);
-    CU(cudaMemcpyAsync(d_in, ws->h_in, in_bytes, cudaMemcpyHostToDevice, st));
+    CU(cudaStreamWaitEvent(st, ws->ev[EV_UPLOADED][slot], 0));
     KL(launch_im2col<T>(patches, d_in, B, H, W, P, st));
+    CU(cudaEventRecord(ws->ev[EV_CONSUMED][slot], st));
     TRY(linear<T>(ws, branch, patches, cm->patch_w, cm->patch_b, (size_t)B * N, 3 * P * P, D,
                   err, errlen));
     KL(launch_embed<T>(xr, branch, cm->cls, cm->reg, pos, B, Tk, N, R, D, st));
     const struct dev_block *bw = cm->blocks;
-    KL((launch_residual_ln<T, T>(xr, NULL, NULL, bw[0].norm1_w, bw[0].norm1_b, xn, rows, D, eps, st)));
+    if (c->depth == 0) {
+        CU(cudaStreamWaitEvent(st, ws->ev[EV_DOWNLOADED][slot], 0));
+        KL((launch_residual_ln<T, float>(xr, (const T *)NULL, NULL, cm->norm_w, cm->norm_b, outf,
+                                         rows, D, eps, st)));
+    } else {
+        KL((launch_residual_ln<T, T>(xr, (const T *)NULL, NULL, bw[0].norm1_w, bw[0].norm1_b, xn,
+                                     rows, D, eps, st)));
+    }
     for (int l = 0; l < c->depth; l++) {
         const struct dev_block *b = &bw[l];
         TRY(linear<T>(ws, qkv, xn, b->qkv_w, b->qkv_b, rows, D, 3 * D, err, errlen));
@@ -588,38 +706,123 @@ static int forward_t(struct cuda_model *cm, struct cuda_ws *ws, const float *pos
             KL(launch_gelu<T>(hidden, rows * Hs, st));
             TRY(linear<T>(ws, branch, hidden, b->fc2_w, b->fc2_b, rows, Hs, D, err, errlen));
         }
-        if (l + 1 < c->depth)
+        if (l + 1 < c->depth) {
             KL((launch_residual_ln<T, T>(xr, branch, b->ls2, bw[l + 1].norm1_w, bw[l + 1].norm1_b,
                                          xn, rows, D, eps, st)));
-        else
+        } else {
+            CU(cudaStreamWaitEvent(st, ws->ev[EV_DOWNLOADED][slot], 0));
             KL((launch_residual_ln<T, float>(xr, branch, b->ls2, cm->norm_w, cm->norm_b, outf,
                                              rows, D, eps, st)));
+        }
     }
+    CU(cudaEventRecord(ws->ev[EV_COMPUTED][slot], st));
+    return 0;
+}
 
-    /* CLS is row 0 of each image, patches follow the registers. */
+/* Host staging and up stream: bytes of images from x into slot. */
+static int upload_chunk(struct cuda_ws *ws, const float *x, int slot, size_t bytes, char *err,
+                        size_t errlen)
+{
+    unsigned char *h = ws->h_in + (size_t)slot * ws->plan.input_bytes;
+    CU(cudaEventSynchronize(ws->ev[EV_UPLOADED][slot])); /* the slot's last upload has left */
+    memcpy(h, x, bytes);
+    CU(cudaStreamWaitEvent(ws->up, ws->ev[EV_CONSUMED][slot], 0));
+    CU(cudaMemcpyAsync(ws->arena + ws->plan.input[slot], h, bytes, cudaMemcpyHostToDevice,
+                       ws->up));
+    CU(cudaEventRecord(ws->ev[EV_UPLOADED][slot], ws->up));
+    return 0;
+}
+
+/* Down stream: CLS rows (to pinned staging at image j0) and patch tokens (to
+ * the caller's buffer at image j0) of a chunk of B images from slot. */
+static int download_chunk(struct cuda_ws *ws, int slot, int j0, int B, int Tk, int N, int R,
+                          int D, bool cls, float *patch, char *err, size_t errlen)
+{
+    const float *outf = (const float *)(ws->arena + ws->plan.out[slot]);
     const size_t img_pitch = sizeof(float) * (size_t)Tk * D;
+    CU(cudaStreamWaitEvent(ws->down, ws->ev[EV_COMPUTED][slot], 0));
+    /* CLS is row 0 of each image, patches follow the registers. */
     if (cls)
-        CU(cudaMemcpy2DAsync(ws->h_cls, sizeof(float) * D, outf, img_pitch, sizeof(float) * D, B,
-                             cudaMemcpyDeviceToHost, st));
+        CU(cudaMemcpy2DAsync(ws->h_cls + (size_t)j0 * D, sizeof(float) * D, outf, img_pitch,
+                             sizeof(float) * D, B, cudaMemcpyDeviceToHost, ws->down));
     if (patch)
-        CU(cudaMemcpy2DAsync(patch, sizeof(float) * (size_t)N * D, outf + (size_t)(1 + R) * D,
-                             img_pitch, sizeof(float) * (size_t)N * D, B, cudaMemcpyDeviceToHost,
-                             st));
-    CU(cudaStreamSynchronize(st));
+        CU(cudaMemcpy2DAsync(patch + (size_t)j0 * N * D, sizeof(float) * (size_t)N * D,
+                             outf + (size_t)(1 + R) * D, img_pitch, sizeof(float) * (size_t)N * D,
+                             B, cudaMemcpyDeviceToHost, ws->down));
+    CU(cudaEventRecord(ws->ev[EV_DOWNLOADED][slot], ws->down));
+    return 0;
+}
+
+template <typename T>
+static int forward_t(struct cuda_model *cm, struct cuda_ws *ws, const float *pos, const float *x,
+                     int B, int nc, int H, int W, float *cls, float *patch, char *err,
+                     size_t errlen)
+{
+    const struct model_config *c = &cm->cfg;
+    const int P = c->patch_size, D = c->embed_dim, R = c->register_tokens;
+    const int N = (H / P) * (W / P), Tk = 1 + R + N;
+    const size_t img_bytes = sizeof(float) * 3 * (size_t)H * W;
+    if (nc < 1 || (nc > 1 && ws->plan.slots < CUDA_PLAN_SLOTS) ||
+        img_bytes * (size_t)cuda_plan_chunk_max(B, nc) > ws->plan.input_bytes)
+        return set_err(err, errlen, "CUDA: workspace not planned for %d images in %d chunks", B,
+                       nc);
+    int f0, n0;
+    cuda_plan_chunk_range(B, nc, 0, &f0, &n0);
+    TRY(upload_chunk(ws, x, 0, img_bytes * n0, err, errlen));
+    for (int j = 0; j < nc; j++) {
+        int f, n;
+        cuda_plan_chunk_range(B, nc, j, &f, &n);
+        TRY(compute_chunk<T>(cm, ws, pos, j % CUDA_PLAN_SLOTS, n, H, W, err, errlen));
+        if (j + 1 < nc) {
+            cuda_plan_chunk_range(B, nc, j + 1, &f, &n);
+            TRY(upload_chunk(ws, x + img_bytes / sizeof(float) * f, (j + 1) % CUDA_PLAN_SLOTS,
+                             img_bytes * n, err, errlen));
+        }
+        if (j > 0) {
+            cuda_plan_chunk_range(B, nc, j - 1, &f, &n);
+            TRY(download_chunk(ws, (j - 1) % CUDA_PLAN_SLOTS, f, n, Tk, N, R, D, cls != NULL,
+                               patch, err, errlen));
+        }
+    }
+    int fl, nl;
+    cuda_plan_chunk_range(B, nc, nc - 1, &fl, &nl);
+    TRY(download_chunk(ws, (nc - 1) % CUDA_PLAN_SLOTS, fl, nl, Tk, N, R, D, cls != NULL, patch,
+                       err, errlen));
+    CU(cudaStreamSynchronize(ws->down));
+    CU(cudaStreamSynchronize(ws->stream));
+    CU(cudaStreamSynchronize(ws->up));
+    /* A kernel fault surfaces at a synchronisation; report it as this forward's. */
+    CU(cudaGetLastError());
     if (cls) memcpy(cls, ws->h_cls, sizeof(float) * (size_t)B * D);
     return 0;
+}
+
+/* Token rows per pipelined chunk: FRANCA_CUDA_CHUNK_ROWS when set to a number
+ * (0: one chunk, no pipeline; for benchmarks and experiments), else
+ * CUDA_PLAN_CHUNK_ROWS. */
+static long long chunk_rows(void)
+{
+    const char *v = getenv("FRANCA_CUDA_CHUNK_ROWS");
+    if (!v || !*v) return CUDA_PLAN_CHUNK_ROWS;
+    char *end = NULL;
+    const long long r = strtoll(v, &end, 10);
+    return *end || r < 0 ? CUDA_PLAN_CHUNK_ROWS : r;
 }
 
 extern "C" int cuda_forward(struct cuda_model *cm, struct cuda_ws **wsp, const float *pos,
                             const float *x, int B, int H, int W, float *cls, float *patch,
                             char *err, size_t errlen)
 {
+    clear_last_error(); /* nothing stale from an earlier failure is reported as ours */
     const struct model_config *c = &cm->cfg;
     const int P = c->patch_size, gh = H / P, gw = W / P, N = gh * gw;
+    if (B <= 0 || gh <= 0 || gw <= 0 || H % P || W % P)
+        return set_err(err, errlen, "CUDA: invalid input %d x %dx%d", B, H, W);
     struct cuda_shape want;
     memset(&want, 0, sizeof want);
-    want.B = B;
     want.T = 1 + c->register_tokens + N;
+    const int nc = cuda_plan_chunk_count(B, want.T, chunk_rows());
+    want.B = cuda_plan_chunk_max(B, nc);
     want.N = N;
     want.D = c->embed_dim;
     want.Hs = c->ffn_hidden;
@@ -628,9 +831,14 @@ extern "C" int cuda_forward(struct cuda_model *cm, struct cuda_ws **wsp, const f
     want.swiglu = c->ffn == FFN_SWIGLU;
     want.act_bytes = cm->bf16 ? 2 : 4;
     want.unfused = !use_fused(cm);
+    want.slots = nc > 1 ? CUDA_PLAN_SLOTS : 1;
     const float *dpos = device_pos(cm, pos, gh, gw, err, errlen);
     if (!dpos) return -1;
-    TRY(ws_ensure(wsp, &want, err, errlen));
-    return cm->bf16 ? forward_t<bf16>(cm, *wsp, dpos, x, B, H, W, cls, patch, err, errlen)
-                    : forward_t<float>(cm, *wsp, dpos, x, B, H, W, cls, patch, err, errlen);
+    TRY(ws_ensure(wsp, &want, B, err, errlen));
+    struct cuda_ws *ws = *wsp;
+    const int rc = cm->bf16
+                       ? forward_t<bf16>(cm, ws, dpos, x, B, nc, H, W, cls, patch, err, errlen)
+                       : forward_t<float>(cm, ws, dpos, x, B, nc, H, W, cls, patch, err, errlen);
+    if (rc) ws_drain(ws);
+    return rc;
 }

@@ -261,11 +261,11 @@ cudaError_t launch_merge_heads(T *attn, const T *oh, int B, int Tk, int D, int h
 
 /* One block per row: max, sum of exponentials, normalised write. */
 template <typename T>
-static __global__ void softmax_kernel(T *probs, const float *scores, int n)
+static __global__ void softmax_kernel(T *probs, const float *scores, int n, int ld)
 {
     const size_t row = blockIdx.x;
-    const float *s = scores + row * n;
-    T *p = probs + row * n;
+    const float *s = scores + row * ld;
+    T *p = probs + row * ld;
     float mx = -INFINITY;
     for (int j = threadIdx.x; j < n; j += blockDim.x) mx = fmaxf(mx, s[j]);
     mx = block_reduce<true>(mx);
@@ -277,10 +277,12 @@ static __global__ void softmax_kernel(T *probs, const float *scores, int n)
 }
 
 template <typename T>
-cudaError_t launch_softmax(T *probs, const float *scores, size_t rows, int n, cudaStream_t s)
+cudaError_t launch_softmax(T *probs, const float *scores, size_t rows, int n, int ld,
+                           cudaStream_t s)
 {
-    if (rows > 0x7fffffffu) return cudaErrorInvalidValue;
-    softmax_kernel<T><<<(unsigned)rows, 256, 0, s>>>(probs, scores, n);
+    if (rows > 0x7fffffffu || ld < n) return cudaErrorInvalidValue;
+    if (!rows) return cudaSuccess;
+    softmax_kernel<T><<<(unsigned)rows, 256, 0, s>>>(probs, scores, n, ld);
     return cudaGetLastError();
 }
 
@@ -454,7 +456,11 @@ static cudaError_t flash_launch(bf16 *out, const bf16 *qkv, int B, int Tk, int D
 cudaError_t launch_flash_attention(bf16 *out, const bf16 *qkv, int B, int Tk, int D, int heads,
                                    cudaStream_t s)
 {
-    if ((long long)B * heads > 0x7fffffffLL) return cudaErrorInvalidValue;
+    /* Rows of Q/K/V are read as 16-byte vectors: the base and the row pitch
+     * (3D bf16) must keep that alignment; query tiles index blockIdx.y. */
+    if (B <= 0 || Tk <= 0 || heads <= 0 || D % heads || D % 8 || ((uintptr_t)qkv & 15) ||
+        (long long)B * heads > 0x7fffffffLL || (Tk + flash::BQ - 1) / flash::BQ > 65535)
+        return cudaErrorInvalidValue;
     switch (D / heads) {
     case 32: return flash_launch<32>(out, qkv, B, Tk, D, heads, s);
     case 64: return flash_launch<64>(out, qkv, B, Tk, D, heads, s);
@@ -476,7 +482,7 @@ cudaError_t launch_flash_attention(bf16 *out, const bf16 *qkv, int B, int Tk, in
     template cudaError_t launch_gelu<T>(T *, size_t, cudaStream_t);                                \
     template cudaError_t launch_split_heads<T>(T *, const T *, int, int, int, int, cudaStream_t);  \
     template cudaError_t launch_merge_heads<T>(T *, const T *, int, int, int, int, cudaStream_t);  \
-    template cudaError_t launch_softmax<T>(T *, const float *, size_t, int, cudaStream_t);
+    template cudaError_t launch_softmax<T>(T *, const float *, size_t, int, int, cudaStream_t);
 
 FRANCA_INSTANTIATE(float)
 FRANCA_INSTANTIATE(bf16)

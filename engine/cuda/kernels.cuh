@@ -44,9 +44,11 @@ template <typename T>
 cudaError_t launch_merge_heads(T *attn, const T *oh, int B, int Tk, int D, int heads,
                                cudaStream_t s);
 
-/* probs[r, :] = softmax(scores[r, :]) over n columns, rows rows. */
+/* probs[r, :n] = softmax(scores[r, :n]), rows rows of ld elements each (ld >= n;
+ * columns n..ld-1 are neither read nor written). */
 template <typename T>
-cudaError_t launch_softmax(T *probs, const float *scores, size_t rows, int n, cudaStream_t s);
+cudaError_t launch_softmax(T *probs, const float *scores, size_t rows, int n, int ld,
+                           cudaStream_t s);
 
 /* Fused (flash-style) attention, bf16 tensor cores, fp32 softmax statistics:
  * qkv [B*Tk, 3D] -> out [B*Tk, D]. head_dim = D/heads must be 32, 64 or 128. */

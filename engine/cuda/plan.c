@@ -22,10 +22,44 @@ static size_t carve(size_t *end, size_t n, int *overflow)
     return off;
 }
 
+int cuda_plan_scores_ld(int T)
+{
+    if (T <= 0 || T > 0x7ffffff0) return 0;
+    return (T + 7) / 8 * 8;
+}
+
+int cuda_plan_chunk_count(int B, int T, long long min_rows)
+{
+    if (B <= 0 || T <= 0) return 0;
+    if (min_rows <= 0) return 1;
+    const long long per = (min_rows + T - 1) / T;
+    const long long floor_b = ((long long)B + CUDA_PLAN_MAX_CHUNKS - 1) / CUDA_PLAN_MAX_CHUNKS;
+    const long long want = per > floor_b ? per : floor_b;
+    if (want >= B) return 1;
+    return (int)((B + want - 1) / want);
+}
+
+void cuda_plan_chunk_range(int B, int n, int j, int *first, int *count)
+{
+    if (B <= 0 || n <= 0 || j < 0 || j >= n) {
+        *first = *count = 0;
+        return;
+    }
+    const long long a = (long long)j * B / n, b = (long long)(j + 1) * B / n;
+    *first = (int)a;
+    *count = (int)(b - a);
+}
+
+int cuda_plan_chunk_max(int B, int n)
+{
+    if (B <= 0 || n <= 0) return 0;
+    return (int)(((long long)B + n - 1) / n);
+}
+
 int cuda_plan_attention_chunk(int pairs, int T, int act_bytes, size_t budget)
 {
     if (pairs <= 0 || T <= 0) return 0;
-    const size_t per = mul(mul((size_t)T, (size_t)T), 4 + (size_t)act_bytes);
+    const size_t per = mul(mul((size_t)T, (size_t)cuda_plan_scores_ld(T)), 4 + (size_t)act_bytes);
     size_t n = per ? budget / per : (size_t)pairs;
     if (n < 1) n = 1;
     if (n > (size_t)pairs) n = (size_t)pairs;
@@ -36,16 +70,19 @@ int cuda_plan_activations(const struct cuda_shape *s, struct cuda_plan *p)
 {
     memset(p, 0, sizeof(*p));
     if (s->B <= 0 || s->T <= 0 || s->N <= 0 || s->N >= s->T || s->D <= 0 || s->Hs <= 0 ||
-        s->heads <= 0 || s->D % s->heads || s->P <= 0 || (s->act_bytes != 2 && s->act_bytes != 4))
+        s->heads <= 0 || s->D % s->heads || s->P <= 0 || (s->act_bytes != 2 && s->act_bytes != 4) ||
+        s->slots < 0 || s->slots > CUDA_PLAN_SLOTS || !cuda_plan_scores_ld(s->T))
         return -1;
+    const int slots = s->slots ? s->slots : 1;
     const size_t e = (size_t)s->act_bytes, D = (size_t)s->D, Hs = (size_t)s->Hs;
     const size_t rows = mul((size_t)s->B, (size_t)s->T);
     const size_t prows = mul((size_t)s->B, (size_t)s->N);
     const size_t K = (size_t)3 * s->P * s->P;
     int of = 0;
     size_t end = 0;
+    p->slots = slots;
     p->input_bytes = mul(mul(prows, K), 4);
-    p->input = carve(&end, p->input_bytes, &of);
+    for (int i = 0; i < slots; i++) p->input[i] = carve(&end, p->input_bytes, &of);
     p->patches = carve(&end, mul(mul(prows, K), e), &of);
     p->x = carve(&end, mul(mul(rows, D), 4), &of);
     p->xn = carve(&end, mul(mul(rows, D), e), &of);
@@ -54,13 +91,14 @@ int cuda_plan_activations(const struct cuda_shape *s, struct cuda_plan *p)
     p->branch = carve(&end, mul(mul(rows, D), e), &of);
     p->hidden = carve(&end, mul(mul(rows, s->swiglu ? 2 * Hs : Hs), e), &of);
     p->gated = s->swiglu ? carve(&end, mul(mul(rows, Hs), e), &of) : 0;
-    p->out = carve(&end, mul(mul(rows, D), 4), &of);
+    for (int i = 0; i < slots; i++) p->out[i] = carve(&end, mul(mul(rows, D), 4), &of);
     if (s->unfused) {
-        const int pairs = s->B * s->heads;
-        if (s->heads > 0 && pairs / s->heads != s->B) return -1;
+        const long long pairs_ll = (long long)s->B * s->heads;
+        if (pairs_ll > 0x7fffffffLL) return -1;
+        const int pairs = (int)pairs_ll;
         const size_t budget = s->scores_budget ? s->scores_budget : CUDA_PLAN_SCORES_BUDGET;
         p->attn_chunk = cuda_plan_attention_chunk(pairs, s->T, s->act_bytes, budget);
-        const size_t tt = mul((size_t)s->T, (size_t)s->T);
+        const size_t tt = mul((size_t)s->T, (size_t)cuda_plan_scores_ld(s->T));
         p->heads = carve(&end, mul(mul(rows, 3 * D), e), &of);
         p->oh = carve(&end, mul(mul(rows, D), e), &of);
         p->scores = carve(&end, mul(mul(tt, (size_t)p->attn_chunk), 4), &of);

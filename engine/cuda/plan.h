@@ -1,8 +1,9 @@
 /* Host-side planning of the CUDA engine, in plain C so that it builds and is
  * unit-tested on machines without CUDA: the activation arena layout for one
- * (batch, tokens) shape, the attention chunking of the unfused path, the
- * fused-attention eligibility, and float -> bfloat16 rounding for the weight
- * upload. Nothing here touches a device. */
+ * (batch, tokens) shape, the split of a forward's batch into pipelined chunks
+ * (uploads overlapping compute), the attention chunking of the unfused path,
+ * the fused-attention eligibility, and float -> bfloat16 rounding for the
+ * weight upload. Nothing here touches a device. */
 #ifndef FRANCA_CUDA_PLAN_H
 #define FRANCA_CUDA_PLAN_H
 
@@ -16,6 +17,12 @@
 #define CUDA_PLAN_GEMM_WORKSPACE ((size_t)32 << 20)
 /* Default cap on the unfused attention's score + probability buffers. */
 #define CUDA_PLAN_SCORES_BUDGET ((size_t)2 << 30)
+/* Pipelined forwards: a chunk holds about this many token rows (enough to keep
+ * the GEMMs efficient), and a batch is split into at most this many chunks. */
+#define CUDA_PLAN_CHUNK_ROWS 16384
+#define CUDA_PLAN_MAX_CHUNKS 8
+/* Staging slots of a pipelined forward (double buffering). */
+#define CUDA_PLAN_SLOTS 2
 
 /* The shape an activation arena is planned for. */
 struct cuda_shape {
@@ -30,12 +37,15 @@ struct cuda_shape {
     int act_bytes;    /* 2 (bf16) or 4 (fp32): GEMM inputs/outputs */
     bool unfused;     /* plan the unfused attention's buffers */
     size_t scores_budget; /* bytes allowed for scores + probabilities; 0: default */
+    int slots;        /* input and output buffers: 1, or CUDA_PLAN_SLOTS when pipelined
+                       * (0 counts as 1) */
 };
 
 /* Byte offsets into one device allocation; 0-sized buffers get offset 0 and must
  * not be used. Shapes in elements, row = token. */
 struct cuda_plan {
-    size_t input;     /* [B, 3, H, W] f32: the uploaded images */
+    size_t input[CUDA_PLAN_SLOTS]; /* [B, 3, H, W] f32 each: the uploaded images (slot 1
+                                    * only when slots == 2) */
     size_t patches;   /* [B*N, 3*P*P] act: im2col */
     size_t x;         /* [B*T, D] f32: residual stream */
     size_t xn;        /* [B*T, D] act: LayerNorm output (GEMM input) */
@@ -44,23 +54,42 @@ struct cuda_plan {
     size_t branch;    /* [B*T, D] act: proj / FFN output; patch-embed tokens [B*N, D] first */
     size_t hidden;    /* [B*T, 2Hs] (SwiGLU) or [B*T, Hs] (MLP) act */
     size_t gated;     /* [B*T, Hs] act (SwiGLU only) */
-    size_t out;       /* [B*T, D] f32: final LayerNorm output */
+    size_t out[CUDA_PLAN_SLOTS];   /* [B*T, D] f32 each: final LayerNorm output */
     size_t heads;     /* [3, B*heads, T, hd] act: head-major Q, K, V (unfused only) */
     size_t oh;        /* [B*heads, T, hd] act: head-major attention output (unfused only) */
-    size_t scores;    /* [chunk, T, T] f32 (unfused only) */
-    size_t probs;     /* [chunk, T, T] act (unfused only) */
+    size_t scores;    /* [chunk, T, ld] f32 (unfused only; ld = cuda_plan_scores_ld(T)) */
+    size_t probs;     /* [chunk, T, ld] act (unfused only) */
     size_t gemm_ws;   /* CUDA_PLAN_GEMM_WORKSPACE bytes */
     size_t total;     /* bytes of the whole arena */
-    size_t input_bytes; /* bytes of the input buffer (B*3*H*W*4) */
+    size_t input_bytes; /* bytes of one input buffer (B*3*H*W*4) */
     int attn_chunk;   /* (image, head) pairs per unfused attention pass; 0 when not planned */
+    int slots;        /* input/output slots planned (1 or CUDA_PLAN_SLOTS) */
 };
 
 /* Plans the arena; returns 0, or -1 when a size overflows or the shape is invalid. */
 int cuda_plan_activations(const struct cuda_shape *s, struct cuda_plan *p);
 
-/* (image, head) pairs whose T x T scores and probabilities fit in budget bytes
+/* (image, head) pairs whose T x ld scores and probabilities fit in budget bytes
  * (at least 1, at most pairs). */
 int cuda_plan_attention_chunk(int pairs, int T, int act_bytes, size_t budget);
+
+/* Leading dimension (elements) of a T x T score / probability matrix: T rounded
+ * up to a multiple of 8, so that every row and every batch stride starts on a
+ * 16-byte boundary (cuBLASLt's tensor-core kernels want that; 257 or 1370 alone
+ * would leave bf16 rows 2-byte aligned). */
+int cuda_plan_scores_ld(int T);
+
+/* Chunks of a pipelined forward of B images of T tokens. With
+ * want = max(ceil(min_rows / T), ceil(B / CUDA_PLAN_MAX_CHUNKS)) images: 1 (no
+ * pipeline) when min_rows <= 0 or B <= want, else ceil(B / want); so at most
+ * CUDA_PLAN_MAX_CHUNKS chunks, each of about min_rows token rows or more.
+ * 0 for B <= 0 or T <= 0. */
+int cuda_plan_chunk_count(int B, int T, long long min_rows);
+/* Chunk j of n over B images: the images [*first, *first + *count), balanced
+ * (counts differ by at most one, and add up to B). */
+void cuda_plan_chunk_range(int B, int n, int j, int *first, int *count);
+/* The largest chunk: ceil(B / n) images (0 for invalid B or n). */
+int cuda_plan_chunk_max(int B, int n);
 
 /* Head dims the fused attention kernel is compiled for (bf16 only). */
 bool cuda_plan_fused_supported(int head_dim, int act_bytes);

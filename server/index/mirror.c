@@ -3,6 +3,7 @@
 
 #include <math.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -24,7 +25,18 @@ struct index_mirror {
     uint64_t *hash;   /* [cap]: hash of ext */
     uint32_t *slots;  /* [nslots]: row + 1, 0 = empty; linear probing */
     size_t nslots;    /* power of two, at least 2 * cap */
+    uint64_t version; /* see mirror_version; written under the write lock */
 };
+
+/* Versions come from one counter, so that no two mirrors (nor two states of
+ * one) share a version, even when a freed mirror's address is reused. */
+static _Atomic uint64_t version_counter;
+static void (*_Atomic free_hook)(const struct index_mirror *m);
+
+static uint64_t next_version(void) { return atomic_fetch_add(&version_counter, 1) + 1; }
+
+void mirror_set_free_hook(void (*hook)(const struct index_mirror *m)) { atomic_store(&free_hook, hook); }
+uint64_t mirror_version(const struct index_mirror *m) { return m->version; }
 
 static uint64_t hash_id(const char *s)
 {
@@ -163,6 +175,7 @@ struct index_mirror *mirror_create(int width, enum store_metric metric, int pref
     m->width = width;
     m->pw = prefix_width;
     m->metric = metric;
+    m->version = next_version();
     return m;
 }
 
@@ -184,6 +197,8 @@ static void free_rows(struct index_mirror *m)
 void mirror_free(struct index_mirror *m)
 {
     if (!m) return;
+    void (*hook)(const struct index_mirror *) = atomic_load(&free_hook);
+    if (hook) hook(m);
     free_rows(m);
     pthread_rwlock_destroy(&m->lock);
     free(m->data);
@@ -301,6 +316,7 @@ int mirror_add_payloads(struct index_mirror *m, size_t count, const int64_t *row
         store_row(m, base + i, vectors + i * w);
     }
     m->n = base + count;
+    m->version = next_version();
 out:
     pthread_rwlock_unlock(&m->lock);
     return rc;
@@ -341,6 +357,7 @@ int mirror_remove(struct index_mirror *m, size_t count, const char *const *exter
         remove_row(m, m->slots[s] - 1, s);
         removed++;
     }
+    if (removed) m->version = next_version();
     pthread_rwlock_unlock(&m->lock);
     if (n_removed) *n_removed = removed;
     return 0;
@@ -351,6 +368,7 @@ void mirror_clear(struct index_mirror *m)
     pthread_rwlock_wrlock(&m->lock);
     free_rows(m);
     if (m->slots) memset(m->slots, 0, m->nslots * sizeof *m->slots);
+    m->version = next_version();
     pthread_rwlock_unlock(&m->lock);
 }
 

@@ -99,4 +99,14 @@ const float *mirror_prefix_matrix(const struct index_mirror *m);
 const float *mirror_sqnorms(const struct index_mirror *m);
 const float *mirror_prefix_sqnorms(const struct index_mirror *m);
 
+/* A number that changes whenever the mirror's rows do (add, remove, clear;
+ * set under the write lock), never 0 and never repeated by any mirror of the
+ * process: a backend that keeps a copy of the matrices compares it, under the
+ * read lock, with the version it copied. */
+uint64_t mirror_version(const struct index_mirror *m);
+
+/* One process-wide function called by mirror_free(m) before m is freed (no
+ * lock held), e.g. to drop a backend's device copy of m. NULL: none. */
+void mirror_set_free_hook(void (*hook)(const struct index_mirror *m));
+
 #endif

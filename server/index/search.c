@@ -1,8 +1,11 @@
-/* Exact and funnel k-NN search on the CPU; see search.h for the contract. */
+/* Exact and funnel k-NN search on the CPU, the driver shared with scorer
+ * backends, and the dispatch to the active backend; see search.h. */
 #include "index/search.h"
 
 #include <cblas.h>
 #include <math.h>
+#include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -11,6 +14,8 @@
 #define BLOCK_ROWS_MAX 4096
 #define BLOCK_ROWS_MIN 16
 #define BLOCK_SCORES (1 << 22) /* floats in one block of scores: 16 MiB */
+/* Scorer backends: larger blocks (fewer round trips), same 16 MiB of scores. */
+#define SCORED_BLOCK_ROWS_MAX 65536
 
 /* Per-query top-k: a binary heap whose root is the worst kept entry. Keys are
  * "larger is better" (l2 uses minus the squared distance); ties go to the lower
@@ -137,6 +142,24 @@ static inline float make_key(enum store_metric metric, float s, float rinv, floa
     }
 }
 
+/* Pushes a block of dot products S [q, b] (rows r0..r0+b-1, per-row factors
+ * rf) into the heaps. Each query has its own heap: batches split across the
+ * cores. */
+static void push_block(enum store_metric metric, const float *S, size_t b, size_t r0,
+                       const float *rf, const float *qsq, int q, const uint8_t *mask,
+                       struct topk *heaps)
+{
+#pragma omp parallel for schedule(static) if (q > 1)
+    for (int qi = 0; qi < q; qi++) {
+        const float *Sq = S + (size_t)qi * b;
+        struct topk *h = heaps + qi;
+        for (size_t i = 0; i < b; i++) {
+            if (mask && !mask[r0 + i]) continue;
+            topk_push(h, make_key(metric, Sq[i], rf[i], rf[i], qsq[qi]), (uint32_t)(r0 + i));
+        }
+    }
+}
+
 /* One pass over n rows of X (leading dimension ldx, first w columns), scoring
  * the prepared queries Q [q, w] with sgemm in blocks and pushing into heaps.
  * rows_unit: cosine rows are unit at width w (no scaling). rowsq: l2 squared
@@ -180,18 +203,71 @@ static int scan(enum store_metric metric, const float *X, size_t ldx, size_t n, 
         }
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, q, (int)b, w, 1.0f, Q, w, Xb,
                     (int)ldx, 0.0f, S, (int)b);
-        for (int qi = 0; qi < q; qi++) {
-            const float *Sq = S + (size_t)qi * b;
-            struct topk *h = heaps + qi;
-            for (size_t i = 0; i < b; i++) {
-                if (mask && !mask[r0 + i]) continue;
-                topk_push(h, make_key(metric, Sq[i], rf[i], rf[i], qsq[qi]), (uint32_t)(r0 + i));
-            }
-        }
+        push_block(metric, S, b, r0, rf, qsq, q, mask, heaps);
     }
     free(S);
     free(rf);
     return 0;
+}
+
+/* The first block start at or after r0 (a multiple of B) whose block holds an
+ * eligible row; n when none does. */
+static size_t next_block(size_t r0, size_t n, size_t B, const uint8_t *mask)
+{
+    for (; r0 < n; r0 += B) {
+        if (!mask) return r0;
+        const size_t end = n - r0 < B ? n : r0 + B;
+        for (size_t i = r0; i < end; i++)
+            if (mask[i]) return r0;
+    }
+    return n;
+}
+
+/* scan with the dot products from a scorer: the same keys and heaps, blocks
+ * pipelined through the scorer's two slots. Returns 0, -1 (out of memory) or
+ * -2 (the scorer failed; its message is in err). */
+static int scan_scored(const struct search_scorer *sc, enum search_matrix which,
+                       enum store_metric metric, size_t n, int w, const float *Q,
+                       const float *qsq, int q, int rows_unit, const float *rowsq,
+                       const uint8_t *mask, struct topk *heaps, char *err, size_t errlen)
+{
+    size_t B = BLOCK_SCORES / (size_t)q;
+    if (B > SCORED_BLOCK_ROWS_MAX) B = SCORED_BLOCK_ROWS_MAX;
+    if (B < BLOCK_ROWS_MIN) B = BLOCK_ROWS_MIN;
+    if (B > n) B = n;
+    const int want_sq = (metric == STORE_METRIC_COSINE && !rows_unit) ||
+                        (metric == STORE_METRIC_L2 && !rowsq);
+    float *rf = malloc(B * sizeof *rf);
+    if (!rf) return -1;
+    int rc = sc->begin(sc->ctx, which, Q, q, w, B, want_sq, err, errlen);
+    size_t next = rc ? n : next_block(0, n, B, mask);
+    int slot = 0;
+    if (next < n) rc = sc->launch(sc->ctx, slot, next, n - next < B ? n - next : B, err, errlen);
+    while (!rc && next < n) {
+        const size_t r0 = next, b = n - r0 < B ? n - r0 : B;
+        next = next_block(r0 + B, n, B, mask);
+        if (next < n) {
+            rc = sc->launch(sc->ctx, slot ^ 1, next, n - next < B ? n - next : B, err, errlen);
+            if (rc) break;
+        }
+        const float *S = NULL, *sq = NULL;
+        rc = sc->wait(sc->ctx, slot, &S, &sq, err, errlen);
+        if (rc) break;
+        for (size_t i = 0; i < b; i++) {
+            if (metric == STORE_METRIC_COSINE)
+                rf[i] = rows_unit ? 1.0f
+                                  : (sq[i] > 0 ? (float)(1.0 / sqrt((double)sq[i])) : 0.0f);
+            else if (metric == STORE_METRIC_L2)
+                rf[i] = rowsq ? rowsq[r0 + i] : sq[i];
+            else
+                rf[i] = 1.0f;
+        }
+        push_block(metric, S, b, r0, rf, qsq, q, mask, heaps);
+        slot ^= 1;
+    }
+    sc->end(sc->ctx);
+    free(rf);
+    return rc ? -2 : 0;
 }
 
 static void emit(const struct index_mirror *m, enum store_metric metric, struct topk *heaps,
@@ -221,9 +297,10 @@ static size_t eligible_rows(size_t n, const uint8_t *mask)
     return e;
 }
 
-static int cpu_exact(const struct index_mirror *m, const float *queries, int q, int w, int k,
-                     const uint8_t *row_mask, struct search_hit *out, int *n_out, char *err,
-                     size_t errlen)
+/* Exact search with the dot products from sc, or from cblas_sgemm when sc is NULL. */
+static int exact_impl(const struct search_scorer *sc, const struct index_mirror *m,
+                      const float *queries, int q, int w, int k, const uint8_t *row_mask,
+                      struct search_hit *out, int *n_out, char *err, size_t errlen)
 {
     const enum store_metric metric = mirror_metric(m);
     const int width = mirror_width(m);
@@ -235,32 +312,37 @@ static int cpu_exact(const struct index_mirror *m, const float *queries, int q, 
     float *Q = malloc((size_t)q * w * sizeof *Q);
     float *qsq = malloc((size_t)q * sizeof *qsq);
     struct heaps hs = {0};
-    int rc = 0;
+    int rc = 0, failed = 0;
     if (!Q || !qsq || heaps_init(&hs, q, cap)) {
         rc = STORE_ERR;
         goto out;
     }
     prepare_queries(metric, queries, q, w, w, Q, qsq);
-    if (scan(metric, mirror_matrix(m), (size_t)width, n, w, Q, qsq, q, w == width,
-             w == width ? mirror_sqnorms(m) : NULL, row_mask, hs.h)) {
+    failed = sc ? scan_scored(sc, SEARCH_MATRIX_FULL, metric, n, w, Q, qsq, q, w == width,
+                              w == width ? mirror_sqnorms(m) : NULL, row_mask, hs.h, err,
+                              errlen)
+                : scan(metric, mirror_matrix(m), (size_t)width, n, w, Q, qsq, q, w == width,
+                       w == width ? mirror_sqnorms(m) : NULL, row_mask, hs.h);
+    if (failed) {
         rc = STORE_ERR;
         goto out;
     }
     emit(m, metric, hs.h, q, k, out, n_out);
 out:
-    if (rc) set_err(err, errlen, "search: out of memory for %d queries", q);
+    if (rc && failed != -2) set_err(err, errlen, "search: out of memory for %d queries", q);
     free(Q);
     free(qsq);
     heaps_free(&hs);
     return rc;
 }
 
-static int cpu_funnel(const struct index_mirror *m, const float *queries, int q, int w, int k,
-                      int fw, int shortlist, const uint8_t *row_mask, struct search_hit *out,
-                      int *n_out, char *err, size_t errlen)
+static int funnel_impl(const struct search_scorer *sc, const struct index_mirror *m,
+                       const float *queries, int q, int w, int k, int fw, int shortlist,
+                       const uint8_t *row_mask, struct search_hit *out, int *n_out, char *err,
+                       size_t errlen)
 {
     const int pw = fw;
-    if (w <= pw) return cpu_exact(m, queries, q, w, k, row_mask, out, n_out, err, errlen);
+    if (w <= pw) return exact_impl(sc, m, queries, q, w, k, row_mask, out, n_out, err, errlen);
     /* The kept prefix matrix when the funnel width is its width; otherwise the
      * first fw columns of the full matrix (rows renormalised on the fly). */
     const int kept = fw == mirror_prefix_width(m);
@@ -278,17 +360,24 @@ static int cpu_funnel(const struct index_mirror *m, const float *queries, int q,
     float *Qp = malloc((size_t)q * pw * sizeof *Qp);
     float *qsqp = malloc((size_t)q * sizeof *qsqp);
     struct heaps cand = {0}, best = {0};
-    int rc = 0;
+    int rc = 0, failed = 0;
     if (!Q || !qsq || !Qp || !qsqp || heaps_init(&cand, q, (int)L) || heaps_init(&best, q, cap)) {
         rc = STORE_ERR;
         goto out;
     }
     /* Stage 1: the shortlist at the funnel width. */
     prepare_queries(metric, queries, q, w, pw, Qp, qsqp);
-    if (kept ? scan(metric, mirror_prefix_matrix(m), (size_t)pw, n, pw, Qp, qsqp, q, 1,
-                    mirror_prefix_sqnorms(m), row_mask, cand.h)
-             : scan(metric, mirror_matrix(m), (size_t)width, n, pw, Qp, qsqp, q, 0, NULL,
-                    row_mask, cand.h)) {
+    if (sc)
+        failed = kept ? scan_scored(sc, SEARCH_MATRIX_PREFIX, metric, n, pw, Qp, qsqp, q, 1,
+                                    mirror_prefix_sqnorms(m), row_mask, cand.h, err, errlen)
+                      : scan_scored(sc, SEARCH_MATRIX_FULL, metric, n, pw, Qp, qsqp, q, 0, NULL,
+                                    row_mask, cand.h, err, errlen);
+    else
+        failed = kept ? scan(metric, mirror_prefix_matrix(m), (size_t)pw, n, pw, Qp, qsqp, q, 1,
+                             mirror_prefix_sqnorms(m), row_mask, cand.h)
+                      : scan(metric, mirror_matrix(m), (size_t)width, n, pw, Qp, qsqp, q, 0,
+                             NULL, row_mask, cand.h);
+    if (failed) {
         rc = STORE_ERR;
         goto out;
     }
@@ -315,7 +404,8 @@ static int cpu_funnel(const struct index_mirror *m, const float *queries, int q,
     }
     emit(m, metric, best.h, q, k, out, n_out);
 out:
-    if (rc) set_err(err, errlen, "search: out of memory for %d queries, shortlist %zu", q, L);
+    if (rc && failed != -2)
+        set_err(err, errlen, "search: out of memory for %d queries, shortlist %zu", q, L);
     free(Q);
     free(qsq);
     free(Qp);
@@ -325,7 +415,57 @@ out:
     return rc;
 }
 
+static int cpu_exact(const struct index_mirror *m, const float *queries, int q, int w, int k,
+                     const uint8_t *row_mask, struct search_hit *out, int *n_out, char *err,
+                     size_t errlen)
+{
+    return exact_impl(NULL, m, queries, q, w, k, row_mask, out, n_out, err, errlen);
+}
+
+static int cpu_funnel(const struct index_mirror *m, const float *queries, int q, int w, int k,
+                      int fw, int shortlist, const uint8_t *row_mask, struct search_hit *out,
+                      int *n_out, char *err, size_t errlen)
+{
+    return funnel_impl(NULL, m, queries, q, w, k, fw, shortlist, row_mask, out, n_out, err,
+                       errlen);
+}
+
 const struct search_backend search_backend_cpu = {"cpu", cpu_exact, cpu_funnel};
+
+int search_exact_scored(const struct search_scorer *sc, const struct index_mirror *m,
+                        const float *queries, int q, int w, int k, const uint8_t *row_mask,
+                        struct search_hit *out, int *n_out, char *err, size_t errlen)
+{
+    return exact_impl(sc, m, queries, q, w, k, row_mask, out, n_out, err, errlen);
+}
+
+int search_funnel_scored(const struct search_scorer *sc, const struct index_mirror *m,
+                         const float *queries, int q, int w, int k, int fw, int shortlist,
+                         const uint8_t *row_mask, struct search_hit *out, int *n_out,
+                         char *err, size_t errlen)
+{
+    return funnel_impl(sc, m, queries, q, w, k, fw, shortlist, row_mask, out, n_out, err,
+                       errlen);
+}
+
+static const struct search_backend *_Atomic active_backend = &search_backend_cpu;
+static atomic_flag fallback_logged = ATOMIC_FLAG_INIT;
+
+void search_use_backend(const struct search_backend *b)
+{
+    atomic_store(&active_backend, b ? b : &search_backend_cpu);
+}
+
+const struct search_backend *search_current_backend(void) { return atomic_load(&active_backend); }
+
+/* A backend other than the CPU one failed: said once on stderr; the caller
+ * then runs the CPU backend. */
+static void log_fallback(const struct search_backend *b, const char *err)
+{
+    if (!atomic_flag_test_and_set(&fallback_logged))
+        fprintf(stderr, "franca: search backend %s failed (%s); answering with the cpu backend "
+                "(logged once)\n", b->name, err && err[0] ? err : "no message");
+}
 
 static int check_args(const struct index_mirror *m, const float *queries, int q, int w, int k,
                       const struct search_hit *out, const int *n_out, char *err, size_t errlen)
@@ -355,6 +495,10 @@ int search_exact(const struct index_mirror *m, const float *queries, int q, int 
 {
     const int rc = check_args(m, queries, q, w, k, out, n_out, err, errlen);
     if (rc) return rc;
+    const struct search_backend *b = atomic_load(&active_backend);
+    const int brc = b->exact(m, queries, q, w, k, row_mask, out, n_out, err, errlen);
+    if (brc != STORE_ERR || b == &search_backend_cpu) return brc;
+    log_fallback(b, err);
     return search_backend_cpu.exact(m, queries, q, w, k, row_mask, out, n_out, err, errlen);
 }
 
@@ -372,6 +516,11 @@ int search_funnel(const struct index_mirror *m, const float *queries, int q, int
         return set_err(err, errlen, "search: funnel width %d is outside 1..%d (the search width)",
                        funnel_width, w),
                STORE_INVALID;
+    const struct search_backend *b = atomic_load(&active_backend);
+    const int brc = b->funnel(m, queries, q, w, k, funnel_width, shortlist, row_mask, out, n_out,
+                              err, errlen);
+    if (brc != STORE_ERR || b == &search_backend_cpu) return brc;
+    log_fallback(b, err);
     return search_backend_cpu.funnel(m, queries, q, w, k, funnel_width, shortlist, row_mask, out,
                                      n_out, err, errlen);
 }

@@ -1,22 +1,33 @@
 /* Throughput of the CUDA engine (bf16), one process for many points.
  *
- *   bench_gpu [--peak TFLOPS] [--seconds S] CASE...
+ *   bench_gpu [--peak TFLOPS] [--seconds S] [--compare-pipeline] CASE...
  *   CASE = ARCH:RES:B1,B2,...:ATTN   ARCH s|b|l (ViT-S/B/L-14, SwiGLU, random weights),
  *                                    ATTN auto|fused|unfused
  *
- * Prints one markdown table row per point: model, resolution, batch, attention,
- * ms/batch, images/s, achieved TFLOP/s and % of the given bf16 GEMM peak. Each
- * point: one warm-up forward, then forwards until S seconds (default 1) and at
- * least 3; the median batch time is reported. CLS only is downloaded, as a
- * server's embeddings route does. Exit 1 on any engine error. */
+ * Every time is end to end, as a caller of vit_forward sees it: from float32
+ * images in host memory to CLS embeddings in host memory, so it includes the
+ * copy into pinned staging, the host-to-device upload and the download (the
+ * engine overlaps them with compute by pipelining chunks of the batch). Prints
+ * one markdown table row per point: model, resolution, batch, attention,
+ * pipeline chunks, ms/batch, images/s, the input upload rate that implies
+ * (GB/s of float32 images), achieved TFLOP/s and % of the given bf16 GEMM
+ * peak. With --compare-pipeline each point is also run with the pipeline off
+ * (FRANCA_CUDA_CHUNK_ROWS=0: one chunk, upload then compute then download) and
+ * the row gains that images/s and the speedup of the pipeline. Each point: one
+ * warm-up forward, then forwards until S seconds (default 1) and at least 3;
+ * the median batch time is reported. CLS only is downloaded, as a server's
+ * embeddings route does. Exit 1 on any engine error. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "checkpoint.h"
+#include "cuda/plan.h"
 #include "errors.h"
 #include "vit.h"
+
+#define CHUNK_ENV "FRANCA_CUDA_CHUNK_ROWS"
 
 static double now(void)
 {
@@ -61,8 +72,40 @@ static struct vit_model *make(char arch, char *err, size_t errlen)
     return m;
 }
 
+/* Median end-to-end seconds per forward of B images at res (one warm-up first). */
+static int time_forward(struct vit_model *m, const float *x, float *cls, int res, int B,
+                        double seconds, double *median, char *err, size_t errlen)
+{
+    struct vit_workspace *ws = NULL;
+    const struct vit_outputs out = {.cls = cls};
+    int rc = vit_forward(m, &ws, x, B, res, res, &out, err, errlen);
+    double times[1000];
+    int it = 0;
+    const double t_end = now() + seconds;
+    while (!rc && it < 1000 && (it < 3 || now() < t_end)) {
+        const double t0 = now();
+        rc = vit_forward(m, &ws, x, B, res, res, &out, err, errlen);
+        times[it++] = now() - t0;
+    }
+    vit_workspace_free(ws);
+    if (rc) return rc;
+    qsort(times, it, sizeof(double), cmp_double);
+    *median = times[it / 2];
+    return 0;
+}
+
+/* Token rows per pipeline chunk the engine will use (as engine/cuda/engine.cu reads it). */
+static long long chunk_rows(void)
+{
+    const char *v = getenv(CHUNK_ENV);
+    if (!v || !*v) return CUDA_PLAN_CHUNK_ROWS;
+    char *end = NULL;
+    const long long r = strtoll(v, &end, 10);
+    return *end || r < 0 ? CUDA_PLAN_CHUNK_ROWS : r;
+}
+
 static int point(struct vit_model *m, int res, int B, double seconds, double peak, const char *attn,
-                 char *err, size_t errlen)
+                 int compare, char *err, size_t errlen)
 {
     const struct model_config *c = vit_model_config(m);
     const size_t n = (size_t)B * 3 * res * res;
@@ -77,28 +120,31 @@ static int point(struct vit_model *m, int res, int B, double seconds, double pea
         s ^= s << 13; s ^= s >> 7; s ^= s << 17;
         x[i] = (float)((s >> 40) * (4.0 / (1ull << 24)) - 2.0);
     }
-    struct vit_workspace *ws = NULL;
-    const struct vit_outputs out = {.cls = cls};
-    int rc = vit_forward(m, &ws, x, B, res, res, &out, err, errlen);
-    double times[1000];
-    int it = 0;
-    const double t_end = now() + seconds;
-    while (!rc && it < 1000 && (it < 3 || now() < t_end)) {
-        const double t0 = now();
-        rc = vit_forward(m, &ws, x, B, res, res, &out, err, errlen);
-        times[it++] = now() - t0;
+    const int T = 1 + c->register_tokens + (res / c->patch_size) * (res / c->patch_size);
+    const int chunks = cuda_plan_chunk_count(B, T, chunk_rows());
+    double t = 0, t1 = 0;
+    int rc = time_forward(m, x, cls, res, B, seconds, &t, err, errlen);
+    if (!rc && compare) {
+        /* The same point with the pipeline off; the caller's setting comes back after. */
+        const char *was = getenv(CHUNK_ENV);
+        char saved[64] = "";
+        if (was) snprintf(saved, sizeof saved, "%s", was);
+        setenv(CHUNK_ENV, "0", 1);
+        rc = time_forward(m, x, cls, res, B, seconds, &t1, err, errlen);
+        if (was) setenv(CHUNK_ENV, saved, 1);
+        else unsetenv(CHUNK_ENV);
     }
     if (!rc) {
-        qsort(times, it, sizeof(double), cmp_double);
-        const double t = times[it / 2];
         const double ips = B / t, tflops = vit_flops_per_image(c, res, res) * ips / 1e12;
+        const double in_gbs = ips * 3.0 * res * res * sizeof(float) / 1e9;
         char pct[32] = "-";
         if (peak > 0) snprintf(pct, sizeof pct, "%.0f %%", 100.0 * tflops / peak);
-        printf("| %s | %d | %d | %s | %.2f | %.1f | %.1f | %s |\n", c->name, res, B, attn, t * 1e3,
-               ips, tflops, pct);
+        printf("| %s | %d | %d | %s | %d | %.2f | %.1f | %.1f | %.1f | %s |", c->name, res, B, attn,
+               chunks, t * 1e3, ips, in_gbs, tflops, pct);
+        if (compare) printf(" %.1f | %.2fx |", B / t1, t1 / t);
+        printf("\n");
         fflush(stdout);
     }
-    vit_workspace_free(ws);
     free(x);
     free(cls);
     return rc;
@@ -108,23 +154,31 @@ int main(int argc, char **argv)
 {
     double peak = 0, seconds = 1.0;
     char err[ERR_LEN];
-    int first = 1;
+    int first = 1, compare = 0;
     for (; first < argc && argv[first][0] == '-'; first += 2) {
+        if (!strcmp(argv[first], "--compare-pipeline")) {
+            compare = 1;
+            first--;
+            continue;
+        }
         if (first + 1 >= argc) break;
         if (!strcmp(argv[first], "--peak")) peak = atof(argv[first + 1]);
         else if (!strcmp(argv[first], "--seconds")) seconds = atof(argv[first + 1]);
         else break;
     }
     if (first >= argc) {
-        fprintf(stderr, "usage: bench_gpu [--peak TFLOPS] [--seconds S] ARCH:RES:B1,B2,..:ATTN...\n");
+        fprintf(stderr, "usage: bench_gpu [--peak TFLOPS] [--seconds S] [--compare-pipeline] "
+                        "ARCH:RES:B1,B2,..:ATTN...\n");
         return 2;
     }
     if (!vit_cuda_available(err, sizeof err)) {
         printf("SKIP: %s\n", err);
         return 0;
     }
-    printf("| model | res | batch | attention | ms/batch | images/s | TFLOP/s | %% of bf16 GEMM |\n");
-    printf("|---|---:|---:|---|---:|---:|---:|---:|\n");
+    printf("End to end (host float32 images in, host CLS out; uploads and downloads included).\n\n");
+    printf("| model | res | batch | attention | chunks | ms/batch | images/s | input GB/s | TFLOP/s "
+           "| %% of bf16 GEMM |%s\n", compare ? " images/s, 1 chunk | pipeline speedup |" : "");
+    printf("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|%s\n", compare ? "---:|---:|" : "");
     struct vit_model *m = NULL;
     char have = 0;
     int rc = 0;
@@ -158,7 +212,7 @@ int main(int argc, char **argv)
                 rc = 2;
                 break;
             }
-            rc = point(m, res, B, seconds, peak, attn, err, sizeof err);
+            rc = point(m, res, B, seconds, peak, attn, compare, err, sizeof err);
         }
     }
     vit_model_free(m);

@@ -11,8 +11,11 @@
  * LayerScale, so that no op hides behind an identity) run on both engines over
  * several shapes; fp32 mode must match to max|a-b|/max|ref| <= 1e-4, bf16 mode
  * to 2e-2 with every CLS cosine >= 0.999, for CLS, patch tokens, RASA tokens
- * and Matryoshka cuts, through both attention paths. --full adds ViT-S/B/L
- * shaped models (depth 2) at 224, 518 and non-square inputs. Exit 1 on any miss. */
+ * and Matryoshka cuts, through both attention paths; then again with the
+ * pipelined forward forced to many small chunks (FRANCA_CUDA_CHUNK_ROWS), so
+ * that both staging slots, slot reuse, uneven chunks and per-chunk downloads
+ * are checked. --full adds ViT-S/B/L shaped models (depth 2) at 224, 518 and
+ * non-square inputs. Exit 1 on any miss. */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -374,6 +377,22 @@ int main(int argc, char **argv)
     const struct spec hd128 = {"swiglu-d256-hd128", 256, 2, 2, 4, 0, 0, FFN_SWIGLU, 0, true};
     const struct shape hd128_shapes[] = {{2, 98, 70}};
     parity(&hd128, hd128_shapes, 1, 13);
+
+    /* Pipelined forwards: one-image chunks (5 and 3 chunks, slots reused), then
+     * one chunk again in the same workspace. */
+    setenv("FRANCA_CUDA_CHUNK_ROWS", "1", 1);
+    printf("  (pipeline forced: FRANCA_CUDA_CHUNK_ROWS=1)\n");
+    const struct shape pipe_shapes[] = {{5, 56, 56}, {3, 42, 70}, {1, 28, 28}};
+    parity(&small, pipe_shapes, 3, 14);
+    parity(&mlp, pipe_shapes, 2, 15);
+    if (full) {
+        /* Uneven chunks of a wide model: 17 images of 257 tokens in chunks of 3-4. */
+        setenv("FRANCA_CUDA_CHUNK_ROWS", "1000", 1);
+        const struct spec vitb_p = {"vit-b-d2-pipelined", 768, 2, 12, 16, 0, 0, FFN_SWIGLU, 2048, true};
+        const struct shape bp_shapes[] = {{17, 224, 224}};
+        parity(&vitb_p, bp_shapes, 1, 25);
+    }
+    unsetenv("FRANCA_CUDA_CHUNK_ROWS");
 
     if (full) {
         const struct spec vits = {"vit-s-d2", 384, 2, 6, 16, 0, 0, FFN_SWIGLU, 0, true};

@@ -4,11 +4,14 @@
 #   2. parity: CUDA against the CPU engine in-process (gpu_parity --full: fp32
 #      <= 1e-4, bf16 <= 2e-2 with CLS cosine >= 0.999, fused and unfused
 #      attention, SwiGLU and GELU-MLP, registers, RASA, Matryoshka widths,
-#      non-square inputs, batch > 1), then through the franca-embed CLI;
-#   3. benchmark: the cuBLASLt bf16 GEMM peak, then images/s and % of that peak
-#      for ViT-S/B/L-14 at 224 and 518, fused against unfused attention for
-#      ViT-L at 518, and PyTorch bf16 (eager, SDPA, torch.compile) when python3
-#      has torch with CUDA.
+#      non-square inputs, batch > 1), the cuBLAS index search backend against
+#      the CPU one (test_search_cuda), then through the franca-embed CLI;
+#   3. benchmark: the cuBLASLt bf16 GEMM peak, then end-to-end images/s (host
+#      images in, host CLS out, transfers included) and % of that peak for
+#      ViT-S/B/L-14 at 224 and 518, fused against unfused attention for ViT-L
+#      at 518, the pipelined (chunked, uploads overlapping compute) forward
+#      against one chunk, and PyTorch bf16 (eager, SDPA, torch.compile) when
+#      python3 has torch with CUDA.
 # Any parity miss, missing GPU or failed step exits non-zero.
 # Environment: BUILD_DIR (build-gpu), JOBS (nproc), BENCH_SECONDS (0.5 per point),
 # SKIP_TORCH=1 to leave out the PyTorch baseline.
@@ -34,7 +37,7 @@ else
   meson setup "$BUILD" -Dbuildtype=release -Dcuda=enabled -Dfuzz=false -Db_sanitize=none >/dev/null
 fi
 meson compile -C "$BUILD" -j "$JOBS" engine/franca-embed engine/franca-checkpoint \
-  tests/gpu/gpu_parity tests/gpu/bench_gpu tests/gpu/gemm_peak >/dev/null
+  tests/gpu/gpu_parity tests/gpu/bench_gpu tests/gpu/gemm_peak tests/gpu/test_search_cuda >/dev/null
 EMBED=$BUILD/engine/franca-embed
 CKPT=$BUILD/engine/franca-checkpoint
 
@@ -44,6 +47,15 @@ if ! timeout 300 "$BUILD/tests/gpu/gpu_parity" --full --embed "$EMBED" --ckpt-to
   die "parity suite failed (lines with FAIL above)"
 fi
 grep -q '^SKIP' "$PARITY_LOG" && die "no usable CUDA device: $(grep '^SKIP' "$PARITY_LOG")"
+
+stamp "parity: cuBLAS search backend vs CPU (metrics, widths, masks, funnel, ties, concurrency)"
+SEARCH_LOG=$(mktemp)
+if ! timeout 300 "$BUILD/tests/gpu/test_search_cuda" 2>&1 | tee "$SEARCH_LOG"; then
+  rm -f "$SEARCH_LOG"
+  die "search backend parity failed (lines with FAIL above)"
+fi
+grep -q '^SKIP' "$SEARCH_LOG" && { rm -f "$SEARCH_LOG"; die "search parity: no usable CUDA device"; }
+rm -f "$SEARCH_LOG"
 
 stamp "parity: franca-embed --device cuda vs cpu (CLI, widths, RASA, non-square, batch 3)"
 TMP=$(mktemp -d)
@@ -71,6 +83,11 @@ timeout 240 "$BUILD/tests/gpu/bench_gpu" --peak "$PEAK" --seconds "$SECS" \
   s:224:1,8,64,256:auto b:224:1,8,64,256:auto b:224:256:unfused l:224:1,8,64,256:auto \
   s:518:1,8,32:auto b:518:1,8,32:auto l:518:1,8,32:fused l:518:1,8,32:unfused \
   | tee "$TMP/bench.md" || die "benchmark failed"
+
+stamp "benchmark: pipelined forward (uploads overlap compute) against one chunk"
+timeout 120 "$BUILD/tests/gpu/bench_gpu" --peak "$PEAK" --seconds "$SECS" --compare-pipeline \
+  s:224:256:auto b:224:128,256:auto l:518:32:fused \
+  | tee -a "$TMP/bench.md" || die "pipeline benchmark failed"
 
 if [ "${SKIP_TORCH:-0}" != 1 ] && python3 -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
   stamp "benchmark: PyTorch bf16 baseline (same architectures, random weights)"
