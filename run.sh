@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what is missing, builds, and starts franca-server on
 # http://127.0.0.1:8080 with the first checkpoint under models/ (convert the
-# official weights there: see README) or, when there is none, an untrained
-# ViT-S/14 checkpoint generated once and labelled "trained": false.
+# official weights there: see README), else the bundled small model that
+# franca-train trained on Fashion-MNIST (models/franca_fmnist_small.safetensors).
 # State goes under ./data; the admin token is ./data/admin.token.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -10,7 +10,9 @@ cd "$(dirname "$0")"
 [ -d build ] || meson setup build >/dev/null
 meson compile -C build
 
-ckpt=$(ls models/*.safetensors 2>/dev/null | head -n 1 || true)
+bundled=models/franca_fmnist_small.safetensors
+ckpt=$(ls models/*.safetensors 2>/dev/null | grep -vx "$bundled" | head -n 1 || true)
+[ -n "$ckpt" ] || [ ! -f "$bundled" ] || ckpt=$bundled
 if [ -z "$ckpt" ]; then
   mkdir -p models
   ckpt=models/franca_vits14_untrained.safetensors

@@ -16,7 +16,7 @@ The step budget: --steps N, or (default) --minutes M per training run: a
 sized to fit M minutes (default 28, so that both runs take <= 60 minutes).
 k-NN train set: the first --knn-train images of the 60k train set (default all).
 
-  /usr/bin/python3 tests/bench/train_fashion_mnist.py [--build build-trainf]
+  /usr/bin/python3 tests/bench/train_fashion_mnist.py [--build build]
       [--minutes 28 | --steps N] [--threads 2] [--knn-train 60000]
       [--work DIR] [--export model.safetensors]
 """
