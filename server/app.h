@@ -57,6 +57,9 @@ int routes_collections_register(struct http_router *r, struct app *app, char *er
 int routes_search_register(struct http_router *r, struct app *app, char *err, size_t errlen);
 int routes_jobs_register(struct http_router *r, struct app *app, char *err, size_t errlen);
 
+/* The JSON object body of a request (a new reference); otherwise replies 415
+ * or 400 and returns NULL. */
+json_t *json_body(struct http_request *req);
 /* Acquires the named model (NULL: the default) for a request; otherwise replies
  * 503 while models load, 404 for an unknown name, and returns NULL. */
 struct model_entry *acquire_or_reply(struct http_request *req, struct app *app, const char *name);

@@ -1,4 +1,6 @@
 /* The route table and the error mappings shared by the route families. */
+#include <string.h>
+
 #include "app.h"
 
 int routes_register(struct http_router *r, struct app *app, char *err, size_t errlen)
@@ -12,6 +14,29 @@ int routes_register(struct http_router *r, struct app *app, char *err, size_t er
     if (routes_search_register(r, app, err, errlen)) return -1;
     if (routes_jobs_register(r, app, err, errlen)) return -1;
     return 0;
+}
+
+json_t *json_body(struct http_request *req)
+{
+    /* JSON bodies only; curl's default form type is tolerated, since curl -d
+     * sends it for any body. */
+    const char *ct = http_header(req, "Content-Type");
+    if (ct && strncmp(ct, "application/json", 16) &&
+        strncmp(ct, "application/x-www-form-urlencoded", 33)) {
+        http_reply_errorf(req, 415, NULL, "Content-Type must be application/json, got '%s'", ct);
+        return NULL;
+    }
+    size_t len;
+    const char *body = http_body(req, &len);
+    json_error_t je;
+    json_t *j = json_loadb(body, len, 0, &je);
+    if (!json_is_object(j)) {
+        http_reply_errorf(req, 400, NULL, "body is not a JSON object: %s",
+                          j ? "found another JSON type" : je.text);
+        json_decref(j);
+        return NULL;
+    }
+    return j;
 }
 
 struct model_entry *acquire_or_reply(struct http_request *req, struct app *app, const char *name)

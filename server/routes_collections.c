@@ -15,7 +15,7 @@
 static void create_collection(struct http_request *req, void *user)
 {
     struct app *app = user;
-    json_t *j = index_body(req);
+    json_t *j = json_body(req);
     if (!j) return;
     json_t *name = json_object_get(j, "name"), *model = json_object_get(j, "model");
     json_t *width = json_object_get(j, "width"), *metric = json_object_get(j, "metric");
@@ -291,7 +291,7 @@ static void insert_items(struct http_request *req, void *user)
     }
     x->req = req;
     x->app = app;
-    if (!(x->body = index_body(req)) || !(x->c = coll_or_reply(req, app))) {
+    if (!(x->body = json_body(req)) || !(x->c = coll_or_reply(req, app))) {
         insert_free(x);
         return;
     }

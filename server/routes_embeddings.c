@@ -68,24 +68,8 @@ static void embed_done(struct infer_request *r, int status, const char *err, voi
 /* Validates the request body; on failure replies and returns NULL. */
 static json_t *parse_body(struct http_request *req, const struct app *app)
 {
-    /* JSON bodies only; curl's default form type is tolerated, since curl -d
-     * sends it for any body. */
-    const char *ct = http_header(req, "Content-Type");
-    if (ct && strncmp(ct, "application/json", 16) &&
-        strncmp(ct, "application/x-www-form-urlencoded", 33)) {
-        http_reply_errorf(req, 415, NULL, "Content-Type must be application/json, got '%s'", ct);
-        return NULL;
-    }
-    size_t len;
-    const char *body = http_body(req, &len);
-    json_error_t je;
-    json_t *j = json_loadb(body, len, 0, &je);
-    if (!j || !json_is_object(j)) {
-        http_reply_errorf(req, 400, NULL, "body is not a JSON object: %s",
-                          j ? "found another JSON type" : je.text);
-        json_decref(j);
-        return NULL;
-    }
+    json_t *j = json_body(req);
+    if (!j) return NULL;
     json_t *input = json_object_get(j, "input");
     const size_t n = json_is_array(input) ? json_array_size(input) : 1;
     const char *why = NULL;

@@ -12,27 +12,6 @@
 #include "matryoshka.h"
 #include "vit.h"
 
-json_t *index_body(struct http_request *req)
-{
-    const char *ct = http_header(req, "Content-Type");
-    if (ct && strncmp(ct, "application/json", 16) &&
-        strncmp(ct, "application/x-www-form-urlencoded", 33)) {
-        http_reply_errorf(req, 415, NULL, "Content-Type must be application/json, got '%s'", ct);
-        return NULL;
-    }
-    size_t len;
-    const char *body = http_body(req, &len);
-    json_error_t je;
-    json_t *j = json_loadb(body, len, 0, &je);
-    if (!json_is_object(j)) {
-        http_reply_errorf(req, 400, NULL, "body is not a JSON object: %s",
-                          j ? "found another JSON type" : je.text);
-        json_decref(j);
-        return NULL;
-    }
-    return j;
-}
-
 struct coll *coll_or_reply(struct http_request *req, struct app *app)
 {
     const char *name = http_param(req, "name");

@@ -10,8 +10,6 @@
 
 #include "app.h"
 
-/* The JSON object body of a request; otherwise replies 415/400, returns NULL. */
-json_t *index_body(struct http_request *req);
 /* The collection named by the {name} path parameter, acquired; otherwise
  * replies 404 and returns NULL. */
 struct coll *coll_or_reply(struct http_request *req, struct app *app);

@@ -261,7 +261,7 @@ static void search(struct http_request *req, void *user)
     }
     x->req = req;
     x->app = app;
-    if (!(x->body = index_body(req)) || !(x->c = coll_or_reply(req, app))) {
+    if (!(x->body = json_body(req)) || !(x->c = coll_or_reply(req, app))) {
         search_free(x);
         return;
     }
