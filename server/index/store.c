@@ -7,6 +7,7 @@
 #include <pthread.h>
 #include <sqlite3.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -70,6 +71,23 @@ static void rollback(struct index_store *s)
 {
     /* After a failed COMMIT SQLite may already have rolled back; ignore that error. */
     if (sqlite3_get_autocommit(s->db) == 0) sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+}
+
+/* Finalizes a write's last statement and commits: 0, or STORE_ERR with a message. */
+static int commit(struct index_store *s, sqlite3_stmt **st, char *err, size_t errlen)
+{
+    sqlite3_finalize(*st);
+    *st = NULL;
+    return exec_const(s, "COMMIT", err, errlen) ? STORE_ERR : 0;
+}
+
+/* The common exit of a call holding the store's lock: finalizes st, rolls back
+ * the open transaction when asked (a failed write, or a read snapshot), unlocks. */
+static void end_locked(struct index_store *s, sqlite3_stmt *st, bool roll_back)
+{
+    sqlite3_finalize(st);
+    if (roll_back) rollback(s);
+    pthread_mutex_unlock(&s->mu);
 }
 
 static int prepare(struct index_store *s, const char *sql, sqlite3_stmt **st, char *err,
@@ -557,16 +575,11 @@ int store_items_insert_rows(struct index_store *s, int64_t collection_id,
         }
         sqlite3_clear_bindings(st);
     }
-    sqlite3_finalize(st);
-    st = NULL;
-    if (exec_const(s, "COMMIT", err, errlen)) goto out;
-    ret = 0;
+    if ((ret = commit(s, &st, err, errlen))) goto out;
     for (size_t i = 0; i < n; i++) memcpy(out_ids[i], ids[i], STORE_ID_MAX);
     if (out_row_ids && n) memcpy(out_row_ids, rows, n * sizeof *rows);
 out:
-    sqlite3_finalize(st);
-    if (ret) rollback(s);
-    pthread_mutex_unlock(&s->mu);
+    end_locked(s, st, ret != 0);
     free(ids);
     free(rows);
     return ret;
@@ -626,9 +639,7 @@ int store_item_get(struct index_store *s, int64_t collection_id, const char *ext
 oom:
     set_err(err, errlen, "index store: out of memory");
 out:
-    sqlite3_finalize(st);
-    rollback(s); /* read-only transaction: ending it either way is the same */
-    pthread_mutex_unlock(&s->mu);
+    end_locked(s, st, true); /* read-only transaction: ending it either way is the same */
     if (ret) store_item_free(out);
     return ret;
 }
@@ -675,15 +686,10 @@ int store_items_delete(struct index_store *s, int64_t collection_id,
         }
         count += (size_t)sqlite3_changes(s->db);
     }
-    sqlite3_finalize(st);
-    st = NULL;
-    if (exec_const(s, "COMMIT", err, errlen)) goto out;
-    ret = 0;
+    if ((ret = commit(s, &st, err, errlen))) goto out;
     *deleted = count;
 out:
-    sqlite3_finalize(st);
-    if (ret) rollback(s);
-    pthread_mutex_unlock(&s->mu);
+    end_locked(s, st, ret != 0);
     return ret;
 }
 
@@ -732,9 +738,7 @@ int store_items_scan(struct index_store *s, int64_t collection_id, store_scan_fn
     }
     ret = 0;
 out:
-    sqlite3_finalize(st);
-    rollback(s);
-    pthread_mutex_unlock(&s->mu);
+    end_locked(s, st, true); /* the scan's read snapshot */
     free(vec);
     return ret;
 }
@@ -833,8 +837,7 @@ int store_images_page(struct index_store *s, int64_t collection_id, int64_t afte
     }
     ret = 0;
 out:
-    sqlite3_finalize(st);
-    pthread_mutex_unlock(&s->mu);
+    end_locked(s, st, false);
     if (ret) {
         store_image_rows_free(rows, got); /* a row that failed holds no image */
         return ret;
@@ -888,13 +891,8 @@ int store_collection_revector(struct index_store *s, int64_t collection_id,
         db_fail(s, err, errlen, "update fingerprint");
         goto out;
     }
-    sqlite3_finalize(st);
-    st = NULL;
-    if (exec_const(s, "COMMIT", err, errlen)) goto out;
-    ret = 0;
+    if ((ret = commit(s, &st, err, errlen))) goto out;
 out:
-    sqlite3_finalize(st);
-    if (ret) rollback(s);
-    pthread_mutex_unlock(&s->mu);
+    end_locked(s, st, ret != 0);
     return ret;
 }
