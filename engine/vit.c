@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cpu/gemm_packed.h"
 #include "cpu/ops.h"
 #include "cpu/pos_embed.h"
 #include "cuda/cuda_engine.h"
@@ -20,8 +21,23 @@ struct pos_cache_entry {
     struct pos_cache_entry *next;
 };
 
+/* A block's GEMM weights, packed for the CPU forward (cpu/gemm_packed.h). */
+struct packed_block {
+    struct packed_weights qkv, proj, fc1, fc2;
+};
+
+/* Memory: on a CPU with AVX-512 the CPU forward reads its linear weights
+ * (patch embedding, and qkv, proj, fc1, fc2 of every block) from a packed copy
+ * made when the model is created, so a CPU model holds one extra fp32 copy of
+ * those weights (nearly all of its parameters: about +86 MB for ViT-S/14,
+ * +342 MB for ViT-B/14, +1.2 GB for ViT-L/14). The plain weights in ck stay:
+ * the CUDA upload, RASA, the positional tables and the trainer read them. The
+ * copy is dropped while the model runs on CUDA and made again when it moves
+ * back to the CPU. */
 struct vit_model {
     struct checkpoint ck;
+    struct packed_weights patch_packed;
+    struct packed_block *packed; /* [depth]; NULL while on CUDA */
     float *rasa_units;           /* [T+1, 2, D] or NULL */
     pthread_mutex_t pos_lock;
     struct pos_cache_entry *pos_cache;
@@ -47,6 +63,47 @@ struct vit_workspace {
     struct cuda_ws *cuda;        /* device activations of CUDA models, or NULL */
 };
 
+static void model_unpack(struct vit_model *m)
+{
+    if (m->packed)
+        for (int l = 0; l < m->ck.cfg.depth; l++) {
+            packed_weights_free(&m->packed[l].qkv);
+            packed_weights_free(&m->packed[l].proj);
+            packed_weights_free(&m->packed[l].fc1);
+            packed_weights_free(&m->packed[l].fc2);
+        }
+    free(m->packed);
+    m->packed = NULL;
+    packed_weights_free(&m->patch_packed);
+}
+
+/* Packs the linear weights for the CPU forward; all or nothing. */
+static int model_pack(struct vit_model *m, char *err, size_t errlen)
+{
+    const struct model_config *c = &m->ck.cfg;
+    const struct vit_weights *w = &m->ck.w;
+    const int D = c->embed_dim, Hs = c->ffn_hidden, P = c->patch_size;
+    const int f1 = c->ffn == FFN_SWIGLU ? 2 * Hs : Hs;
+    m->packed = calloc((size_t)c->depth, sizeof(*m->packed));
+    int fail = !m->packed || packed_weights_pack(&m->patch_packed, w->patch_w, 3 * P * P, D);
+    for (int l = 0; l < c->depth && !fail; l++) {
+        const struct vit_block_weights *bw = &w->blocks[l];
+        struct packed_block *pb = &m->packed[l];
+        fail = packed_weights_pack(&pb->qkv, bw->qkv_w, D, 3 * D) ||
+               packed_weights_pack(&pb->proj, bw->proj_w, D, D) ||
+               packed_weights_pack(&pb->fc1, bw->fc1_w, D, f1) ||
+               packed_weights_pack(&pb->fc2, bw->fc2_w, Hs, D);
+    }
+    if (fail) {
+        model_unpack(m);
+        const double mib = ((double)3 * P * P * D + c->depth * ((double)4 * D * D +
+                            (double)f1 * D + (double)Hs * D)) * sizeof(float) / (1 << 20);
+        return set_err(err, errlen, "out of memory: the packed copy of the linear weights for "
+                       "the CPU forward needs %.1f MiB", mib);
+    }
+    return 0;
+}
+
 int vit_model_from_checkpoint(struct checkpoint *ck, struct vit_model **out, char *err,
                               size_t errlen)
 {
@@ -67,6 +124,10 @@ int vit_model_from_checkpoint(struct checkpoint *ck, struct vit_model **out, cha
             vit_model_free(m);
             return -1;
         }
+    }
+    if (model_pack(m, err, errlen)) {
+        vit_model_free(m);
+        return -1;
     }
     *out = m;
     return 0;
@@ -93,6 +154,7 @@ void vit_model_free(struct vit_model *m)
     }
     pthread_mutex_destroy(&m->pos_lock);
     cuda_model_free(m->cuda);
+    model_unpack(m);
     free(m->rasa_units);
     checkpoint_free(&m->ck);
     free(m);
@@ -207,13 +269,13 @@ static int workspace_ensure(struct vit_workspace **wsp, const struct model_confi
 
 /* Patch embedding, CLS, registers and positional table into ws->x. */
 static void embed_tokens(const struct model_config *c, const struct vit_weights *w,
-                         struct vit_workspace *ws, const float *x, const float *pos, int B,
-                         int H, int W, int T, int N)
+                         const struct packed_weights *patch_w, struct vit_workspace *ws,
+                         const float *x, const float *pos, int B, int H, int W, int T, int N)
 {
     const int D = c->embed_dim, P = c->patch_size, R = c->register_tokens;
     patchify(ws->patches, x, B, 3, H, W, P);
     /* Patch projections land in branch[B*N, D], then move into their token rows. */
-    linear_forward(ws->branch, ws->patches, w->patch_w, w->patch_b, (size_t)B * N, 3 * P * P, D);
+    packed_linear_forward(ws->branch, ws->patches, patch_w, w->patch_b, (size_t)B * N);
 #pragma omp parallel for schedule(static)
     for (int b = 0; b < B; b++) {
         float *xb = ws->x + (size_t)b * T * D;
@@ -230,26 +292,26 @@ static void embed_tokens(const struct model_config *c, const struct vit_weights 
 }
 
 static void block_forward(const struct model_config *c, const struct vit_block_weights *bw,
-                          struct vit_workspace *ws, int B, int T)
+                          const struct packed_block *pb, struct vit_workspace *ws, int B, int T)
 {
     const int D = c->embed_dim, Hs = c->ffn_hidden;
     const size_t rows = (size_t)B * T;
 
     layernorm_forward(ws->xn, ws->x, bw->norm1_w, bw->norm1_b, rows, D, c->norm_eps);
-    linear_forward(ws->qkv, ws->xn, bw->qkv_w, bw->qkv_b, rows, D, 3 * D);
+    packed_linear_forward(ws->qkv, ws->xn, &pb->qkv, bw->qkv_b, rows);
     attention_forward(ws->attn, ws->qkv, ws->scores, B, T, D, c->num_heads);
-    linear_forward(ws->branch, ws->attn, bw->proj_w, bw->proj_b, rows, D, D);
+    packed_linear_forward(ws->branch, ws->attn, &pb->proj, bw->proj_b, rows);
     residual_scale_add(ws->x, ws->branch, bw->ls1, rows, D);
 
     layernorm_forward(ws->xn, ws->x, bw->norm2_w, bw->norm2_b, rows, D, c->norm_eps);
     if (c->ffn == FFN_SWIGLU) {
-        linear_forward(ws->hidden, ws->xn, bw->fc1_w, bw->fc1_b, rows, D, 2 * Hs);
+        packed_linear_forward(ws->hidden, ws->xn, &pb->fc1, bw->fc1_b, rows);
         swiglu_forward(ws->gated, ws->hidden, rows, Hs);
-        linear_forward(ws->branch, ws->gated, bw->fc2_w, bw->fc2_b, rows, Hs, D);
+        packed_linear_forward(ws->branch, ws->gated, &pb->fc2, bw->fc2_b, rows);
     } else {
-        linear_forward(ws->hidden, ws->xn, bw->fc1_w, bw->fc1_b, rows, D, Hs);
+        packed_linear_forward(ws->hidden, ws->xn, &pb->fc1, bw->fc1_b, rows);
         gelu_forward(ws->hidden, rows * Hs);
-        linear_forward(ws->branch, ws->hidden, bw->fc2_w, bw->fc2_b, rows, Hs, D);
+        packed_linear_forward(ws->branch, ws->hidden, &pb->fc2, bw->fc2_b, rows);
     }
     residual_scale_add(ws->x, ws->branch, bw->ls2, rows, D);
 }
@@ -292,8 +354,8 @@ int vit_forward(struct vit_model *m, struct vit_workspace **wsp, const float *x,
     if (workspace_ensure(wsp, c, B, T, N, err, errlen)) return -1;
     struct vit_workspace *ws = *wsp;
 
-    embed_tokens(c, w, ws, x, pos, B, H, W, T, N);
-    for (int l = 0; l < c->depth; l++) block_forward(c, &w->blocks[l], ws, B, T);
+    embed_tokens(c, w, &m->patch_packed, ws, x, pos, B, H, W, T, N);
+    for (int l = 0; l < c->depth; l++) block_forward(c, &w->blocks[l], &m->packed[l], ws, B, T);
 
     /* Final LayerNorm; CLS is row 0, patches follow the registers. */
     const size_t rows = (size_t)B * T;
@@ -358,6 +420,7 @@ int vit_model_use_device(struct vit_model *m, enum vit_device d, enum vit_precis
                          char *err, size_t errlen)
 {
     if (d == VIT_DEVICE_CPU) {
+        if (!m->packed && model_pack(m, err, errlen)) return -1;
         cuda_model_free(m->cuda);
         m->cuda = NULL;
         m->precision = VIT_PRECISION_FP32;
@@ -369,6 +432,7 @@ int vit_model_use_device(struct vit_model *m, enum vit_device d, enum vit_precis
     cuda_model_free(m->cuda);
     m->cuda = cm;
     m->precision = p;
+    model_unpack(m); /* the CPU forward is not used while on CUDA */
     return 0;
 }
 

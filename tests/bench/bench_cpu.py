@@ -2,7 +2,8 @@
 (Debian's python3-torch, fp32) on the same machine, cores and weights.
 
 Prints images/s of both and the ratio, and the engine's achieved GFLOP/s against
-the sgemm rate of this machine measured in the same run (tests/bench/sgemm_peak).
+the GEMM rate of this machine measured in the same run (tests/bench/sgemm_peak):
+OpenBLAS's sgemm (what PyTorch runs) and the engine's packed-weight kernel.
 
 PyTorch is given its best configuration for T cores: Debian's torch runs its
 GEMMs on OpenBLAS's own thread pool beside its OpenMP pool, so both
@@ -99,9 +100,12 @@ def main():
     peak = subprocess.run([os.path.join(args.build, "tests", "sgemm_peak"), "2048", str(args.threads)],
                           capture_output=True, text=True, check=True, env=env)
     sgemm = last_value(peak.stdout, "sgemm GFLOP/s")
-    print(f"machine: {os.cpu_count()} cores; {peak.stdout.splitlines()[0]}; peak {sgemm:.1f} GFLOP/s")
+    packed = last_value(peak.stdout, "packed GFLOP/s")
+    kernel = [l for l in peak.stdout.splitlines() if l.startswith("packed kernel")]
+    print(f"machine: {os.cpu_count()} cores; {[l for l in peak.stdout.splitlines() if l.startswith('sgemm ')][0]}; "
+          f"peak {sgemm:.1f} GFLOP/s; engine's {kernel[0] if kernel else 'packed kernel'}: {packed:.1f} GFLOP/s")
     print(f"{'model':10s} {'res':>4s} {'batch':>5s} {'engine img/s':>13s} {'torch img/s':>12s} "
-          f"{'ratio':>6s} {'GFLOP/s':>8s} {'% sgemm':>8s}")
+          f"{'ratio':>6s} {'GFLOP/s':>8s} {'% sgemm':>8s} {'% packed':>9s}")
     tmp = tempfile.mkdtemp(prefix="bench_cpu_")
     for name in args.models.split(","):
         D, depth, heads = ARCHS[name]
@@ -124,7 +128,8 @@ def main():
                 ref.append(bench_torch(env, SEED, cfg, batch, args.resolution, args.iters, args.threads, tt))
             o, r, g = statistics.median(ours), statistics.median(ref), statistics.median(gf)
             print(f"{name:10s} {args.resolution:4d} {batch:5d} {o:13.2f} {r:12.2f} "
-                  f"{o / r:6.2f} {g:8.1f} {100 * g / sgemm:7.1f}%  (torch threads {tt})", flush=True)
+                  f"{o / r:6.2f} {g:8.1f} {100 * g / sgemm:7.1f}% {100 * g / packed:8.1f}%  (torch threads {tt})",
+                  flush=True)
 
 if __name__ == "__main__":
     main()
