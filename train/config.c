@@ -8,12 +8,12 @@
 
 #include "errors.h"
 
-enum ktype { K_INT, K_I64, K_DBL, K_BOOL, K_STR };
+enum ktype { K_INT, K_I64, K_DBL, K_BOOL, K_STR, K_DVEC };
 
 struct key {
     const char *name;
     enum ktype type;
-    size_t off, size;   /* size: string capacity */
+    size_t off, size;   /* size: string capacity (K_DVEC: always level_weights' shape) */
     double lo, hi;      /* numeric range */
     const char *doc;
 };
@@ -42,8 +42,10 @@ static const struct key KEYS[] = {
     {"head_init", K_STR, F(head_init), S(head_init), 0, 0, "head Linear init: spec (trunc-normal 0.02, spec 4.1) | fan_in (std 1/sqrt(fan_in); for narrow heads, where 0.02 gives ~1e-4 logits and flat losses)"},
     {"head_nested", K_BOOL, F(head_nested), 0, 0, 0, "Matryoshka heads (false: one full-width head, ablation)"},
     {"n_levels", K_INT, F(n_levels), 0, 1, HEAD_MAX_LEVELS, "Matryoshka levels: widths D/2^(n-1) .. D"},
+    {"level_weights", K_DVEC, F(level_weights), 0, 0, 1e6, "loss weight per Matryoshka level, smallest first (JSON array or --level-weights 4,2,1,1,1; [] = all 1, as the paper)"},
     {"student_temp", K_DBL, F(student_temp), 0, 1e-4, 10, "student temperature"},
     {"koleo_weight", K_DBL, F(koleo_weight), 0, 0, 100, "KoLeo loss weight"},
+    {"koleo_levels", K_BOOL, F(koleo_levels), 0, 0, 0, "KoLeo also on each smaller Matryoshka prefix of the CLS (not in the paper)"},
     {"drop_path", K_DBL, F(drop_path), 0, 0, 0.99, "drop-path rate (uniform over blocks)"},
     {"masking", K_STR, F(masking), S(masking), 0, 0, "iBOT masks: cyclic | block"},
     {"mask_ratio_min", K_DBL, F(mask_ratio_min), 0, 0, 1, "stratified mask ratio range"},
@@ -199,6 +201,39 @@ static int set_string(struct train_config *c, const struct key *k, const char *s
     return 0;
 }
 
+/* A K_DVEC value: up to HEAD_MAX_LEVELS numbers in [lo, hi]. */
+static int set_vector(struct train_config *c, const struct key *k, const double *v, size_t n,
+                      const char *label, char *err, size_t errlen)
+{
+    if (n > HEAD_MAX_LEVELS)
+        return set_err(err, errlen, "%s: '%s' has %zu values (at most %d)", label, k->name, n,
+                       HEAD_MAX_LEVELS);
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(v[i]) || v[i] < k->lo || v[i] > k->hi)
+            return set_err(err, errlen, "%s: '%s'[%zu] = %g is out of range [%g, %g]", label,
+                           k->name, i, v[i], k->lo, k->hi);
+    c->level_weights.n = (int)n;
+    for (size_t i = 0; i < n; i++) c->level_weights.v[i] = v[i];
+    return 0;
+}
+
+static int set_vector_json(struct train_config *c, const struct key *k, json_t *a,
+                           const char *label, char *err, size_t errlen)
+{
+    double v[HEAD_MAX_LEVELS];
+    if (!json_is_array(a))
+        return set_err(err, errlen, "%s: '%s' must be an array of numbers", label, k->name);
+    size_t i;
+    json_t *e;
+    json_array_foreach(a, i, e) {
+        if (i >= HEAD_MAX_LEVELS) break;
+        if (!json_is_number(e))
+            return set_err(err, errlen, "%s: '%s' must be an array of numbers", label, k->name);
+        v[i] = json_number_value(e);
+    }
+    return set_vector(c, k, v, json_array_size(a), label, err, errlen);
+}
+
 int train_config_apply_json(struct train_config *c, const char *json, size_t len,
                             const char *label, char *err, size_t errlen)
 {
@@ -230,6 +265,8 @@ int train_config_apply_json(struct train_config *c, const char *json, size_t len
                 break;
             }
             *(bool *)((char *)c + k->off) = json_is_true(v);
+        } else if (k->type == K_DVEC) {
+            if ((rc = set_vector_json(c, k, v, label, err, errlen)) < 0) break;
         } else if (k->type == K_STR) {
             if (!json_is_string(v)) {
                 rc = set_err(err, errlen, "%s: '%s' must be a string", label, k->name);
@@ -288,6 +325,21 @@ int train_config_set(struct train_config *c, const char *key, const char *value,
     char label[96];
     snprintf(label, sizeof label, "--%s", k->name);
     if (k->type == K_STR) return set_string(c, k, value, label, err, errlen);
+    if (k->type == K_DVEC) {   /* "4,2,1,1,1"; "" = all 1 */
+        double v[HEAD_MAX_LEVELS];
+        size_t n = 0;
+        for (const char *p = value; *p; n++) {
+            char *end;
+            errno = 0;
+            const double x = strtod(p, &end);
+            if (end == p || errno || (*end && *end != ','))
+                return set_err(err, errlen, "%s: expected numbers separated by commas, got '%s'",
+                               label, value);
+            if (n < HEAD_MAX_LEVELS) v[n] = x;
+            p = *end ? end + 1 : end;
+        }
+        return set_vector(c, k, v, n, label, err, errlen);
+    }
     if (k->type == K_BOOL) {
         if (!strcmp(value, "true") || !strcmp(value, "1")) *(bool *)((char *)c + k->off) = true;
         else if (!strcmp(value, "false") || !strcmp(value, "0"))
@@ -331,6 +383,13 @@ int train_config_validate(const struct train_config *c, char *err, size_t errlen
         (long)c->head_prototypes * (c->embed_dim >> (c->n_levels - 1)) / c->embed_dim < 1)
         return set_err(err, errlen, "config: head_prototypes %d leaves no prototype at the smallest level",
                        c->head_prototypes);
+    if (c->level_weights.n && c->level_weights.n != (c->head_nested ? c->n_levels : 1))
+        return set_err(err, errlen, "config: level_weights has %d values for %d levels",
+                       c->level_weights.n, c->head_nested ? c->n_levels : 1);
+    double wsum = 0.0;
+    for (int j = 0; j < c->level_weights.n; j++) wsum += c->level_weights.v[j];
+    if (c->level_weights.n && wsum <= 0.0)
+        return set_err(err, errlen, "config: level_weights are all 0 (nothing would train)");
     if (c->min_lr > c->lr) return set_err(err, errlen, "config: min_lr > lr");
     if (!c->train_idx[0] == !c->train_folder[0])
         return set_err(err, errlen, "config: give exactly one of 'train_idx' and 'train_folder'");
@@ -356,6 +415,11 @@ char *train_config_to_json(const struct train_config *c)
         case K_DBL: v = json_real(*(const double *)(base + k->off)); break;
         case K_BOOL: v = json_boolean(*(const bool *)(base + k->off)); break;
         case K_STR: v = json_string(base + k->off); break;
+        case K_DVEC:
+            v = json_array();
+            for (int j = 0; j < c->level_weights.n; j++)
+                json_array_append_new(v, json_real(c->level_weights.v[j]));
+            break;
         }
         json_object_set_new(o, k->name, v);
     }
@@ -379,6 +443,7 @@ void train_config_print_help(FILE *f)
         case K_DBL: snprintf(val, sizeof val, "%g", *(const double *)(base + k->off)); break;
         case K_BOOL: snprintf(val, sizeof val, "%s", *(const bool *)(base + k->off) ? "true" : "false"); break;
         case K_STR: snprintf(val, sizeof val, "\"%s\"", base + k->off); break;
+        case K_DVEC: snprintf(val, sizeof val, "[]"); break;
         }
         fprintf(f, "  %-26s %-14s %s\n", k->name, val, k->doc);
     }
@@ -421,8 +486,10 @@ int train_config_objective(const struct train_config *c, struct objective_config
     h->hidden = c->head_hidden;
     h->init_fan_in = !strcmp(c->head_init, "fan_in");
     h->bottleneck = c->head_bottleneck;
+    for (int j = 0; j < c->level_weights.n; j++) h->level_weights[j] = (float)c->level_weights.v[j];
     oc->student_temp = (float)c->student_temp;
     oc->koleo_weight = (float)c->koleo_weight;
+    oc->koleo_levels = c->koleo_levels && c->head_nested;
     oc->layerscale_init = (float)c->layerscale_init;
     oc->drop_path = (float)c->drop_path;
     return 0;

@@ -28,7 +28,12 @@ struct train_config {
     int head_hidden, head_bottleneck, head_prototypes;
     bool head_nested;
     int n_levels;                                /* Matryoshka levels: D/2^(n-1) .. D */
+    struct {
+        int n;                                   /* 0: every level weighs 1 */
+        double v[HEAD_MAX_LEVELS];
+    } level_weights;                             /* loss weight per level, smallest first */
     double student_temp, koleo_weight, drop_path;
+    bool koleo_levels;
     char masking[16];                            /* "cyclic" | "block" */
     double mask_ratio_min, mask_ratio_max, mask_sample_prob;
     /* data */

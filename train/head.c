@@ -33,6 +33,10 @@ int head_config_check(const struct head_config *hc, int D, char *err, size_t err
         hc->bottleneck > 65536)
         return set_err(err, errlen, "head: hidden %d, bottleneck %d, prototypes %d must be "
                        "positive", hc->hidden, hc->bottleneck, hc->prototypes);
+    for (int j = 0; j < HEAD_MAX_LEVELS; j++)
+        if (!(hc->level_weights[j] >= 0.0f && hc->level_weights[j] <= 1e6f))
+            return set_err(err, errlen, "head: level weight %d is %g (0..1e6)", j,
+                           (double)hc->level_weights[j]);
     if (!hc->nested) return 0;
     if (hc->n_levels < 1 || hc->n_levels > HEAD_MAX_LEVELS)
         return set_err(err, errlen, "head: %d levels (1..%d)", hc->n_levels, HEAD_MAX_LEVELS);

@@ -86,6 +86,10 @@ int objective_create(const struct objective_config *cfg, uint64_t seed, struct o
     struct objective *o = calloc(1, sizeof *o);
     if (!o) return set_err(err, errlen, "out of memory");
     o->cfg = *cfg;
+    float wsum = 0.0f;
+    for (int j = 0; j < HEAD_MAX_LEVELS; j++) wsum += cfg->head.level_weights[j];
+    if (wsum == 0.0f)
+        for (int j = 0; j < HEAD_MAX_LEVELS; j++) o->cfg.head.level_weights[j] = 1.0f;
     const int D = c->embed_dim;
     if (vit_weights_alloc(c, &o->sw, err, errlen) || vit_weights_alloc(c, &o->tw, err, errlen) ||
         vit_weights_alloc(c, &o->gw, err, errlen) ||
@@ -310,12 +314,12 @@ int objective_step(struct objective *o, const struct crop_batch *bt, float teach
      * against both teacher crops; every term / n_terms, the global term x2 over 2B. */
     const double tau = o->cfg.student_temp;
     const double n_terms = 2.0 * nl + 2.0;
-    const double wrow = 1.0 / ((double)B * n_terms);
     head_forward(&o->sd, o->hd_s, cls_s, D, nD);
     {
         size_t off = 0;
         for (int j = 0; j < o->sd.n_levels; j++) {
             const int K = o->sd.lv[j].K;
+            const double wrow = o->cfg.head.level_weights[j] / ((double)B * n_terms);
             const float *S = head_logits(o->hd_s, j), *Tt = tgt_d + off;
             float *dS = head_dlogits(o->hd_s, j);
 #pragma omp parallel for schedule(static)
@@ -355,11 +359,12 @@ int objective_step(struct objective *o, const struct crop_batch *bt, float teach
         size_t off = 0;
         for (int j = 0; j < o->si.n_levels; j++) {
             const int K = o->si.lv[j].K;
+            const double lw = o->cfg.head.level_weights[j];
             const float *S = head_logits(o->hi_s, j), *Tt = tgt_i + off;
             float *dS = head_dlogits(o->hi_s, j);
 #pragma omp parallel for schedule(static)
             for (int m = 0; m < nm; m++) {
-                const double w = 1.0 / ((double)mcount[midx[m] / Ng] * nG);
+                const double w = lw / ((double)mcount[midx[m] / Ng] * nG);
                 rowloss[m] = ce_row(dS + (size_t)m * K, S + (size_t)m * K, Tt + (size_t)m * K,
                                     NULL, K, w, tau);
             }
@@ -372,10 +377,16 @@ int objective_step(struct objective *o, const struct crop_batch *bt, float teach
     }
 
     /* 5. KoLeo on the student CLS of global crop 0 and crop 1 separately. */
-    if (o->cfg.koleo_weight != 0.0f)
-        for (int cr = 0; cr < 2; cr++)
-            loss->koleo += koleo_loss(dcls + (size_t)cr * B * D, D, cls_s + (size_t)cr * B * D, D,
-                                      B, D, o->cfg.koleo_weight);
+    if (o->cfg.koleo_weight != 0.0f) {
+        const int nk = o->cfg.koleo_levels ? o->sd.n_levels : 1;
+        for (int j = 0; j < nk; j++) {
+            const int d = j + 1 == nk ? D : o->sd.lv[j].d;   /* the full width last */
+            for (int cr = 0; cr < 2; cr++)
+                loss->koleo += koleo_loss(dcls + (size_t)cr * B * D, D,
+                                          cls_s + (size_t)cr * B * D, D, B, d,
+                                          o->cfg.koleo_weight);
+        }
+    }
     loss->total = loss->dino_local + loss->dino_global + loss->ibot + loss->koleo;
 
     /* 6. Backward into the backbone. */

@@ -30,6 +30,9 @@ struct head_config {
     int bottleneck;       /* 384 in the paper */
     bool init_fan_in;     /* Linear init std 1/sqrt(fan_in) instead of spec 4.1's 0.02
                              (small heads: 0.02 makes the logits ~1e-4, flat softmax) */
+    float level_weights[HEAD_MAX_LEVELS]; /* each level's DINO and iBOT losses are scaled
+                             by its weight (the reference's relative_importance); all zero
+                             means every level weighs 1, as spec 4.2 trains */
 };
 
 struct objective_config {
@@ -37,6 +40,9 @@ struct objective_config {
     struct head_config head;       /* same shape for the DINO and iBOT heads */
     float student_temp;            /* 0.1 */
     float koleo_weight;            /* 0.1 */
+    bool koleo_levels;             /* KoLeo also on every smaller Matryoshka prefix of the
+                                      CLS (not in the paper: spreads the prefixes that k-NN
+                                      at reduced width searches) */
     float drop_path;               /* uniform rate over blocks; 0 disables */
     float layerscale_init;         /* LayerScale gamma init; <= 0: spec 1.2's 1e-5 */
 };

@@ -18,7 +18,7 @@ k-NN train set: the first --knn-train images of the 60k train set (default all).
 
   /usr/bin/python3 tests/bench/train_fashion_mnist.py [--build build]
       [--minutes 28 | --steps N] [--threads 2] [--knn-train 60000]
-      [--work DIR] [--export model.safetensors]
+      [--work DIR] [--export model.safetensors] [--arch KEY=VALUE]...
 """
 import argparse
 import gzip
@@ -147,7 +147,14 @@ def main():
     ap.add_argument("--work", default="/tmp/franca_fmnist")
     ap.add_argument("--export", default=None, help="nested model export (default WORK/nested.safetensors)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--arch", action="append", default=[], metavar="KEY=JSON",
+                    help="override a key of the shared config (e.g. embed_dim=192); repeatable")
     a = ap.parse_args()
+    for kv in a.arch:
+        key, _, val = kv.partition("=")
+        if key not in ARCH or not val:
+            sys.exit(f"--arch {kv}: expected KEY=VALUE with KEY one of {sorted(ARCH)}")
+        ARCH[key] = json.loads(val)
     os.environ["OMP_NUM_THREADS"] = str(a.threads)
     exe = os.path.join(a.build, "train", "franca-train")
     files = find_fmnist()

@@ -4,7 +4,7 @@
  *
  * IN carries, in __metadata__["config"], a JSON object with the tiny model's
  * shape (D, depth, heads, ffn, ffn_hidden, patch, pos_grid, layerscale, nested,
- * widths, prototypes, hidden, bottleneck, B, global, local, n_local,
+ * widths, level_weights (optional), prototypes, hidden, bottleneck, B, global, local, n_local,
  * teacher_temp, student_temp, koleo_weight, drop_path, steps, and for steps > 1:
  * lr, wd, momentum, clip), and the tensors: every parameter by its param-list
  * name (student weights), optionally "teacher." + name (teacher copy; default
@@ -114,11 +114,15 @@ int main(int argc, char **argv)
     hc->n_levels = wj ? (int)json_array_size(wj) : 0;
     for (int j = 0; j < hc->n_levels && j < HEAD_MAX_LEVELS; j++)
         hc->widths[j] = (int)json_integer_value(json_array_get(wj, j));
+    json_t *lw = json_object_get(cj, "level_weights");
+    for (size_t j = 0; lw && j < json_array_size(lw) && j < HEAD_MAX_LEVELS; j++)
+        hc->level_weights[j] = (float)json_number_value(json_array_get(lw, j));
     hc->prototypes = geti(cj, "prototypes", 64);
     hc->hidden = geti(cj, "hidden", 32);
     hc->bottleneck = geti(cj, "bottleneck", 16);
     oc.student_temp = (float)getd(cj, "student_temp", 0.1);
     oc.koleo_weight = (float)getd(cj, "koleo_weight", 0.1);
+    oc.koleo_levels = geti(cj, "koleo_levels", 0) != 0;
     oc.drop_path = (float)getd(cj, "drop_path", 0.0);
 
     struct objective *o;

@@ -295,23 +295,27 @@ def franca_loss(cfg, sp, tp, glob, loc, masks, teacher_temp, subsets=None):
     n_terms = 2 * nl + 2
     zero = glob.new_zeros(())
     dino_local, dino_global = zero, zero
-    for S, T in zip(s_dino, t_dino):
+    lw = cfg.get("level_weights") or [1.0] * len(s_dino)   # relative_importance
+    for S, T, wj in zip(s_dino, t_dino, lw):
         lsm_g = F.log_softmax(S[:2 * B] / tau, dim=-1)
-        dino_global = dino_global - 2 * (T * lsm_g).sum(-1).mean() / n_terms
+        dino_global = dino_global - wj * 2 * (T * lsm_g).sum(-1).mean() / n_terms
         if nl:
             t_chunks = T.chunk(2)
             for s in S[2 * B:].chunk(nl):
                 lsm = F.log_softmax(s / tau, dim=-1)
                 for t in t_chunks:
-                    dino_local = dino_local - (t * lsm).sum(-1).mean() / n_terms
+                    dino_local = dino_local - wj * (t * lsm).sum(-1).mean() / n_terms
     ibot = zero
     if nm:
         s_patch = s_tok[:, 1:][masks]
         w = (1.0 / masks.sum(-1).clamp(min=1).to(glob.dtype)).unsqueeze(-1).expand_as(masks)[masks]
-        for S, T in zip(head(cfg, sp, "ibot_head", s_patch), t_ibot):
+        for S, T, wj in zip(head(cfg, sp, "ibot_head", s_patch), t_ibot, lw):
             ce = -(T * F.log_softmax(S / tau, dim=-1)).sum(-1)
-            ibot = ibot + (ce * w).sum() / (2 * B)
+            ibot = ibot + wj * (ce * w).sum() / (2 * B)
     kl = cfg["koleo_weight"] * (koleo(s_cls[:B]) + koleo(s_cls[B:]))
+    if cfg.get("koleo_levels") and cfg["nested"]:   # every smaller prefix as well
+        for d in cfg["widths"][:-1]:
+            kl = kl + cfg["koleo_weight"] * (koleo(s_cls[:B, :d]) + koleo(s_cls[B:, :d]))
     total = dino_local + dino_global + ibot + kl
     return {"total": total, "dino_local": dino_local, "dino_global": dino_global, "ibot": ibot,
             "koleo": kl}

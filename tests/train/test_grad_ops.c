@@ -265,7 +265,8 @@ static double loss_head(void)
 
 static void test_head(void)
 {
-    struct head_config hc = { true, 3, {2, 4, 8}, 16, 12, 6, false };
+    struct head_config hc = { .nested = true, .n_levels = 3, .widths = {2, 4, 8}, .prototypes = 16,
+                              .hidden = 12, .bottleneck = 6 };
     char err[256];
     CHECK(head_alloc(&hc, 8, &hw, err, sizeof err) == 0, "head_alloc: %s", err);
     CHECK(head_alloc(&hc, 8, &hg, err, sizeof err) == 0, "head_alloc: %s", err);

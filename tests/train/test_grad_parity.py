@@ -7,6 +7,8 @@ PyTorch reference tests/train/reftrain.py (float64), on tiny models:
   (d) drop path 0.5 (sample-subset residual) with the kept subsets chosen here
       and fed to the C side through objective_set_drop_path_hook
   (e) 5 steps of per-module clipping + AdamW + EMA teacher on config (a)
+  (f) per-level loss weights (level_weights, the reference's relative_importance)
+  (g) KoLeo on every Matryoshka prefix of the CLS (koleo_levels)
 
 The same initial weights (teacher perturbed from the student), crops and masks
 (some images masked, some not) go to both sides. Acceptance: each loss term
@@ -186,6 +188,8 @@ def main():
                                  n_local=3, local=12), 3)
     grad_case("d-drop-path", dict(BASE, drop_path=0.5, B=3), 4, drop=True)
     steps_case("e-adamw-ema", dict(BASE), 5)
+    grad_case("f-level-weights", dict(BASE, level_weights=[3.0, 0.5, 1.0, 0.0, 2.0]), 6)
+    grad_case("g-koleo-levels", dict(BASE, koleo_levels=True, koleo_weight=0.5), 7)
     shutil.rmtree(TMP, ignore_errors=True)
     if failures:
         print(f"{len(failures)} check(s) failed")

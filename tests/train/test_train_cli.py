@@ -74,7 +74,7 @@ def main():
     cfg = {
         "embed_dim": 32, "depth": 2, "num_heads": 2, "patch_size": 7, "global_size": 28,
         "local_size": 14, "n_local": 2, "head_hidden": 32, "head_bottleneck": 16,
-        "head_prototypes": 64, "n_levels": 3, "batch_size": 4, "steps": 10, "warmup_steps": 3,
+        "head_prototypes": 64, "n_levels": 3, "level_weights": [2.0, 1.0, 0.5], "batch_size": 4, "steps": 10, "warmup_steps": 3,
         "freeze_last_layer_steps": 2, "teacher_temp_warmup_steps": 4, "drop_path": 0.1,
         "train_idx": d["train-images.gz"],
         "knn_train_images": d["train-images.gz"], "knn_train_labels": d["train-labels.gz"],
@@ -120,7 +120,8 @@ def main():
     check(p.returncode == 0 and os.path.exists(model), f"export (rc {p.returncode}: {p.stderr.strip()})")
     franca = json.loads(safetensors_header(model)["__metadata__"]["franca"])
     check(franca.get("trained") is True and franca["recipe"]["step"] == 10 and
-          franca["recipe"]["config"]["embed_dim"] == 32, "export metadata: trained, recipe with step and config")
+          franca["recipe"]["config"]["embed_dim"] == 32 and
+          franca["recipe"]["config"]["level_weights"] == [2.0, 1.0, 0.5], "export metadata: trained, recipe with step and config")
     check(not any(k.startswith(("dino_head", "ibot_head", "student", "teacher")) for k in safetensors_header(model)),
           "export holds only the backbone")
     npy = os.path.join(tmp, "x.npy")
@@ -163,12 +164,17 @@ def main():
     bad_config({"masking": "random"}, "masking", "unknown masking")
     bad_config("{\"steps\": 3,", "JSON", "invalid JSON")
     bad_config([1, 2], "object", "not an object")
+    bad_config({"level_weights": [1, 1]}, "level_weights", "level_weights count != n_levels")
+    bad_config({"level_weights": [1, -1, 1, 1, 1]}, "level_weights", "negative level weight")
+    bad_config({"level_weights": 2}, "level_weights", "level_weights not an array")
     p = run("--config", os.path.join(tmp, "missing.json"), "--out", os.path.join(tmp, "bad"))
     check(p.returncode == 2 and "missing.json" in p.stderr, "missing config: exit 2 naming it")
     p = run("--config", cfg_path, "--out", os.path.join(tmp, "bad"), "--no_such_flag", "1")
     check(p.returncode == 2 and "--no_such_flag" in p.stderr, "unknown flag: exit 2")
     p = run("--config", cfg_path, "--out", os.path.join(tmp, "bad"), "--steps", "ten")
     check(p.returncode == 2 and "--steps" in p.stderr, "non-numeric flag value: exit 2")
+    p = run("--config", cfg_path, "--out", os.path.join(tmp, "bad"), "--level-weights", "1,x,1")
+    check(p.returncode == 2 and "level_weights" in p.stderr, "malformed --level-weights: exit 2")
     p = run("--config", cfg_path)
     check(p.returncode == 2 and "--out" in p.stderr, "missing --out: exit 2")
     p = run()
