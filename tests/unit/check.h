@@ -4,7 +4,9 @@
 #define FRANCA_TEST_CHECK_H
 
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 
 static int check_passed, check_failed;
 
@@ -34,6 +36,25 @@ static inline float max_abs_diff(const float *a, const float *b, size_t n)
         if (!(d <= m)) m = d; /* NaN propagates as a failure */
     }
     return m;
+}
+
+/* Reproducible test data: xorshift floats uniform in [-1, 1). */
+static uint64_t check_rng = 88172645463325252ull;
+
+static inline float frand(void)
+{
+    check_rng ^= check_rng << 13;
+    check_rng ^= check_rng >> 7;
+    check_rng ^= check_rng << 17;
+    return (float)((check_rng >> 40) * (2.0 / (1ull << 24)) - 1.0);
+}
+
+/* n such floats, malloc'd (NULL when out of memory). */
+static inline float *rand_vec(size_t n)
+{
+    float *v = malloc(n * sizeof(float));
+    for (size_t i = 0; v && i < n; i++) v[i] = frand();
+    return v;
 }
 
 #endif

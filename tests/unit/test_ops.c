@@ -10,19 +10,6 @@
 #include "matryoshka.h"
 #include "rasa.h"
 
-static uint64_t rng = 88172645463325252ull;
-static float frand(void) /* uniform in [-1, 1) */
-{
-    rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
-    return (float)((rng >> 40) * (2.0 / (1ull << 24)) - 1.0);
-}
-static float *rand_vec(size_t n)
-{
-    float *v = malloc(n * sizeof(float));
-    for (size_t i = 0; i < n; i++) v[i] = frand();
-    return v;
-}
-
 static void test_layernorm(void)
 {
     const int rows = 5, D = 48;
