@@ -1,6 +1,8 @@
 """Shared by the integration tests: one line per check, the closing
-'N passed, M failed' line that the test runner reads, and stopping a server."""
+'N passed, M failed' line that the test runner reads, stopping a server, and
+the status a server gives to an announced oversize body."""
 import signal
+import socket
 import subprocess
 
 
@@ -37,3 +39,13 @@ def stop_server(proc, timeout=30):
     except subprocess.TimeoutExpired:
         proc.kill()
         return None
+
+
+def oversize_status(port, path, length):
+    """Announces a body of `length` bytes on POST path, sends none, reads the status."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    s.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              f"Content-Length: {length}\r\n\r\n".encode())
+    line = s.makefile("rb").readline().decode()
+    s.close()
+    return int(line.split()[1]) if line.startswith("HTTP/1.1 ") else None

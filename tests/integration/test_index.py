@@ -16,7 +16,6 @@ import http.client
 import json
 import os
 import shutil
-import socket
 import struct
 import subprocess
 import sys
@@ -30,7 +29,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import test_server as ts  # noqa: E402  (start, raw, conforms; paths)
 from franca_client import FrancaClient, _image_data_uri  # noqa: E402
-from harness import Checks, stop_server  # noqa: E402
+from harness import Checks, oversize_status, stop_server  # noqa: E402
 
 PHOTOS = ts.PHOTOS
 JSON = {"Content-Type": "application/json"}
@@ -197,14 +196,6 @@ def recall_at_k(results, X, q, metric, w, k, mask=None):
     return len(truth & set(results)) / max(1, len(truth))
 
 
-def oversize_status(port, path, length):
-    """Announces a body of `length` bytes on POST path, sends none, reads the status."""
-    s = socket.create_connection(("127.0.0.1", port), timeout=30)
-    s.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-              f"Content-Length: {length}\r\n\r\n".encode())
-    line = s.makefile("rb").readline().decode()
-    s.close()
-    return int(line.split()[1]) if line.startswith("HTTP/1.1 ") else None
 
 
 def photos():

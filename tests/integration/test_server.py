@@ -7,7 +7,6 @@ import base64
 import http.client
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,7 +22,7 @@ sys.path.insert(0, os.path.join(ROOT, "clients", "python"))
 sys.path.insert(0, os.path.join(ROOT, "tests", "reference"))
 from franca_client import FrancaClient  # noqa: E402
 from refmodel import read_safetensors  # noqa: E402
-from harness import Checks, stop_server  # noqa: E402
+from harness import Checks, oversize_status, stop_server  # noqa: E402
 
 SERVER = os.path.join(BUILD, "server", "franca-server")
 EMBED = os.path.join(BUILD, "engine", "franca-embed")
@@ -69,14 +68,6 @@ def raw(port, method, path, body=b"", headers=None):
         return r.status, dict(r.getheaders()), data
 
 
-def oversize_status(port, length):
-    """Announces a body of length bytes, sends none, and reads the status line."""
-    s = socket.create_connection(("127.0.0.1", port), timeout=30)
-    s.sendall(f"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-              f"Content-Length: {length}\r\n\r\n".encode())
-    line = s.makefile("rb").readline().decode()
-    s.close()
-    return int(line.split()[1]) if line.startswith("HTTP/1.1 ") else None
 
 
 SERVER_PID = [0]
@@ -225,7 +216,7 @@ def run_checks(port, client, ref_a, ref_b, models):
         h = {"Content-Type": "application/json", **hdrs}
         st, _, resp = raw(port, "POST", "/v1/embeddings", body, h)
         check(st == want and conforms("/v1/embeddings", "POST", st, resp), f"{what}: {st} (want {want})")
-    check(oversize_status(port, 9 << 20) == 413, "Content-Length over --max-body-mb: 413 before the body is sent")
+    check(oversize_status(port, "/v1/embeddings", 9 << 20) == 413, "Content-Length over --max-body-mb: 413 before the body is sent")
     st, hdrs, resp = raw(port, "DELETE", "/v1/embeddings")
     check(st == 405 and "POST" in hdrs.get("Allow", ""), "wrong method: 405 with Allow")
     check(client.health()["status"] == "ok", "server healthy after bad input")

@@ -57,4 +57,13 @@ static inline float *rand_vec(size_t n)
     return v;
 }
 
+/* SplitMix64: one step of the generator whose state the caller keeps. */
+static inline uint64_t splitmix64(uint64_t *state)
+{
+    uint64_t z = (*state += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
 #endif
