@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "errors.h"
+#include "rng.h"
 #include "sha256.h"
 
 /* ------------------------------------------------------------ arena layout -- */
@@ -400,54 +401,6 @@ out:
 
 /* ------------------------------------------------------------- random init -- */
 
-struct rng { uint64_t s[4]; };
-
-static uint64_t splitmix64(uint64_t *x)
-{
-    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-static uint64_t rotl64(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
-
-/* xoshiro256** */
-static uint64_t rng_next(struct rng *r)
-{
-    uint64_t *s = r->s;
-    uint64_t out = rotl64(s[1] * 5, 7) * 9;
-    uint64_t t = s[1] << 17;
-    s[2] ^= s[0];
-    s[3] ^= s[1];
-    s[1] ^= s[2];
-    s[0] ^= s[3];
-    s[2] ^= t;
-    s[3] = rotl64(s[3], 45);
-    return out;
-}
-
-/* Uniform in (0, 1). */
-static double rng_uniform(struct rng *r) { return ((double)(rng_next(r) >> 11) + 0.5) * 0x1p-53; }
-
-static double rng_normal(struct rng *r)
-{
-    double u1 = rng_uniform(r), u2 = rng_uniform(r);
-    return sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2);
-}
-
-/* Normal(0, std) truncated to +-2 std by rejection. */
-static void fill_trunc_normal(struct rng *r, float *p, size_t n, double std)
-{
-    for (size_t i = 0; i < n; i++) {
-        double z;
-        do
-            z = rng_normal(r);
-        while (z < -2.0 || z > 2.0);
-        p[i] = (float)(z * std);
-    }
-}
-
 static void fill_normal(struct rng *r, float *p, size_t n, double std)
 {
     for (size_t i = 0; i < n; i++)
@@ -469,14 +422,12 @@ static void fill_const(float *p, size_t n, float v)
 void vit_weights_init_random(const struct model_config *cfg, struct vit_weights *w, uint64_t seed)
 {
     struct rng r;
-    uint64_t x = seed;
-    for (int i = 0; i < 4; i++)
-        r.s[i] = splitmix64(&x);
+    rng_seed(&r, seed);
     const size_t D = (size_t)cfg->embed_dim, M = (size_t)cfg->pos_grid, P = (size_t)cfg->patch_size;
     const size_t Hs = (size_t)cfg->ffn_hidden, F1 = ffn1_rows(cfg);
     const double lin_std = 0.02;
 
-    fill_trunc_normal(&r, w->pos_embed, (1 + M * M) * D, lin_std);
+    rng_fill_trunc_normal(&r, w->pos_embed, (1 + M * M) * D, lin_std);
     fill_normal(&r, w->cls_token, D, 1e-6);
     if (w->mask_token)
         fill_const(w->mask_token, D, 0.0f);
@@ -490,17 +441,17 @@ void vit_weights_init_random(const struct model_config *cfg, struct vit_weights 
         struct vit_block_weights *b = &w->blocks[i];
         fill_const(b->norm1_w, D, 1.0f);
         fill_const(b->norm1_b, D, 0.0f);
-        fill_trunc_normal(&r, b->qkv_w, 3 * D * D, lin_std);
+        rng_fill_trunc_normal(&r, b->qkv_w, 3 * D * D, lin_std);
         fill_const(b->qkv_b, 3 * D, 0.0f);
-        fill_trunc_normal(&r, b->proj_w, D * D, lin_std);
+        rng_fill_trunc_normal(&r, b->proj_w, D * D, lin_std);
         fill_const(b->proj_b, D, 0.0f);
         if (b->ls1)
             fill_const(b->ls1, D, 1e-5f);
         fill_const(b->norm2_w, D, 1.0f);
         fill_const(b->norm2_b, D, 0.0f);
-        fill_trunc_normal(&r, b->fc1_w, F1 * D, lin_std);
+        rng_fill_trunc_normal(&r, b->fc1_w, F1 * D, lin_std);
         fill_const(b->fc1_b, F1, 0.0f);
-        fill_trunc_normal(&r, b->fc2_w, D * Hs, lin_std);
+        rng_fill_trunc_normal(&r, b->fc2_w, D * Hs, lin_std);
         fill_const(b->fc2_b, D, 0.0f);
         if (b->ls2)
             fill_const(b->ls2, D, 1e-5f);

@@ -102,16 +102,6 @@ void head_free(struct head_weights *h)
     memset(h, 0, sizeof *h);
 }
 
-static void fill_trunc_normal(struct rng *r, float *p, size_t n, double std)
-{
-    for (size_t i = 0; i < n; i++) {
-        double z;
-        do z = rng_normal(r);
-        while (z < -2.0 || z > 2.0);
-        p[i] = (float)(z * std);
-    }
-}
-
 void head_init_random(struct head_weights *h, struct rng *r, bool fan_in)
 {
     const size_t hid = h->hidden, bn = h->bottleneck;
@@ -120,10 +110,10 @@ void head_init_random(struct head_weights *h, struct rng *r, bool fan_in)
     for (int j = 0; j < h->n_levels; j++) {
         struct head_level *L = &h->lv[j];
         const size_t d = L->d, K = L->K;
-        fill_trunc_normal(r, L->proj_w, d * d, fan_in ? 1.0 / sqrt((double)d) : 0.02);
-        fill_trunc_normal(r, L->w1, hid * d, fan_in ? 1.0 / sqrt((double)d) : 0.02);
-        fill_trunc_normal(r, L->w2, hid * hid, fan_in ? 1.0 / sqrt((double)hid) : 0.02);
-        fill_trunc_normal(r, L->w3, bn * hid, fan_in ? 1.0 / sqrt((double)hid) : 0.02);
+        rng_fill_trunc_normal(r, L->proj_w, d * d, fan_in ? 1.0 / sqrt((double)d) : 0.02);
+        rng_fill_trunc_normal(r, L->w1, hid * d, fan_in ? 1.0 / sqrt((double)d) : 0.02);
+        rng_fill_trunc_normal(r, L->w2, hid * hid, fan_in ? 1.0 / sqrt((double)hid) : 0.02);
+        rng_fill_trunc_normal(r, L->w3, bn * hid, fan_in ? 1.0 / sqrt((double)hid) : 0.02);
         for (size_t k = 0; k < K; k++) L->wg[k] = 1.0f;
         for (size_t i = 0; i < K * bn; i++) L->wv[i] = (float)rng_range(r, -bound, bound);
     }

@@ -61,3 +61,13 @@ double rng_normal(struct rng *r)
     const double u2 = rng_uniform(r);
     return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
 }
+
+void rng_fill_trunc_normal(struct rng *r, float *p, size_t n, double std)
+{
+    for (size_t i = 0; i < n; i++) {
+        double z;
+        do z = rng_normal(r);
+        while (z < -2.0 || z > 2.0);
+        p[i] = (float)(z * std);
+    }
+}

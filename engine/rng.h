@@ -1,10 +1,11 @@
-/* Deterministic random numbers for training (xoshiro256**, seeded by splitmix64).
+/* Deterministic random numbers for random init and training (xoshiro256**, seeded by splitmix64).
  * Every random decision of a run (crops, masks, drop path, init) draws from an
  * explicit struct rng, so a run is reproducible from its seed and a saved state
  * resumes bit-identically. */
-#ifndef FRANCA_TRAIN_RNG_H
-#define FRANCA_TRAIN_RNG_H
+#ifndef FRANCA_ENGINE_RNG_H
+#define FRANCA_ENGINE_RNG_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 struct rng { uint64_t s[4]; };
@@ -22,5 +23,7 @@ double rng_range(struct rng *r, double lo, double hi);
 int64_t rng_int(struct rng *r, int64_t lo, int64_t hi);
 /* Standard normal (Box-Muller). */
 double rng_normal(struct rng *r);
+/* p[0..n) ~ Normal(0, std) truncated to +-2 std by rejection (PyTorch's trunc_normal_ bounds). */
+void rng_fill_trunc_normal(struct rng *r, float *p, size_t n, double std);
 
 #endif
