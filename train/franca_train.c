@@ -3,7 +3,7 @@
  *
  *   franca-train --config FILE.json --out DIR [--key value]...
  *   franca-train --resume DIR [--key value]...
- *   franca-train export DIR --out MODEL.safetensors
+ *   franca-train export DIR --out MODEL.safetensors [--dtype f32|bf16|f16]
  *   franca-train knn --model MODEL.safetensors --train-idx IMAGES LABELS
  *                    --test-idx IMAGES LABELS [--width W]... [--max-train N] [--max-test N]
  *
@@ -42,7 +42,7 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: franca-train --config FILE.json --out DIR [--key value]...\n"
             "       franca-train --resume DIR [--key value]...\n"
-            "       franca-train export DIR --out MODEL.safetensors\n"
+            "       franca-train export DIR --out MODEL.safetensors [--dtype f32|bf16|f16]\n"
             "       franca-train knn --model MODEL.safetensors --train-idx IMAGES LABELS\n"
             "                        --test-idx IMAGES LABELS [--width W]... [--max-train N] [--max-test N]\n"
             "       franca-train --help\n\n");
@@ -185,9 +185,19 @@ static char *recipe_json(const struct train_config *cfg, int64_t step)
 static int cmd_export(int argc, char **argv)
 {
     const char *dir = NULL, *out = NULL;
+    enum st_dtype dtype = ST_F32;
     for (int i = 2; i < argc; i++) {
         if (!strcmp(argv[i], "--out") && i + 1 < argc) out = argv[++i];
-        else if (argv[i][0] != '-' && !dir) dir = argv[i];
+        else if (!strcmp(argv[i], "--dtype") && i + 1 < argc) {
+            const char *d = argv[++i];
+            if (!strcmp(d, "f32")) dtype = ST_F32;
+            else if (!strcmp(d, "bf16")) dtype = ST_BF16;
+            else if (!strcmp(d, "f16")) dtype = ST_F16;
+            else {
+                fprintf(stderr, "franca-train export: --dtype must be f32, bf16 or f16, got '%s'\n", d);
+                return EXIT_USAGE;
+            }
+        } else if (argv[i][0] != '-' && !dir) dir = argv[i];
         else {
             fprintf(stderr, "franca-train export: unknown or incomplete argument '%s'\n", argv[i]);
             usage(stderr);
@@ -195,7 +205,7 @@ static int cmd_export(int argc, char **argv)
         }
     }
     if (!dir || !out) {
-        fprintf(stderr, "franca-train export: usage: franca-train export DIR --out MODEL.safetensors\n");
+        fprintf(stderr, "franca-train export: usage: franca-train export DIR --out MODEL.safetensors [--dtype f32|bf16|f16]\n");
         return EXIT_USAGE;
     }
     char err[ERR_LEN];
@@ -210,7 +220,7 @@ static int cmd_export(int argc, char **argv)
     }
     snprintf(oc.backbone.version, sizeof oc.backbone.version, "step-%lld", (long long)step);
     char *extra = recipe_json(&cfg, step);
-    int rc = extra ? checkpoint_save(out, &oc.backbone, objective_teacher_backbone(obj), ST_F32,
+    int rc = extra ? checkpoint_save(out, &oc.backbone, objective_teacher_backbone(obj), dtype,
                                      extra, err, sizeof err)
                    : set_err(err, sizeof err, "out of memory");
     free(extra);

@@ -38,7 +38,7 @@ ARCH = {
     "global_size": 28, "local_size": 14, "n_local": 4,
     "layerscale": True, "layerscale_init": 0.1, "head_init": "fan_in",
     "head_hidden": 512, "head_bottleneck": 128, "head_prototypes": 1024, "n_levels": 5,
-    "batch_size": 32, "lr": 1e-3, "min_lr": 1e-6, "momentum_start": 0.99,
+    "koleo_levels": False, "batch_size": 32, "lr": 1e-3, "min_lr": 1e-6, "momentum_start": 0.99,
 }
 
 

@@ -68,6 +68,16 @@ def safetensors_header(path):
         return json.loads(f.read(n))
 
 
+def read_tensor(path, name):
+    """One F32 tensor of a safetensors file (franca-embed's output)."""
+    hdr = safetensors_header(path)
+    t = hdr[name]
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        f.seek(8 + n + t["data_offsets"][0])
+        return np.frombuffer(f.read(t["data_offsets"][1] - t["data_offsets"][0]), np.float32).reshape(t["shape"])
+
+
 def main():
     tmp = tempfile.mkdtemp(prefix="train_cli_")
     d = make_data(tmp)
@@ -129,6 +139,20 @@ def main():
     emb = os.path.join(tmp, "emb.safetensors")
     p = run("--model", model, "--input-npy", npy, "--out", emb, exe=EMBED)
     check(p.returncode == 0 and os.path.exists(emb), f"franca-embed loads the export ({p.stderr.strip()})")
+    # bf16 export: every backbone tensor in BF16, and the same embeddings to bf16 rounding.
+    model16 = os.path.join(tmp, "model16.safetensors")
+    p = run("export", a, "--out", model16, "--dtype", "bf16")
+    hdr16 = safetensors_header(model16) if p.returncode == 0 else {}
+    check(p.returncode == 0 and {v["dtype"] for k, v in hdr16.items() if k != "__metadata__"} == {"BF16"}
+          and os.path.getsize(model16) < 0.6 * os.path.getsize(model), f"export --dtype bf16 ({p.stderr.strip()})")
+    emb16 = os.path.join(tmp, "emb16.safetensors")
+    p = run("--model", model16, "--input-npy", npy, "--out", emb16, exe=EMBED)
+    check(p.returncode == 0, f"franca-embed loads the bf16 export ({p.stderr.strip()})")
+    if p.returncode == 0:
+        c32, c16 = read_tensor(emb, "cls"), read_tensor(emb16, "cls")
+        cos = (c32 * c16).sum(1) / np.linalg.norm(c32, axis=1) / np.linalg.norm(c16, axis=1)
+        check(cos.min() > 0.999, f"bf16 export embeds like f32 (min cosine {cos.min():.6f})")
+    check(run("export", a, "--out", model16, "--dtype", "f8").returncode == 2, "export --dtype f8: exit 2")
 
     knn_args = ["knn", "--model", model, "--train-idx", d["train-images.gz"], d["train-labels.gz"],
                 "--test-idx", d["test-images"], d["test-labels"]]
