@@ -28,7 +28,7 @@ import tempfile
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_fashion_mnist import find_fmnist, read_idx  # noqa: E402
+from train_fashion_mnist import find_fmnist, knn_top1, read_idx  # noqa: E402
 
 
 def st_tensors(path, names=None):
@@ -59,19 +59,8 @@ def embed(build, model, x, tmp, tag):
     return st_tensors(out, ["cls"])[1]["cls"]
 
 
-def knn(tr, ytr, te, yte, k=20, T=0.07):
-    tr = tr / np.maximum(np.linalg.norm(tr, axis=1, keepdims=True), 1e-12)
-    te = te / np.maximum(np.linalg.norm(te, axis=1, keepdims=True), 1e-12)
-    correct = 0
-    for s in range(0, len(te), 1000):
-        sim = te[s:s + 1000] @ tr.T
-        idx = np.argpartition(-sim, k, axis=1)[:, :k]
-        ts = np.take_along_axis(sim, idx, 1)
-        wgt = np.exp((ts - ts.max(1, keepdims=True)) / T)
-        score = np.zeros((len(ts), 10))
-        np.add.at(score, (np.arange(len(ts))[:, None], ytr[idx]), wgt)
-        correct += int((score.argmax(1) == yte[s:s + 1000]).sum())
-    return 100.0 * correct / len(te)
+def knn(tr, ytr, te, yte):
+    return 100.0 * knn_top1(tr, ytr, te, yte)
 
 
 def pca(tr, te, d):
