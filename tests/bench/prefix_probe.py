@@ -47,10 +47,10 @@ def st_tensors(path, names=None):
         return hdr.get("__metadata__", {}), out
 
 
-def embed(build, model, x, tmp, tag):
-    """CLS tokens of 28x28 gray images, preprocessed as franca-train knn does (ImageNet mean/std)."""
-    mean = np.array([0.485, 0.456, 0.406], np.float32)[:, None, None]
-    std = np.array([0.229, 0.224, 0.225], np.float32)[:, None, None]
+def embed(build, model, pre, x, tmp, tag):
+    """CLS tokens of 28x28 gray images, normalised with the checkpoint's mean/std as franca-train knn does."""
+    mean = np.array(pre["mean"], np.float32)[:, None, None]
+    std = np.array(pre["std"], np.float32)[:, None, None]
     a = ((x.astype(np.float32) / 255.0)[:, None] - mean) / std
     npy, out = os.path.join(tmp, tag + ".npy"), os.path.join(tmp, tag + ".safetensors")
     np.save(npy, a.astype(np.float32))
@@ -113,7 +113,10 @@ def main():
     ap.add_argument("--build", default="build")
     a = ap.parse_args()
     meta, _ = st_tensors(a.model, [])
-    cfg = json.loads(meta["franca"])["recipe"]["config"]
+    franca = json.loads(meta["franca"])
+    cfg, pre = franca["recipe"]["config"], franca["preprocess"]
+    if pre["crop_size"] != 28:
+        sys.exit(f"{a.model}: expects 28 px input (Fashion-MNIST), the checkpoint crops to {pre['crop_size']}")
     D = cfg["embed_dim"]
     widths = a.width or [D // 16, D // 8]
     files = find_fmnist()
@@ -125,7 +128,8 @@ def main():
     ytr = np.frombuffer(read_idx(files["train-labels"])[1], np.uint8)[:n].astype(np.int64)
     yte = np.frombuffer(read_idx(files["t10k-labels"])[1], np.uint8).astype(np.int64)
     with tempfile.TemporaryDirectory(prefix="prefix_probe_") as tmp:
-        tr, te = embed(a.build, a.model, xtr, tmp, "tr"), embed(a.build, a.model, xte, tmp, "te")
+        tr = embed(a.build, a.model, pre, xtr, tmp, "tr")
+        te = embed(a.build, a.model, pre, xte, tmp, "te")
     var = tr.var(0)
     print(f"{a.model}: D={D}, k-NN {n} train -> {nte} test (cosine, k=20, T=0.07)")
     ltr, lte = lda(tr, ytr, te)
