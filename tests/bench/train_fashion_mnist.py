@@ -36,7 +36,8 @@ FMNIST = "/usr/share/datasets/fashion-mnist"
 ARCH = {
     "embed_dim": 128, "depth": 4, "num_heads": 2, "ffn": "swiglu", "patch_size": 7,
     "global_size": 28, "local_size": 14, "n_local": 4,
-    "global_scale_min": 0.32, "local_scale_min": 0.05, "local_scale_max": 0.32, "teacher_temp_end": 0.07,
+    "global_scale_min": 0.32, "local_scale_min": 0.05, "local_scale_max": 0.32,
+    "teacher_temp_start": 0.04, "teacher_temp_end": 0.07,
     "layerscale": True, "layerscale_init": 0.1, "head_init": "fan_in",
     "head_hidden": 512, "head_bottleneck": 128, "head_prototypes": 1024, "n_levels": 5,
     "koleo_levels": False, "batch_size": 32, "lr": 1e-3, "min_lr": 1e-6, "momentum_start": 0.99,
