@@ -142,7 +142,9 @@ def main():
         ltr, lte = lda(tr[:, :d], ytr, te[:, :d])
         print(f"| {d} | {knn(tr[:, :d], ytr, te[:, :d], yte):.2f} | {knn(ptr, ytr, pte, yte):.2f} | "
               f"{knn(ltr, ytr, lte, yte):.2f} | {var[:d].sum() / var.sum():.3f} ({d / D:.3f}) |")
-    if a.state:
+    if a.state and not cfg.get("head_nested", True):
+        print("--state: a single-head run has no per-level heads; purity skipped")
+    elif a.state:
         print("teacher DINO head, per level: prototypes used / total, class purity of the argmax prototype")
         for d, used, total, pur in head_purity(a.state, D, cfg["n_levels"], tr, ytr):
             print(f"  level d={d}: {used}/{total} prototypes, purity {pur:.3f}")
