@@ -13,6 +13,9 @@ import tempfile
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from reftrain import read_safetensors  # noqa: E402
+
 BUILD = os.environ.get("FRANCA_BUILD_ROOT", "build")
 TRAIN = os.environ.get("FRANCA_TRAIN", os.path.join(BUILD, "train", "franca-train"))
 EMBED = os.environ.get("FRANCA_EMBED", os.path.join(BUILD, "engine", "franca-embed"))
@@ -67,15 +70,6 @@ def safetensors_header(path):
         n = struct.unpack("<Q", f.read(8))[0]
         return json.loads(f.read(n))
 
-
-def read_tensor(path, name):
-    """One F32 tensor of a safetensors file (franca-embed's output)."""
-    hdr = safetensors_header(path)
-    t = hdr[name]
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        f.seek(8 + n + t["data_offsets"][0])
-        return np.frombuffer(f.read(t["data_offsets"][1] - t["data_offsets"][0]), np.float32).reshape(t["shape"])
 
 
 def main():
@@ -149,7 +143,7 @@ def main():
     p = run("--model", model16, "--input-npy", npy, "--out", emb16, exe=EMBED)
     check(p.returncode == 0, f"franca-embed loads the bf16 export ({p.stderr.strip()})")
     if p.returncode == 0:
-        c32, c16 = read_tensor(emb, "cls"), read_tensor(emb16, "cls")
+        c32, c16 = read_safetensors(emb)["cls"], read_safetensors(emb16)["cls"]
         cos = (c32 * c16).sum(1) / np.linalg.norm(c32, axis=1) / np.linalg.norm(c16, axis=1)
         check(cos.min() > 0.999, f"bf16 export embeds like f32 (min cosine {cos.min():.6f})")
     check(run("export", a, "--out", model16, "--dtype", "f8").returncode == 2, "export --dtype f8: exit 2")
