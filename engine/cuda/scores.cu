@@ -151,7 +151,8 @@ extern "C" void cuda_scores_matrix_free(struct cuda_scores_matrix *mat)
 }
 
 extern "C" int cuda_scores_upload(struct cuda_scores_ws *ws, struct cuda_scores_matrix **mat,
-                                  const float *x, size_t n, int ld, char *err, size_t errlen)
+                                  const float *x, size_t n, int ld, size_t keep, char *err,
+                                  size_t errlen)
 {
     if (!ws || !mat || ld < 1 || (n && !x))
         return set_err(err, errlen, "CUDA search: bad upload arguments");
@@ -160,9 +161,10 @@ extern "C" int cuda_scores_upload(struct cuda_scores_ws *ws, struct cuda_scores_
         if (!*mat) return set_err(err, errlen, "CUDA search: out of memory");
     }
     struct cuda_scores_matrix *m = *mat;
+    const size_t need = n * (size_t)ld;
+    if (keep > n || keep > m->n || ld != m->ld || need > m->cap) keep = 0;
     m->n = 0;
     m->ld = ld;
-    const size_t need = n * (size_t)ld;
     if (need == 0) return 0;
     if (need > m->cap) {
         cudaFree(m->dev); /* first, so that two copies never need to fit at once */
@@ -187,8 +189,9 @@ extern "C" int cuda_scores_upload(struct cuda_scores_ws *ws, struct cuda_scores_
         }
         m->cap = cap;
     }
-    cudaError_t e = cudaMemcpyAsync(m->dev, x, need * sizeof(float), cudaMemcpyHostToDevice,
-                                    ws->stream);
+    const size_t skip = keep * (size_t)ld;
+    cudaError_t e = cudaMemcpyAsync(m->dev + skip, x + skip, (need - skip) * sizeof(float),
+                                    cudaMemcpyHostToDevice, ws->stream);
     if (e == cudaSuccess) e = cudaStreamSynchronize(ws->stream);
     if (e != cudaSuccess) return cuda_fail("uploading the search matrix", e, err, errlen);
     m->n = n;

@@ -26,6 +26,7 @@ struct index_mirror {
     uint32_t *slots;  /* [nslots]: row + 1, 0 = empty; linear probing */
     size_t nslots;    /* power of two, at least 2 * cap */
     uint64_t version; /* see mirror_version; written under the write lock */
+    uint64_t rewrite; /* see mirror_rewrite_version; written under the write lock */
 };
 
 /* Versions come from one counter, so that no two mirrors (nor two states of
@@ -37,6 +38,7 @@ static uint64_t next_version(void) { return atomic_fetch_add(&version_counter, 1
 
 void mirror_set_free_hook(void (*hook)(const struct index_mirror *m)) { atomic_store(&free_hook, hook); }
 uint64_t mirror_version(const struct index_mirror *m) { return m->version; }
+uint64_t mirror_rewrite_version(const struct index_mirror *m) { return m->rewrite; }
 
 static uint64_t hash_id(const char *s)
 {
@@ -175,7 +177,7 @@ struct index_mirror *mirror_create(int width, enum store_metric metric, int pref
     m->width = width;
     m->pw = prefix_width;
     m->metric = metric;
-    m->version = next_version();
+    m->version = m->rewrite = next_version();
     return m;
 }
 
@@ -357,7 +359,7 @@ int mirror_remove(struct index_mirror *m, size_t count, const char *const *exter
         remove_row(m, m->slots[s] - 1, s);
         removed++;
     }
-    if (removed) m->version = next_version();
+    if (removed) m->version = m->rewrite = next_version();
     pthread_rwlock_unlock(&m->lock);
     if (n_removed) *n_removed = removed;
     return 0;
@@ -368,7 +370,7 @@ void mirror_clear(struct index_mirror *m)
     pthread_rwlock_wrlock(&m->lock);
     free_rows(m);
     if (m->slots) memset(m->slots, 0, m->nslots * sizeof *m->slots);
-    m->version = next_version();
+    m->version = m->rewrite = next_version();
     pthread_rwlock_unlock(&m->lock);
 }
 

@@ -105,6 +105,12 @@ const float *mirror_prefix_sqnorms(const struct index_mirror *m);
  * read lock, with the version it copied. */
 uint64_t mirror_version(const struct index_mirror *m);
 
+/* The version of the last change that moved or dropped rows (create, remove,
+ * clear); adds keep it. While it stays the same, rows only ever get appended,
+ * so a copy of the first k rows taken at that rewrite version is still
+ * current and a backend need only copy the rows after it. */
+uint64_t mirror_rewrite_version(const struct index_mirror *m);
+
 /* One process-wide function called by mirror_free(m) before m is freed (no
  * lock held), e.g. to drop a backend's device copy of m. NULL: none. */
 void mirror_set_free_hook(void (*hook)(const struct index_mirror *m));

@@ -385,6 +385,10 @@ int main(void)
         CHECK(mirror_add(m, 400, row_ids + N, id_ptrs + N, vecs + (size_t)N * W, err,
                          sizeof err) == 0, "add: %s", err);
         sweep(m, queries, "changed");
+        /* Appends only: the backend copies just the new rows (within the allocation's headroom). */
+        CHECK(mirror_add(m, 300, row_ids + N + 400, id_ptrs + N + 400, vecs + (size_t)(N + 400) * W,
+                         err, sizeof err) == 0, "append: %s", err);
+        sweep(m, queries, "appended");
         if (metrics[mi] == STORE_METRIC_L2) concurrency(m, queries, vecs);
         mirror_clear(m);
         int na = -1;

@@ -230,7 +230,11 @@ static void test_mirror_basics(void)
     CHECK(small && mirror_prefix_width(small) == 1, "prefix of width 8 is 1");
     mirror_free(small);
 
+    const uint64_t v0 = mirror_version(m), rw0 = mirror_rewrite_version(m);
+    CHECK(v0 != 0 && rw0 == v0, "a new mirror starts a rewrite version");
     CHECK(mirror_add(m, 3, row_ids, id_ptrs, data, err, sizeof err) == 0, "add: %s", err);
+    const uint64_t v1 = mirror_version(m);
+    CHECK(v1 != v0 && mirror_rewrite_version(m) == rw0, "an add changes the version, not the rewrite");
     const char *dup[2] = {"fresh", "id1"};
     int64_t rid[2] = {77, 78};
     CHECK(mirror_add(m, 2, rid, dup, data, err, sizeof err) == STORE_CONFLICT, "dup stored");
@@ -243,6 +247,7 @@ static void test_mirror_basics(void)
     CHECK(mirror_add(m, 1, rid, one, bad, err, sizeof err) == STORE_INVALID, "NaN refused");
     const char *empty[1] = {""};
     CHECK(mirror_add(m, 1, rid, empty, data, err, sizeof err) == STORE_INVALID, "empty id");
+    CHECK(mirror_version(m) == v1, "failed adds keep the version");
     mirror_read_lock(m);
     CHECK(mirror_count(m) == 3, "failed adds changed nothing: %zu", mirror_count(m));
     CHECK(mirror_find(m, "fresh") == -1 && mirror_find(m, "same") == -1, "no leftovers");
@@ -255,13 +260,21 @@ static void test_mirror_basics(void)
     const char *rm[3] = {"id0", "nope", "id0"};
     mirror_remove(m, 3, rm, &removed);
     CHECK(removed == 1, "removed %zu", removed);
+    const uint64_t v2 = mirror_version(m), rw2 = mirror_rewrite_version(m);
+    CHECK(v2 != v1 && rw2 == v2 && rw2 != rw0, "a removal is a rewrite");
+    const char *none[1] = {"nope"};
+    mirror_remove(m, 1, none, &removed);
+    CHECK(removed == 0 && mirror_version(m) == v2, "removing nothing changes nothing");
     mirror_read_lock(m);
     CHECK(mirror_count(m) == 2 && mirror_find(m, "id0") == -1, "id0 gone");
     CHECK(mirror_find(m, "id2") == 0 && mirror_row_id(m, 0) == ROW_BASE + 2, "last moved to 0");
     mirror_read_unlock(m);
     CHECK(mirror_add(m, 1, row_ids, id_ptrs, data, err, sizeof err) == 0, "re-add id0: %s", err);
+    CHECK(mirror_rewrite_version(m) == rw2, "an add keeps the rewrite version");
     mirror_clear(m);
     CHECK(mirror_count(m) == 0 && mirror_find(m, "id1") == -1, "clear");
+    CHECK(mirror_rewrite_version(m) != rw2 && mirror_rewrite_version(m) == mirror_version(m),
+          "a clear is a rewrite");
     CHECK(mirror_add(m, 3, row_ids, id_ptrs, data, err, sizeof err) == 0, "add after clear");
     mirror_free(m);
 }
