@@ -3,7 +3,8 @@ AdamW + EMA, via the bench_train driver) against the PyTorch reference
 (tests/train/reftrain.py, float32, same config, torch threads = 2), on this
 machine. Prints images/s (samples per second) for both and the ratio.
 
-Env: FRANCA_BUILD_ROOT (default ./build-trainb). Options: --steps N, --small.
+Env: FRANCA_BUILD_ROOT (default ./build). Options: --steps N, --config default|fmnist|small
+(fmnist: the model and heads of tests/bench/train_fashion_mnist.py).
 Run: /usr/bin/python3 tests/bench/bench_train.py
 """
 
@@ -24,6 +25,8 @@ CONFIGS = {
     # D depth heads ffn_hidden patch pos_grid global local n_local B hidden bottleneck prototypes
     "default": dict(D=192, depth=6, heads=3, ffn_hidden=512, patch=4, pos_grid=7, glob=28, loc=16,
                     n_local=4, B=32, hidden=512, bottleneck=128, prototypes=2048),
+    "fmnist": dict(D=256, depth=4, heads=4, ffn_hidden=688, patch=7, pos_grid=4, glob=28, loc=14,
+                   n_local=4, B=32, hidden=512, bottleneck=128, prototypes=1024),
     "small": dict(D=64, depth=2, heads=2, ffn_hidden=176, patch=4, pos_grid=7, glob=28, loc=16,
                   n_local=2, B=16, hidden=128, bottleneck=64, prototypes=256),
 }
@@ -78,7 +81,7 @@ def main():
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--config", choices=sorted(CONFIGS), default="default")
     a = ap.parse_args()
-    build = os.environ.get("FRANCA_BUILD_ROOT", os.path.join(HERE, "..", "..", "build-trainb"))
+    build = os.environ.get("FRANCA_BUILD_ROOT", os.path.join(HERE, "..", "..", "build"))
     c = CONFIGS[a.config]
     print("config:", c)
     ci = c_bench(build, c, a.steps)
