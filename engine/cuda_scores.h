@@ -34,12 +34,12 @@ void cuda_scores_ws_free(struct cuda_scores_ws *ws);
 
 /* Copies the host matrix x [n, ld] into *mat (created when NULL; its device
  * allocation is reused when large enough), through ws's stream; returns when
- * the copy is complete. keep: the caller knows that the first keep rows of x
- * equal those the last upload into *mat sent, so only the rows after them are
+ * the copy is complete. keep_rows: the rows *mat holds are still the first
+ * rows of x (only rows were appended since), so only the rows after them are
  * copied (ignored, and everything copied, when the allocation must grow or ld
  * changed). On failure *mat holds no rows. */
 int cuda_scores_upload(struct cuda_scores_ws *ws, struct cuda_scores_matrix **mat, const float *x,
-                       size_t n, int ld, size_t keep, char *err, size_t errlen);
+                       size_t n, int ld, int keep_rows, char *err, size_t errlen);
 void cuda_scores_matrix_free(struct cuda_scores_matrix *mat);
 
 /* Starts a pass over x: uploads the queries Q [q, w] (row-major, w <= ld) and

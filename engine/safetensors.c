@@ -37,6 +37,14 @@ const char *st_dtype_name(enum st_dtype dt)
     return "?";
 }
 
+int st_dtype_parse(const char *name, enum st_dtype *out)
+{
+    static const char *const names[] = {"f32", "bf16", "f16"}; /* indexed by enum st_dtype */
+    for (int i = 0; i < 3; i++)
+        if (!strcmp(name, names[i])) return *out = (enum st_dtype)i, 0;
+    return -1;
+}
+
 static uint32_t f32_bits(float f)
 {
     uint32_t u;

@@ -61,6 +61,8 @@ const char *st_metadata_get(const struct st_file *st, const char *key);
 /* Element size of a dtype in bytes. */
 size_t st_dtype_size(enum st_dtype dt);
 const char *st_dtype_name(enum st_dtype dt);
+/* The dtype of a command-line name ("f32", "bf16" or "f16"); -1 for anything else. */
+int st_dtype_parse(const char *name, enum st_dtype *out);
 
 /* Number of elements of t (product of its shape). */
 size_t st_numel(const struct st_tensor *t);

@@ -190,10 +190,7 @@ static int cmd_export(int argc, char **argv)
         if (!strcmp(argv[i], "--out") && i + 1 < argc) out = argv[++i];
         else if (!strcmp(argv[i], "--dtype") && i + 1 < argc) {
             const char *d = argv[++i];
-            if (!strcmp(d, "f32")) dtype = ST_F32;
-            else if (!strcmp(d, "bf16")) dtype = ST_BF16;
-            else if (!strcmp(d, "f16")) dtype = ST_F16;
-            else {
+            if (st_dtype_parse(d, &dtype)) {
                 fprintf(stderr, "franca-train export: --dtype must be f32, bf16 or f16, got '%s'\n", d);
                 return EXIT_USAGE;
             }

@@ -151,7 +151,7 @@ extern "C" void cuda_scores_matrix_free(struct cuda_scores_matrix *mat)
 }
 
 extern "C" int cuda_scores_upload(struct cuda_scores_ws *ws, struct cuda_scores_matrix **mat,
-                                  const float *x, size_t n, int ld, size_t keep, char *err,
+                                  const float *x, size_t n, int ld, int keep_rows, char *err,
                                   size_t errlen)
 {
     if (!ws || !mat || ld < 1 || (n && !x))
@@ -162,7 +162,7 @@ extern "C" int cuda_scores_upload(struct cuda_scores_ws *ws, struct cuda_scores_
     }
     struct cuda_scores_matrix *m = *mat;
     const size_t need = n * (size_t)ld;
-    if (keep > n || keep > m->n || ld != m->ld || need > m->cap) keep = 0;
+    const size_t keep = keep_rows && m->n <= n && ld == m->ld && need <= m->cap ? m->n : 0;
     m->n = 0;
     m->ld = ld;
     if (need == 0) return 0;

@@ -62,9 +62,9 @@ void cuda_scores_ws_free(struct cuda_scores_ws *ws)
 }
 
 int cuda_scores_upload(struct cuda_scores_ws *ws, struct cuda_scores_matrix **mat, const float *x,
-                       size_t n, int ld, size_t keep, char *err, size_t errlen)
+                       size_t n, int ld, int keep_rows, char *err, size_t errlen)
 {
-    (void)ws; (void)mat; (void)x; (void)n; (void)ld; (void)keep;
+    (void)ws; (void)mat; (void)x; (void)n; (void)ld; (void)keep_rows;
     return set_err(err, errlen, NO_CUDA);
 }
 

@@ -128,13 +128,7 @@ static int cmd_init(int argc, char **argv)
     else
         return usage("init: --family must be franca or dinov2, not '%s'", family_s);
     enum st_dtype dt;
-    if (strcmp(dtype_s, "f32") == 0)
-        dt = ST_F32;
-    else if (strcmp(dtype_s, "bf16") == 0)
-        dt = ST_BF16;
-    else if (strcmp(dtype_s, "f16") == 0)
-        dt = ST_F16;
-    else
+    if (st_dtype_parse(dtype_s, &dt))
         return usage("init: --dtype must be f32, bf16 or f16, not '%s'", dtype_s);
     uint64_t seed = 0;
     if (seed_s && parse_u64(seed_s, &seed))

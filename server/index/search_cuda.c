@@ -33,7 +33,6 @@ struct cache {
     pthread_mutex_t lock;             /* guards version and mat during uploads */
     uint64_t version[2];              /* mirror_version at the upload; 0 = none */
     uint64_t rewrite[2];              /* mirror_rewrite_version at the upload */
-    size_t rows[2];                   /* rows uploaded */
     struct cuda_scores_matrix *mat[2]; /* SEARCH_MATRIX_FULL, SEARCH_MATRIX_PREFIX */
     struct cache *next;
 };
@@ -129,19 +128,16 @@ static int ensure_matrix(struct pass *p, enum search_matrix which, char *err, si
     if (c->version[which] != v) {
         /* Only appends since the last upload: copy just the new rows. */
         const uint64_t rw = mirror_rewrite_version(m);
-        const size_t n = mirror_count(m);
-        const size_t keep = c->version[which] && c->rewrite[which] == rw && c->rows[which] <= n
-                                ? c->rows[which] : 0;
+        const int keep_rows = c->version[which] && c->rewrite[which] == rw;
         c->version[which] = 0;
         const int prefix = which == SEARCH_MATRIX_PREFIX;
         rc = cuda_scores_upload(p->ws, &c->mat[which],
-                                prefix ? mirror_prefix_matrix(m) : mirror_matrix(m), n,
-                                prefix ? mirror_prefix_width(m) : mirror_width(m), keep, err,
-                                errlen);
+                                prefix ? mirror_prefix_matrix(m) : mirror_matrix(m),
+                                mirror_count(m), prefix ? mirror_prefix_width(m) : mirror_width(m),
+                                keep_rows, err, errlen);
         if (!rc) {
             c->version[which] = v;
             c->rewrite[which] = rw;
-            c->rows[which] = n;
         }
     }
     pthread_mutex_unlock(&c->lock);

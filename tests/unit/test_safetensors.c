@@ -481,6 +481,17 @@ static void test_files(void)
     unlink(path);
 }
 
+/* Command-line dtype names: the three the writer takes, nothing else. */
+static void test_dtype_names(void)
+{
+    enum st_dtype dt = ST_F16;
+    CHECK(st_dtype_parse("f32", &dt) == 0 && dt == ST_F32, "f32");
+    CHECK(st_dtype_parse("bf16", &dt) == 0 && dt == ST_BF16, "bf16");
+    CHECK(st_dtype_parse("f16", &dt) == 0 && dt == ST_F16, "f16");
+    CHECK(st_dtype_parse("F32", &dt) == -1 && st_dtype_parse("f8", &dt) == -1 &&
+          st_dtype_parse("", &dt) == -1 && dt == ST_F16, "other names refused, dtype untouched");
+}
+
 int main(void)
 {
     const char *t = getenv("TMPDIR");
@@ -489,6 +500,7 @@ int main(void)
         perror("mkdtemp");
         return 2;
     }
+    test_dtype_names();
     test_conversions();
     test_roundtrip();
     test_writer_errors();
