@@ -362,6 +362,7 @@ struct http_request {
 
     /* Reply state: guarded by lock. */
     struct MHD_Connection *conn;     /* NULL once the connection finished */
+    int fd;                          /* its socket, -1 when unknown (http_client_gone) */
     bool deferred, suspended, replied, forced, forced_settled;
     struct MHD_Response *response;   /* given, not queued yet */
     int status;
@@ -703,6 +704,21 @@ static void force_503(struct http_request *req)
     if (resume) MHD_resume_connection(resume);
 }
 
+bool http_client_gone(struct http_request *req)
+{
+    pthread_mutex_lock(&req->lock);
+    bool gone = req->replied || !req->conn;
+    /* Only a suspended connection's socket may be looked at from here: MHD
+     * neither reads nor closes it until it is resumed, which takes this lock. */
+    if (!gone && req->suspended && req->fd >= 0) {
+        char c;
+        const ssize_t n = recv(req->fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+        gone = n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+    }
+    pthread_mutex_unlock(&req->lock);
+    return gone;
+}
+
 /* ---- Accessors ---------------------------------------------------------- */
 
 const char *http_method(const struct http_request *req)
@@ -969,6 +985,7 @@ static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
         return NULL;
     }
     atomic_init(&req->refs, 2); /* the connection's, and the owed reply's */
+    req->fd = -1;
     req->srv = srv;
     req->t_start = now_s();
     atomic_fetch_add(&srv->refs, 1);
@@ -1110,6 +1127,9 @@ static bool dispatch(struct http_server *srv, struct http_request *req,
         return false;
     }
     req->route = rt;
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    req->fd = ci ? (int)ci->connect_fd : -1;
     size_t np = 0;
     for (size_t i = 0; i < rt->nseg; i++) np += rt->segs[i].param != NULL;
     if (np) {

@@ -161,6 +161,14 @@ void *http_user(const struct http_request *req);
 void http_request_ref(struct http_request *req);
 void http_request_unref(struct http_request *req);
 
+/* True once nobody waits for req's answer: it was answered already (e.g. 503
+ * at the end of a drain), or its connection finished, or, while deferred, the
+ * client closed its connection (seen by peeking at the socket: a client that
+ * only shuts down its sending side counts as gone too). For workers deciding
+ * whether queued work is still worth doing; any thread, while req is alive
+ * (before the handler's reply, or with a reference). Never blocks. */
+bool http_client_gone(struct http_request *req);
+
 /* ---- Replies ----------------------------------------------------------- */
 
 /* Marks the request as answered later, by any thread. Call from the handler
