@@ -22,6 +22,7 @@ struct app_limits {
     int max_batch;             /* --max-batch */
     int max_delay_ms;          /* --max-delay-ms */
     int max_queue;             /* images waiting for a batch; past it 429 */
+    unsigned long long max_inflight_tokens; /* --max-inflight-tokens: admitted at once; past it 429 */
     size_t max_json_floats;    /* patch outputs above this as JSON get 413 */
     int max_insert_items;      /* --max-insert-items: items per insert request */
     int max_search_queries;    /* queries per batch search request */
@@ -65,7 +66,10 @@ json_t *json_body(struct http_request *req);
 struct model_entry *acquire_or_reply(struct http_request *req, struct app *app, const char *name);
 /* Replies with the registry's error for name (404 unknown, 400 malformed...). */
 void reply_registry_error(struct http_request *req, int rc, const char *msg);
-/* Replies with the batcher's refusal (429 with Retry-After, 503, 422, 500). */
+/* Replies with the batcher's refusal (429 with Retry-After, 413, 503, 500). */
 void reply_batch_error(struct http_request *req, int rc, const char *msg);
+/* For infer_set_cancel(r, request_abandoned, req): true once nobody waits for
+ * req's answer (http_client_gone). */
+bool request_abandoned(void *req);
 
 #endif

@@ -21,6 +21,7 @@ struct batcher {
     bool join_claimed, joined;
 
     int max_batch, max_delay_ms, max_queue;
+    uint64_t token_budget;        /* 0: unlimited */
 
     /* The queue, oldest first; guarded by lock. */
     struct batch_job *head, *tail;
@@ -39,6 +40,7 @@ struct batcher {
 
     /* Worker-only scratch, grown as needed. */
     struct batch_job **jobs;      /* [max_batch] */
+    struct batch_job **gone;      /* [max_batch]: the batch's cancelled jobs */
     float *in, *cls, *patch, *rasa;
     size_t in_cap, cls_cap, patch_cap, rasa_cap;  /* floats */
 };
@@ -187,6 +189,36 @@ static void run_batch(struct batcher *b, struct batch_job **jobs, int B)
     for (int i = 0; i < B; i++) model_entry_release(entry);
 }
 
+/* Takes the gathered jobs whose owner no longer wants them out of jobs (the
+ * rest keep their order at the front) and completes them with BATCH_CANCELLED;
+ * returns how many remain. The checks run without the lock: they may look at
+ * a socket. All checks come before any callback, since a callback may free
+ * its request's other jobs once none of them is left to run. */
+static int drop_cancelled(struct batcher *b, struct batch_job **jobs, int B)
+{
+    int live = 0, gone = 0;
+    for (int i = 0; i < B; i++) {
+        struct batch_job *j = jobs[i];
+        if (j->cancelled && j->cancelled(j, j->user)) b->gone[gone++] = j;
+        else jobs[live++] = j;
+    }
+    if (!gone) return live;
+    pthread_mutex_lock(&b->lock);
+    b->st.dropped += (unsigned long)gone;
+    pthread_mutex_unlock(&b->lock);
+    const double now = now_monotonic();
+    for (int i = 0; i < gone; i++) {
+        struct batch_job *j = b->gone[i];
+        struct model_entry *entry = j->entry;   /* j may be freed by its callback */
+        j->queue_seconds = now - j->submitted_;
+        j->batch_size = 0;
+        j->done(j, BATCH_CANCELLED, "dropped before its forward: the client went away", j->user);
+        b->gone[i] = NULL;
+        model_entry_release(entry);
+    }
+    return live;
+}
+
 static void *worker_main(void *arg)
 {
     struct batcher *b = arg;
@@ -241,7 +273,8 @@ static void *worker_main(void *arg)
         b->st.queue_depth = b->depth;
         pthread_mutex_unlock(&b->lock);
 
-        run_batch(b, b->jobs, B);
+        B = drop_cancelled(b, b->jobs, B);
+        if (B > 0) run_batch(b, b->jobs, B);
 
         pthread_mutex_lock(&b->lock);
     }
@@ -267,9 +300,16 @@ struct batcher *batcher_create(int max_batch, int max_delay_ms, int max_queue, c
         return NULL;
     }
     struct batcher *b = calloc(1, sizeof(*b));
-    if (b) b->jobs = calloc((size_t)max_batch, sizeof(*b->jobs));
-    if (!b || !b->jobs) {
-        if (b) free(b);
+    if (b) {
+        b->jobs = calloc((size_t)max_batch, sizeof(*b->jobs));
+        b->gone = calloc((size_t)max_batch, sizeof(*b->gone));
+    }
+    if (!b || !b->jobs || !b->gone) {
+        if (b) {
+            free(b->jobs);
+            free(b->gone);
+            free(b);
+        }
         set_err(err, errlen, "batcher: out of memory");
         return NULL;
     }
@@ -286,6 +326,7 @@ struct batcher *batcher_create(int max_batch, int max_delay_ms, int max_queue, c
     }
     if (!ok) {
         free(b->jobs);
+        free(b->gone);
         free(b);
         set_err(err, errlen, "batcher: cannot create its condition variable");
         return NULL;
@@ -298,6 +339,7 @@ struct batcher *batcher_create(int max_batch, int max_delay_ms, int max_queue, c
         pthread_cond_destroy(&b->joined_cond);
         pthread_mutex_destroy(&b->lock);
         free(b->jobs);
+        free(b->gone);
         free(b);
         set_err(err, errlen, "batcher: cannot start the worker thread: %s", strerror(e));
         return NULL;
@@ -305,7 +347,9 @@ struct batcher *batcher_create(int max_batch, int max_delay_ms, int max_queue, c
     return b;
 }
 
-int batcher_submit(struct batcher *b, struct batch_job *job, char *err, size_t errlen)
+/* A job the batcher can run: a model, an input, a callback, an output, a
+ * resolution the model takes. */
+static int validate(const struct batch_job *job, char *err, size_t errlen)
 {
     if (!job || !job->entry || !job->entry->model || !job->input || !job->done)
         return set_err(err, errlen, "batch job without model, input or callback");
@@ -315,39 +359,111 @@ int batcher_submit(struct batcher *b, struct batch_job *job, char *err, size_t e
     if (vit_check_resolution(m, job->H, job->W, err, errlen)) return BATCH_ERR;
     if (job->patch_rasa && vit_model_config(m)->rasa_layers <= 0)
         return set_err(err, errlen, "model '%s' has no RASA tensors", job->entry->name);
+    return BATCH_OK;
+}
 
+/* Under b->lock: appends one validated job and says whether the worker must
+ * be woken (the queue was empty, or the batch it gathers is now full). */
+static bool enqueue_locked(struct batcher *b, struct batch_job *job, double now)
+{
     job->next_ = NULL;
     job->queue_seconds = job->infer_seconds = 0.0;
     job->batch_size = 0;
-    job->submitted_ = now_monotonic();
-
-    pthread_mutex_lock(&b->lock);
-    if (b->shutdown) {
-        pthread_mutex_unlock(&b->lock);
-        set_err(err, errlen, "the server is shutting down");
-        return BATCH_SHUTDOWN;
-    }
-    if (b->depth >= b->max_queue) {
-        b->st.rejected_full++;
-        pthread_mutex_unlock(&b->lock);
-        set_err(err, errlen, "inference queue full (%d images waiting); retry later",
-                b->max_queue);
-        return BATCH_FULL;
-    }
+    job->submitted_ = now;
     model_entry_retain(job->entry);
     const bool was_empty = b->head == NULL;
     if (b->tail) b->tail->next_ = job;
     else b->head = job;
     b->tail = job;
     b->depth++;
+    bool batch_full = false;
+    if (b->wait_entry && same_key(job, b->wait_entry, b->wait_H, b->wait_W))
+        batch_full = ++b->wait_count >= b->max_batch;
+    return was_empty || batch_full;
+}
+
+int batcher_submit_many(struct batcher *b, struct batch_job *jobs, int n, char *err,
+                        size_t errlen)
+{
+    if (!jobs || n < 1) return set_err(err, errlen, "no batch jobs to submit");
+    for (int i = 0; i < n; i++)
+        if (validate(&jobs[i], err, errlen)) return BATCH_ERR;
+
+    pthread_mutex_lock(&b->lock);
+    int rc = BATCH_OK;
+    if (b->shutdown) {
+        rc = BATCH_SHUTDOWN;
+        set_err(err, errlen, "the server is shutting down");
+    } else if (n > b->max_queue) {
+        b->st.rejected_too_large++;
+        rc = BATCH_TOO_LARGE;
+        set_err(err, errlen, "%d images in one request, but the inference queue holds at most "
+                "%d: send fewer images per request", n, b->max_queue);
+    } else if (b->depth + n > b->max_queue) {
+        b->st.rejected_full++;
+        rc = BATCH_FULL;
+        set_err(err, errlen, "inference queue full (%d of %d images waiting, %d more asked); "
+                "retry later", b->depth, b->max_queue, n);
+    }
+    if (rc != BATCH_OK) {
+        pthread_mutex_unlock(&b->lock);
+        return rc;
+    }
+    const double now = now_monotonic();
+    bool wake = false;
+    for (int i = 0; i < n; i++) wake |= enqueue_locked(b, &jobs[i], now);
     b->st.queue_depth = b->depth;
-    bool wake = was_empty;
-    if (b->wait_entry && same_key(job, b->wait_entry, b->wait_H, b->wait_W) &&
-        ++b->wait_count >= b->max_batch)
-        wake = true;
     if (wake) pthread_cond_signal(&b->wake);
     pthread_mutex_unlock(&b->lock);
     return BATCH_OK;
+}
+
+int batcher_submit(struct batcher *b, struct batch_job *job, char *err, size_t errlen)
+{
+    if (!job) return set_err(err, errlen, "batch job without model, input or callback");
+    return batcher_submit_many(b, job, 1, err, errlen);
+}
+
+void batcher_set_token_budget(struct batcher *b, uint64_t max_tokens)
+{
+    pthread_mutex_lock(&b->lock);
+    b->token_budget = max_tokens;
+    pthread_mutex_unlock(&b->lock);
+}
+
+int batcher_admit(struct batcher *b, uint64_t tokens, char *err, size_t errlen)
+{
+    pthread_mutex_lock(&b->lock);
+    const uint64_t cap = b->token_budget, used = b->st.tokens_in_flight;
+    int rc = BATCH_OK;
+    if (b->shutdown) {
+        rc = BATCH_SHUTDOWN;
+        set_err(err, errlen, "the server is shutting down");
+    } else if (cap && tokens > cap) {
+        b->st.rejected_too_large++;
+        rc = BATCH_TOO_LARGE;
+        set_err(err, errlen, "the request needs %llu tokens, more than the %llu the server "
+                "admits at once (--max-inflight-tokens): send fewer images or a lower "
+                "resolution", (unsigned long long)tokens, (unsigned long long)cap);
+    } else if (cap && tokens > cap - used) {
+        b->st.rejected_tokens++;
+        rc = BATCH_FULL;
+        set_err(err, errlen, "the server is busy: %llu of %llu tokens in flight, the request "
+                "needs %llu; retry later", (unsigned long long)used, (unsigned long long)cap,
+                (unsigned long long)tokens);
+    } else {
+        b->st.tokens_in_flight = used + tokens;
+        if (b->st.tokens_in_flight > b->st.tokens_peak) b->st.tokens_peak = b->st.tokens_in_flight;
+    }
+    pthread_mutex_unlock(&b->lock);
+    return rc;
+}
+
+void batcher_release(struct batcher *b, uint64_t tokens)
+{
+    pthread_mutex_lock(&b->lock);
+    b->st.tokens_in_flight -= tokens < b->st.tokens_in_flight ? tokens : b->st.tokens_in_flight;
+    pthread_mutex_unlock(&b->lock);
 }
 
 int batcher_queue_depth(struct batcher *b)
@@ -363,6 +479,7 @@ void batcher_get_stats(struct batcher *b, struct batcher_stats *st)
     pthread_mutex_lock(&b->lock);
     *st = b->st;
     st->queue_depth = b->depth;
+    st->token_budget = b->token_budget;
     pthread_mutex_unlock(&b->lock);
 }
 
@@ -400,5 +517,6 @@ void batcher_free(struct batcher *b)
     free(b->patch);
     free(b->rasa);
     free(b->jobs);
+    free(b->gone);
     free(b);
 }

@@ -15,12 +15,25 @@
  * activations exceed max_batch images at the model's default crop size, so a
  * rare huge request does not pin that memory.
  *
+ * Admission (why memory stays bounded): a request first admits its tokens
+ * (images x (1 + registers + patches)) against a global budget, before it
+ * allocates or decodes anything, and keeps them until it is freed; past the
+ * budget it is refused (429). Then it submits all its images at once or none
+ * (queue full: 429), so a refused request never waits for work of its own.
+ * Every batch is made of admitted jobs, so the activations of one forward
+ * never exceed the budget's tokens.
+ *
+ * Cancellation: a job may carry a check that the worker calls just before the
+ * job's batch runs; a job whose client has gone is dropped there (counted in
+ * the stats) instead of being computed for nobody.
+ *
  * Submission never blocks: it enqueues or fails at once. */
 #ifndef FRANCA_BATCHER_H
 #define FRANCA_BATCHER_H
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 struct model_entry;
 struct batcher;
@@ -29,8 +42,11 @@ enum batcher_status {
     BATCH_OK = 0,
     BATCH_ERR = -1,       /* invalid job (bad resolution, missing buffers, RASA without RASA
                              tensors): a client mistake, 400/422; or the engine failed, 500 */
-    BATCH_FULL = -2,      /* the queue holds max_queue images: 429 with Retry-After */
+    BATCH_FULL = -2,      /* no room now (the queue, or the token budget): 429 with Retry-After */
     BATCH_SHUTDOWN = -3,  /* batcher shut down: 503 */
+    BATCH_TOO_LARGE = -4, /* can never be admitted: more images than the whole queue, or more
+                             tokens than the whole budget: 413 */
+    BATCH_CANCELLED = -5, /* dropped before its forward: nobody waits for the result */
 };
 
 struct batch_job;
@@ -46,9 +62,13 @@ struct batch_job {
     float *patch;               /* [N, D] or NULL: final-norm patch tokens, N = (H/P)(W/P) */
     float *patch_rasa;          /* [N, D] or NULL: RASA-cleaned patch tokens */
     batch_done_fn done;         /* called exactly once, from the worker thread, after a
-                                   successful submit; status BATCH_OK, or BATCH_ERR with a
-                                   one-line message. The callback may free the job. */
+                                   successful submit; status BATCH_OK, or BATCH_ERR or
+                                   BATCH_CANCELLED with a one-line message. The callback
+                                   may free the job. */
     void *user;
+    bool (*cancelled)(struct batch_job *job, void *user);
+                                /* optional: asked (no batcher lock held) just before the
+                                   job's batch runs; true drops the job. Must not block. */
 
     /* Filled by the batcher before done is called (for the metrics histograms). */
     double queue_seconds;       /* submit to start of its batch's forward */
@@ -64,9 +84,15 @@ struct batcher_stats {
     unsigned long batches;      /* forwards run */
     unsigned long images;       /* images completed (ok or failed) */
     unsigned long failed;       /* images whose forward failed */
-    unsigned long rejected_full;
+    unsigned long rejected_full;       /* submits refused: queue full (429) */
+    unsigned long rejected_tokens;     /* admissions refused: token budget in use (429) */
+    unsigned long rejected_too_large;  /* refused for good: over the queue or budget (413) */
+    unsigned long dropped;             /* queued images dropped: cancelled before their forward */
     int queue_depth;            /* images waiting now */
     int max_batch_seen;
+    uint64_t tokens_in_flight;  /* admitted and not released yet */
+    uint64_t tokens_peak;       /* the most ever in flight at once */
+    uint64_t token_budget;      /* 0: unlimited */
 };
 
 /* max_batch >= 1, max_delay_ms >= 0, max_queue >= 1. Starts the worker thread.
@@ -74,10 +100,28 @@ struct batcher_stats {
 struct batcher *batcher_create(int max_batch, int max_delay_ms, int max_queue, char *err,
                                size_t errlen);
 
+/* The most tokens admitted at once (0: unlimited, the default). Set it before
+ * the first admission. */
+void batcher_set_token_budget(struct batcher *b, uint64_t max_tokens);
+
+/* Admits tokens against the budget: BATCH_OK (pair with batcher_release),
+ * BATCH_FULL when they do not fit beside those in flight, BATCH_TOO_LARGE when
+ * they exceed the whole budget, BATCH_SHUTDOWN; err says why. Never blocks. */
+int batcher_admit(struct batcher *b, uint64_t tokens, char *err, size_t errlen);
+/* Gives back admitted tokens (never below zero). */
+void batcher_release(struct batcher *b, uint64_t tokens);
+
 /* Validates and enqueues job (never blocks on inference). BATCH_OK: done will
  * be called exactly once. Otherwise done is never called and err says why:
  * BATCH_ERR for an invalid job, BATCH_FULL, BATCH_SHUTDOWN. */
 int batcher_submit(struct batcher *b, struct batch_job *job, char *err, size_t errlen);
+
+/* The same for jobs[0..n-1], all or nothing: either every job is queued
+ * (BATCH_OK, each done called once) or none is and no done is called
+ * (BATCH_ERR for any invalid job, BATCH_FULL when they do not fit beside the
+ * queued ones, BATCH_TOO_LARGE when n exceeds the whole queue, BATCH_SHUTDOWN). */
+int batcher_submit_many(struct batcher *b, struct batch_job *jobs, int n, char *err,
+                        size_t errlen);
 
 /* Called once per forward pass, from the worker, after the batch ran and before
  * its jobs' callbacks: jobs[0..B-1] with queue_seconds filled, the forward's

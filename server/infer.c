@@ -8,22 +8,53 @@
 #include "errors.h"
 #include "vit.h"
 
-struct infer_request *infer_new(struct model_entry *entry, int n, int H, int W, bool patch,
-                                bool patch_rasa, char *err, size_t errlen)
+uint64_t infer_tokens(const struct model_entry *entry, int n, int H, int W)
 {
+    const struct model_config *c = vit_model_config(entry->model);
+    const uint64_t P = (uint64_t)c->patch_size;
+    const uint64_t per_image = 1 + (uint64_t)c->register_tokens +
+                               ((uint64_t)H / P) * ((uint64_t)W / P);
+    return (uint64_t)n * per_image;
+}
+
+size_t infer_bytes_per_token(const struct model_entry *entry)
+{
+    const struct model_config *c = vit_model_config(entry->model);
+    const size_t P = (size_t)c->patch_size, D = (size_t)c->embed_dim, Hs = (size_t)c->ffn_hidden;
+    const size_t input = 3 * (3 * P * P);     /* request, batch copy, im2col */
+    const size_t acts = 7 * D;                /* x, xn, qkv (3D), attn, branch */
+    const size_t ffn = c->ffn == FFN_SWIGLU ? 3 * Hs : Hs;
+    const size_t outputs = 3 * D;             /* patch tokens, batch copy, one cut */
+    return sizeof(float) * (input + acts + ffn + outputs);
+}
+
+int infer_new(struct infer_request **out, struct batcher *b, struct model_entry *entry, int n,
+              int H, int W, bool patch, bool patch_rasa, char *err, size_t errlen)
+{
+    *out = NULL;
+    /* Admission first: a refused request costs no allocation and no decode. */
+    const uint64_t tokens = infer_tokens(entry, n, H, W);
+    const int admitted = batcher_admit(b, tokens, err, errlen);
+    if (admitted != BATCH_OK) {
+        model_entry_release(entry);
+        return admitted;
+    }
     const struct model_config *c = vit_model_config(entry->model);
     struct infer_request *r = calloc(1, sizeof(*r));
     pthread_mutex_t *lock = malloc(sizeof(*lock));
     if (!r || !lock) {
         free(r);
         free(lock);
+        batcher_release(b, tokens);
         model_entry_release(entry);
-        set_err(err, errlen, "out of memory");
-        return NULL;
+        return set_err(err, errlen, "out of memory");
     }
     pthread_mutex_init(lock, NULL);
     r->lock = lock;
     r->entry = entry;
+    r->batcher = b;
+    r->tokens = tokens;
+    atomic_init(&r->cancelled, false);
     r->n = n;
     r->H = H;
     r->W = W;
@@ -37,10 +68,10 @@ struct infer_request *infer_new(struct model_entry *entry, int n, int H, int W, 
     if (patch_rasa) r->patch_rasa = malloc(sizeof(float) * tok);
     if (!r->input || !r->cls || !r->jobs || (patch && !r->patch) || (patch_rasa && !r->patch_rasa)) {
         infer_free(r);
-        set_err(err, errlen, "out of memory for %d images of %dx%d", n, H, W);
-        return NULL;
+        return set_err(err, errlen, "out of memory for %d images of %dx%d", n, H, W);
     }
-    return r;
+    *out = r;
+    return BATCH_OK;
 }
 
 void infer_free(struct infer_request *r)
@@ -56,7 +87,15 @@ void infer_free(struct infer_request *r)
         pthread_mutex_destroy(r->lock);
         free(r->lock);
     }
+    /* Last: the budget is given back only once the memory it stood for is. */
+    batcher_release(r->batcher, r->tokens);
     free(r);
+}
+
+void infer_set_cancel(struct infer_request *r, infer_cancel_fn fn, void *arg)
+{
+    r->cancel = fn;
+    r->cancel_arg = arg;
 }
 
 /* Records one image's outcome; the last one calls the request's callback. */
@@ -78,15 +117,24 @@ static void job_done(struct batch_job *job, int status, const char *err, void *u
     finish_one(user, status, err);
 }
 
-int infer_submit(struct infer_request *r, struct batcher *b, infer_done_fn done, void *user,
-                 char *err, size_t errlen)
+/* The batcher asks once per image; the answer sticks, so the request's other
+ * images are dropped without asking again. */
+static bool job_cancelled(struct batch_job *job, void *user)
+{
+    (void)job;
+    struct infer_request *r = user;
+    if (atomic_load(&r->cancelled)) return true;
+    if (!r->cancel || !r->cancel(r->cancel_arg)) return false;
+    atomic_store(&r->cancelled, true);
+    return true;
+}
+
+int infer_submit(struct infer_request *r, infer_done_fn done, void *user, char *err,
+                 size_t errlen)
 {
     r->done = done;
     r->user = user;
     const size_t in = (size_t)3 * r->H * r->W, tok = (size_t)r->N * r->D;
-    /* pending counts the submitter too, so done cannot run before every submit
-     * has been attempted. */
-    r->pending = 1;
     for (int i = 0; i < r->n; i++) {
         struct batch_job *j = &r->jobs[i];
         j->entry = r->entry;
@@ -98,22 +146,15 @@ int infer_submit(struct infer_request *r, struct batcher *b, infer_done_fn done,
         j->patch_rasa = r->patch_rasa ? r->patch_rasa + tok * i : NULL;
         j->done = job_done;
         j->user = r;
-        pthread_mutex_lock(r->lock);
-        r->pending++;
-        pthread_mutex_unlock(r->lock);
-        char e[ERR_LEN];
-        const int rc = batcher_submit(b, j, e, sizeof e);
-        if (rc != BATCH_OK) {
-            pthread_mutex_lock(r->lock);
-            r->pending--;
-            pthread_mutex_unlock(r->lock);
-            if (i == 0) {
-                set_err(err, errlen, "%s", e);
-                return rc;
-            }
-            finish_one(r, rc, e);
-            return 0;
-        }
+        j->cancelled = job_cancelled;
+    }
+    /* pending counts the submitter too, so done cannot run before the submit
+     * returned. */
+    r->pending = r->n + 1;
+    const int rc = batcher_submit_many(r->batcher, r->jobs, r->n, err, errlen);
+    if (rc != BATCH_OK) {
+        r->pending = 0;
+        return rc;
     }
     finish_one(r, BATCH_OK, NULL);
     return 0;

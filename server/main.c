@@ -3,8 +3,9 @@
  * the default) --models-dir DIR --host H --port P --data DIR --device D
  * --admin-token-file F --max-batch N --max-delay-ms N --max-body-mb N
  * --max-image-pixels N --threads N; plus --http-threads N --max-queue N
- * --max-images N. Prints "listening on http://HOST:PORT" once ready; SIGTERM or
- * SIGINT stops accepting, finishes requests in flight and exits 0. */
+ * --max-images N --max-inflight-tokens N. Prints "listening on http://HOST:PORT"
+ * once ready; SIGTERM or SIGINT stops accepting, finishes requests in flight and
+ * exits 0. */
 #include <cblas.h>
 #include <errno.h>
 #include <getopt.h>
@@ -20,6 +21,7 @@
 #include "app.h"
 #include "errors.h"
 #include "index/search.h"
+#include "infer.h"
 #include "vit.h"
 
 #define MAX_MODELS 16
@@ -40,6 +42,8 @@ static const char usage_text[] =
     "  --max-image-pixels N    declared width x height limit per image (default 40000000)\n"
     "  --max-images N          images per request (default 256)\n"
     "  --max-queue N           images waiting for a batch before 429 (default 1024)\n"
+    "  --max-inflight-tokens N tokens (images x (1 + registers + patches)) admitted at once\n"
+    "                          across requests before 429; bounds peak memory (default 65536)\n"
     "  --threads N             inference threads (default: all cores)\n"
     "  --http-threads N        HTTP threads (default 4)\n"
     "  --index-threads N       threads for index commits and searches (default 2)\n"
@@ -51,7 +55,7 @@ struct options {
     const char *models_dir, *host, *data, *device, *token_file;
     int port, max_batch, max_delay_ms, max_body_mb, max_images, max_queue, threads, http_threads;
     int index_threads, max_insert_items;
-    long long max_pixels;
+    long long max_pixels, max_inflight_tokens;
 };
 
 static int usage_error(const char *fmt, const char *arg)
@@ -75,7 +79,8 @@ static int parse_num(const char *s, long long lo, long long hi, long long *out)
 static int parse_options(int argc, char **argv, struct options *o)
 {
     enum { O_MODEL = 256, O_MODELS_DIR, O_HOST, O_PORT, O_DATA, O_DEVICE, O_TOKEN, O_BATCH,
-           O_DELAY, O_BODY, O_PIXELS, O_IMAGES, O_QUEUE, O_THREADS, O_HTTP, O_INDEX_THREADS, O_INSERT_ITEMS, O_HELP };
+           O_DELAY, O_BODY, O_PIXELS, O_IMAGES, O_QUEUE, O_THREADS, O_HTTP, O_INDEX_THREADS, O_INSERT_ITEMS,
+           O_INFLIGHT, O_HELP };
     static const struct option lo[] = {
         {"model", required_argument, 0, O_MODEL}, {"models-dir", required_argument, 0, O_MODELS_DIR},
         {"host", required_argument, 0, O_HOST}, {"port", required_argument, 0, O_PORT},
@@ -88,11 +93,13 @@ static int parse_options(int argc, char **argv, struct options *o)
         {"threads", required_argument, 0, O_THREADS}, {"http-threads", required_argument, 0, O_HTTP},
         {"index-threads", required_argument, 0, O_INDEX_THREADS},
         {"max-insert-items", required_argument, 0, O_INSERT_ITEMS},
+        {"max-inflight-tokens", required_argument, 0, O_INFLIGHT},
         {"help", no_argument, 0, O_HELP}, {0, 0, 0, 0}};
     *o = (struct options){.host = "127.0.0.1", .port = 8080, .data = "./data", .device = "auto",
                           .max_batch = 16, .max_delay_ms = 5, .max_body_mb = 64,
                           .max_pixels = 40000000, .max_images = 256, .max_queue = 1024,
-                          .http_threads = 4, .index_threads = 2, .max_insert_items = 4096};
+                          .http_threads = 4, .index_threads = 2, .max_insert_items = 4096,
+                          .max_inflight_tokens = 65536};
     opterr = 0;
     int c;
     long long v;
@@ -140,6 +147,10 @@ static int parse_options(int argc, char **argv, struct options *o)
         case O_PIXELS:
             if (parse_num(optarg, 1, 1LL << 40, &o->max_pixels))
                 return usage_error("--max-image-pixels needs a positive integer, got '%s'", optarg);
+            break;
+        case O_INFLIGHT:
+            if (parse_num(optarg, 1, 1LL << 40, &o->max_inflight_tokens))
+                return usage_error("--max-inflight-tokens needs a positive integer, got '%s'", optarg);
             break;
         case O_HELP: fputs(usage_text, stdout); exit(0);
         default: return usage_error("unknown or incomplete option '%s'", argv[optind - 1]);
@@ -225,6 +236,7 @@ int main(int argc, char **argv)
         .max_body_bytes = (size_t)o.max_body_mb << 20, .max_image_pixels = (size_t)o.max_pixels,
         .max_images = o.max_images, .max_batch = o.max_batch, .max_delay_ms = o.max_delay_ms,
         .max_queue = o.max_queue, .max_json_floats = 4u << 20,
+        .max_inflight_tokens = (unsigned long long)o.max_inflight_tokens,
         .max_insert_items = o.max_insert_items, .max_search_queries = 1024};
     if (o.token_file && !(app.admin_token = read_token(o.token_file, err, sizeof err))) return fail(err);
     if (!(app.metrics = metrics_new())) return fail("out of memory");
@@ -237,6 +249,7 @@ int main(int argc, char **argv)
     if (!(app.batcher = batcher_create(o.max_batch, o.max_delay_ms, o.max_queue, err, sizeof err)))
         return fail(err);
     batcher_set_observer(app.batcher, on_batch, app.metrics);
+    batcher_set_token_budget(app.batcher, (uint64_t)o.max_inflight_tokens);
     if (index_open(&app.index, o.data, err, sizeof err)) return fail(err);
     if (!(app.index_work = workq_create(o.index_threads, 4096, err, sizeof err))) return fail(err);
     if (!(app.jobs = jobs_create())) return fail("out of memory");
@@ -258,8 +271,12 @@ int main(int argc, char **argv)
             http_stop(srv);
             return fail(err);
         }
-        fprintf(stderr, "loaded %s from %s (sha256 %.16s..., %.2f s + warm-up %.2f s)\n", e->name,
-                o.paths[i], e->fingerprint, e->load_seconds, e->warmup_seconds);
+        fprintf(stderr, "loaded %s from %s (sha256 %.16s..., %.2f s + warm-up %.2f s); "
+                "%lld tokens in flight take about %.0f MiB at %zu bytes per token\n", e->name,
+                o.paths[i], e->fingerprint, e->load_seconds, e->warmup_seconds,
+                o.max_inflight_tokens,
+                (double)o.max_inflight_tokens * (double)infer_bytes_per_token(e) / 1048576.0,
+                infer_bytes_per_token(e));
         model_entry_release(e);
     }
     atomic_store(&app.ready, true);

@@ -74,9 +74,17 @@ void reply_batch_error(struct http_request *req, int rc, const char *msg)
     switch (rc) {
     case BATCH_FULL:
         http_add_header(req, "Retry-After", "1");
-        http_reply_error(req, 429, NULL, "the inference queue is full; retry later");
+        http_reply_error(req, 429, NULL, msg ? msg : "the inference queue is full; retry later");
         break;
+    case BATCH_TOO_LARGE: http_reply_error(req, 413, NULL, msg); break;
     case BATCH_SHUTDOWN: http_reply_error(req, 503, NULL, "the server is shutting down"); break;
+    /* Nobody reads it: the client has gone (or was answered 503 at shutdown). */
+    case BATCH_CANCELLED: http_reply_error(req, 503, NULL, msg); break;
     default: http_reply_error(req, 500, NULL, msg); break;
     }
+}
+
+bool request_abandoned(void *req)
+{
+    return http_client_gone(req);
 }

@@ -130,9 +130,10 @@ static void embeddings(struct http_request *req, void *user)
         return;
     }
     const int S = image_input_side(cfg, 0);
-    struct infer_request *r = infer_new(e, n, S, S, false, false, err, sizeof err);
-    if (!r) {
-        http_reply_error(req, 500, NULL, err);
+    struct infer_request *r;
+    rc = infer_new(&r, app->batcher, e, n, S, S, false, false, err, sizeof err);
+    if (rc != BATCH_OK) {
+        reply_batch_error(req, rc, err);
         json_decref(j);
         return;
     }
@@ -172,8 +173,9 @@ static void embeddings(struct http_request *req, void *user)
     *ctx = (struct embed_ctx){.req = req, .app = app, .dimensions = (int)want,
                               .base64 = fmt && !strcmp(fmt, "base64")};
     json_decref(j);
+    infer_set_cancel(r, request_abandoned, req);
     http_defer(req);
-    rc = infer_submit(r, app->batcher, embed_done, ctx, err, sizeof err);
+    rc = infer_submit(r, embed_done, ctx, err, sizeof err);
     if (rc) {
         reply_batch_error(req, rc, err);
         free(ctx);

@@ -686,10 +686,11 @@ static void features(struct http_request *req, void *user)
     }
 
     const bool tokens = o->patch || o->pooled;
-    struct infer_request *r = infer_new(e, p.n, S, S, tokens && !o->rasa, tokens && o->rasa, err,
-                                        sizeof err);
-    if (!r) {
-        http_reply_error(req, 500, NULL, err);
+    struct infer_request *r;
+    rc = infer_new(&r, app->batcher, e, p.n, S, S, tokens && !o->rasa, tokens && o->rasa, err,
+                   sizeof err);
+    if (rc != BATCH_OK) {
+        reply_batch_error(req, rc, err);
         parsed_free(&p);
         return;
     }
@@ -715,8 +716,9 @@ static void features(struct http_request *req, void *user)
         return;
     }
     *ctx = c;
+    infer_set_cancel(r, request_abandoned, req);
     http_defer(req);
-    rc = infer_submit(r, app->batcher, features_done, ctx, err, sizeof err);
+    rc = infer_submit(r, features_done, ctx, err, sizeof err);
     if (rc) {
         reply_batch_error(req, rc, err);
         free(ctx);

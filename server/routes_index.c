@@ -198,9 +198,10 @@ int coll_embed(struct http_request *req, struct app *app, struct coll *c, struct
         return -1;
     }
     const int S = image_input_side(cfg, 0);
-    struct infer_request *r = infer_new(e, im->n, S, S, false, false, err, sizeof err);
-    if (!r) {
-        http_reply_error(req, 500, NULL, err);
+    struct infer_request *r;
+    int rc = infer_new(&r, app->batcher, e, im->n, S, S, false, false, err, sizeof err);
+    if (rc != BATCH_OK) {
+        reply_batch_error(req, rc, err);
         return -1;
     }
     for (int i = 0; i < im->n; i++)
@@ -218,7 +219,8 @@ int coll_embed(struct http_request *req, struct app *app, struct coll *c, struct
     }
     *x = (struct embed_ctx){.app = app, .im = im, .width = (int)c->info.width, .done = done,
                             .user = user};
-    const int rc = infer_submit(r, app->batcher, embed_done, x, err, sizeof err);
+    infer_set_cancel(r, request_abandoned, req);
+    rc = infer_submit(r, embed_done, x, err, sizeof err);
     if (rc) {
         reply_batch_error(req, rc, err);
         free(x);

@@ -52,9 +52,17 @@ static int embed_page(struct reembed *re, const struct store_image_row *rows, si
 {
     const struct model_config *cfg = vit_model_config(re->e->model);
     const int S = image_input_side(cfg, 0);
-    model_entry_retain(re->e);
-    struct infer_request *r = infer_new(re->e, (int)n, S, S, false, false, err, errlen);
-    if (!r) return -1;
+    /* The token budget and the queue are busy only for a while: wait and retry
+     * rather than fail the job. */
+    struct infer_request *r;
+    int rc;
+    for (;;) {
+        model_entry_retain(re->e);   /* infer_new takes it over */
+        rc = infer_new(&r, re->app->batcher, re->e, (int)n, S, S, false, false, err, errlen);
+        if (rc != BATCH_FULL || atomic_load(&re->app->stopping)) break;
+        usleep(20000);
+    }
+    if (rc != BATCH_OK) return -1;
     for (size_t i = 0; i < n; i++) {
         char why[256];
         if (image_prepare(rows[i].image, rows[i].image_len, cfg, 0, re->app->limits.max_image_pixels,
@@ -66,9 +74,7 @@ static int embed_page(struct reembed *re, const struct store_image_row *rows, si
         }
     }
     re->page_done = false;
-    /* A full queue is transient: wait and retry rather than fail the job. */
-    int rc;
-    while ((rc = infer_submit(r, re->app->batcher, page_done, re, err, errlen)) == BATCH_FULL &&
+    while ((rc = infer_submit(r, page_done, re, err, errlen)) == BATCH_FULL &&
            !atomic_load(&re->app->stopping))
         usleep(20000);
     if (rc) {

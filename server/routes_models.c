@@ -8,13 +8,14 @@
 static json_t *limits_json(const struct app *app)
 {
     const struct app_limits *l = &app->limits;
-    return json_pack("{s:I, s:I, s:i, s:i, s:i, s:i, s:i, s:I}",
+    return json_pack("{s:I, s:I, s:i, s:i, s:i, s:i, s:I, s:i, s:I}",
                      "max_body_bytes", (json_int_t)l->max_body_bytes,
                      "max_image_pixels", (json_int_t)l->max_image_pixels,
                      "max_images_per_request", l->max_images,
                      "max_batch", l->max_batch,
                      "max_delay_ms", l->max_delay_ms,
                      "max_queue", l->max_queue,
+                     "max_inflight_tokens", (json_int_t)l->max_inflight_tokens,
                      "max_side", VIT_MAX_SIDE,
                      "max_json_floats", (json_int_t)l->max_json_floats);
 }

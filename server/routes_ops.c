@@ -22,13 +22,30 @@ static void readyz(struct http_request *req, void *user)
     http_reply_json(req, 200, json_pack("{s:s}", "status", "ready"));
 }
 
-/* Scrape-time gauges: queue depth, loaded models, swaps. */
+/* Scrape-time gauges: queue depth, admission, loaded models, swaps. */
 static void gauges(void *user, void (*emit)(void *, const char *, const char *, const char *, double),
                    void *ctx)
 {
     struct app *app = user;
-    emit(ctx, "franca_queue_depth", "Images waiting for a batch.", NULL,
-         batcher_queue_depth(app->batcher));
+    struct batcher_stats bs;
+    batcher_get_stats(app->batcher, &bs);
+    emit(ctx, "franca_queue_depth", "Images waiting for a batch.", NULL, bs.queue_depth);
+    emit(ctx, "franca_inflight_tokens", "Tokens held by admitted requests.", NULL,
+         (double)bs.tokens_in_flight);
+    emit(ctx, "franca_inflight_tokens_limit", "The token budget (--max-inflight-tokens).", NULL,
+         (double)bs.token_budget);
+    emit(ctx, "franca_inflight_tokens_peak", "The most tokens ever in flight at once.", NULL,
+         (double)bs.tokens_peak);
+    const char *help = "Requests refused at admission, by reason.";
+    emit(ctx, "franca_admission_rejected_total", help, "reason=\"queue_full\"",
+         (double)bs.rejected_full);
+    emit(ctx, "franca_admission_rejected_total", help, "reason=\"tokens\"",
+         (double)bs.rejected_tokens);
+    emit(ctx, "franca_admission_rejected_total", help, "reason=\"too_large\"",
+         (double)bs.rejected_too_large);
+    emit(ctx, "franca_batch_items_dropped_total",
+         "Queued images dropped before their forward because their client went away.", NULL,
+         (double)bs.dropped);
     struct model_entry **e;
     size_t n;
     char err[256];

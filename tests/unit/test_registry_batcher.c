@@ -1,8 +1,10 @@
 /* Unit tests of the model registry (refcounts, hot swap, busy/last/unknown
- * codes, failed swaps) and the dynamic batcher (gathering, per-key batches,
- * queue limit, drain on shutdown), including a hot swap under concurrent load
- * whose every result is checked against a direct forward of the model that
- * the result's entry names. CHECK is only called from the main thread. */
+ * codes, failed swaps) and the dynamic
+ * batcher (gathering, per-key batches, queue limit, all-or-nothing submits,
+ * the token budget, dropping cancelled jobs, drain on shutdown), including a
+ * hot swap under concurrent load whose every result is checked against a
+ * direct forward of the model that the result's entry names. CHECK is only
+ * called from the main thread. */
 #include "check.h"
 
 #include <pthread.h>
@@ -17,6 +19,7 @@
 #include "batcher.h"
 #include "checkpoint.h"
 #include "errors.h"
+#include "infer.h"
 #include "model_config.h"
 #include "registry.h"
 #include "vit.h"
@@ -225,7 +228,14 @@ struct tjob {
     int status;
     int calls;
     char err[ERR_LEN];
+    atomic_bool cancel;            /* read by tjob_cancelled */
 };
+
+static bool tjob_cancelled(struct batch_job *j, void *user)
+{
+    (void)user;
+    return atomic_load(&((struct tjob *)j)->cancel);
+}
 
 static void tjob_done(struct batch_job *j, int status, const char *err, void *user)
 {
@@ -253,6 +263,8 @@ static void tjob_setup(struct tjob *t, struct model_entry *e, int H, int W, cons
     t->job.patch_rasa = rasa ? t->rasa : NULL;
     t->job.done = tjob_done;
     t->job.user = w;
+    t->job.cancelled = tjob_cancelled;
+    atomic_init(&t->cancel, false);
     t->status = -100;
 }
 
@@ -566,6 +578,268 @@ static void test_batching(void)
     registry_free(reg);
 }
 
+/* ------------------------------------------------------------ admission -- */
+
+static uint64_t in_flight(struct batcher *b)
+{
+    struct batcher_stats bs;
+    batcher_get_stats(b, &bs);
+    return bs.tokens_in_flight;
+}
+
+static void test_token_budget(void)
+{
+    char err[ERR_LEN];
+    struct batcher *b = batcher_create(4, 0, 64, err, sizeof err);
+    struct batcher_stats bs;
+    batcher_get_stats(b, &bs);
+    CHECK(bs.token_budget == 0 && batcher_admit(b, 1ull << 40, err, sizeof err) == BATCH_OK,
+          "no budget set: unlimited");
+    batcher_release(b, 1ull << 40);
+    batcher_free(b);
+
+    b = batcher_create(4, 0, 64, err, sizeof err);
+    batcher_set_token_budget(b, 100);
+    CHECK(batcher_admit(b, 60, err, sizeof err) == BATCH_OK, "%s", err);
+    err[0] = '\0';
+    CHECK(batcher_admit(b, 50, err, sizeof err) == BATCH_FULL && one_line(err) &&
+          strstr(err, "60 of 100"), "beyond what is left: %s", err);
+    err[0] = '\0';
+    CHECK(batcher_admit(b, 101, err, sizeof err) == BATCH_TOO_LARGE && one_line(err) &&
+          strstr(err, "--max-inflight-tokens"), "beyond the whole budget: %s", err);
+    CHECK(batcher_admit(b, 40, err, sizeof err) == BATCH_OK, "up to the budget: %s", err);
+    batcher_get_stats(b, &bs);
+    CHECK(bs.tokens_in_flight == 100 && bs.tokens_peak == 100 && bs.token_budget == 100 &&
+          bs.rejected_tokens == 1 && bs.rejected_too_large == 1,
+          "in flight %llu, peak %llu, refused %lu + %lu", (unsigned long long)bs.tokens_in_flight,
+          (unsigned long long)bs.tokens_peak, bs.rejected_tokens, bs.rejected_too_large);
+    batcher_release(b, 40);
+    CHECK(in_flight(b) == 60, "release gives back: %llu", (unsigned long long)in_flight(b));
+    batcher_release(b, 60);
+    batcher_release(b, 5);  /* more than held: stays at zero, never wraps */
+    CHECK(in_flight(b) == 0, "never below zero: %llu", (unsigned long long)in_flight(b));
+    CHECK(batcher_admit(b, 100, err, sizeof err) == BATCH_OK, "whole budget again: %s", err);
+    batcher_release(b, 100);
+    batcher_shutdown(b);
+    CHECK(batcher_admit(b, 1, err, sizeof err) == BATCH_SHUTDOWN, "no admission after shutdown");
+    batcher_free(b);
+}
+
+/* A request as the routes run it: the callback records, then frees it. */
+struct ireq {
+    struct waiter w;
+    int status, calls;
+    char err[ERR_LEN];
+    float cls[NIN][D];
+    int n;
+};
+
+static void ireq_done(struct infer_request *r, int status, const char *err, void *user)
+{
+    struct ireq *q = user;
+    memcpy(q->cls, r->cls, sizeof(float) * D * (size_t)r->n);
+    infer_free(r);
+    pthread_mutex_lock(&q->w.lock);
+    q->status = status;
+    q->calls++;
+    snprintf(q->err, sizeof q->err, "%s", err ? err : "");
+    q->w.finished++;
+    pthread_cond_broadcast(&q->w.cond);
+    pthread_mutex_unlock(&q->w.lock);
+}
+
+/* New request of n images (inputs[0..n-1]) on e, with its own reference. */
+static int ireq_new(struct infer_request **r, struct batcher *b, struct model_entry *e, int n,
+                    char *err, size_t errlen)
+{
+    model_entry_retain(e);
+    const int rc = infer_new(r, b, e, n, S, S, false, false, err, errlen);
+    for (int i = 0; rc == BATCH_OK && i < n; i++)
+        memcpy((*r)->input + (size_t)i * IMG, inputs[i], sizeof(float) * IMG);
+    return rc;
+}
+
+/* The entry's reference count once the worker, which drops its references
+ * after the callbacks, has settled at want (or after 5 s). */
+static long refs_settled(struct model_entry *e, long want)
+{
+    const double t0 = now_s();
+    while (atomic_load(&e->refs) != want && now_s() - t0 < 5.0) sleep_ms(1);
+    return atomic_load(&e->refs);
+}
+
+static bool flag_set(void *arg)
+{
+    return atomic_load((atomic_bool *)arg);
+}
+
+/* Tokens are held from infer_new to infer_free on every path: refused at
+ * admission (nothing held), freed before submitting (a decode error), refused
+ * at submit, run to completion, cancelled. */
+static void test_infer_admission(struct model_entry *e)
+{
+    char err[ERR_LEN];
+    const uint64_t per = infer_tokens(e, 1, S, S);
+    CHECK(per == NP + 1, "tokens per image %llu (want %d)", (unsigned long long)per, NP + 1);
+    struct batcher *b = batcher_create(8, 200, 4, err, sizeof err);
+    batcher_set_token_budget(b, 4 * per);
+    const long refs0 = atomic_load(&e->refs);
+
+    struct infer_request *r1 = NULL, *r2 = NULL;
+    CHECK(ireq_new(&r1, b, e, 3, err, sizeof err) == BATCH_OK && r1, "%s", err);
+    CHECK(in_flight(b) == 3 * per, "admitted 3 images: %llu", (unsigned long long)in_flight(b));
+    CHECK(ireq_new(&r2, b, e, 2, err, sizeof err) == BATCH_FULL && !r2, "budget in use: %s", err);
+    CHECK(ireq_new(&r2, b, e, 5, err, sizeof err) == BATCH_TOO_LARGE && !r2, "over budget: %s", err);
+    CHECK(atomic_load(&e->refs) == refs0 + 1 && in_flight(b) == 3 * per,
+          "refused requests hold nothing (refs %ld, want %ld)", atomic_load(&e->refs), refs0 + 1);
+    infer_free(r1);  /* e.g. an image failed to decode */
+    CHECK(in_flight(b) == 0 && atomic_load(&e->refs) == refs0, "released by a request never run");
+
+    /* Refused at submit (4 images fill the queue; then 1 more does not fit). */
+    struct ireq q = {0};
+    waiter_init(&q.w);
+    CHECK(ireq_new(&r1, b, e, 4, err, sizeof err) == BATCH_OK, "%s", err);
+    CHECK(ireq_new(&r2, b, e, 1, err, sizeof err) == BATCH_FULL, "over budget with 4 in flight");
+    batcher_set_token_budget(b, 5 * per);
+    CHECK(ireq_new(&r2, b, e, 1, err, sizeof err) == BATCH_OK, "%s", err);
+    CHECK(infer_submit(r1, ireq_done, &q, err, sizeof err) == BATCH_OK, "%s", err);
+    CHECK(infer_submit(r2, ireq_done, &q, err, sizeof err) == BATCH_FULL && q.calls == 0,
+          "queue full: %s", err);
+    infer_free(r2);
+    CHECK(waiter_wait(&q.w, 1, 30) == 1 && q.status == BATCH_OK, "ran: %s", q.err);
+    int bad = 0;
+    for (int i = 0; i < 4; i++) bad += !matches(q.cls[i], ref_cls[0][i], D, 4);
+    CHECK(bad == 0, "%d wrong results", bad);
+    CHECK(in_flight(b) == 0 && refs_settled(e, refs0) == refs0,
+          "released after a run and a refused submit: %llu", (unsigned long long)in_flight(b));
+
+    /* Cancelled after submit, while the batch gathers: dropped, released. */
+    atomic_bool gone;
+    atomic_init(&gone, false);
+    waiter_destroy(&q.w);
+    q = (struct ireq){0};
+    waiter_init(&q.w);
+    CHECK(ireq_new(&r1, b, e, 2, err, sizeof err) == BATCH_OK, "%s", err);
+    infer_set_cancel(r1, flag_set, &gone);
+    struct batcher_stats bs0, bs;
+    batcher_get_stats(b, &bs0);
+    CHECK(infer_submit(r1, ireq_done, &q, err, sizeof err) == BATCH_OK, "%s", err);
+    atomic_store(&gone, true);
+    CHECK(waiter_wait(&q.w, 1, 30) == 1 && q.calls == 1 && q.status == BATCH_CANCELLED &&
+          one_line(q.err), "cancelled: %d %s", q.status, q.err);
+    batcher_get_stats(b, &bs);
+    CHECK(bs.dropped == bs0.dropped + 2 && bs.batches == bs0.batches,
+          "2 images dropped without a forward: dropped %lu, batches %lu -> %lu", bs.dropped,
+          bs0.batches, bs.batches);
+    CHECK(in_flight(b) == 0 && refs_settled(e, refs0) == refs0, "released after a cancel");
+    waiter_destroy(&q.w);
+    batcher_free(b);
+}
+
+/* A request that does not fit beside the queued images is refused whole and at
+ * once: before, its first images were queued and it answered 429 only after
+ * they had run. */
+static void test_all_or_nothing(struct model_entry *e)
+{
+    char err[ERR_LEN];
+    struct batcher *b = batcher_create(64, 20000, 4, err, sizeof err);
+    static struct tjob q[3];
+    struct waiter w;
+    waiter_init(&w);
+    for (int i = 0; i < 3; i++) {
+        tjob_setup(&q[i], e, S, S, inputs[i], true, false, false, &w);
+        CHECK(batcher_submit(b, &q[i].job, err, sizeof err) == BATCH_OK, "%s", err);
+    }
+    struct ireq r = {0};
+    waiter_init(&r.w);
+    struct infer_request *req;
+    CHECK(ireq_new(&req, b, e, 2, err, sizeof err) == BATCH_OK, "%s", err);
+    err[0] = '\0';
+    const double t0 = now_s();
+    const int rc = infer_submit(req, ireq_done, &r, err, sizeof err);
+    const double dt = now_s() - t0;
+    CHECK(rc == BATCH_FULL && dt < 0.05 && one_line(err), "2 images beside 3 of 4: %d in %.3f s: %s",
+          rc, dt, err);
+    CHECK(batcher_queue_depth(b) == 3, "nothing of it queued: depth %d", batcher_queue_depth(b));
+    if (rc == BATCH_FULL) infer_free(req);
+
+    CHECK(ireq_new(&req, b, e, 5, err, sizeof err) == BATCH_OK, "%s", err);
+    CHECK(infer_submit(req, ireq_done, &r, err, sizeof err) == BATCH_TOO_LARGE && one_line(err),
+          "5 images, queue of 4: %s", err);
+    infer_free(req);
+
+    /* One invalid job refuses the whole submit. */
+    float cls[2][D];
+    struct batch_job two[2];
+    memset(two, 0, sizeof two);
+    for (int i = 0; i < 2; i++) {
+        two[i] = q[0].job;
+        two[i].cls = cls[i];
+    }
+    two[1].H = 50;
+    CHECK(batcher_submit_many(b, two, 2, err, sizeof err) == BATCH_ERR &&
+          batcher_queue_depth(b) == 3, "invalid job: nothing queued: %s", err);
+
+    struct batcher_stats bs;
+    batcher_get_stats(b, &bs);
+    CHECK(bs.rejected_full == 1 && bs.rejected_too_large == 1, "refusals counted: %lu %lu",
+          bs.rejected_full, bs.rejected_too_large);
+    batcher_shutdown(b);
+    int ok = 0;
+    for (int i = 0; i < 3; i++) ok += q[i].status == BATCH_OK && q[i].calls == 1;
+    CHECK(ok == 3 && r.calls == 0, "queued jobs ran (%d of 3); refused request never called back "
+          "(%d)", ok, r.calls);
+    batcher_free(b);
+    waiter_destroy(&w);
+    waiter_destroy(&r.w);
+}
+
+/* Jobs cancelled while queued are dropped before the forward; the rest of
+ * their batch runs as usual. */
+static void test_cancel(struct model_entry *e)
+{
+    char err[ERR_LEN];
+    struct batcher *b = batcher_create(8, 300, 64, err, sizeof err);
+    static struct tjob c[3];
+    struct waiter w;
+    waiter_init(&w);
+    for (int i = 0; i < 3; i++) {
+        tjob_setup(&c[i], e, S, S, inputs[i], true, true, false, &w);
+        CHECK(batcher_submit(b, &c[i].job, err, sizeof err) == BATCH_OK, "%s", err);
+    }
+    atomic_store(&c[1].cancel, true);  /* while the batch waits the 300 ms for more */
+    CHECK(waiter_wait(&w, 3, 30) == 3, "all called back");
+    CHECK(c[1].status == BATCH_CANCELLED && c[1].calls == 1 && one_line(c[1].err),
+          "cancelled job: %d %s", c[1].status, c[1].err);
+    int ok = 0;
+    for (int i = 0; i < 3; i += 2)
+        ok += c[i].status == BATCH_OK && c[i].calls == 1 && c[i].job.batch_size == 2 &&
+              matches(c[i].cls, ref_cls[0][i], D, 2) && matches(c[i].patch, ref_patch[0][i], NP * D, 2);
+    CHECK(ok == 2, "the others ran together, correctly (%d of 2)", ok);
+    struct batcher_stats bs;
+    batcher_get_stats(b, &bs);
+    CHECK(bs.dropped == 1 && bs.images == 2 && bs.batches == 1, "dropped %lu, images %lu, batches %lu",
+          bs.dropped, bs.images, bs.batches);
+    batcher_free(b);
+    waiter_destroy(&w);
+}
+
+static void test_admission(void)
+{
+    char err[ERR_LEN];
+    struct registry *reg;
+    registry_create(&reg, "cpu", err, sizeof err);
+    CHECK(registry_load(reg, "a", path_a, NULL, err, sizeof err) == REGISTRY_OK, "%s", err);
+    struct model_entry *e;
+    registry_acquire(reg, "a", &e, err, sizeof err);
+    test_token_budget();
+    test_infer_admission(e);
+    test_all_or_nothing(e);
+    test_cancel(e);
+    model_entry_release(e);
+    registry_free(reg);
+}
+
 /* ------------------------------------------------- hot swap under load -- */
 
 struct client {
@@ -702,6 +976,7 @@ int main(void)
     test_failed_swap();
     test_busy();
     test_batching();
+    test_admission();
     test_hot_swap_under_load();
     char cmd[400];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
