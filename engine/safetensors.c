@@ -412,7 +412,9 @@ int st_parse(const uint8_t *buf, size_t len, struct st_file *st, char *err, size
 int st_open(const char *path, struct st_file *st, char *err, size_t errlen)
 {
     memset(st, 0, sizeof *st);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: opening a FIFO (or some devices) would otherwise wait for a
+     * writer, forever; such files are refused below, before any read. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0)
         return set_err(err, errlen, "%s: cannot open: %s", path, strerror(errno));
     struct stat sb;
@@ -423,7 +425,8 @@ int st_open(const char *path, struct st_file *st, char *err, size_t errlen)
     }
     if (!S_ISREG(sb.st_mode)) {
         close(fd);
-        return set_err(err, errlen, "%s: not a regular file", path);
+        return set_err(err, errlen, "%s: not a regular file (a checkpoint must be a "
+                       "regular file, not a FIFO, device or directory)", path);
     }
     if (sb.st_size == 0) {
         close(fd);

@@ -141,9 +141,15 @@ void sha256_to_hex(const uint8_t digest[SHA256_DIGEST_LEN], char hex[65])
 
 int sha256_file_hex(const char *path, char hex[65], char *err, size_t errlen)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK + fstat: a FIFO is refused instead of waiting for a writer. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0)
         return set_err(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+    struct stat sb;
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        close(fd);
+        return set_err(err, errlen, "%s: not a regular file", path);
+    }
     struct sha256_ctx c;
     sha256_init(&c);
     uint8_t buf[1 << 14];

@@ -3,13 +3,15 @@
  * the default) --models-dir DIR --host H --port P --data DIR --device D
  * --admin-token-file F --max-batch N --max-delay-ms N --max-body-mb N
  * --max-image-pixels N --threads N; plus --http-threads N --max-queue N
- * --max-images N --max-inflight-tokens N. Prints "listening on http://HOST:PORT"
- * once ready; SIGTERM or SIGINT stops accepting, finishes requests in flight and
- * exits 0. */
+ * --max-images N --max-inflight-tokens N --drain-seconds N. Prints "listening on
+ * http://HOST:PORT" once ready; SIGTERM or SIGINT stops accepting, finishes
+ * requests in flight and exits 0; work still running DRAIN_GRACE_S after the
+ * drain's deadline is abandoned (logged, exit 1). */
 #include <cblas.h>
 #include <errno.h>
 #include <getopt.h>
 #include <omp.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,6 +27,7 @@
 #include "vit.h"
 
 #define MAX_MODELS 16
+#define DRAIN_GRACE_S 5 /* after --drain-seconds: forced 503s go out, then the process ends */
 
 static const char usage_text[] =
     "usage: franca-server --model NAME=CKPT [--model NAME=CKPT]... [options]\n"
@@ -47,14 +50,16 @@ static const char usage_text[] =
     "  --threads N             inference threads (default: all cores)\n"
     "  --http-threads N        HTTP threads (default 4)\n"
     "  --index-threads N       threads for index commits and searches (default 2)\n"
-    "  --max-insert-items N    items per insert request (default 4096)\n";
+    "  --max-insert-items N    items per insert request (default 4096)\n"
+    "  --drain-seconds N       on SIGTERM, how long requests in flight may finish (default 30);\n"
+    "                          whatever still runs 5 s later is abandoned (exit status 1)\n";
 
 struct options {
     const char *names[MAX_MODELS], *paths[MAX_MODELS];
     int n_models;
     const char *models_dir, *host, *data, *device, *token_file;
     int port, max_batch, max_delay_ms, max_body_mb, max_images, max_queue, threads, http_threads;
-    int index_threads, max_insert_items;
+    int index_threads, max_insert_items, drain_seconds;
     long long max_pixels, max_inflight_tokens;
 };
 
@@ -80,7 +85,7 @@ static int parse_options(int argc, char **argv, struct options *o)
 {
     enum { O_MODEL = 256, O_MODELS_DIR, O_HOST, O_PORT, O_DATA, O_DEVICE, O_TOKEN, O_BATCH,
            O_DELAY, O_BODY, O_PIXELS, O_IMAGES, O_QUEUE, O_THREADS, O_HTTP, O_INDEX_THREADS, O_INSERT_ITEMS,
-           O_INFLIGHT, O_HELP };
+           O_INFLIGHT, O_DRAIN, O_HELP };
     static const struct option lo[] = {
         {"model", required_argument, 0, O_MODEL}, {"models-dir", required_argument, 0, O_MODELS_DIR},
         {"host", required_argument, 0, O_HOST}, {"port", required_argument, 0, O_PORT},
@@ -94,12 +99,13 @@ static int parse_options(int argc, char **argv, struct options *o)
         {"index-threads", required_argument, 0, O_INDEX_THREADS},
         {"max-insert-items", required_argument, 0, O_INSERT_ITEMS},
         {"max-inflight-tokens", required_argument, 0, O_INFLIGHT},
+        {"drain-seconds", required_argument, 0, O_DRAIN},
         {"help", no_argument, 0, O_HELP}, {0, 0, 0, 0}};
     *o = (struct options){.host = "127.0.0.1", .port = 8080, .data = "./data", .device = "auto",
                           .max_batch = 16, .max_delay_ms = 5, .max_body_mb = 64,
                           .max_pixels = 40000000, .max_images = 256, .max_queue = 1024,
                           .http_threads = 4, .index_threads = 2, .max_insert_items = 4096,
-                          .max_inflight_tokens = 65536};
+                          .drain_seconds = 30, .max_inflight_tokens = 65536};
     opterr = 0;
     int c;
     long long v;
@@ -115,6 +121,7 @@ static int parse_options(int argc, char **argv, struct options *o)
         {O_INDEX_THREADS, &o->index_threads, 1, 256, "--index-threads needs 1..256, got '%s'"},
         {O_INSERT_ITEMS, &o->max_insert_items, 1, 1 << 20,
          "--max-insert-items needs 1..1048576, got '%s'"},
+        {O_DRAIN, &o->drain_seconds, 1, 3600, "--drain-seconds needs 1..3600, got '%s'"},
     };
     while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         bool handled = false;
@@ -197,6 +204,22 @@ static void on_batch(struct batch_job *const *jobs, int B, double infer_seconds,
     for (int i = 0; i < B; i++) metrics_observe(m, HIST_QUEUE_SECONDS, jobs[i]->queue_seconds);
 }
 
+/* What the shutdown is waiting for, for the watchdog's last line. */
+static const char *_Atomic drain_step = "waiting for requests in flight";
+
+/* Ends the process at the drain's deadline, whatever still runs: a model load
+ * stuck in slow storage or a long forward must not keep a stopped server
+ * alive. _exit, not exit: other threads still use what exit would tear down. */
+static void *drain_watchdog(void *arg)
+{
+    const unsigned seconds = *(const unsigned *)arg;
+    struct timespec left = {(time_t)seconds, 0};
+    while (nanosleep(&left, &left) && errno == EINTR) {}
+    fprintf(stderr, "franca-server: drain deadline passed (%u s after the signal) while %s; "
+            "exiting without it\n", seconds, atomic_load(&drain_step));
+    _exit(1);
+}
+
 static int fail(const char *msg)
 {
     fprintf(stderr, "franca-server: %s\n", msg);
@@ -259,6 +282,7 @@ int main(int argc, char **argv)
     const struct http_config hc = {.host = o.host, .port = (unsigned)o.port,
                                    .threads = (unsigned)o.http_threads,
                                    .max_body_bytes = app.limits.max_body_bytes,
+                                   .drain_timeout_s = (unsigned)o.drain_seconds,
                                    .router = router, .on_complete = on_complete,
                                    .on_complete_user = &app};
     struct http_server *srv = http_start(&hc, err, sizeof err);
@@ -286,11 +310,19 @@ int main(int argc, char **argv)
     int sig;
     sigwait(&sigs, &sig);
     fprintf(stderr, "franca-server: %s received, draining\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    static unsigned deadline_s;
+    deadline_s = (unsigned)o.drain_seconds + DRAIN_GRACE_S;
+    pthread_t watchdog;
+    if (pthread_create(&watchdog, NULL, drain_watchdog, &deadline_s) == 0) pthread_detach(watchdog);
     http_stop(srv);
     atomic_store(&app.stopping, true);
+    atomic_store(&drain_step, "waiting for model loads");
     while (atomic_load(&app.loaders) > 0) usleep(10000);
+    atomic_store(&drain_step, "finishing index work");
     workq_free(app.index_work);
+    atomic_store(&drain_step, "finishing queued inference");
     batcher_free(app.batcher);
+    atomic_store(&drain_step, "closing the index");
     index_close(app.index);
     jobs_free(app.jobs);
     registry_free(app.registry);

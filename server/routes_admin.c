@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "app.h"
 #include "errors.h"
@@ -64,6 +65,14 @@ static int resolve_in_dir(const char *dir, const char *rel, char *out, char *err
     if (strncmp(out, base, bl) || out[bl] != '/')
         return set_err(err, errlen, "checkpoint '%s' resolves outside the models directory", rel);
     return 0;
+}
+
+/* A FIFO or device would block or misbehave in the loader: refuse it here,
+ * with stat (which opens nothing). The loader checks again on the open file. */
+static bool regular_file(const char *path)
+{
+    struct stat sb;
+    return stat(path, &sb) == 0 && S_ISREG(sb.st_mode);
 }
 
 struct swap_job {
@@ -126,6 +135,9 @@ static void load_model(struct http_request *req, void *user)
         http_reply_error(req, 500, NULL, "out of memory");
     } else if ((rc = resolve_in_dir(app->models_dir, ckpt, job->path, err, sizeof err))) {
         http_reply_error(req, rc == -2 ? 404 : 403, NULL, err);
+        free(job);
+    } else if (!regular_file(job->path)) {
+        http_reply_errorf(req, 422, NULL, "checkpoint '%s' is not a regular file", ckpt);
         free(job);
     } else {
         job->req = req;

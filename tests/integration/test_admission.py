@@ -1,4 +1,7 @@
-"""Admission control, end to end, with the bundled model:
+"""Admission control and shutdown, end to end, with the bundled model:
+- a checkpoint that is a FIFO is refused at once (admin swap 422, --model at
+  startup, franca-embed, franca-checkpoint) and SIGTERM then ends the server;
+- the drain's deadline ends the process even while a forward still runs;
 - the token budget (--max-inflight-tokens): concurrent large-resolution
   requests past it get 429 with Retry-After and a JSON error, the rest 200,
   a request over the whole budget 413, and the server is healthy afterwards;
@@ -128,6 +131,65 @@ def stop_within(server, seconds):
     return rc, dt, err
 
 
+# ---- FIFO checkpoints ------------------------------------------------------
+
+def fifo_checkpoints(tmp):
+    models = os.path.join(tmp, "models")
+    os.makedirs(models)
+    fifo = os.path.join(models, "pipe.safetensors")
+    os.mkfifo(fifo)
+    token = os.path.join(tmp, "token")
+    open(token, "w").write(TOKEN + "\n")
+    drain = 2
+    server, port = ts.start(["--model", "m=" + MODEL, "--models-dir", models, "--admin-token-file", token,
+                             "--data", os.path.join(tmp, "data_fifo"), "--drain-seconds", str(drain)])
+    st, _, body, dt = request(port, "POST", "/admin/models/m", b'{"checkpoint": "pipe.safetensors"}',
+                              {"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+    check(st == 422 and dt < 5 and ts.conforms("/admin/models/{name}", "POST", 422, body) and
+          "regular file" in json.dumps(body), f"admin swap to a FIFO: {st} in {dt:.2f} s: {short(body)}")
+    st, _, body, _ = embeddings(port, 1, timeout=30)
+    check(st == 200, f"the model still serves after the refused swap: {st}")
+    rc, dt, _ = stop_within(server, drain + 10)
+    check(rc == 0 and dt < drain + 5, f"SIGTERM after the refused swap: exit {rc} in {dt:.1f} s "
+          f"(drain limit {drain} s)")
+
+    def refused(args, what):
+        try:
+            p = subprocess.run(args, capture_output=True, text=True, timeout=20)
+        except subprocess.TimeoutExpired:
+            check(False, f"{what}: still waiting on the FIFO after 20 s")
+            return
+        check(p.returncode != 0 and "not a regular file" in p.stderr,
+              f"{what}: exit {p.returncode}: {p.stderr.strip()[-160:]}")
+    refused([ts.SERVER, "--port", "0", "--model", "m=" + fifo, "--data", os.path.join(tmp, "data_fifo2")],
+            "franca-server --model FIFO")
+    refused([ts.EMBED, "--model", fifo, ts.IMAGES[0], "--out", os.path.join(tmp, "out.safetensors")],
+            "franca-embed --model FIFO")
+    refused([ts.CKPT_TOOL, "info", fifo], "franca-checkpoint info FIFO")
+
+
+# ---- The drain's deadline --------------------------------------------------
+
+def drain_deadline(tmp):
+    """One slow forward (896 x 896 on one thread) still runs when the drain
+    ends: the process must end DRAIN_GRACE_S (5 s) after the drain limit,
+    saying so, instead of waiting for it."""
+    drain = 1
+    server, port = ts.start(["--model", "m=" + MODEL, "--data", os.path.join(tmp, "data_drain"),
+                             "--threads", "1", "--drain-seconds", str(drain)])
+    t, out = in_background(features, port, 896, 60)
+    running = wait_for(lambda: metrics(port).get("franca_inflight_tokens", 0) > 0 and
+                       metrics(port).get("franca_queue_depth", 1) == 0, 10)
+    check(running, "the 896 x 896 forward is running")
+    rc, dt, err = stop_within(server, drain + 5 + 15)
+    t.join(timeout=30)
+    st = out.get("r", (None,))[0]
+    check(rc == 1 and dt < drain + 5 + 3 and "drain deadline passed" in err,
+          f"SIGTERM during a long forward: exit {rc} after {dt:.1f} s (drain {drain} s + 5 s): "
+          f"{err.strip().splitlines()[-1:] if err else ''}")
+    check(st in (503, None), f"the request in flight was answered 503 (or cut): {st}")
+
+
 # ---- The token budget ------------------------------------------------------
 
 def token_budget(tmp):
@@ -222,7 +284,7 @@ def queue_admission(tmp):
 
 def main():
     tmp = tempfile.mkdtemp(prefix="admission_it_")
-    for part in (queue_admission, token_budget):
+    for part in (fifo_checkpoints, queue_admission, token_budget, drain_deadline):
         try:
             part(tmp)
         except Exception as e:  # one broken part must not hide the others' results

@@ -1,5 +1,5 @@
 /* Unit tests of the model registry (refcounts, hot swap, busy/last/unknown
- * codes, failed swaps) and the dynamic
+ * codes, failed swaps, a FIFO refused without blocking) and the dynamic
  * batcher (gathering, per-key batches, queue limit, all-or-nothing submits,
  * the token budget, dropping cancelled jobs, drain on shutdown), including a
  * hot swap under concurrent load whose every result is checked against a
@@ -7,12 +7,14 @@
  * called from the main thread. */
 #include "check.h"
 
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -22,6 +24,7 @@
 #include "infer.h"
 #include "model_config.h"
 #include "registry.h"
+#include "sha256.h"
 #include "vit.h"
 
 enum { D = 32, S = 56, NIN = 8, H2 = 28, W2 = 42 };
@@ -32,7 +35,7 @@ enum { D = 32, S = 56, NIN = 8, H2 = 28, W2 = 42 };
 
 static char tmpdir[256];
 static char path_a[300], path_b[300], path_norasa[300], path_big[300], path_trunc[300],
-    path_garbage[300];
+    path_garbage[300], path_fifo[300];
 static char fp_a[65], fp_b[65];
 
 static float inputs[NIN][IMG];          /* at S x S */
@@ -105,6 +108,7 @@ static int make_fixtures(void)
     snprintf(path_big, sizeof path_big, "%s/big.safetensors", tmpdir);
     snprintf(path_trunc, sizeof path_trunc, "%s/trunc.safetensors", tmpdir);
     snprintf(path_garbage, sizeof path_garbage, "%s/garbage.safetensors", tmpdir);
+    snprintf(path_fifo, sizeof path_fifo, "%s/fifo.safetensors", tmpdir);
     if (save_ckpt(path_a, &c, 1) || save_ckpt(path_b, &c, 2)) return -1;
     struct model_config c0;
     tiny_cfg(&c0, 0);
@@ -578,6 +582,56 @@ static void test_batching(void)
     registry_free(reg);
 }
 
+/* ---------------------------------------------------------------- fifo -- */
+
+struct fifo_arg {
+    const char *path;
+    int rc_load, rc_sha;
+    char err_load[ERR_LEN], err_sha[ERR_LEN];
+    atomic_bool finished;
+};
+
+static void *fifo_thread(void *p)
+{
+    struct fifo_arg *a = p;
+    struct registry *reg;
+    char err[ERR_LEN];
+    if (registry_create(&reg, "cpu", err, sizeof err) == REGISTRY_OK) {
+        a->rc_load = registry_load(reg, "pipe", a->path, NULL, a->err_load, sizeof a->err_load);
+        registry_free(reg);
+    }
+    char hex[65];
+    a->rc_sha = sha256_file_hex(a->path, hex, a->err_sha, sizeof a->err_sha);
+    atomic_store(&a->finished, true);
+    return NULL;
+}
+
+/* A checkpoint path naming a FIFO is refused at once; opening one for reading
+ * used to wait for a writer forever. Should the thread block anyway, the test
+ * opens the FIFO for writing now and then to let it go. */
+static void test_fifo_checkpoint(void)
+{
+    CHECK(mkfifo(path_fifo, 0600) == 0, "mkfifo %s", path_fifo);
+    struct fifo_arg a = {.path = path_fifo, .rc_load = -100, .rc_sha = -100};
+    atomic_init(&a.finished, false);
+    pthread_t t;
+    pthread_create(&t, NULL, fifo_thread, &a);
+    const double t0 = now_s();
+    while (!atomic_load(&a.finished) && now_s() - t0 < 5.0) sleep_ms(10);
+    const double waited = now_s() - t0;
+    while (!atomic_load(&a.finished)) {
+        const int fd = open(path_fifo, O_WRONLY | O_NONBLOCK);
+        if (fd >= 0) close(fd);
+        sleep_ms(10);
+    }
+    pthread_join(t, NULL);
+    CHECK(waited < 5.0, "a FIFO checkpoint blocked the loader for %.1f s", waited);
+    CHECK(a.rc_load == REGISTRY_ERR && strstr(a.err_load, "not a regular file") &&
+          one_line(a.err_load), "FIFO load: %s", a.err_load);
+    CHECK(a.rc_sha != 0 && strstr(a.err_sha, "not a regular file"), "FIFO sha256: %s", a.err_sha);
+    unlink(path_fifo);
+}
+
 /* ------------------------------------------------------------ admission -- */
 
 static uint64_t in_flight(struct batcher *b)
@@ -975,6 +1029,7 @@ int main(void)
     test_registry_basic();
     test_failed_swap();
     test_busy();
+    test_fifo_checkpoint();
     test_batching();
     test_admission();
     test_hot_swap_under_load();
