@@ -691,12 +691,12 @@ struct ireq {
 static void ireq_done(struct infer_request *r, int status, const char *err, void *user)
 {
     struct ireq *q = user;
-    memcpy(q->cls, r->cls, sizeof(float) * D * (size_t)r->n);
-    infer_free(r);
     pthread_mutex_lock(&q->w.lock);
+    memcpy(q->cls, r->cls, sizeof(float) * D * (size_t)r->n);
     q->status = status;
     q->calls++;
-    snprintf(q->err, sizeof q->err, "%s", err ? err : "");
+    snprintf(q->err, sizeof q->err, "%s", err ? err : "");  /* err lives in r */
+    infer_free(r);
     q->w.finished++;
     pthread_cond_broadcast(&q->w.cond);
     pthread_mutex_unlock(&q->w.lock);
