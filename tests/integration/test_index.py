@@ -265,7 +265,7 @@ def main():
         section("restart", restart_same, port, answers)
     finally:
         stop_server(server)
-    section("queue full", queue_full, tmp, ck)
+    section("larger than the queue", queue_full, tmp, ck)
     if not check.failed:  # kept for a look when something failed
         shutil.rmtree(tmp, ignore_errors=True)
     return check.summary()
@@ -783,7 +783,8 @@ def restart_same(port, answers):
 
 
 def queue_full(tmp, ck):
-    """429 when an image insert does not fit in the inference queue."""
+    """413 when an image insert or search has more images than the whole inference
+    queue holds (it could never fit; a full queue is 429, see test_admission)."""
     server, port = ts.start(["--model", "tiny=" + ck, "--data", os.path.join(tmp, "data-q"), "--max-queue", "1",
                              "--max-delay-ms", "300"])
     try:
@@ -791,11 +792,11 @@ def queue_full(tmp, ck):
         png = _image_data_uri(os.path.join(PHOTOS, "chelsea.png"))
         st, resp = api(port, "POST", "/v1/collections/q/items", {"items": [{"image": png}, {"image": png}]})
         st2, c = api(port, "GET", "/v1/collections/q")
-        check(st == 429 and error_message(resp) and c.get("count") == 0, f"insert with the queue full: {st}, "
+        check(st == 413 and error_message(resp) and c.get("count") == 0, f"insert larger than the queue: {st}, "
               f"nothing stored ({c.get('count')})")
         st, resp = api(port, "POST", "/v1/collections/q/search", {"queries": [{"image": png}, {"image": png}]})
-        check(st == 429 and error_message(resp), f"batch image search with the queue full: {st}")
-        check(healthy(port), "healthy after 429s")
+        check(st == 413 and error_message(resp), f"batch image search larger than the queue: {st}")
+        check(healthy(port), "healthy after 413s")
     finally:
         stop_server(server)
 
