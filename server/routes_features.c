@@ -21,7 +21,9 @@
  * RASA-cleaned tokens.
  *
  * Size: a request holds at most max_images x the default resolution's patch
- * tokens (one image at any resolution always fits); past that 413.
+ * tokens (one image at any resolution always fits); past that 413. Its tokens
+ * are then admitted against the server's budget (batcher.h): 429 while the
+ * budget is in use, 413 when it exceeds the whole budget.
  *
  * Answer: JSON by default (numbers, dtype ignored; past max_json_floats numbers
  * 413 pointing to the binary form), or with Accept: application/vnd.safetensors
