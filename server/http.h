@@ -105,6 +105,12 @@ struct http_config {
     http_complete_fn on_complete;      /* optional metrics hook */
     void *on_complete_user;
     bool quiet;                  /* do not print libmicrohttpd's messages to stderr */
+    unsigned header_timeout_s;   /* the whole request head must arrive within this, from
+                                    the connection's start or the end of the previous
+                                    request on it (so it also ends idle keep-alive
+                                    connections); 0: 10 */
+    unsigned max_connections_per_ip; /* connections past it from one address are closed
+                                    at once; 0: no limit */
 };
 
 /* Binds and starts serving; the server is ready when it returns. NULL with
