@@ -3,7 +3,8 @@
  * the default) --models-dir DIR --host H --port P --data DIR --device D
  * --admin-token-file F --max-batch N --max-delay-ms N --max-body-mb N
  * --max-image-pixels N --threads N; plus --http-threads N --max-queue N
- * --max-images N. Prints "listening on http://HOST:PORT" once ready; SIGTERM or
+ * --max-images N --header-timeout S --max-connections N --max-connections-per-ip N.
+ * Prints "listening on http://HOST:PORT" once ready; SIGTERM or
  * SIGINT stops accepting, finishes requests in flight and exits 0. */
 #include <cblas.h>
 #include <errno.h>
@@ -43,14 +44,19 @@ static const char usage_text[] =
     "  --threads N             inference threads (default: all cores)\n"
     "  --http-threads N        HTTP threads (default 4)\n"
     "  --index-threads N       threads for index commits and searches (default 2)\n"
-    "  --max-insert-items N    items per insert request (default 4096)\n";
+    "  --max-insert-items N    items per insert request (default 4096)\n"
+    "  --header-timeout S      a request head (line and headers) must arrive within S seconds\n"
+    "                          of the connection's start or the previous answer (default 10)\n"
+    "  --max-connections N     open connections at most; more wait to be accepted (default 1024)\n"
+    "  --max-connections-per-ip N  connections from one address at most, more are closed at\n"
+    "                          once (default 0: no limit; for servers exposed without a proxy)\n";
 
 struct options {
     const char *names[MAX_MODELS], *paths[MAX_MODELS];
     int n_models;
     const char *models_dir, *host, *data, *device, *token_file;
     int port, max_batch, max_delay_ms, max_body_mb, max_images, max_queue, threads, http_threads;
-    int index_threads, max_insert_items;
+    int index_threads, max_insert_items, header_timeout, max_connections, max_conn_per_ip;
     long long max_pixels;
 };
 
@@ -75,7 +81,8 @@ static int parse_num(const char *s, long long lo, long long hi, long long *out)
 static int parse_options(int argc, char **argv, struct options *o)
 {
     enum { O_MODEL = 256, O_MODELS_DIR, O_HOST, O_PORT, O_DATA, O_DEVICE, O_TOKEN, O_BATCH,
-           O_DELAY, O_BODY, O_PIXELS, O_IMAGES, O_QUEUE, O_THREADS, O_HTTP, O_INDEX_THREADS, O_INSERT_ITEMS, O_HELP };
+           O_DELAY, O_BODY, O_PIXELS, O_IMAGES, O_QUEUE, O_THREADS, O_HTTP, O_INDEX_THREADS, O_INSERT_ITEMS, O_HELP,
+           O_HEADER_TIMEOUT, O_MAX_CONN, O_MAX_CONN_IP };
     static const struct option lo[] = {
         {"model", required_argument, 0, O_MODEL}, {"models-dir", required_argument, 0, O_MODELS_DIR},
         {"host", required_argument, 0, O_HOST}, {"port", required_argument, 0, O_PORT},
@@ -88,11 +95,15 @@ static int parse_options(int argc, char **argv, struct options *o)
         {"threads", required_argument, 0, O_THREADS}, {"http-threads", required_argument, 0, O_HTTP},
         {"index-threads", required_argument, 0, O_INDEX_THREADS},
         {"max-insert-items", required_argument, 0, O_INSERT_ITEMS},
+        {"header-timeout", required_argument, 0, O_HEADER_TIMEOUT},
+        {"max-connections", required_argument, 0, O_MAX_CONN},
+        {"max-connections-per-ip", required_argument, 0, O_MAX_CONN_IP},
         {"help", no_argument, 0, O_HELP}, {0, 0, 0, 0}};
     *o = (struct options){.host = "127.0.0.1", .port = 8080, .data = "./data", .device = "auto",
                           .max_batch = 16, .max_delay_ms = 5, .max_body_mb = 64,
                           .max_pixels = 40000000, .max_images = 256, .max_queue = 1024,
-                          .http_threads = 4, .index_threads = 2, .max_insert_items = 4096};
+                          .http_threads = 4, .index_threads = 2, .max_insert_items = 4096,
+                          .header_timeout = 10, .max_connections = 1024};
     opterr = 0;
     int c;
     long long v;
@@ -108,6 +119,10 @@ static int parse_options(int argc, char **argv, struct options *o)
         {O_INDEX_THREADS, &o->index_threads, 1, 256, "--index-threads needs 1..256, got '%s'"},
         {O_INSERT_ITEMS, &o->max_insert_items, 1, 1 << 20,
          "--max-insert-items needs 1..1048576, got '%s'"},
+        {O_HEADER_TIMEOUT, &o->header_timeout, 1, 3600, "--header-timeout needs 1..3600, got '%s'"},
+        {O_MAX_CONN, &o->max_connections, 1, 1 << 20, "--max-connections needs 1..1048576, got '%s'"},
+        {O_MAX_CONN_IP, &o->max_conn_per_ip, 0, 1 << 20,
+         "--max-connections-per-ip needs 0..1048576, got '%s'"},
     };
     while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         bool handled = false;
@@ -246,6 +261,9 @@ int main(int argc, char **argv)
     const struct http_config hc = {.host = o.host, .port = (unsigned)o.port,
                                    .threads = (unsigned)o.http_threads,
                                    .max_body_bytes = app.limits.max_body_bytes,
+                                   .header_timeout_s = (unsigned)o.header_timeout,
+                                   .max_connections = (unsigned)o.max_connections,
+                                   .max_connections_per_ip = (unsigned)o.max_conn_per_ip,
                                    .router = router, .on_complete = on_complete,
                                    .on_complete_user = &app};
     struct http_server *srv = http_start(&hc, err, sizeof err);
