@@ -54,10 +54,10 @@
 #define WATCH_TICK_MS 100
 #define MAX_URI_BYTES 8192        /* longer request targets: 414 */
 #define MAX_HEAD_BYTES 32768      /* larger request heads: 431 */
-/* libmicrohttpd's buffer per connection; a head must fit in about half of it
- * for our own 414/431 (JSON) to answer before libmicrohttpd's (HTML). Pages
- * are touched only as data arrives. */
-#define CONN_MEMORY ((size_t)256 << 10)
+/* libmicrohttpd's memory per connection (its default is 32 KiB, and it is
+ * all resident): heads up to about 60 KiB reach our own 414/431 checks;
+ * larger ones libmicrohttpd refuses itself (see answer_mhd_error). */
+#define CONN_MEMORY ((size_t)64 << 10)
 
 static double now_s(void)
 {
