@@ -359,6 +359,8 @@ struct http_server {
     bool watchdog_running;
     atomic_bool watchdog_stop;
     int wake[2];             /* a pipe that interrupts the watchdog's poll */
+    atomic_uint unwatched;   /* connections without an entry (out of memory) */
+    bool owner_unsure;       /* a STARTED ran on another thread than its requests */
 };
 
 struct http_request {
@@ -1076,7 +1078,10 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
             MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
         struct conn_watch *w = ci ? calloc(1, sizeof *w) : NULL;
         *socket_context = w;
-        if (!w) return; /* out of memory: only libmicrohttpd's timeout applies */
+        if (!w) { /* out of memory: only libmicrohttpd's timeout applies */
+            atomic_fetch_add(&srv->unwatched, 1);
+            return;
+        }
         w->conn = conn;
         w->fd = ci->connect_fd;
         w->phase = PHASE_HEAD;
@@ -1091,7 +1096,10 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
         return;
     }
     struct conn_watch *w = *socket_context;
-    if (!w) return;
+    if (!w) {
+        atomic_fetch_sub(&srv->unwatched, 1);
+        return;
+    }
     *socket_context = NULL;
     pthread_mutex_lock(&srv->watch_lock);
     if (w->prev) w->prev->next = w->next;
@@ -1258,19 +1266,20 @@ static bool has_unparsed_bytes(const struct conn_watch *w)
 /* watch_lock held; the connection of this thread that libmicrohttpd is
  * refusing, or NULL when that is not certain. It refuses a connection while
  * parsing its request line, its headers or its chunked body, so the
- * connection is in HEAD phase with parsed headers, in HEAD phase with bytes
- * no earlier request took, or in BODY phase. libmicrohttpd hands parsed
- * headers to the access handler in the same pass, so a connection of the
- * first kind can only be the refused one; otherwise it must be the only
- * connection of this thread of the other two kinds. */
+ * connection is in HEAD phase with a request line and parsed headers, in
+ * HEAD phase with bytes no earlier request took, or in BODY phase.
+ * libmicrohttpd hands parsed headers to the access handler in the same pass,
+ * so a connection of the first kind can only be the refused one; otherwise it
+ * must be the only connection of this thread of the other two kinds. */
 static struct conn_watch *refused_connection(struct http_server *srv)
 {
     const pthread_t self = pthread_self();
     struct conn_watch *parsed = NULL, *other = NULL;
     unsigned nparsed = 0, nother = 0;
+    if (atomic_load(&srv->unwatched)) return NULL; /* it may be one of those */
     for (struct conn_watch *w = srv->watch_head; w; w = w->next) {
         if (!pthread_equal(w->owner, self)) continue;
-        if (w->phase == PHASE_HEAD &&
+        if (w->phase == PHASE_HEAD && w->req &&
             MHD_get_connection_info(w->conn, MHD_CONNECTION_INFO_REQUEST_HEADER_SIZE)) {
             parsed = w;
             nparsed++;
@@ -1279,8 +1288,9 @@ static struct conn_watch *refused_connection(struct http_server *srv)
             nother++;
         }
     }
-    if (nparsed) return nparsed == 1 && parsed->req ? parsed : NULL;
-    return nother == 1 ? other : NULL;
+    if (nparsed) return nparsed == 1 ? parsed : NULL;
+    /* The refused connection's owner comes from STARTED; checked by on_uri. */
+    return nother == 1 && !srv->owner_unsure ? other : NULL;
 }
 
 static const char *refusal_message(int status, bool in_body, const char *content_length,
@@ -1357,6 +1367,10 @@ static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
     if (req->watch) {
         pthread_mutex_lock(&srv->watch_lock);
         req->watch->req = req;
+        if (!pthread_equal(req->watch->owner, pthread_self())) {
+            req->watch->owner = pthread_self();
+            srv->owner_unsure = true;
+        }
         pthread_mutex_unlock(&srv->watch_lock);
     }
     return req;
