@@ -37,6 +37,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -1250,17 +1251,24 @@ static void send_error_raw(int fd, int status, const char *message)
     free(body);
 }
 
-/* Whether w received bytes that no earlier request took (or might have). */
+/* Whether w may be a connection libmicrohttpd is refusing while it reads a
+ * head: still open on our side (one it closed has sent its FIN), and
+ * libmicrohttpd read bytes from it that no earlier request took (or might
+ * have): bytes received minus those still unread, an over-estimate as the
+ * unread count is taken first. */
 static bool has_unparsed_bytes(const struct conn_watch *w)
 {
-    if (!w->rx_exact) return true;
+    enum { ESTABLISHED = 1, CLOSE_WAIT = 8 }; /* Linux's TCP states */
+    int unread = 0;
     struct tcp_info ti;
     socklen_t len = sizeof ti;
     memset(&ti, 0, sizeof ti);
-    if (getsockopt(w->fd, IPPROTO_TCP, TCP_INFO, &ti, &len) != 0 ||
+    if (ioctl(w->fd, FIONREAD, &unread) != 0 || unread < 0 ||
+        getsockopt(w->fd, IPPROTO_TCP, TCP_INFO, &ti, &len) != 0 ||
         len < offsetof(struct tcp_info, tcpi_bytes_received) + sizeof ti.tcpi_bytes_received)
         return true;
-    return ti.tcpi_bytes_received > w->rx_base;
+    if (ti.tcpi_state != ESTABLISHED && ti.tcpi_state != CLOSE_WAIT) return false;
+    return !w->rx_exact || ti.tcpi_bytes_received - (uint64_t)unread > w->rx_base;
 }
 
 /* watch_lock held; the connection of this thread that libmicrohttpd is
