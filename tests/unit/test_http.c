@@ -1071,6 +1071,8 @@ static void test_malformed(unsigned port)
     for (int k = 0; k < 2; k++) { /* within libmicrohttpd's buffer, and past it */
         const size_t un = k ? 400000 : 10000;
         char *u = malloc(un + 64);
+        CHECK(u != NULL, "out of memory");
+        if (!u) continue;
         memcpy(u, "GET /", 5);
         memset(u + 5, 'u', un);
         const int m = snprintf(u + 5 + un, 59, " HTTP/1.1\r\nHost: t\r\n\r\n");
