@@ -203,7 +203,7 @@ int main(int argc, char **argv)
         omp_set_num_threads(o.threads);
         openblas_set_num_threads(o.threads);
     }
-    if (mkdir(o.data, 0755) && errno != EEXIST) {
+    if (mkdir(o.data, 0700) && errno != EEXIST) { /* holds the index: owner-only */
         snprintf(err, sizeof err, "--data %s: %s", o.data, strerror(errno));
         return fail(err);
     }
