@@ -4,8 +4,11 @@
  * A request is authorised when its Authorization header is the scheme
  * "Bearer" in any case (RFC 7235: schemes are case-insensitive), one or more
  * spaces, and a credential equal to one of the keys. The whole header value
- * counts, with its length as sent: a NUL byte inside it is part of the
- * credential (so "Bearer KEY\0junk" is a wrong key, 403), never its end.
+ * counts, with the length the HTTP layer reports (http_header_n), not up to
+ * its first NUL. Caveat: libmicrohttpd 0.9.75 (Debian 12) itself measures
+ * header values with strlen, so the bytes after a NUL never reach the server
+ * and "Bearer KEY\0junk" arrives as "Bearer KEY"; a NUL can therefore only
+ * shorten the credential, which never turns a wrong key into a right one.
  * Trailing spaces and tabs are dropped (optional whitespace around a field
  * value is not part of it, RFC 9110 5.5). Credentials are compared in time
  * that depends on the keys' lengths only, never on where they differ. */

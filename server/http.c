@@ -304,7 +304,7 @@ static const struct route *route_pick(const struct http_router *r, const char *m
 
 struct kv {
     const char *k, *v;
-    size_t vlen; /* headers: v's length as sent (it may hold NUL bytes) */
+    size_t vlen; /* headers: v's length as MHD reports it */
 };
 
 struct hdr_node {
@@ -827,9 +827,9 @@ struct header_copy {
     bool oom;
 };
 
-/* Copies a header with the lengths MHD measured: a value may hold a NUL byte,
- * and code comparing secrets must see all of it (http_header_n), not the
- * C string that ends at the NUL. */
+/* Copies a header with the lengths MHD reports, so that code comparing
+ * secrets (http_header_n) never relies on a C string's end. (MHD 0.9.75
+ * measures values with strlen, so there a value already ends at a NUL.) */
 static enum MHD_Result copy_header(void *cls, enum MHD_ValueKind kind, const char *key,
                                    size_t key_size, const char *value, size_t value_size)
 {
