@@ -1,10 +1,10 @@
 /* The route table, the API key check of the /v1 routes, and the error
  * mappings shared by the route families. */
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "app.h"
+#include "errors.h"
 
 /* A /v1 route's handler behind the API key check. */
 struct route_guard {
@@ -31,10 +31,7 @@ int route_add(struct http_router *r, struct app *app, const char *method, const 
 {
     if (!is_data_route(pattern)) return http_router_add(r, method, pattern, fn, app, err, errlen);
     struct route_guard *g = malloc(sizeof *g);
-    if (!g) {
-        snprintf(err, errlen, "out of memory");
-        return -1;
-    }
+    if (!g) return set_err(err, errlen, "out of memory");
     *g = (struct route_guard){app->guards, app, fn};
     app->guards = g;
     return http_router_add(r, method, pattern, guarded, g, err, errlen);

@@ -10,6 +10,8 @@ on port 0 started with --api-key-file and --admin-token-file:
   - /healthz, /readyz, /metrics and /openapi.json stay open;
   - with the right key the data routes work (models, embeddings, features,
     a collection's life, jobs), also through clients/python's api_key;
+  - route families register through route_add, which guards every /v1
+    pattern (a source check, for routes the schema does not list yet);
   - the scheme is case-insensitive and may be followed by several spaces
     (admin and data routes), on raw sockets;
   - NUL bytes in the Authorization header (raw socket) never let a wrong or
@@ -165,6 +167,15 @@ def schema_declares_auth():
             check(sec == [{"adminToken": []}], f"openapi: {method.upper()} {template} needs the admin token")
         else:
             check(sec is None and template in OPEN_ROUTES, f"openapi: {method.upper()} {template} is open")
+
+
+def routes_go_through_route_add():
+    """Only route_add (server/routes.c) may call http_router_add: it is what puts
+    the key check in front of every /v1 pattern, schema or not."""
+    server = os.path.join(ROOT, "server")
+    bypass = [f for f in sorted(os.listdir(server)) if f.endswith(".c") and f not in ("http.c", "routes.c")
+              and "http_router_add(" in open(os.path.join(server, f)).read()]
+    check(not bypass, f"route families register through route_add, never http_router_add directly {bypass}")
 
 
 def every_v1_route(port):
@@ -418,6 +429,7 @@ def main():
     open(token, "w").write(ADMIN + "\n")
 
     schema_declares_auth()
+    routes_go_through_route_add()
     startup_errors(tmp, ckpt)
     open_without_flag(tmp, ckpt)
     server, port = start(["--model", "tiny=" + ckpt, "--models-dir", models, "--admin-token-file", token,
