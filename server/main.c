@@ -3,8 +3,9 @@
  * the default) --models-dir DIR --host H --port P --data DIR --device D
  * --admin-token-file F --max-batch N --max-delay-ms N --max-body-mb N
  * --max-image-pixels N --threads N; plus --http-threads N --max-queue N
- * --max-images N --api-key-file F. Prints "listening on http://HOST:PORT" once ready; SIGTERM or
- * SIGINT stops accepting, finishes requests in flight and exits 0. */
+ * --max-images N --api-key-file F. Prints "listening on http://HOST:PORT" once
+ * ready; SIGTERM or SIGINT stops accepting, finishes requests in flight and
+ * exits 0. */
 #include <cblas.h>
 #include <errno.h>
 #include <getopt.h>
