@@ -370,7 +370,7 @@ int routes_collections_register(struct http_router *r, struct app *app, char *er
         {"DELETE", "/v1/collections/{name}/items/{id}", delete_item},
     };
     for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++)
-        if (http_router_add(r, routes[i].method, routes[i].path, routes[i].fn, app, err, errlen))
+        if (route_add(r, app, routes[i].method, routes[i].path, routes[i].fn, err, errlen))
             return -1;
     return 0;
 }
