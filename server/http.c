@@ -318,6 +318,7 @@ static const struct route *route_pick(const struct http_router *r, const char *m
 
 struct kv {
     const char *k, *v;
+    size_t vlen; /* headers: v's length as MHD reports it */
 };
 
 struct hdr_node {
@@ -759,12 +760,18 @@ const char *http_route(const struct http_request *req)
     return req->route ? req->route->pattern : NULL;
 }
 
-static const char *kv_find(const struct kv *a, size_t n, const char *k, bool nocase)
+static const struct kv *kv_get(const struct kv *a, size_t n, const char *k, bool nocase)
 {
     if (!k) return NULL;
     for (size_t i = 0; i < n; i++)
-        if ((nocase ? strcasecmp(a[i].k, k) : strcmp(a[i].k, k)) == 0) return a[i].v;
+        if ((nocase ? strcasecmp(a[i].k, k) : strcmp(a[i].k, k)) == 0) return &a[i];
     return NULL;
+}
+
+static const char *kv_find(const struct kv *a, size_t n, const char *k, bool nocase)
+{
+    const struct kv *e = kv_get(a, n, k, nocase);
+    return e ? e->v : NULL;
 }
 
 const char *http_param(const struct http_request *req, const char *name)
@@ -785,6 +792,13 @@ const char *http_query_string(const struct http_request *req)
 const char *http_header(const struct http_request *req, const char *name)
 {
     return kv_find(req->headers, req->nheaders, name, true);
+}
+
+const char *http_header_n(const struct http_request *req, const char *name, size_t *len)
+{
+    const struct kv *e = kv_get(req->headers, req->nheaders, name, true);
+    if (len) *len = e ? e->vlen : 0;
+    return e ? e->v : NULL;
 }
 
 const char *http_body(const struct http_request *req, size_t *len)
@@ -852,21 +866,24 @@ struct header_copy {
     bool oom;
 };
 
+/* Copies a header with the lengths MHD reports, so that code comparing
+ * secrets (http_header_n) never relies on a C string's end. (MHD 0.9.75
+ * measures values with strlen, so there a value already ends at a NUL.) */
 static enum MHD_Result copy_header(void *cls, enum MHD_ValueKind kind, const char *key,
-                                   const char *value)
+                                   size_t key_size, const char *value, size_t value_size)
 {
     (void)kind;
     struct header_copy *hc = cls;
     if (hc->n == hc->cap || !key) return MHD_YES;
     struct http_request *req = hc->req;
-    char *k = arena_strndup(&req->arena, key, strlen(key));
-    char *v = arena_strndup(&req->arena, value ? value : "", value ? strlen(value) : 0);
+    if (!value) value_size = 0;
+    char *k = arena_strndup(&req->arena, key, key_size);
+    char *v = arena_strndup(&req->arena, value ? value : "", value_size);
     if (!k || !v) {
         hc->oom = true;
         return MHD_NO;
     }
-    req->headers[hc->n].k = k;
-    req->headers[hc->n].v = v;
+    req->headers[hc->n] = (struct kv){k, v, value_size};
     hc->n++;
     return MHD_YES;
 }
@@ -940,7 +957,7 @@ static int parse_request(struct http_request *req, struct MHD_Connection *conn, 
         req->headers = arena_alloc(&req->arena, (size_t)nh * sizeof *req->headers);
         if (!req->headers) goto oom;
         struct header_copy hc = {req, 0, (size_t)nh, false};
-        MHD_get_connection_values(conn, MHD_HEADER_KIND, copy_header, &hc);
+        MHD_get_connection_values_n(conn, MHD_HEADER_KIND, copy_header, &hc);
         if (hc.oom) goto oom;
         req->nheaders = hc.n;
     }

@@ -162,6 +162,10 @@ const char *http_query_string(const struct http_request *req);
 /* Request header by name, case-insensitive; the first if repeated; NULL when
  * absent. */
 const char *http_header(const struct http_request *req, const char *name);
+/* The same with the value's length as libmicrohttpd reports it; code
+ * comparing credentials uses this rather than the C string's end (though
+ * 0.9.75 itself cuts a value at a NUL byte). *len is 0 when absent. */
+const char *http_header_n(const struct http_request *req, const char *name, size_t *len);
 /* The complete body (never NULL; followed by a NUL byte not counted in len). */
 const char *http_body(const struct http_request *req, size_t *len);
 

@@ -3,9 +3,10 @@
  * the default) --models-dir DIR --host H --port P --data DIR --device D
  * --admin-token-file F --max-batch N --max-delay-ms N --max-body-mb N
  * --max-image-pixels N --threads N; plus --http-threads N --max-queue N
- * --max-images N --header-timeout S --max-connections N --max-connections-per-ip N.
- * Prints "listening on http://HOST:PORT" once ready; SIGTERM or
- * SIGINT stops accepting, finishes requests in flight and exits 0. */
+ * --max-images N --api-key-file F --header-timeout S --max-connections N
+ * --max-connections-per-ip N. Prints "listening on http://HOST:PORT" once
+ * ready; SIGTERM or SIGINT stops accepting, finishes requests in flight and
+ * exits 0. */
 #include <cblas.h>
 #include <errno.h>
 #include <getopt.h>
@@ -35,6 +36,8 @@ static const char usage_text[] =
     "  --data DIR              index and state directory (default ./data)\n"
     "  --device D              cpu, cuda or auto (default auto: cuda when a GPU is usable)\n"
     "  --admin-token-file F    enables the admin routes with the bearer token in F\n"
+    "  --api-key-file F        every /v1 route needs 'Authorization: Bearer KEY', a key of F\n"
+    "                          (one per line, '#' comments); without it the /v1 routes are open\n"
     "  --max-batch N           images per forward pass (default 16)\n"
     "  --max-delay-ms N        how long a batch waits to fill (default 5)\n"
     "  --max-body-mb N         request body limit in MiB (default 64)\n"
@@ -54,7 +57,7 @@ static const char usage_text[] =
 struct options {
     const char *names[MAX_MODELS], *paths[MAX_MODELS];
     int n_models;
-    const char *models_dir, *host, *data, *device, *token_file;
+    const char *models_dir, *host, *data, *device, *token_file, *api_key_file;
     int port, max_batch, max_delay_ms, max_body_mb, max_images, max_queue, threads, http_threads;
     int index_threads, max_insert_items, header_timeout, max_connections, max_conn_per_ip;
     long long max_pixels;
@@ -81,13 +84,14 @@ static int parse_num(const char *s, long long lo, long long hi, long long *out)
 static int parse_options(int argc, char **argv, struct options *o)
 {
     enum { O_MODEL = 256, O_MODELS_DIR, O_HOST, O_PORT, O_DATA, O_DEVICE, O_TOKEN, O_BATCH,
-           O_DELAY, O_BODY, O_PIXELS, O_IMAGES, O_QUEUE, O_THREADS, O_HTTP, O_INDEX_THREADS, O_INSERT_ITEMS, O_HELP,
+           O_DELAY, O_BODY, O_PIXELS, O_IMAGES, O_QUEUE, O_THREADS, O_HTTP, O_INDEX_THREADS, O_INSERT_ITEMS, O_API_KEYS, O_HELP,
            O_HEADER_TIMEOUT, O_MAX_CONN, O_MAX_CONN_IP };
     static const struct option lo[] = {
         {"model", required_argument, 0, O_MODEL}, {"models-dir", required_argument, 0, O_MODELS_DIR},
         {"host", required_argument, 0, O_HOST}, {"port", required_argument, 0, O_PORT},
         {"data", required_argument, 0, O_DATA}, {"device", required_argument, 0, O_DEVICE},
         {"admin-token-file", required_argument, 0, O_TOKEN},
+        {"api-key-file", required_argument, 0, O_API_KEYS},
         {"max-batch", required_argument, 0, O_BATCH}, {"max-delay-ms", required_argument, 0, O_DELAY},
         {"max-body-mb", required_argument, 0, O_BODY},
         {"max-image-pixels", required_argument, 0, O_PIXELS},
@@ -147,6 +151,7 @@ static int parse_options(int argc, char **argv, struct options *o)
         case O_HOST: o->host = optarg; break;
         case O_DATA: o->data = optarg; break;
         case O_TOKEN: o->token_file = optarg; break;
+        case O_API_KEYS: o->api_key_file = optarg; break;
         case O_DEVICE:
             if (strcmp(optarg, "cpu") && strcmp(optarg, "cuda") && strcmp(optarg, "auto"))
                 return usage_error("--device must be cpu, cuda or auto, got '%s'", optarg);
@@ -218,7 +223,7 @@ int main(int argc, char **argv)
         omp_set_num_threads(o.threads);
         openblas_set_num_threads(o.threads);
     }
-    if (mkdir(o.data, 0755) && errno != EEXIST) {
+    if (mkdir(o.data, 0700) && errno != EEXIST) { /* holds the index: owner-only */
         snprintf(err, sizeof err, "--data %s: %s", o.data, strerror(errno));
         return fail(err);
     }
@@ -241,7 +246,15 @@ int main(int argc, char **argv)
         .max_images = o.max_images, .max_batch = o.max_batch, .max_delay_ms = o.max_delay_ms,
         .max_queue = o.max_queue, .max_json_floats = 4u << 20,
         .max_insert_items = o.max_insert_items, .max_search_queries = 1024};
-    if (o.token_file && !(app.admin_token = read_token(o.token_file, err, sizeof err))) return fail(err);
+    if (o.token_file) {
+        char *token = read_token(o.token_file, err, sizeof err);
+        if (!token) return fail(err);
+        rc = auth_keys_single(token, &app.admin_keys);
+        free(token);
+        if (rc) return fail("out of memory");
+    }
+    if (o.api_key_file && auth_keys_load(o.api_key_file, &app.api_keys, err, sizeof err))
+        return fail(err);
     if (!(app.metrics = metrics_new())) return fail("out of memory");
     if (registry_create(&app.registry, app.device, err, sizeof err)) return fail(err);
     /* The index searches with cuBLAS where the models run on CUDA. */
@@ -296,7 +309,9 @@ int main(int argc, char **argv)
     jobs_free(app.jobs);
     registry_free(app.registry);
     http_router_free(router);
+    routes_free(&app);
     metrics_free(app.metrics);
-    free(app.admin_token);
+    auth_keys_clear(&app.admin_keys);
+    auth_keys_clear(&app.api_keys);
     return 0;
 }
