@@ -1398,6 +1398,43 @@ static void test_head_deadline(const struct http_router *router)
     http_stop(s);
 }
 
+/* A body that keeps arriving at 25 KB/s is not cut after timeout_s (only
+ * one slower than 16 KiB/s past it is: see test_limits' slow drip). */
+static void test_body_rate(const struct http_router *router)
+{
+    char err[256];
+    struct http_config cfg = {.router = router, .threads = 2, .timeout_s = 1, .quiet = true};
+    struct http_server *s = http_start(&cfg, err, sizeof err);
+    CHECK(s != NULL, "start: %s", err);
+    if (!s) return;
+    enum { PIECE = 4096, PIECES = 12 };
+    char *body = malloc(PIECE * PIECES);
+    CHECK(body != NULL, "out of memory");
+    struct client *c = malloc(sizeof *c);
+    if (body && client_open(c, http_port(s)) == 0) {
+        memset(body, 'b', PIECE * PIECES);
+        char hdr[128], want[64];
+        snprintf(hdr, sizeof hdr, "POST /digest HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n",
+                 PIECE * PIECES);
+        snprintf(want, sizeof want, "%d %lx", PIECE * PIECES, fnv1a(body, PIECE * PIECES));
+        client_sends(c, hdr);
+        const double t0 = now_s();
+        for (int i = 0; i < PIECES; i++) {
+            sleep_ms(160);
+            client_send(c, body + i * PIECE, PIECE);
+        }
+        const double took = now_s() - t0;
+        struct resp r;
+        CHECK(client_read(c, &r, false) == 0 && r.status == 200 && strcmp(r.body, want) == 0,
+              "steady body over %.1f s (timeout 1 s) accepted: %d", took, r.status);
+        resp_free(&r);
+        client_close(c);
+    }
+    free(c);
+    free(body);
+    http_stop(s);
+}
+
 static void test_ipv6(const struct http_router *router)
 {
     int probe = socket(AF_INET6, SOCK_STREAM, 0);
@@ -1477,6 +1514,7 @@ int main(void)
     test_graceful_stop(router);
     test_drain_timeout(router);
     test_head_deadline(router);
+    test_body_rate(router);
     test_ipv6(router);
     join_workers();
     http_router_free(router);
