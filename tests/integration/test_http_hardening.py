@@ -18,6 +18,7 @@ import os
 import re
 import resource
 import select
+import shutil
 import socket
 import subprocess
 import sys
@@ -370,6 +371,10 @@ def main():
         check(stop_server(server) == 0, "SIGTERM exit 0")
     per_ip_cap(tmp)
     slow_heads(tmp)
+    if not check.failed:
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        print(f"     server logs kept in {tmp}")
     return check.summary()
 
 
