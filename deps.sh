@@ -19,6 +19,10 @@ for p in "${packages[@]}"; do
 done
 if ((${#missing[@]})); then
   echo "deps.sh: installing ${missing[*]}"
-  apt-get update
-  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
+  # Wait for another apt or dpkg process (an unattended upgrade, a second
+  # script) to let go of its locks instead of failing at once.
+  apt_wait=(-o DPkg::Lock::Timeout=300)
+  apt-get "${apt_wait[@]}" update
+  DEBIAN_FRONTEND=noninteractive apt-get "${apt_wait[@]}" install -y --no-install-recommends \
+    "${missing[@]}"
 fi

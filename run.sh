@@ -19,7 +19,7 @@ if [ -z "$ckpt" ]; then
   echo "no checkpoint under models/: generating an UNTRAINED one at $ckpt"
   build/engine/franca-checkpoint init --arch vit_small --seed 0 --out "$ckpt"
 fi
-mkdir -p data
+mkdir -p -m 700 data
 [ -s data/admin.token ] || (umask 077 && head -c 24 /dev/urandom | base64 > data/admin.token)
 echo "admin token: data/admin.token; models for hot swap: models/"
 exec build/server/franca-server --model default="$ckpt" --models-dir models --data data \

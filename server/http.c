@@ -22,17 +22,22 @@
 #include "http.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <microhttpd.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <linux/tcp.h> /* struct tcp_info with tcpi_bytes_received */
+#include <poll.h>
 #include <pthread.h>
 #include <stdalign.h>
 #include <stdarg.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -45,6 +50,15 @@
 #define DEFAULT_MAX_CONNECTIONS 1024u
 #define DEFAULT_DRAIN_S 30u
 #define FORCED_SETTLE_S 2.0 /* after forced 503s, how long stop waits for them to go out */
+#define DEFAULT_HEADER_TIMEOUT_S 10u
+#define MIN_BODY_RATE 16384.0 /* bytes/s a body (or a drained one) must average */
+#define WATCH_TICK_MS 100
+#define MAX_URI_BYTES 8192        /* longer request targets: 414 */
+#define MAX_HEAD_BYTES 32768      /* larger request heads: 431 */
+/* libmicrohttpd's memory per connection (its default is 32 KiB, and it is
+ * all resident): heads up to about 60 KiB reach our own 414/431 checks;
+ * larger ones libmicrohttpd refuses itself (see answer_mhd_error). */
+#define CONN_MEMORY ((size_t)64 << 10)
 
 static double now_s(void)
 {
@@ -304,6 +318,7 @@ static const struct route *route_pick(const struct http_router *r, const char *m
 
 struct kv {
     const char *k, *v;
+    size_t vlen; /* headers: v's length as MHD reports it */
 };
 
 struct hdr_node {
@@ -333,6 +348,21 @@ struct http_server {
     unsigned deferred;       /* suspended requests */
     bool hard_stop;          /* drain timed out: deferrals are answered 503 at once */
     struct http_request *susp_head; /* the suspended requests */
+
+    /* The watchdog (see "Connection watchdog"): watch_lock guards the list of
+     * connections, their phases and deadlines, and the drains. */
+    unsigned header_timeout_s;
+    size_t max_drains;
+    pthread_mutex_t watch_lock;
+    struct conn_watch *watch_head;
+    struct drain *drains;
+    size_t ndrains;
+    pthread_t watchdog;
+    bool watchdog_running;
+    atomic_bool watchdog_stop;
+    int wake[2];             /* a pipe that interrupts the watchdog's poll */
+    atomic_uint unwatched;   /* connections without an entry (out of memory) */
+    bool owner_unsure;       /* a STARTED ran on another thread than its requests */
 };
 
 struct http_request {
@@ -355,9 +385,16 @@ struct http_request {
     double t_start;
 
     /* Upload state: the connection's thread only. */
+    struct conn_watch *watch; /* the connection's entry; valid until on_completed */
     bool started, dispatched, too_large;
+    bool drain;         /* answered early with Connection: close: drain what the
+                           client still sends after the connection finished */
+    double body_start;
     size_t declared;    /* Content-Length, 0 when none or chunked */
     size_t discarded;
+    size_t received;    /* body bytes so far */
+    size_t head_bytes;  /* request line and headers, 0 when unknown */
+    bool chunked;
     int sent_status;
 
     /* Reply state: guarded by lock. */
@@ -376,6 +413,9 @@ struct http_request {
 static void server_unref(struct http_server *srv)
 {
     if (atomic_fetch_sub(&srv->refs, 1) != 1) return;
+    pthread_mutex_destroy(&srv->watch_lock);
+    if (srv->wake[0] >= 0) close(srv->wake[0]);
+    if (srv->wake[1] >= 0) close(srv->wake[1]);
     pthread_mutex_destroy(&srv->lock);
     pthread_cond_destroy(&srv->idle);
     free(srv);
@@ -736,12 +776,18 @@ const char *http_route(const struct http_request *req)
     return req->route ? req->route->pattern : NULL;
 }
 
-static const char *kv_find(const struct kv *a, size_t n, const char *k, bool nocase)
+static const struct kv *kv_get(const struct kv *a, size_t n, const char *k, bool nocase)
 {
     if (!k) return NULL;
     for (size_t i = 0; i < n; i++)
-        if ((nocase ? strcasecmp(a[i].k, k) : strcmp(a[i].k, k)) == 0) return a[i].v;
+        if ((nocase ? strcasecmp(a[i].k, k) : strcmp(a[i].k, k)) == 0) return &a[i];
     return NULL;
+}
+
+static const char *kv_find(const struct kv *a, size_t n, const char *k, bool nocase)
+{
+    const struct kv *e = kv_get(a, n, k, nocase);
+    return e ? e->v : NULL;
 }
 
 const char *http_param(const struct http_request *req, const char *name)
@@ -762,6 +808,13 @@ const char *http_query_string(const struct http_request *req)
 const char *http_header(const struct http_request *req, const char *name)
 {
     return kv_find(req->headers, req->nheaders, name, true);
+}
+
+const char *http_header_n(const struct http_request *req, const char *name, size_t *len)
+{
+    const struct kv *e = kv_get(req->headers, req->nheaders, name, true);
+    if (len) *len = e ? e->vlen : 0;
+    return e ? e->v : NULL;
 }
 
 const char *http_body(const struct http_request *req, size_t *len)
@@ -829,21 +882,24 @@ struct header_copy {
     bool oom;
 };
 
+/* Copies a header with the lengths MHD reports, so that code comparing
+ * secrets (http_header_n) never relies on a C string's end. (MHD 0.9.75
+ * measures values with strlen, so there a value already ends at a NUL.) */
 static enum MHD_Result copy_header(void *cls, enum MHD_ValueKind kind, const char *key,
-                                   const char *value)
+                                   size_t key_size, const char *value, size_t value_size)
 {
     (void)kind;
     struct header_copy *hc = cls;
     if (hc->n == hc->cap || !key) return MHD_YES;
     struct http_request *req = hc->req;
-    char *k = arena_strndup(&req->arena, key, strlen(key));
-    char *v = arena_strndup(&req->arena, value ? value : "", value ? strlen(value) : 0);
+    if (!value) value_size = 0;
+    char *k = arena_strndup(&req->arena, key, key_size);
+    char *v = arena_strndup(&req->arena, value ? value : "", value_size);
     if (!k || !v) {
         hc->oom = true;
         return MHD_NO;
     }
-    req->headers[hc->n].k = k;
-    req->headers[hc->n].v = v;
+    req->headers[hc->n] = (struct kv){k, v, value_size};
     hc->n++;
     return MHD_YES;
 }
@@ -917,7 +973,7 @@ static int parse_request(struct http_request *req, struct MHD_Connection *conn, 
         req->headers = arena_alloc(&req->arena, (size_t)nh * sizeof *req->headers);
         if (!req->headers) goto oom;
         struct header_copy hc = {req, 0, (size_t)nh, false};
-        MHD_get_connection_values(conn, MHD_HEADER_KIND, copy_header, &hc);
+        MHD_get_connection_values_n(conn, MHD_HEADER_KIND, copy_header, &hc);
         if (hc.oom) goto oom;
         req->nheaders = hc.n;
     }
@@ -970,11 +1026,367 @@ static void reply_405(struct http_request *req, char *const *segs, size_t nseg)
                       req->path, allow);
 }
 
+/* ---- Connection watchdog ------------------------------------------------
+ *
+ * libmicrohttpd's connection timeout restarts with every byte, so a client
+ * that drips its head or body one byte at a time holds a connection slot for
+ * as long as it likes, and enough of them lock every other client out. So
+ * each connection is in a phase with a deadline of its own:
+ *   HEAD  from the connection's start, or from the end of its previous
+ *         request, until the headers are in: header_timeout_s;
+ *   BODY  from the headers until the body is in: timeout_s + bytes so far /
+ *         MIN_BODY_RATE, so a body that keeps arriving at that rate is never
+ *         cut whatever its size (a large declared size buys no time);
+ *   BUSY  handler, deferred reply and response: no deadline here;
+ *   CUT   cut, or answered by on_log's hook: left alone.
+ * A watchdog thread shuts down the socket of every connection past its
+ * deadline; libmicrohttpd then sees it fail and closes it. Entries come and
+ * go with libmicrohttpd's STARTED and CLOSED notifications, under
+ * watch_lock, and CLOSED is notified before libmicrohttpd closes the
+ * descriptor, so the watchdog never touches a closed (or reused) descriptor.
+ *
+ * The same thread drains connections answered early with "Connection:
+ * close" (413 by Content-Length, 414, 431, ...): before libmicrohttpd closes
+ * its descriptor a duplicate is taken, and what the client still sends is
+ * read and dropped (until EOF, at most 2 x max_body, at MIN_BODY_RATE).
+ * Without that, closing with unread data resets the connection and a client
+ * still sending its body gets a broken pipe instead of the answer. */
+
+enum conn_phase { PHASE_HEAD, PHASE_BODY, PHASE_BUSY, PHASE_CUT };
+
+struct conn_watch {
+    struct conn_watch *prev, *next;
+    struct MHD_Connection *conn;
+    int fd;
+    enum conn_phase phase;
+    double deadline;
+    /* For on_log's hook: the thread that runs the connection; the request
+     * whose request line arrived (on_uri) until it completes; the bytes the
+     * earlier requests on the connection took, when known exactly. */
+    pthread_t owner;
+    struct http_request *req;
+    uint64_t rx_base;
+    bool rx_exact;
+};
+
+struct drain {
+    struct drain *next;
+    int fd;
+    double start;
+    size_t bytes;
+};
+
+static void watchdog_wake(struct http_server *srv)
+{
+    const char b = 0;
+    if (write(srv->wake[1], &b, 1) < 0) { /* full: it is awake already */
+    }
+}
+
+static struct conn_watch *watch_of(struct MHD_Connection *conn)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return ci ? ci->socket_context : NULL;
+}
+
+/* Moves w to phase with deadline (seconds from now; ignored for BUSY). */
+static void watch_set(struct http_server *srv, struct conn_watch *w, enum conn_phase phase,
+                      double seconds)
+{
+    if (!w) return;
+    pthread_mutex_lock(&srv->watch_lock);
+    if (w->phase != PHASE_CUT) {
+        w->phase = phase;
+        w->deadline = now_s() + seconds;
+    }
+    pthread_mutex_unlock(&srv->watch_lock);
+}
+
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode toe)
+{
+    struct http_server *srv = cls;
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        struct conn_watch *w = ci ? calloc(1, sizeof *w) : NULL;
+        *socket_context = w;
+        if (!w) { /* out of memory: only libmicrohttpd's timeout applies */
+            atomic_fetch_add(&srv->unwatched, 1);
+            return;
+        }
+        w->conn = conn;
+        w->fd = ci->connect_fd;
+        w->phase = PHASE_HEAD;
+        w->deadline = now_s() + srv->header_timeout_s;
+        w->owner = pthread_self(); /* STARTED runs on the connection's own thread */
+        w->rx_exact = true;
+        pthread_mutex_lock(&srv->watch_lock);
+        w->next = srv->watch_head;
+        if (w->next) w->next->prev = w;
+        srv->watch_head = w;
+        pthread_mutex_unlock(&srv->watch_lock);
+        return;
+    }
+    struct conn_watch *w = *socket_context;
+    if (!w) {
+        atomic_fetch_sub(&srv->unwatched, 1);
+        return;
+    }
+    *socket_context = NULL;
+    pthread_mutex_lock(&srv->watch_lock);
+    if (w->prev) w->prev->next = w->next;
+    else srv->watch_head = w->next;
+    if (w->next) w->next->prev = w->prev;
+    pthread_mutex_unlock(&srv->watch_lock);
+    free(w);
+}
+
+/* Hands a duplicate of fd (still open: called before libmicrohttpd closes
+ * it) to the watchdog to drain. */
+static void drain_start(struct http_server *srv, int fd)
+{
+    struct drain *d = malloc(sizeof *d);
+    if (!d) return;
+    pthread_mutex_lock(&srv->watch_lock);
+    d->fd = srv->ndrains < srv->max_drains ? fcntl(fd, F_DUPFD_CLOEXEC, 0) : -1;
+    if (d->fd >= 0) {
+        d->start = now_s();
+        d->bytes = 0;
+        d->next = srv->drains;
+        srv->drains = d;
+        srv->ndrains++;
+    }
+    pthread_mutex_unlock(&srv->watch_lock);
+    if (d->fd < 0) free(d);
+    else watchdog_wake(srv);
+}
+
+/* Reads and drops what d has; true when it is done (EOF, error, or over the
+ * allowance). */
+static bool drain_read(struct http_server *srv, struct drain *d, char *sink, size_t len)
+{
+    for (;;) {
+        const ssize_t r = recv(d->fd, sink, len, MSG_DONTWAIT);
+        if (r > 0) {
+            d->bytes += (size_t)r;
+            if (d->bytes > 2 * srv->max_body) return true;
+            continue;
+        }
+        if (r < 0 && errno == EINTR) continue;
+        return r == 0 || (errno != EAGAIN && errno != EWOULDBLOCK);
+    }
+}
+
+/* watch_lock held. */
+static void drain_remove(struct http_server *srv, struct drain *d)
+{
+    struct drain **pp = &srv->drains;
+    while (*pp != d) pp = &(*pp)->next;
+    *pp = d->next;
+    srv->ndrains--;
+    close(d->fd);
+    free(d);
+}
+
+/* Cuts connections past their deadline and ends drains past theirs. */
+static void watch_tick(struct http_server *srv)
+{
+    const double now = now_s();
+    unsigned cut = 0;
+    pthread_mutex_lock(&srv->watch_lock);
+    for (struct conn_watch *w = srv->watch_head; w; w = w->next)
+        if ((w->phase == PHASE_HEAD || w->phase == PHASE_BODY) && now > w->deadline) {
+            shutdown(w->fd, SHUT_RDWR);
+            w->phase = PHASE_CUT;
+            cut++;
+        }
+    for (struct drain *d = srv->drains, *next; d; d = next) {
+        next = d->next;
+        if (now > d->start + srv->timeout_s + (double)d->bytes / MIN_BODY_RATE)
+            drain_remove(srv, d);
+    }
+    pthread_mutex_unlock(&srv->watch_lock);
+    if (cut) log_msg(srv, "closed %u connection(s) past their head or body deadline", cut);
+}
+
+/* Polls the drains (and the wake pipe) between ticks. */
+static void *watchdog_main(void *arg)
+{
+    struct http_server *srv = arg;
+    enum { SINK = 1 << 16 };
+    char *sink = malloc(SINK);
+    struct pollfd *pfd = NULL;
+    struct drain **pd = NULL;
+    size_t cap = 0;
+    double next_tick = now_s();
+    while (sink && !atomic_load(&srv->watchdog_stop)) {
+        pthread_mutex_lock(&srv->watch_lock);
+        if (srv->ndrains + 1 > cap) {
+            const size_t ncap = 2 * (srv->ndrains + 1);
+            struct pollfd *np = realloc(pfd, ncap * sizeof *np);
+            if (np) pfd = np;
+            struct drain **nd = np ? realloc(pd, ncap * sizeof *nd) : NULL;
+            if (nd) pd = nd;
+            if (np && nd) cap = ncap;
+        }
+        size_t n = 0;
+        if (cap) {
+            pfd[n++] = (struct pollfd){.fd = srv->wake[0], .events = POLLIN};
+            for (struct drain *d = srv->drains; d && n < cap; d = d->next) {
+                pd[n] = d;
+                pfd[n++] = (struct pollfd){.fd = d->fd, .events = POLLIN};
+            }
+        }
+        pthread_mutex_unlock(&srv->watch_lock);
+
+        double wait = next_tick - now_s();
+        if (wait < 0) wait = 0;
+        if (n) poll(pfd, n, (int)(wait * 1000) + 1);
+        else usleep((useconds_t)(wait * 1e6) + 1000);
+        if (n && pfd[0].revents) /* only wakes us: empty it */
+            while (read(srv->wake[0], sink, SINK) > 0) {
+            }
+        /* Only this thread removes drains, so pd[] is still valid. */
+        for (size_t i = 1; i < n; i++)
+            if (pfd[i].revents && drain_read(srv, pd[i], sink, SINK)) {
+                pthread_mutex_lock(&srv->watch_lock);
+                drain_remove(srv, pd[i]);
+                pthread_mutex_unlock(&srv->watch_lock);
+            }
+        if (now_s() >= next_tick) {
+            watch_tick(srv);
+            next_tick = now_s() + WATCH_TICK_MS / 1000.0;
+        }
+    }
+    free(sink);
+    free(pfd);
+    free(pd);
+    return NULL;
+}
+
+/* Writes a complete JSON error response on fd, past libmicrohttpd. */
+static void send_error_raw(int fd, int status, const char *message)
+{
+    char *body = error_body(status, http_error_type(status), message);
+    if (!body) return;
+    const size_t blen = strlen(body);
+    const char *reason = MHD_get_reason_phrase_for((unsigned)status);
+    char head[256];
+    const int hl = snprintf(head, sizeof head,
+                            "HTTP/1.1 %d %s\r\nConnection: close\r\n"
+                            "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n",
+                            status, reason && reason[0] ? reason : "Error", blen);
+    if (hl > 0 && (size_t)hl < sizeof head && send(fd, head, (size_t)hl, MSG_NOSIGNAL | MSG_DONTWAIT | MSG_MORE) == hl)
+        if (send(fd, body, blen, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) { /* the client is gone */
+        }
+    free(body);
+}
+
+/* Whether w may be a connection libmicrohttpd is refusing while it reads a
+ * head: still open on our side (one it closed has sent its FIN), and
+ * libmicrohttpd read bytes from it that no earlier request took (or might
+ * have): bytes received minus those still unread, an over-estimate as the
+ * unread count is taken first. */
+static bool has_unparsed_bytes(const struct conn_watch *w)
+{
+    enum { ESTABLISHED = 1, CLOSE_WAIT = 8 }; /* Linux's TCP states */
+    int unread = 0;
+    struct tcp_info ti;
+    socklen_t len = sizeof ti;
+    memset(&ti, 0, sizeof ti);
+    if (ioctl(w->fd, FIONREAD, &unread) != 0 || unread < 0 ||
+        getsockopt(w->fd, IPPROTO_TCP, TCP_INFO, &ti, &len) != 0 ||
+        len < offsetof(struct tcp_info, tcpi_bytes_received) + sizeof ti.tcpi_bytes_received)
+        return true;
+    if (ti.tcpi_state != ESTABLISHED && ti.tcpi_state != CLOSE_WAIT) return false;
+    return !w->rx_exact || ti.tcpi_bytes_received - (uint64_t)unread > w->rx_base;
+}
+
+/* watch_lock held; the connection of this thread that libmicrohttpd is
+ * refusing, or NULL when that is not certain. It refuses a connection while
+ * parsing its request line, its headers or its chunked body, so the
+ * connection is in HEAD phase with a request line and parsed headers, in
+ * HEAD phase with bytes no earlier request took, or in BODY phase.
+ * libmicrohttpd hands parsed headers to the access handler in the same pass,
+ * so a connection of the first kind can only be the refused one; otherwise it
+ * must be the only connection of this thread of the other two kinds. */
+static struct conn_watch *refused_connection(struct http_server *srv)
+{
+    const pthread_t self = pthread_self();
+    struct conn_watch *parsed = NULL, *other = NULL;
+    unsigned nparsed = 0, nother = 0;
+    if (atomic_load(&srv->unwatched)) return NULL; /* it may be one of those */
+    for (struct conn_watch *w = srv->watch_head; w; w = w->next) {
+        if (!pthread_equal(w->owner, self)) continue;
+        if (w->phase == PHASE_HEAD && w->req &&
+            MHD_get_connection_info(w->conn, MHD_CONNECTION_INFO_REQUEST_HEADER_SIZE)) {
+            parsed = w;
+            nparsed++;
+        } else if (w->phase == PHASE_BODY || (w->phase == PHASE_HEAD && has_unparsed_bytes(w))) {
+            other = w;
+            nother++;
+        }
+    }
+    if (nparsed) return nparsed == 1 ? parsed : NULL;
+    /* The refused connection's owner comes from STARTED; checked by on_uri. */
+    return nother == 1 && !srv->owner_unsure ? other : NULL;
+}
+
+static const char *refusal_message(int status, bool in_body, const char *content_length,
+                                   char *buf, size_t len)
+{
+    if (in_body) return "the chunked request body is malformed";
+    switch (status) {
+    case 505: return "the HTTP version is not supported (use HTTP/1.1)";
+    case 414: return "the request target is too long";
+    case 431: return "the request head is too large";
+    case 400:
+    case 413:
+        if (content_length) {
+            snprintf(buf, len, "Content-Length '%.64s' is %s", content_length,
+                     status == 413 ? "too large" : "not a valid length");
+            return buf;
+        }
+        return status == 413 ? "the request is too large"
+                             : "the request line or a header is malformed";
+    default: return "the request head could not be processed";
+    }
+}
+
+/* libmicrohttpd refuses some requests itself before any callback: bad
+ * request lines, unsupported versions, heads too big for its buffer, a bad
+ * Content-Length. It answers with an HTML page (and, for a bad
+ * Content-Length, writes its status line and headers twice), and it logs
+ * "Error processing request" just before. This answers that connection with
+ * our JSON error instead and shuts its sending side, so libmicrohttpd's page
+ * fails to go out and the connection closes; what the client still sends is
+ * drained. When the connection is not certain, libmicrohttpd's page goes
+ * out unchanged. */
+static void answer_mhd_error(struct http_server *srv, int status)
+{
+    pthread_mutex_lock(&srv->watch_lock);
+    struct conn_watch *w = refused_connection(srv);
+    const bool in_body = w && w->phase == PHASE_BODY;
+    if (w) w->phase = PHASE_CUT;
+    pthread_mutex_unlock(&srv->watch_lock);
+    if (!w) return;
+    /* This thread runs w's connection, so w and its request stay valid here. */
+    const char *cl = w->req ? MHD_lookup_connection_value(w->conn, MHD_HEADER_KIND,
+                                                          MHD_HTTP_HEADER_CONTENT_LENGTH)
+                            : NULL;
+    char buf[160];
+    send_error_raw(w->fd, status, refusal_message(status, in_body, cl, buf, sizeof buf));
+    if (w->req) w->req->sent_status = status;
+    drain_start(srv, w->fd);
+    shutdown(w->fd, SHUT_WR);
+}
+
 /* ---- MHD callbacks ------------------------------------------------------ */
 
 static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
 {
-    (void)conn;
     struct http_server *srv = cls;
     struct http_request *req = calloc(1, sizeof *req);
     if (!req) return NULL;
@@ -993,6 +1405,16 @@ static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
     pthread_mutex_lock(&srv->lock);
     srv->active++;
     pthread_mutex_unlock(&srv->lock);
+    req->watch = watch_of(conn);
+    if (req->watch) {
+        pthread_mutex_lock(&srv->watch_lock);
+        req->watch->req = req;
+        if (!pthread_equal(req->watch->owner, pthread_self())) {
+            req->watch->owner = pthread_self();
+            srv->owner_unsure = true;
+        }
+        pthread_mutex_unlock(&srv->watch_lock);
+    }
     return req;
 }
 
@@ -1006,7 +1428,7 @@ static enum MHD_Result queue_pending(struct http_request *req, struct MHD_Connec
     req->response = NULL;
     pthread_mutex_unlock(&req->lock);
     if (!resp) return suspended ? MHD_YES : MHD_NO;
-    if (atomic_load(&req->srv->stopping) || req->too_large)
+    if (atomic_load(&req->srv->stopping) || req->too_large || req->drain)
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
     const enum MHD_Result r = MHD_queue_response(conn, (unsigned)status, resp);
     MHD_destroy_response(resp);
@@ -1014,8 +1436,59 @@ static enum MHD_Result queue_pending(struct http_request *req, struct MHD_Connec
     return r;
 }
 
+/* Answers an error before the body (if any) is read; the connection closes
+ * after it and what the client still sends is drained (on_completed). */
+static enum MHD_Result reply_early(struct http_request *req, struct MHD_Connection *conn,
+                                   int status, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static enum MHD_Result reply_early(struct http_request *req, struct MHD_Connection *conn,
+                                   int status, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    req->dispatched = true;
+    req->drain = true;
+    watch_set(req->srv, req->watch, PHASE_BUSY, 0);
+    http_reply_error(req, status, NULL, msg);
+    return queue_pending(req, conn);
+}
+
+/* What libmicrohttpd lets through but the contract refuses: 0, or the
+ * status of the early answer given. */
+static int check_head(struct http_request *req, struct MHD_Connection *conn,
+                      const char *version, enum MHD_Result *r)
+{
+    const bool v11 = version && strcmp(version, MHD_HTTP_VERSION_1_1) == 0;
+    if (!v11 && !(version && strcmp(version, MHD_HTTP_VERSION_1_0) == 0)) {
+        *r = reply_early(req, conn, 505, "HTTP version '%.32s' is not supported (use HTTP/1.1)",
+                         version ? version : "");
+        return 505;
+    }
+    const size_t ulen = strlen(req->raw_uri);
+    if (ulen > MAX_URI_BYTES) {
+        *r = reply_early(req, conn, 414, "the request target of %zu bytes exceeds the limit "
+                         "of %d bytes", ulen, MAX_URI_BYTES);
+        return 414;
+    }
+    if (req->head_bytes > MAX_HEAD_BYTES) {
+        *r = reply_early(req, conn, 431, "the request head of %zu bytes exceeds the limit "
+                         "of %d bytes", req->head_bytes, MAX_HEAD_BYTES);
+        return 431;
+    }
+    if (v11 && !MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST)) {
+        *r = reply_early(req, conn, 400, "an HTTP/1.1 request needs a Host header");
+        return 400;
+    }
+    return 0;
+}
+
 static enum MHD_Result on_first_call(struct http_server *srv, struct http_request *req,
-                                     struct MHD_Connection *conn, const char *method)
+                                     struct MHD_Connection *conn, const char *method,
+                                     const char *version)
 {
     req->started = true;
     req->method = strdup(method ? method : "");
@@ -1023,11 +1496,19 @@ static enum MHD_Result on_first_call(struct http_server *srv, struct http_reques
     pthread_mutex_lock(&req->lock);
     req->conn = conn;
     pthread_mutex_unlock(&req->lock);
+    req->body_start = now_s();
+    watch_set(srv, req->watch, PHASE_BODY, srv->timeout_s);
+    const union MHD_ConnectionInfo *hs =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_REQUEST_HEADER_SIZE);
+    req->head_bytes = hs ? hs->header_size : 0;
+    enum MHD_Result r;
+    if (check_head(req, conn, version, &r) != 0) return r;
 
     const char *te = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
                                                  MHD_HTTP_HEADER_TRANSFER_ENCODING);
     const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
                                                  MHD_HTTP_HEADER_CONTENT_LENGTH);
+    req->chunked = te != NULL;
     if (te || !cl) return MHD_YES; /* chunked (or no body): checked as data arrives */
     unsigned long long declared = 0;
     for (const char *p = cl; *p >= '0' && *p <= '9'; p++) {
@@ -1038,12 +1519,10 @@ static enum MHD_Result on_first_call(struct http_server *srv, struct http_reques
         declared = declared * 10 + (unsigned long long)(*p - '0');
     }
     if (declared > srv->max_body) {
-        req->dispatched = true;
         req->too_large = true;
-        http_reply_errorf(req, 413, NULL,
-                          "the request body of %llu bytes exceeds the limit of %zu bytes",
-                          declared, srv->max_body);
-        return queue_pending(req, conn);
+        return reply_early(req, conn, 413,
+                           "the request body of %llu bytes exceeds the limit of %zu bytes",
+                           declared, srv->max_body);
     }
     if (declared > 0) {
         req->declared = (size_t)declared;
@@ -1060,14 +1539,17 @@ static enum MHD_Result on_body_data(struct http_server *srv, struct http_request
 {
     const size_t n = *size;
     *size = 0;
-    if (now_s() - req->t_start > (double)srv->timeout_s) {
-        log_msg(srv, "%s %s: the request took over %u s to arrive; connection dropped",
-                req->method, req->raw_uri, srv->timeout_s);
+    req->received += n;
+    const double allowed = srv->timeout_s + (double)req->received / MIN_BODY_RATE;
+    if (now_s() - req->body_start > allowed) {
+        log_msg(srv, "%s %s: the body arrived slower than %.0f bytes/s; connection dropped",
+                req->method, req->raw_uri, MIN_BODY_RATE);
         return MHD_NO;
     }
+    watch_set(srv, req->watch, PHASE_BODY, req->body_start + allowed - now_s());
     if (req->too_large) { /* read on, up to twice the limit in all, to answer 413 */
         req->discarded += n;
-        return req->discarded - srv->max_body > srv->max_body ? MHD_NO : MHD_YES;
+        return req->discarded > 2 * srv->max_body ? MHD_NO : MHD_YES;
     }
     if (n > srv->max_body - req->body_len) {
         req->too_large = true;
@@ -1098,6 +1580,7 @@ static enum MHD_Result on_body_data(struct http_server *srv, struct http_request
 static bool dispatch(struct http_server *srv, struct http_request *req,
                      struct MHD_Connection *conn)
 {
+    watch_set(srv, req->watch, PHASE_BUSY, 0);
     if (req->too_large) {
         http_reply_errorf(req, 413, NULL,
                           "the request body exceeds the limit of %zu bytes", srv->max_body);
@@ -1185,11 +1668,10 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
                                  void **con_cls)
 {
     (void)url;
-    (void)version;
     struct http_server *srv = cls;
     struct http_request *req = *con_cls;
     if (!req) return MHD_NO; /* out of memory in on_uri */
-    if (!req->started) return on_first_call(srv, req, conn, method);
+    if (!req->started) return on_first_call(srv, req, conn, method, version);
     if (*upload_data_size) return on_body_data(srv, req, upload_data, upload_data_size);
     if (!req->dispatched) {
         req->dispatched = true;
@@ -1206,6 +1688,18 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     struct http_request *req = *con_cls;
     if (!req) return;
     *con_cls = NULL;
+    struct conn_watch *w = req->watch;
+    if (w) { /* the next request's head starts now (keep-alive) */
+        pthread_mutex_lock(&srv->watch_lock);
+        w->req = NULL;
+        if (w->rx_exact && req->head_bytes && !req->chunked && !req->drain)
+            w->rx_base += req->head_bytes + req->declared;
+        else
+            w->rx_exact = false;
+        pthread_mutex_unlock(&srv->watch_lock);
+        watch_set(srv, w, PHASE_HEAD, srv->header_timeout_s);
+        if (req->drain) drain_start(srv, w->fd);
+    }
 
     if (srv->on_complete) {
         const struct http_completion c = {
@@ -1249,6 +1743,10 @@ static void on_log(void *cls, const char *fmt, va_list ap)
     vsnprintf(buf, sizeof buf, fmt, ap);
     size_t n = strlen(buf);
     while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r')) buf[--n] = '\0';
+    int status;
+    if (sscanf(buf, "Error processing request (HTTP response code is %d", &status) == 1 &&
+        status >= 400 && status <= 599 && status != 500)
+        answer_mhd_error(srv, status);
     if (atomic_load(&srv->starting)) snprintf(srv->start_log, sizeof srv->start_log, "%s", buf);
     if (!srv->quiet) fprintf(stderr, "http: libmicrohttpd: %s\n", buf);
 }
@@ -1343,11 +1841,28 @@ struct http_server *http_start(const struct http_config *cfg, char *err, size_t 
         set_err(err, errlen, "http_start: cannot create locks");
         return NULL;
     }
+    if (pthread_mutex_init(&srv->watch_lock, NULL) != 0) {
+        pthread_mutex_destroy(&srv->lock);
+        pthread_cond_destroy(&srv->idle);
+        free(srv);
+        set_err(err, errlen, "http_start: cannot create locks");
+        return NULL;
+    }
+    srv->wake[0] = srv->wake[1] = -1;
     atomic_init(&srv->refs, 1);
     srv->max_body = cfg->max_body_bytes ? cfg->max_body_bytes : DEFAULT_MAX_BODY;
     if (srv->max_body > SIZE_MAX / 4) srv->max_body = SIZE_MAX / 4;
     srv->timeout_s = cfg->timeout_s ? cfg->timeout_s : DEFAULT_TIMEOUT_S;
     srv->drain_timeout_s = cfg->drain_timeout_s ? cfg->drain_timeout_s : DEFAULT_DRAIN_S;
+    srv->header_timeout_s = cfg->header_timeout_s ? cfg->header_timeout_s
+                                                  : DEFAULT_HEADER_TIMEOUT_S;
+    srv->max_drains = max_conn;
+    if (pipe2(srv->wake, O_NONBLOCK | O_CLOEXEC) != 0) {
+        srv->wake[0] = srv->wake[1] = -1;
+        set_err(err, errlen, "http_start: cannot create a pipe: %s", strerror(errno));
+        server_unref(srv);
+        return NULL;
+    }
     srv->router = cfg->router;
     srv->on_complete = cfg->on_complete;
     srv->on_complete_user = cfg->on_complete_user;
@@ -1369,6 +1884,9 @@ struct http_server *http_start(const struct http_config *cfg, char *err, size_t 
         MHD_OPTION_CONNECTION_LIMIT, max_conn,
         MHD_OPTION_URI_LOG_CALLBACK, on_uri, srv,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
+        MHD_OPTION_NOTIFY_CONNECTION, on_connection, srv,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, CONN_MEMORY,
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT, cfg->max_connections_per_ip,
         pool_opt, pool_val,
         MHD_OPTION_END);
     atomic_store(&srv->starting, false);
@@ -1378,6 +1896,13 @@ struct http_server *http_start(const struct http_config *cfg, char *err, size_t 
         server_unref(srv);
         return NULL;
     }
+    if (pthread_create(&srv->watchdog, NULL, watchdog_main, srv) != 0) {
+        MHD_stop_daemon(srv->daemon);
+        set_err(err, errlen, "http_start: cannot start the watchdog thread");
+        server_unref(srv);
+        return NULL;
+    }
+    srv->watchdog_running = true;
     const union MHD_DaemonInfo *info = MHD_get_daemon_info(srv->daemon,
                                                            MHD_DAEMON_INFO_BIND_PORT);
     srv->port = info && info->port ? info->port : cfg->port;
@@ -1420,6 +1945,20 @@ static void wait_idle(struct http_server *srv, double deadline)
         if (pthread_cond_timedwait(&srv->idle, &srv->lock, &ts) == ETIMEDOUT) break;
 }
 
+/* After MHD_stop_daemon: no connection is left to watch. */
+static void watchdog_stop(struct http_server *srv)
+{
+    if (srv->watchdog_running) {
+        atomic_store(&srv->watchdog_stop, true);
+        watchdog_wake(srv);
+        pthread_join(srv->watchdog, NULL);
+        srv->watchdog_running = false;
+    }
+    pthread_mutex_lock(&srv->watch_lock);
+    while (srv->drains) drain_remove(srv, srv->drains);
+    pthread_mutex_unlock(&srv->watch_lock);
+}
+
 void http_stop(struct http_server *srv)
 {
     if (!srv || atomic_exchange(&srv->stopping, true)) return;
@@ -1455,5 +1994,6 @@ void http_stop(struct http_server *srv)
     MHD_stop_daemon(srv->daemon);
     srv->daemon = NULL;
     if (lfd != MHD_INVALID_SOCKET) close(lfd);
+    watchdog_stop(srv);
     server_unref(srv);
 }

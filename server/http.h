@@ -3,14 +3,21 @@
  * Route code never sees an MHD type.
  *
  * Life of a request
- *   1. The request line and headers arrive. A Content-Length above
- *      max_body_bytes is answered 413 at once, before the body is read (the
- *      connection then closes).
+ *   1. The request line and headers arrive, within header_timeout_s of the
+ *      connection's start or of the previous request's end, or the
+ *      connection is closed. A Content-Length above max_body_bytes is
+ *      answered 413 at once, before the body is read (the connection then
+ *      closes, and what the client still sends, up to 2 x max_body_bytes, is
+ *      read and dropped so that it can read the answer). Heads refused (bad
+ *      request line, version, Content-Length, target over 8 KiB, head over
+ *      32 KiB, HTTP/1.1 without Host) get a JSON error and the connection
+ *      closes; that includes those libmicrohttpd refuses itself.
  *   2. The body is collected as it arrives. A chunked body that passes the
  *      limit is no longer stored; its rest is read and dropped (up to another
  *      max_body_bytes, past that the connection is closed without an answer)
- *      and the answer is 413. A body still incomplete timeout_s after the
- *      request line arrived (slow drip) is dropped with its connection.
+ *      and the answer is 413. A body still incomplete timeout_s + its bytes so
+ *      far / 16 KiB/s after the headers (a slow drip) is dropped with its
+ *      connection.
  *   3. The router picks the route: unknown path 404, known path with another
  *      method 405 with an Allow header (HEAD falls back to GET routes), a
  *      malformed percent-escape in the path or query 400. All JSON.
@@ -77,8 +84,8 @@ struct http_completion {
     const char *route;   /* the matched pattern (also for 405), NULL when no route
                             matched (404, 400, 413 before routing, aborted) */
     int status;          /* the status given, 0 when none was (the client went away
-                            mid-request, or libmicrohttpd itself answered a malformed
-                            request) */
+                            mid-request, the connection was cut at its deadline, or
+                            libmicrohttpd refused it in a way not answered here) */
     double seconds;      /* request line received to response sent (or abort) */
     bool ok;             /* the response was sent completely */
 };
@@ -96,15 +103,22 @@ struct http_config {
     unsigned threads;            /* HTTP threads; 0: the number of online CPUs */
     size_t max_body_bytes;       /* 0: 64 MiB */
     unsigned timeout_s;          /* inactivity timeout of a connection, and the time
-                                    a request may take to arrive; 0: 30 */
-    unsigned max_connections;    /* 0: 1024; at least threads; connections past it are
-                                    closed at once (no 503) */
+                                    a body may take to arrive beyond its bytes /
+                                    16 KiB/s; 0: 30 */
+    unsigned max_connections;    /* 0: 1024; at least threads; connections past it wait
+                                    in the listen backlog until a slot frees */
     unsigned drain_timeout_s;    /* http_stop waits this long for requests in flight,
                                     then answers deferred ones 503; 0: 30 */
     const struct http_router *router;  /* required; must outlive the server */
     http_complete_fn on_complete;      /* optional metrics hook */
     void *on_complete_user;
     bool quiet;                  /* do not print libmicrohttpd's messages to stderr */
+    unsigned header_timeout_s;   /* the whole request head must arrive within this, from
+                                    the connection's start or the end of the previous
+                                    request on it (so it also ends idle keep-alive
+                                    connections); 0: 10 */
+    unsigned max_connections_per_ip; /* connections past it from one address are closed
+                                    at once; 0: no limit */
 };
 
 /* Binds and starts serving; the server is ready when it returns. NULL with
@@ -148,6 +162,10 @@ const char *http_query_string(const struct http_request *req);
 /* Request header by name, case-insensitive; the first if repeated; NULL when
  * absent. */
 const char *http_header(const struct http_request *req, const char *name);
+/* The same with the value's length as libmicrohttpd reports it; code
+ * comparing credentials uses this rather than the C string's end (though
+ * 0.9.75 itself cuts a value at a NUL byte). *len is 0 when absent. */
+const char *http_header_n(const struct http_request *req, const char *name, size_t *len);
 /* The complete body (never NULL; followed by a NUL byte not counted in len). */
 const char *http_body(const struct http_request *req, size_t *len);
 

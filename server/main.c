@@ -3,10 +3,11 @@
  * the default) --models-dir DIR --host H --port P --data DIR --device D
  * --admin-token-file F --max-batch N --max-delay-ms N --max-body-mb N
  * --max-image-pixels N --threads N; plus --http-threads N --max-queue N
- * --max-images N --max-inflight-tokens N --drain-seconds N. Prints "listening on
- * http://HOST:PORT" once ready; SIGTERM or SIGINT stops accepting, finishes
- * requests in flight and exits 0; work still running DRAIN_GRACE_S after the
- * drain's deadline is abandoned (logged, exit 1). */
+ * --max-images N --api-key-file F --header-timeout S --max-connections N
+ * --max-connections-per-ip N --max-inflight-tokens N --drain-seconds N. Prints
+ * "listening on http://HOST:PORT" once ready; SIGTERM or SIGINT stops
+ * accepting, finishes requests in flight and exits 0; work still running
+ * DRAIN_GRACE_S after the drain's deadline is abandoned (logged, exit 1). */
 #include <cblas.h>
 #include <errno.h>
 #include <getopt.h>
@@ -39,6 +40,8 @@ static const char usage_text[] =
     "  --data DIR              index and state directory (default ./data)\n"
     "  --device D              cpu, cuda or auto (default auto: cuda when a GPU is usable)\n"
     "  --admin-token-file F    enables the admin routes with the bearer token in F\n"
+    "  --api-key-file F        every /v1 route needs 'Authorization: Bearer KEY', a key of F\n"
+    "                          (one per line, '#' comments); without it the /v1 routes are open\n"
     "  --max-batch N           images per forward pass (default 16)\n"
     "  --max-delay-ms N        how long a batch waits to fill (default 5)\n"
     "  --max-body-mb N         request body limit in MiB (default 64)\n"
@@ -51,15 +54,21 @@ static const char usage_text[] =
     "  --http-threads N        HTTP threads (default 4)\n"
     "  --index-threads N       threads for index commits and searches (default 2)\n"
     "  --max-insert-items N    items per insert request (default 4096)\n"
+    "  --header-timeout S      a request head (line and headers) must arrive within S seconds\n"
+    "                          of the connection's start or the previous answer (default 10)\n"
+    "  --max-connections N     open connections at most; more wait to be accepted (default 1024)\n"
+    "  --max-connections-per-ip N  connections from one address at most, more are closed at\n"
+    "                          once (default 0: no limit; for servers exposed without a proxy)\n"
     "  --drain-seconds N       on SIGTERM, how long requests in flight may finish (default 30);\n"
     "                          whatever still runs 5 s later is abandoned (exit status 1)\n";
 
 struct options {
     const char *names[MAX_MODELS], *paths[MAX_MODELS];
     int n_models;
-    const char *models_dir, *host, *data, *device, *token_file;
+    const char *models_dir, *host, *data, *device, *token_file, *api_key_file;
     int port, max_batch, max_delay_ms, max_body_mb, max_images, max_queue, threads, http_threads;
-    int index_threads, max_insert_items, drain_seconds;
+    int index_threads, max_insert_items, header_timeout, max_connections, max_conn_per_ip;
+    int drain_seconds;
     long long max_pixels, max_inflight_tokens;
 };
 
@@ -84,13 +93,14 @@ static int parse_num(const char *s, long long lo, long long hi, long long *out)
 static int parse_options(int argc, char **argv, struct options *o)
 {
     enum { O_MODEL = 256, O_MODELS_DIR, O_HOST, O_PORT, O_DATA, O_DEVICE, O_TOKEN, O_BATCH,
-           O_DELAY, O_BODY, O_PIXELS, O_IMAGES, O_QUEUE, O_THREADS, O_HTTP, O_INDEX_THREADS, O_INSERT_ITEMS,
-           O_INFLIGHT, O_DRAIN, O_HELP };
+           O_DELAY, O_BODY, O_PIXELS, O_IMAGES, O_QUEUE, O_THREADS, O_HTTP, O_INDEX_THREADS, O_INSERT_ITEMS, O_API_KEYS, O_HELP,
+           O_HEADER_TIMEOUT, O_MAX_CONN, O_MAX_CONN_IP, O_INFLIGHT, O_DRAIN };
     static const struct option lo[] = {
         {"model", required_argument, 0, O_MODEL}, {"models-dir", required_argument, 0, O_MODELS_DIR},
         {"host", required_argument, 0, O_HOST}, {"port", required_argument, 0, O_PORT},
         {"data", required_argument, 0, O_DATA}, {"device", required_argument, 0, O_DEVICE},
         {"admin-token-file", required_argument, 0, O_TOKEN},
+        {"api-key-file", required_argument, 0, O_API_KEYS},
         {"max-batch", required_argument, 0, O_BATCH}, {"max-delay-ms", required_argument, 0, O_DELAY},
         {"max-body-mb", required_argument, 0, O_BODY},
         {"max-image-pixels", required_argument, 0, O_PIXELS},
@@ -98,6 +108,9 @@ static int parse_options(int argc, char **argv, struct options *o)
         {"threads", required_argument, 0, O_THREADS}, {"http-threads", required_argument, 0, O_HTTP},
         {"index-threads", required_argument, 0, O_INDEX_THREADS},
         {"max-insert-items", required_argument, 0, O_INSERT_ITEMS},
+        {"header-timeout", required_argument, 0, O_HEADER_TIMEOUT},
+        {"max-connections", required_argument, 0, O_MAX_CONN},
+        {"max-connections-per-ip", required_argument, 0, O_MAX_CONN_IP},
         {"max-inflight-tokens", required_argument, 0, O_INFLIGHT},
         {"drain-seconds", required_argument, 0, O_DRAIN},
         {"help", no_argument, 0, O_HELP}, {0, 0, 0, 0}};
@@ -105,6 +118,7 @@ static int parse_options(int argc, char **argv, struct options *o)
                           .max_batch = 16, .max_delay_ms = 5, .max_body_mb = 64,
                           .max_pixels = 40000000, .max_images = 256, .max_queue = 1024,
                           .http_threads = 4, .index_threads = 2, .max_insert_items = 4096,
+                          .header_timeout = 10, .max_connections = 1024,
                           .drain_seconds = 30, .max_inflight_tokens = 65536};
     opterr = 0;
     int c;
@@ -121,6 +135,10 @@ static int parse_options(int argc, char **argv, struct options *o)
         {O_INDEX_THREADS, &o->index_threads, 1, 256, "--index-threads needs 1..256, got '%s'"},
         {O_INSERT_ITEMS, &o->max_insert_items, 1, 1 << 20,
          "--max-insert-items needs 1..1048576, got '%s'"},
+        {O_HEADER_TIMEOUT, &o->header_timeout, 1, 3600, "--header-timeout needs 1..3600, got '%s'"},
+        {O_MAX_CONN, &o->max_connections, 1, 1 << 20, "--max-connections needs 1..1048576, got '%s'"},
+        {O_MAX_CONN_IP, &o->max_conn_per_ip, 0, 1 << 20,
+         "--max-connections-per-ip needs 0..1048576, got '%s'"},
         {O_DRAIN, &o->drain_seconds, 1, 3600, "--drain-seconds needs 1..3600, got '%s'"},
     };
     while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
@@ -146,6 +164,7 @@ static int parse_options(int argc, char **argv, struct options *o)
         case O_HOST: o->host = optarg; break;
         case O_DATA: o->data = optarg; break;
         case O_TOKEN: o->token_file = optarg; break;
+        case O_API_KEYS: o->api_key_file = optarg; break;
         case O_DEVICE:
             if (strcmp(optarg, "cpu") && strcmp(optarg, "cuda") && strcmp(optarg, "auto"))
                 return usage_error("--device must be cpu, cuda or auto, got '%s'", optarg);
@@ -237,7 +256,7 @@ int main(int argc, char **argv)
         omp_set_num_threads(o.threads);
         openblas_set_num_threads(o.threads);
     }
-    if (mkdir(o.data, 0755) && errno != EEXIST) {
+    if (mkdir(o.data, 0700) && errno != EEXIST) { /* holds the index: owner-only */
         snprintf(err, sizeof err, "--data %s: %s", o.data, strerror(errno));
         return fail(err);
     }
@@ -261,7 +280,15 @@ int main(int argc, char **argv)
         .max_queue = o.max_queue, .max_json_floats = 4u << 20,
         .max_inflight_tokens = (unsigned long long)o.max_inflight_tokens,
         .max_insert_items = o.max_insert_items, .max_search_queries = 1024};
-    if (o.token_file && !(app.admin_token = read_token(o.token_file, err, sizeof err))) return fail(err);
+    if (o.token_file) {
+        char *token = read_token(o.token_file, err, sizeof err);
+        if (!token) return fail(err);
+        rc = auth_keys_single(token, &app.admin_keys);
+        free(token);
+        if (rc) return fail("out of memory");
+    }
+    if (o.api_key_file && auth_keys_load(o.api_key_file, &app.api_keys, err, sizeof err))
+        return fail(err);
     if (!(app.metrics = metrics_new())) return fail("out of memory");
     if (registry_create(&app.registry, app.device, err, sizeof err)) return fail(err);
     /* The index searches with cuBLAS where the models run on CUDA. */
@@ -282,6 +309,9 @@ int main(int argc, char **argv)
     const struct http_config hc = {.host = o.host, .port = (unsigned)o.port,
                                    .threads = (unsigned)o.http_threads,
                                    .max_body_bytes = app.limits.max_body_bytes,
+                                   .header_timeout_s = (unsigned)o.header_timeout,
+                                   .max_connections = (unsigned)o.max_connections,
+                                   .max_connections_per_ip = (unsigned)o.max_conn_per_ip,
                                    .drain_timeout_s = (unsigned)o.drain_seconds,
                                    .router = router, .on_complete = on_complete,
                                    .on_complete_user = &app};
@@ -327,7 +357,9 @@ int main(int argc, char **argv)
     jobs_free(app.jobs);
     registry_free(app.registry);
     http_router_free(router);
+    routes_free(&app);
     metrics_free(app.metrics);
-    free(app.admin_token);
+    auth_keys_clear(&app.admin_keys);
+    auth_keys_clear(&app.api_keys);
     return 0;
 }

@@ -1,7 +1,50 @@
-/* The route table and the error mappings shared by the route families. */
+/* The route table, the API key check of the /v1 routes, and the error
+ * mappings shared by the route families. */
+#include <stdlib.h>
 #include <string.h>
 
 #include "app.h"
+#include "errors.h"
+
+/* A /v1 route's handler behind the API key check. */
+struct route_guard {
+    struct route_guard *next;
+    struct app *app;
+    http_handler_fn fn;
+};
+
+static void guarded(struct http_request *req, void *user)
+{
+    const struct route_guard *g = user;
+    /* Keys are set before the server starts and never change: no lock. */
+    if (g->app->api_keys.n && !auth_check(req, &g->app->api_keys, AUTH_API)) return;
+    g->fn(req, g->app);
+}
+
+static bool is_data_route(const char *pattern)
+{
+    return strncmp(pattern, "/v1", 3) == 0 && (pattern[3] == '/' || pattern[3] == '\0');
+}
+
+int route_add(struct http_router *r, struct app *app, const char *method, const char *pattern,
+              http_handler_fn fn, char *err, size_t errlen)
+{
+    if (!is_data_route(pattern)) return http_router_add(r, method, pattern, fn, app, err, errlen);
+    struct route_guard *g = malloc(sizeof *g);
+    if (!g) return set_err(err, errlen, "out of memory");
+    *g = (struct route_guard){app->guards, app, fn};
+    app->guards = g;
+    return http_router_add(r, method, pattern, guarded, g, err, errlen);
+}
+
+void routes_free(struct app *app)
+{
+    while (app->guards) {
+        struct route_guard *next = app->guards->next;
+        free(app->guards);
+        app->guards = next;
+    }
+}
 
 int routes_register(struct http_router *r, struct app *app, char *err, size_t errlen)
 {

@@ -1,4 +1,4 @@
-/* Admin routes (bearer token, compared in constant time):
+/* Admin routes (bearer token, checked by auth.c):
  *   POST   /admin/models/{name}  {"checkpoint": "relative/path.safetensors"}
  *          loads from --models-dir only, warms up, swaps atomically;
  *   DELETE /admin/models/{name}  unloads any model but the last.
@@ -13,35 +13,14 @@
 #include "app.h"
 #include "errors.h"
 
-/* Constant-time in the token's content: every byte of the longer string is
- * compared whatever the differences found. */
-static bool token_equal(const char *a, const char *b)
-{
-    const size_t la = strlen(a), lb = strlen(b), n = la > lb ? la : lb;
-    unsigned char diff = la != lb;
-    for (size_t i = 0; i < n; i++)
-        diff |= (unsigned char)(i < la ? a[i] : 0) ^ (unsigned char)(i < lb ? b[i] : 0);
-    return diff == 0;
-}
-
 /* Replies 404/401/403 and returns false unless the request carries the token. */
 static bool authorised(struct http_request *req, const struct app *app)
 {
-    if (!app->admin_token) {
+    if (!app->admin_keys.n) {
         http_reply_error(req, 404, NULL, "admin routes are disabled (start with --admin-token-file)");
         return false;
     }
-    const char *auth = http_header(req, "Authorization");
-    if (!auth || strncmp(auth, "Bearer ", 7)) {
-        http_add_header(req, "WWW-Authenticate", "Bearer");
-        http_reply_error(req, 401, NULL, "admin routes need 'Authorization: Bearer TOKEN'");
-        return false;
-    }
-    if (!token_equal(auth + 7, app->admin_token)) {
-        http_reply_error(req, 403, NULL, "wrong admin token");
-        return false;
-    }
-    return true;
+    return auth_check(req, &app->admin_keys, AUTH_ADMIN);
 }
 
 /* Resolves rel inside dir; refuses (-1) absolute paths, '..' and anything
@@ -173,6 +152,6 @@ static void unload_model(struct http_request *req, void *user)
 
 int routes_admin_register(struct http_router *r, struct app *app, char *err, size_t errlen)
 {
-    if (http_router_add(r, "POST", "/admin/models/{name}", load_model, app, err, errlen)) return -1;
-    return http_router_add(r, "DELETE", "/admin/models/{name}", unload_model, app, err, errlen);
+    if (route_add(r, app, "POST", "/admin/models/{name}", load_model, err, errlen)) return -1;
+    return route_add(r, app, "DELETE", "/admin/models/{name}", unload_model, err, errlen);
 }

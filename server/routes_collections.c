@@ -73,9 +73,10 @@ static void create_collection(struct http_request *req, void *user)
             http_reply_error(req, 400, NULL, "no model is loaded: give 'width' for a collection of vectors");
         else if (!in.model[0])
             http_reply_errorf(req, 400, NULL, "'width' %lld is outside 1..%d", (long long)w, D);
-        else
-            http_reply_errorf(req, 400, NULL, "'width' %lld is outside 1..%d (the width of model '%s')",
-                              (long long)w, D, in.model);
+        else /* a width the model cannot give: 422, as features' widths and embeddings' dimensions */
+            http_reply_errorf(req, w < 1 ? 400 : 422, NULL,
+                              "'width' %lld is outside 1..%d (the width of model '%s')", (long long)w,
+                              D, in.model);
         json_decref(j);
         return;
     }
@@ -369,7 +370,7 @@ int routes_collections_register(struct http_router *r, struct app *app, char *er
         {"DELETE", "/v1/collections/{name}/items/{id}", delete_item},
     };
     for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++)
-        if (http_router_add(r, routes[i].method, routes[i].path, routes[i].fn, app, err, errlen))
+        if (route_add(r, app, routes[i].method, routes[i].path, routes[i].fn, err, errlen))
             return -1;
     return 0;
 }

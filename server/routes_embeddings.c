@@ -185,5 +185,5 @@ static void embeddings(struct http_request *req, void *user)
 
 int routes_embeddings_register(struct http_router *r, struct app *app, char *err, size_t errlen)
 {
-    return http_router_add(r, "POST", "/v1/embeddings", embeddings, app, err, errlen);
+    return route_add(r, app, "POST", "/v1/embeddings", embeddings, err, errlen);
 }

@@ -730,5 +730,5 @@ static void features(struct http_request *req, void *user)
 
 int routes_features_register(struct http_router *r, struct app *app, char *err, size_t errlen)
 {
-    return http_router_add(r, "POST", "/v1/features", features, app, err, errlen);
+    return route_add(r, app, "POST", "/v1/features", features, err, errlen);
 }

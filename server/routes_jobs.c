@@ -239,8 +239,8 @@ static void list_jobs(struct http_request *req, void *user)
 
 int routes_jobs_register(struct http_router *r, struct app *app, char *err, size_t errlen)
 {
-    if (http_router_add(r, "POST", "/v1/collections/{name}/reembed", reembed, app, err, errlen))
+    if (route_add(r, app, "POST", "/v1/collections/{name}/reembed", reembed, err, errlen))
         return -1;
-    if (http_router_add(r, "GET", "/v1/jobs", list_jobs, app, err, errlen)) return -1;
-    return http_router_add(r, "GET", "/v1/jobs/{id}", get_job, app, err, errlen);
+    if (route_add(r, app, "GET", "/v1/jobs", list_jobs, err, errlen)) return -1;
+    return route_add(r, app, "GET", "/v1/jobs/{id}", get_job, err, errlen);
 }

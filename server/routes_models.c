@@ -77,6 +77,6 @@ static void get_model(struct http_request *req, void *user)
 
 int routes_models_register(struct http_router *r, struct app *app, char *err, size_t errlen)
 {
-    if (http_router_add(r, "GET", "/v1/models", list_models, app, err, errlen)) return -1;
-    return http_router_add(r, "GET", "/v1/models/{name}", get_model, app, err, errlen);
+    if (route_add(r, app, "GET", "/v1/models", list_models, err, errlen)) return -1;
+    return route_add(r, app, "GET", "/v1/models/{name}", get_model, err, errlen);
 }

@@ -90,8 +90,8 @@ static void openapi(struct http_request *req, void *user)
 int routes_ops_register(struct http_router *r, struct app *app, char *err, size_t errlen)
 {
     metrics_set_gauges(app->metrics, gauges, app);
-    if (http_router_add(r, "GET", "/healthz", healthz, app, err, errlen)) return -1;
-    if (http_router_add(r, "GET", "/readyz", readyz, app, err, errlen)) return -1;
-    if (http_router_add(r, "GET", "/metrics", metrics_route, app, err, errlen)) return -1;
-    return http_router_add(r, "GET", "/openapi.json", openapi, app, err, errlen);
+    if (route_add(r, app, "GET", "/healthz", healthz, err, errlen)) return -1;
+    if (route_add(r, app, "GET", "/readyz", readyz, err, errlen)) return -1;
+    if (route_add(r, app, "GET", "/metrics", metrics_route, err, errlen)) return -1;
+    return route_add(r, app, "GET", "/openapi.json", openapi, err, errlen);
 }

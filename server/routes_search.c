@@ -340,5 +340,5 @@ static void search(struct http_request *req, void *user)
 
 int routes_search_register(struct http_router *r, struct app *app, char *err, size_t errlen)
 {
-    return http_router_add(r, "POST", "/v1/collections/{name}/search", search, app, err, errlen);
+    return route_add(r, app, "POST", "/v1/collections/{name}/search", search, err, errlen);
 }

@@ -2,7 +2,7 @@
 """Client for franca-server (standard library only; numpy is used when present).
 
     from franca_client import FrancaClient
-    c = FrancaClient("http://127.0.0.1:8080")
+    c = FrancaClient("http://127.0.0.1:8080")              # api_key="..." for --api-key-file
     vecs = c.embed(["cat.jpg", "dog.png"], width=192)     # list of lists (or numpy array)
     f = c.features(["cat.jpg"], widths=[96, 384], patch=True, pooled=True)
     f["patch.w384"].shape, f.metadata["grid_height"]      # (1, 256, 384), 16
@@ -18,8 +18,10 @@
     c.search_batch("photos", [{"id": "cat"}, {"image": "dog.png"}], k=5)
     job = c.reembed("photos"); c.wait_job(job["id"])                # after a model swap
 
-Command line:
-    python3 clients/python/franca_client.py [--url URL] embed IMAGE... [--width W] [--model M]
+Command line (the API key, for a server started with --api-key-file, comes from
+--api-key-file F, whose first key line is used, or else the FRANCA_API_KEY
+environment variable):
+    python3 clients/python/franca_client.py [--url URL] [--api-key-file F] embed IMAGE... [--width W] [--model M]
     python3 clients/python/franca_client.py [--url URL] features IMAGE... [--width W]... [--patch]
         [--pooled] [--rasa] [--no-cls] [--no-normalize] [--resolution R] [--crop center|square]
         [--model M] [--f16] [--out FILE.npz]
@@ -158,19 +160,36 @@ def _features_from_json(resp):
     return tensors, meta
 
 
+def read_api_key(path):
+    """The first key of an API key file (the server's --api-key-file format:
+    blank lines and '#' comments skipped)."""
+    for line in open(path):
+        line = line.strip()
+        if line and not line.startswith("#"):
+            return line
+    raise ValueError(f"{path}: no API key in the file")
+
+
 class FrancaClient:
-    def __init__(self, url="http://127.0.0.1:8080", token=None, timeout=120):
-        self.url, self.token, self.timeout = url.rstrip("/"), token, timeout
+    """api_key: sent as 'Authorization: Bearer KEY' to every route but /admin
+    (needed when the server runs with --api-key-file); token: the admin token,
+    sent to the /admin routes only."""
+
+    def __init__(self, url="http://127.0.0.1:8080", token=None, timeout=120, api_key=None):
+        self.url, self.token, self.timeout, self.api_key = url.rstrip("/"), token, timeout, api_key
         self.last_headers = {}
 
-    def request(self, method, path, body=None, headers=None):
-        """Sends one request; returns (status, headers, body bytes); raises FrancaError on 4xx/5xx."""
+    def request(self, method, path, body=None, headers=None, token=None):
+        """Sends one request; returns (status, headers, body bytes); raises FrancaError on 4xx/5xx.
+        token: the bearer credential for this request (default: the admin token
+        for /admin paths, else the API key)."""
         hdrs = dict(headers or {})
         if isinstance(body, (dict, list)):
             body = json.dumps(body).encode()
             hdrs.setdefault("Content-Type", "application/json")
-        if self.token:
-            hdrs.setdefault("Authorization", f"Bearer {self.token}")
+        cred = token or (self.token if path.startswith("/admin/") else self.api_key)
+        if cred:
+            hdrs.setdefault("Authorization", f"Bearer {cred}")
         req = urllib.request.Request(self.url + path, data=body, method=method, headers=hdrs)
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as r:
@@ -184,8 +203,8 @@ class FrancaClient:
             except (ValueError, KeyError, TypeError):
                 raise FrancaError(e.code, "http_error", raw.decode(errors="replace"), dict(e.headers)) from None
 
-    def json(self, method, path, body=None):
-        return json.loads(self.request(method, path, body)[2])
+    def json(self, method, path, body=None, token=None):
+        return json.loads(self.request(method, path, body, token=token)[2])
 
     def health(self):
         return self.json("GET", "/healthz")
@@ -266,18 +285,10 @@ class FrancaClient:
 
     def swap(self, name, checkpoint, token=None):
         """Loads checkpoint (relative to the server's --models-dir) as model name."""
-        saved, self.token = self.token, token or self.token
-        try:
-            return self.json("POST", f"/admin/models/{name}", {"checkpoint": checkpoint})
-        finally:
-            self.token = saved
+        return self.json("POST", f"/admin/models/{name}", {"checkpoint": checkpoint}, token=token)
 
     def unload(self, name, token=None):
-        saved, self.token = self.token, token or self.token
-        try:
-            return self.json("DELETE", f"/admin/models/{name}")
-        finally:
-            self.token = saved
+        return self.json("DELETE", f"/admin/models/{name}", token=token)
 
     # --- the vector index -------------------------------------------------------
 
@@ -445,6 +456,7 @@ class FrancaClient:
 def main(argv=None):
     ap = argparse.ArgumentParser(description="franca-server client")
     ap.add_argument("--url", default=os.environ.get("FRANCA_URL", "http://127.0.0.1:8080"))
+    ap.add_argument("--api-key-file", help="the API key (first key line of F; default: $FRANCA_API_KEY)")
     sub = ap.add_subparsers(dest="cmd", required=True)
     e = sub.add_parser("embed", help="print CLS embeddings of images as JSON lines")
     e.add_argument("images", nargs="+")
@@ -496,7 +508,12 @@ def main(argv=None):
     se.add_argument("--filter", help="a JSON metadata filter")
     se.add_argument("--include", help="comma-separated: metadata,vector")
     args = ap.parse_args(argv)
-    c = FrancaClient(args.url)
+    try:
+        api_key = read_api_key(args.api_key_file) if args.api_key_file else os.environ.get("FRANCA_API_KEY")
+    except (OSError, ValueError) as err:
+        print(f"franca_client: {err}", file=sys.stderr)
+        return 2
+    c = FrancaClient(args.url, api_key=api_key or None)
     try:
         if args.cmd == "embed":
             for path, vec in zip(args.images, c.embed(args.images, args.width, args.model)):

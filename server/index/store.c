@@ -2,6 +2,7 @@
 #include "index/store.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <math.h>
 #include <pthread.h>
@@ -13,6 +14,7 @@
 #include <string.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "errors.h"
 
@@ -200,6 +202,32 @@ fail:
     return STORE_ERR;
 }
 
+/* The index holds users' vectors, metadata and images: owner-only. SQLite
+ * creates its -wal and -shm files with the database file's permissions, so
+ * creating that file 0600 first (and tightening one left by an older version)
+ * keeps all three private whatever the umask. */
+static int make_private(const char *path, char *err, size_t errlen)
+{
+    const int fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) ||
+        ((st.st_mode & 077) && fchmod(fd, 0600) != 0)) {
+        set_err(err, errlen, "index store: %s: %s", path,
+                fd >= 0 && !S_ISREG(st.st_mode) ? "not a regular file" : strerror(errno));
+        if (fd >= 0) close(fd);
+        return STORE_ERR;
+    }
+    close(fd);
+    static const char *const sidecars[] = {"-wal", "-shm"};
+    for (size_t i = 0; i < 2; i++) {
+        char side[PATH_MAX + 8];
+        snprintf(side, sizeof side, "%s%s", path, sidecars[i]);
+        if (chmod(side, 0600) != 0 && errno != ENOENT)
+            return set_err(err, errlen, "index store: chmod %s: %s", side, strerror(errno));
+    }
+    return 0;
+}
+
 int store_open(struct index_store **out, const char *data_dir, char *err, size_t errlen)
 {
     *out = NULL;
@@ -209,6 +237,7 @@ int store_open(struct index_store **out, const char *data_dir, char *err, size_t
     char path[PATH_MAX];
     if ((size_t)snprintf(path, sizeof path, "%s/index.sqlite3", data_dir) >= sizeof path)
         return set_err(err, errlen, "index store: data directory path too long");
+    if (make_private(path, err, errlen)) return STORE_ERR;
 
     struct index_store *s = calloc(1, sizeof *s);
     if (!s) return set_err(err, errlen, "index store: out of memory");

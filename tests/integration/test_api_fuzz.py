@@ -1,17 +1,17 @@
 """Schema-driven API fuzzing of the live franca-server with schemathesis.
 
 Starts the real server on port 0 (a tiny vit_tiny_test checkpoint, an admin
-token, a models directory) and runs schemathesis (from PyPI, pinned, installed
+token, the same string as its one API key, a models directory) and runs schemathesis (from PyPI, pinned, installed
 into a virtual environment under the build directory, never into the system
 Python) against it with the schema the server serves at /openapi.json, every
 operation, every phase (examples, coverage, fuzzing, stateful), checks
 not_a_server_error, status_code_conformance, content_type_conformance,
 response_schema_conformance and response_headers_conformance, and also
-ignored_auth (an admin route answers without credentials), unsupported_method
+ignored_auth (an admin or /v1 route answers without credentials), unsupported_method
 (an undocumented method is not 405) and allow_header_conformance (405 without
 a right Allow header):
-  run 1 sends the right admin bearer token on every request;
-  run 2 fuzzes the admin routes without it.
+  run 1 sends the right bearer credential (admin token and API key) on every request;
+  run 2 fuzzes the admin and /v1 routes without it.
 Generation is deterministic (--generation-deterministic: derandomized, no
 example database) and bounded (MAX_EXAMPLES per operation, default 200; set
 FRANCA_FUZZ_EXAMPLES for a longer local run). Any 5xx or schema violation
@@ -30,7 +30,7 @@ The closing line "N passed, M failed" counts the schemathesis test cases of
 both runs (one per API operation plus one for the stateful phase, as in its
 JUnit report) and this test's own checks (schemathesis installed, server up,
 /healthz after fuzzing, SIGTERM exit 0, and that the fuzzing reached a 200 of
-each POST route (2xx) with the token and no 2xx of an admin route without it). Each
+each POST route (2xx) with the token and no 2xx of an admin or /v1 route without it). Each
 run also prints how often each operation answered each status; with
 FRANCA_FUZZ_DEBUG=FILE every request and the start of its answer go to FILE.
 
@@ -209,16 +209,19 @@ def main():
     os.symlink("/etc/passwd", os.path.join(models, "escape.safetensors"))
     token_file = os.path.join(tmp, "token")
     open(token_file, "w").write(TOKEN + "\n")
+    key_file = os.path.join(tmp, "api.keys")
+    open(key_file, "w").write(TOKEN + "\n")
     make_images(os.path.join(tmp, "images"))
 
     server, port = start_server(["--model", "tiny=" + os.path.join(models, "tiny.safetensors"),
                                  "--models-dir", models, "--admin-token-file", token_file,
-                                 "--data", os.path.join(tmp, "data"), "--max-body-mb", "8", "--max-images", "8",
+                                 "--api-key-file", key_file, "--data", os.path.join(tmp, "data"), "--max-body-mb", "8", "--max-images", "8",
                                  "--max-delay-ms", "5"], os.path.join(tmp, "server.err"))
     check(True, f"server listening on port {port}")
     for name, body in COLLECTIONS.items():  # targets for the index routes (see the hooks)
         req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/collections", method="POST",
-                                     data=json.dumps(dict(body, name=name)).encode())
+                                     data=json.dumps(dict(body, name=name)).encode(),
+                                     headers={"Authorization": f"Bearer {TOKEN}"})
         with urllib.request.urlopen(req) as r:
             check(r.status == 201, f"collection {name} created for the fuzzing")
     t0 = time.monotonic()
@@ -228,9 +231,9 @@ def main():
                    "POST /v1/collections", "POST /v1/collections/{name}/items",
                    "POST /v1/collections/{name}/search"):
             check(any(st.startswith("2") for st in counts.get(op, {})), f"fuzzing reached {op} answering 2xx")
-        counts = schemathesis(port, tmp, "admin-without-token", ["--include-path-regex", "^/admin/"])
+        counts = schemathesis(port, tmp, "without-credentials", ["--include-path-regex", "^/(admin|v1)/"])
         check(counts and not any(st.startswith("2") for op in counts.values() for st in op),
-              "no admin request without the token succeeded")
+              "no admin or /v1 request without credentials succeeded")
         check(get_status(port, "/healthz") == 200, "GET /healthz: 200 after fuzzing")
     finally:
         rc = stop_server(server)

@@ -634,7 +634,7 @@ def bad_input(port, client):
         ("create: over-long name", "POST", coll, {"name": "n" * 1000}, 400),
         ("create: unknown metric", "POST", coll, {"name": "x1", "metric": "hamming"}, 400),
         ("create: width 0", "POST", coll, {"name": "x2", "width": 0}, 400),
-        ("create: width over the model's", "POST", coll, {"name": "x3", "width": D + 1}, 400),
+        ("create: width over the model's", "POST", coll, {"name": "x3", "width": D + 1}, 422),
         ("create: width not a number", "POST", coll, {"name": "x4", "width": "64"}, 400),
         ("create: store_images not a bool", "POST", coll, {"name": "x5", "store_images": "yes"}, 400),
         ("create: unknown model", "POST", coll, {"name": "x6", "model": "nope"}, 404),

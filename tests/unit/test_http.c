@@ -264,6 +264,43 @@ static bool is_error_json(const struct resp *r, int status, const char *type)
     return ok;
 }
 
+/* Reads until the server closes (or max_s); whether it closed. */
+static bool read_rest(struct client *c, double max_s)
+{
+    const double t0 = now_s();
+    while (now_s() - t0 < max_s && c->len < sizeof c->buf) {
+        struct pollfd p = {c->fd, POLLIN, 0};
+        if (poll(&p, 1, 50) <= 0) continue;
+        const ssize_t r = recv(c->fd, c->buf + c->len, sizeof c->buf - c->len, MSG_DONTWAIT);
+        if (r > 0) c->len += (size_t)r;
+        else if (r == 0 || (errno != EAGAIN && errno != EINTR)) return true;
+    }
+    return false;
+}
+
+/* Sends raw on a fresh connection; the answer must be exactly one JSON error
+ * with status (its body exactly Content-Length bytes), then the server
+ * closes. */
+static void check_refusal(unsigned port, const char *what, const char *raw, size_t len,
+                          int status)
+{
+    struct client *c = malloc(sizeof *c);
+    struct resp r = {.status = -1};
+    CHECK(client_open(c, port) == 0, "connect");
+    client_send(c, raw, len); /* may fail: the server can answer before a huge head is sent */
+    const bool got = client_read(c, &r, false) == 0;
+    const char *ct = got ? resp_header(&r, "Content-Type") : NULL;
+    CHECK(got && r.status == status && ct && strcmp(ct, "application/json") == 0 &&
+              is_error_json(&r, status, NULL),
+          "%s: a JSON %d, got %d %.80s", what, status, r.status, r.body ? r.body : "");
+    const bool closed = read_rest(c, 3);
+    CHECK(closed && c->len == 0, "%s: closed right after the answer (%zu more bytes: %.60s)", what,
+          c->len, c->buf);
+    resp_free(&r);
+    client_close(c);
+    free(c);
+}
+
 static const char *json_str(json_t *j, const char *key)
 {
     const char *s = json_string_value(json_object_get(j, key));
@@ -1007,26 +1044,52 @@ static void test_malformed(unsigned port)
         resp_free(&r);
     }
 
-    /* libmicrohttpd answers these itself: 505 for an unknown version, and a
-     * request without Host is served (0.9.75 is lenient there). */
-    const char *v99 = "GET /sync HTTP/9.9\r\nHost: t\r\n\r\n";
-    roundtrip(port, v99, strlen(v99), &r);
-    CHECK(r.status == -1 || r.status == 505 || r.status == 400, "HTTP/9.9: %d", r.status);
+    /* Refusals, including those libmicrohttpd makes itself: one JSON error
+     * each (not its HTML page, nor its headers twice), then closed. */
+    const struct {
+        const char *name, *raw;
+        int status;
+    } refusals[] = {
+        {"HTTP/9.9", "GET /sync HTTP/9.9\r\nHost: t\r\n\r\n", 505},
+        {"HTTP/2.0", "GET /sync HTTP/2.0\r\nHost: t\r\n\r\n", 505},
+        {"HTTP/1.1 without Host", "GET /sync HTTP/1.1\r\n\r\n", 400},
+        {"Content-Length -1", "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: -1\r\n\r\n", 400},
+        {"Content-Length 1x", "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 1x\r\n\r\nx", 400},
+        {"Content-Length over 2^64",
+         "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 99999999999999999999999\r\n\r\n", 413},
+        {"no version", "GET /sync\r\n\r\n", 400},
+        {"bad chunk size",
+         "POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nab\r\n0\r\n\r\n", 400},
+    };
+    for (size_t i = 0; i < sizeof refusals / sizeof refusals[0]; i++)
+        check_refusal(port, refusals[i].name, refusals[i].raw, strlen(refusals[i].raw),
+                      refusals[i].status);
+    const char *nohost10 = "GET /sync HTTP/1.0\r\n\r\n";
+    roundtrip(port, nohost10, strlen(nohost10), &r);
+    CHECK(r.status == 200, "HTTP/1.0 without Host: %d", r.status);
     resp_free(&r);
-    const char *nohost = "GET /sync HTTP/1.1\r\n\r\n";
-    roundtrip(port, nohost, strlen(nohost), &r);
-    CHECK(r.status == 200 || r.status == 400, "no Host: %d", r.status);
-    resp_free(&r);
+    for (int k = 0; k < 2; k++) { /* within libmicrohttpd's buffer, and past it */
+        const size_t un = k ? 400000 : 10000;
+        char *u = malloc(un + 64);
+        CHECK(u != NULL, "out of memory");
+        if (!u) continue;
+        memcpy(u, "GET /", 5);
+        memset(u + 5, 'u', un);
+        const int m = snprintf(u + 5 + un, 59, " HTTP/1.1\r\nHost: t\r\n\r\n");
+        check_refusal(port, k ? "huge target" : "long target", u, 5 + un + (size_t)m, 414);
+        free(u);
+    }
 
-    /* Oversized headers. */
-    const size_t hn = 100000;
+    /* Oversized heads: 431 within libmicrohttpd's buffer and past it. */
+    const size_t hn = 400000;
     char *huge = malloc(hn + 100);
-    int n = snprintf(huge, 100, "GET /sync HTTP/1.1\r\nHost: t\r\nX-Big: ");
-    memset(huge + n, 'h', hn);
-    memcpy(huge + n + hn, "\r\n\r\n", 4);
-    roundtrip(port, huge, (size_t)n + hn + 4, &r);
-    CHECK(r.status == -1 || (r.status >= 400 && r.status < 500), "huge header: %d", r.status);
-    resp_free(&r);
+    for (int k = 0; k < 2; k++) {
+        const size_t len = k ? hn : 40000;
+        int n = snprintf(huge, 100, "GET /sync HTTP/1.1\r\nHost: t\r\nX-Big: ");
+        memset(huge + n, 'h', len);
+        memcpy(huge + n + len, "\r\n\r\n", 4);
+        check_refusal(port, k ? "huge head" : "large head", huge, (size_t)n + len + 4, 431);
+    }
 
     /* Random bytes. */
     unsigned seed = 12345;
@@ -1283,6 +1346,95 @@ static void test_drain_timeout(const struct http_router *router)
     CHECK(atomic_load(&cleanups) == c0 + 1, "request freed after the late reply");
 }
 
+/* Connections dripping their heads hold every slot; with a head deadline
+ * they are cut at it and a waiting client is served. */
+static void test_head_deadline(const struct http_router *router)
+{
+    enum { SLOTS = 8 };
+    char err[256];
+    struct http_config cfg = {.router = router, .threads = 2, .max_connections = SLOTS,
+                              .header_timeout_s = 1, .quiet = true};
+    struct http_server *s = http_start(&cfg, err, sizeof err);
+    CHECK(s != NULL, "start: %s", err);
+    if (!s) return;
+    const unsigned port = http_port(s);
+    struct client *drip = calloc(SLOTS, sizeof *drip);
+    double closed_at[SLOTS];
+    const double t0 = now_s();
+    for (int i = 0; i < SLOTS; i++) {
+        closed_at[i] = -1;
+        CHECK(client_open(&drip[i], port) == 0, "connect drip %d", i);
+        client_sends(&drip[i], "GET /sync HTTP/1.1\r\nHost: t\r\nX-Drip: ");
+    }
+    sleep_ms(200);
+    struct client *c = malloc(sizeof *c);
+    CHECK(client_open(c, port) == 0, "connect the normal client");
+    client_sends(c, "GET /sync HTTP/1.1\r\nHost: t\r\n\r\n");
+    const double t1 = now_s();
+    int open = SLOTS;
+    for (int round = 0; round < 40 && open > 0; round++) { /* 4 s at most */
+        for (int i = 0; i < SLOTS; i++) {
+            if (closed_at[i] >= 0) continue;
+            if (client_sends(&drip[i], "a") != 0 || wait_closed(&drip[i], 0.1 / SLOTS) >= 0) {
+                closed_at[i] = now_s() - t0;
+                open--;
+            }
+        }
+    }
+    struct resp r;
+    CHECK(client_read(c, &r, false) == 0 && r.status == 200, "normal client served: %d",
+          r.status);
+    const double waited = now_s() - t1;
+    CHECK(waited < 2.5, "served within the head deadline of the drips: %.2f s", waited);
+    resp_free(&r);
+    for (int i = 0; i < SLOTS; i++) {
+        CHECK(closed_at[i] >= 0.8 && closed_at[i] < 2.0, "drip %d cut at the deadline: %.2f s", i,
+              closed_at[i]);
+        client_close(&drip[i]);
+    }
+    client_close(c);
+    free(c);
+    free(drip);
+    http_stop(s);
+}
+
+/* A body that keeps arriving at 25 KB/s is not cut after timeout_s (only
+ * one slower than 16 KiB/s past it is: see test_limits' slow drip). */
+static void test_body_rate(const struct http_router *router)
+{
+    char err[256];
+    struct http_config cfg = {.router = router, .threads = 2, .timeout_s = 1, .quiet = true};
+    struct http_server *s = http_start(&cfg, err, sizeof err);
+    CHECK(s != NULL, "start: %s", err);
+    if (!s) return;
+    enum { PIECE = 4096, PIECES = 12 };
+    char *body = malloc(PIECE * PIECES);
+    CHECK(body != NULL, "out of memory");
+    struct client *c = malloc(sizeof *c);
+    if (body && client_open(c, http_port(s)) == 0) {
+        memset(body, 'b', PIECE * PIECES);
+        char hdr[128], want[64];
+        snprintf(hdr, sizeof hdr, "POST /digest HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n",
+                 PIECE * PIECES);
+        snprintf(want, sizeof want, "%d %lx", PIECE * PIECES, fnv1a(body, PIECE * PIECES));
+        client_sends(c, hdr);
+        const double t0 = now_s();
+        for (int i = 0; i < PIECES; i++) {
+            sleep_ms(160);
+            client_send(c, body + i * PIECE, PIECE);
+        }
+        const double took = now_s() - t0;
+        struct resp r;
+        CHECK(client_read(c, &r, false) == 0 && r.status == 200 && strcmp(r.body, want) == 0,
+              "steady body over %.1f s (timeout 1 s) accepted: %d", took, r.status);
+        resp_free(&r);
+        client_close(c);
+    }
+    free(c);
+    free(body);
+    http_stop(s);
+}
+
 static void test_ipv6(const struct http_router *router)
 {
     int probe = socket(AF_INET6, SOCK_STREAM, 0);
@@ -1361,6 +1513,8 @@ int main(void)
 
     test_graceful_stop(router);
     test_drain_timeout(router);
+    test_head_deadline(router);
+    test_body_rate(router);
     test_ipv6(router);
     join_workers();
     http_router_free(router);

@@ -2,11 +2,14 @@
  * batches, reopen, cascade, hostile strings, and durability under kill -9. */
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -450,6 +453,38 @@ static void test_durability(const char *dir)
     CHECK(total_acked > 0, "the child never acknowledged a batch");
 }
 
+/* The database and its -wal/-shm are owner-only whatever the umask, and an
+ * index left readable by an older version is tightened on open. */
+static void test_permissions(void)
+{
+    char tmpl[] = "/tmp/test_store_perm.XXXXXX";
+    char *dir = mkdtemp(tmpl);
+    CHECK(dir != NULL, "mkdtemp");
+    if (!dir) return;
+    const mode_t old_mask = umask(022);
+    char path[PATH_MAX], side[PATH_MAX + 8];
+    snprintf(path, sizeof path, "%s/index.sqlite3", dir);
+    const int fd = open(path, O_CREAT | O_WRONLY, 0644);
+    CHECK(fd >= 0, "pre-create: %s", strerror(errno));
+    if (fd >= 0) close(fd);
+    struct index_store *s = NULL;
+    CHECK(store_open(&s, dir, err, sizeof err) == 0, "open over a 0644 file: %s", err);
+    struct collection_info ci = coll("perm", 4, STORE_METRIC_DOT);
+    int64_t cid = 0;
+    CHECK(s && store_collection_create(s, &ci, &cid, err, sizeof err) == 0, "write: %s", err);
+    const char *names[] = {"", "-wal", "-shm"};
+    for (int i = 0; i < 3; i++) {
+        snprintf(side, sizeof side, "%s%s", path, names[i]);
+        struct stat st;
+        CHECK(stat(side, &st) == 0, "index.sqlite3%s exists", names[i]);
+        CHECK((st.st_mode & 0777) == 0600, "index.sqlite3%s mode %o, want 600", names[i],
+              (unsigned)(st.st_mode & 0777));
+    }
+    store_close(s);
+    umask(old_mask);
+    rm_rf(dir);
+}
+
 int main(void)
 {
     char tmpl[] = "/tmp/test_store.XXXXXX";
@@ -471,6 +506,7 @@ int main(void)
     store_close(s);
     test_reopen_and_cascade(dir, cid, hid);
     rm_rf(dir);
+    test_permissions();
 
     char tmpl2[] = "/tmp/test_store_kill.XXXXXX";
     char *dir2 = mkdtemp(tmpl2);
