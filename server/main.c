@@ -49,7 +49,7 @@ static const char usage_text[] =
     "  --max-images N          images per request (default 256)\n"
     "  --max-queue N           images waiting for a batch before 429 (default 1024)\n"
     "  --max-inflight-tokens N tokens (images x (1 + registers + patches)) admitted at once\n"
-    "                          across requests before 429; bounds peak memory (default 65536)\n"
+    "                          across requests before 429; bounds peak memory (default 131072)\n"
     "  --threads N             inference threads (default: all cores)\n"
     "  --http-threads N        HTTP threads (default 4)\n"
     "  --index-threads N       threads for index commits and searches (default 2)\n"
@@ -119,7 +119,7 @@ static int parse_options(int argc, char **argv, struct options *o)
                           .max_pixels = 40000000, .max_images = 256, .max_queue = 1024,
                           .http_threads = 4, .index_threads = 2, .max_insert_items = 4096,
                           .header_timeout = 10, .max_connections = 1024,
-                          .drain_seconds = 30, .max_inflight_tokens = 65536};
+                          .drain_seconds = 30, .max_inflight_tokens = 131072};
     opterr = 0;
     int c;
     long long v;
