@@ -37,7 +37,6 @@ struct app {
     const char *models_dir;    /* --models-dir (admin loads only from here), or NULL */
     struct auth_keys admin_keys; /* --admin-token-file; none: admin routes answer 404 */
     struct auth_keys api_keys;   /* --api-key-file; none: the /v1 routes are open */
-    struct route_guard *guards;  /* what route_add registered (freed by routes_free) */
     const char *device;        /* --device as given: "cpu", "cuda" or "auto" */
     atomic_bool ready;         /* every model loaded and warmed up */
     atomic_int loaders;        /* admin load and reembed threads running (shutdown waits) */
@@ -50,14 +49,14 @@ struct app {
 
 /* Registers every route of the server on r. */
 int routes_register(struct http_router *r, struct app *app, char *err, size_t errlen);
-/* Frees what routes_register kept; after http_stop. */
-void routes_free(struct app *app);
-
-/* Registers one route (http_router_add with app as its user), with the API
- * key check (--api-key-file) in front of every path under /v1: route
- * families use this, never http_router_add, so no data route can miss it. */
+/* Registers one route: http_router_add with app as its user. */
 int route_add(struct http_router *r, struct app *app, const char *method, const char *pattern,
               http_handler_fn fn, char *err, size_t errlen);
+
+/* The HTTP layer's head check (http_config.head_check, user: the app): with
+ * --api-key-file, every path under /v1 needs one of the keys (auth.h), and a
+ * request without one is refused before its body is read. */
+void routes_head_check(struct http_request *req, void *user);
 
 /* Route families (server/routes_*.c). */
 int routes_ops_register(struct http_router *r, struct app *app, char *err, size_t errlen);

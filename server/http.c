@@ -333,6 +333,8 @@ struct http_server {
     size_t max_body;
     unsigned timeout_s, drain_timeout_s;
     const struct http_router *router;
+    http_handler_fn head_check;
+    void *head_check_user;
     http_complete_fn on_complete;
     void *on_complete_user;
     bool quiet;
@@ -394,6 +396,8 @@ struct http_request {
     size_t discarded;
     size_t received;    /* body bytes so far */
     size_t head_bytes;  /* request line and headers, 0 when unknown */
+    char **segs;        /* the path's decoded segments (parse_request, at the head) */
+    size_t nseg;
     bool chunked;
     int sent_status;
 
@@ -1442,6 +1446,14 @@ static enum MHD_Result reply_early(struct http_request *req, struct MHD_Connecti
                                    int status, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
+static enum MHD_Result answer_early(struct http_request *req, struct MHD_Connection *conn)
+{
+    req->dispatched = true;
+    req->drain = true;
+    watch_set(req->srv, req->watch, PHASE_BUSY, 0);
+    return queue_pending(req, conn);
+}
+
 static enum MHD_Result reply_early(struct http_request *req, struct MHD_Connection *conn,
                                    int status, const char *fmt, ...)
 {
@@ -1450,11 +1462,16 @@ static enum MHD_Result reply_early(struct http_request *req, struct MHD_Connecti
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    req->dispatched = true;
-    req->drain = true;
-    watch_set(req->srv, req->watch, PHASE_BUSY, 0);
     http_reply_error(req, status, NULL, msg);
-    return queue_pending(req, conn);
+    return answer_early(req, conn);
+}
+
+static bool has_reply(struct http_request *req)
+{
+    pthread_mutex_lock(&req->lock);
+    const bool replied = req->replied;
+    pthread_mutex_unlock(&req->lock);
+    return replied;
 }
 
 /* What libmicrohttpd lets through but the contract refuses: 0, or the
@@ -1503,6 +1520,13 @@ static enum MHD_Result on_first_call(struct http_server *srv, struct http_reques
     req->head_bytes = hs ? hs->header_size : 0;
     enum MHD_Result r;
     if (check_head(req, conn, version, &r) != 0) return r;
+    /* Path, query and headers are all in the head: parsed now, so that the
+     * head check (API keys) refuses a request before its body is read. */
+    if (parse_request(req, conn, &req->segs, &req->nseg) != 0) return answer_early(req, conn);
+    if (srv->head_check) {
+        srv->head_check(req, srv->head_check_user);
+        if (has_reply(req)) return answer_early(req, conn);
+    }
 
     const char *te = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
                                                  MHD_HTTP_HEADER_TRANSFER_ENCODING);
@@ -1595,9 +1619,8 @@ static bool dispatch(struct http_server *srv, struct http_request *req,
         req->body[0] = '\0';
         req->body_cap = 1;
     }
-    char **segs = NULL;
-    size_t nseg = 0;
-    if (parse_request(req, conn, &segs, &nseg) != 0) return false;
+    char **segs = req->segs;
+    const size_t nseg = req->nseg;
 
     const struct http_router *r = srv->router;
     const struct route *rt = route_pick(r, req->method, segs, nseg);
@@ -1864,6 +1887,8 @@ struct http_server *http_start(const struct http_config *cfg, char *err, size_t 
         return NULL;
     }
     srv->router = cfg->router;
+    srv->head_check = cfg->head_check;
+    srv->head_check_user = cfg->head_check_user;
     srv->on_complete = cfg->on_complete;
     srv->on_complete_user = cfg->on_complete_user;
     srv->quiet = cfg->quiet;

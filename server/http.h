@@ -119,6 +119,13 @@ struct http_config {
                                     connections); 0: 10 */
     unsigned max_connections_per_ip; /* connections past it from one address are closed
                                     at once; 0: no limit */
+    http_handler_fn head_check;  /* optional: runs once the head is in (method, path,
+                                    query and headers are readable; no body, no route
+                                    yet), before any body is read. A check that replies
+                                    refuses the request: that reply goes out at once, the
+                                    connection closes and what the client still sends is
+                                    drained unread. */
+    void *head_check_user;
 };
 
 /* Binds and starts serving; the server is ready when it returns. NULL with

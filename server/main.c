@@ -314,7 +314,8 @@ int main(int argc, char **argv)
                                    .max_connections_per_ip = (unsigned)o.max_conn_per_ip,
                                    .drain_timeout_s = (unsigned)o.drain_seconds,
                                    .router = router, .on_complete = on_complete,
-                                   .on_complete_user = &app};
+                                   .on_complete_user = &app, .head_check = routes_head_check,
+                                   .head_check_user = &app};
     struct http_server *srv = http_start(&hc, err, sizeof err);
     if (!srv) return fail(err);
 
@@ -357,7 +358,6 @@ int main(int argc, char **argv)
     jobs_free(app.jobs);
     registry_free(app.registry);
     http_router_free(router);
-    routes_free(&app);
     metrics_free(app.metrics);
     auth_keys_clear(&app.admin_keys);
     auth_keys_clear(&app.api_keys);

@@ -6,44 +6,25 @@
 #include "app.h"
 #include "errors.h"
 
-/* A /v1 route's handler behind the API key check. */
-struct route_guard {
-    struct route_guard *next;
-    struct app *app;
-    http_handler_fn fn;
-};
-
-static void guarded(struct http_request *req, void *user)
+static bool is_data_path(const char *path)
 {
-    const struct route_guard *g = user;
-    /* Keys are set before the server starts and never change: no lock. */
-    if (g->app->api_keys.n && !auth_check(req, &g->app->api_keys, AUTH_API)) return;
-    g->fn(req, g->app);
+    return strncmp(path, "/v1", 3) == 0 && (path[3] == '/' || path[3] == '\0');
 }
 
-static bool is_data_route(const char *pattern)
+void routes_head_check(struct http_request *req, void *user)
 {
-    return strncmp(pattern, "/v1", 3) == 0 && (pattern[3] == '/' || pattern[3] == '\0');
+    const struct app *app = user;
+    /* Keys are set before the server starts and never change: no lock. The
+     * decoded path counts, so an escaped "/%761/..." is checked too, and an
+     * unknown /v1 path answers 401/403 before 404 (routes stay private). */
+    if (app->api_keys.n && is_data_path(http_path(req)))
+        auth_check(req, &app->api_keys, AUTH_API);
 }
 
 int route_add(struct http_router *r, struct app *app, const char *method, const char *pattern,
               http_handler_fn fn, char *err, size_t errlen)
 {
-    if (!is_data_route(pattern)) return http_router_add(r, method, pattern, fn, app, err, errlen);
-    struct route_guard *g = malloc(sizeof *g);
-    if (!g) return set_err(err, errlen, "out of memory");
-    *g = (struct route_guard){app->guards, app, fn};
-    app->guards = g;
-    return http_router_add(r, method, pattern, guarded, g, err, errlen);
-}
-
-void routes_free(struct app *app)
-{
-    while (app->guards) {
-        struct route_guard *next = app->guards->next;
-        free(app->guards);
-        app->guards = next;
-    }
+    return http_router_add(r, method, pattern, fn, app, err, errlen);
 }
 
 int routes_register(struct http_router *r, struct app *app, char *err, size_t errlen)

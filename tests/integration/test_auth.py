@@ -10,8 +10,8 @@ on port 0 started with --api-key-file and --admin-token-file:
   - /healthz, /readyz, /metrics and /openapi.json stay open;
   - with the right key the data routes work (models, embeddings, features,
     a collection's life, jobs), also through clients/python's api_key;
-  - route families register through route_add, which guards every /v1
-    pattern (a source check, for routes the schema does not list yet);
+  - the key is checked at the head, on the decoded path: before any body is
+    read, on /v1 paths that no route has, and on escaped spellings of /v1;
   - the scheme is case-insensitive and may be followed by several spaces
     (admin and data routes), on raw sockets;
   - NUL bytes in the Authorization header (raw socket) never let a wrong or
@@ -169,13 +169,24 @@ def schema_declares_auth():
             check(sec is None and template in OPEN_ROUTES, f"openapi: {method.upper()} {template} is open")
 
 
-def routes_go_through_route_add():
-    """Only route_add (server/routes.c) may call http_router_add: it is what puts
-    the key check in front of every /v1 pattern, schema or not."""
-    server = os.path.join(ROOT, "server")
-    bypass = [f for f in sorted(os.listdir(server)) if f.endswith(".c") and f not in ("http.c", "routes.c")
-              and "http_router_add(" in open(os.path.join(server, f)).read()]
-    check(not bypass, f"route families register through route_add, never http_router_add directly {bypass}")
+def refused_at_the_head(port):
+    """The key is checked once the head is in, on the decoded path: before any
+    body is read (a client that announces a large body and sends none gets its
+    401/403 at once), on /v1 paths no route or schema entry has, and on escaped
+    spellings of /v1."""
+    for auth, want in ((b"", 401), (b"Authorization: Bearer wrong-key-0123456789\r\n", 403)):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        s.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 50000000\r\n" + auth + b"\r\n")
+        try:
+            line = s.makefile("rb").readline().decode(errors="replace")
+        except socket.timeout:
+            line = "(no answer in 10 s)"
+        s.close()
+        check(line.startswith(f"HTTP/1.1 {want} "), f"{want} before a 50 MB body is sent: {line.strip()!r}")
+    for path in ("/v1/no-such-route", "/v1", "/%761/models", "/v1/models%2Fdefault"):
+        st, _, body = call(port, "GET", path)
+        check(st == 401, f"GET {path} without a key: 401 (got {st})")
 
 
 def every_v1_route(port):
@@ -429,13 +440,13 @@ def main():
     open(token, "w").write(ADMIN + "\n")
 
     schema_declares_auth()
-    routes_go_through_route_add()
     startup_errors(tmp, ckpt)
     open_without_flag(tmp, ckpt)
     server, port = start(["--model", "tiny=" + ckpt, "--models-dir", models, "--admin-token-file", token,
                           "--api-key-file", keys, "--data", os.path.join(tmp, "data"), "--max-delay-ms", "5"])
     try:
         every_v1_route(port)
+        refused_at_the_head(port)
         working_with_key(port)
         python_client(port)
         scheme_spelling(port)
