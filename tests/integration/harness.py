@@ -1,6 +1,8 @@
 """Shared by the integration tests: one line per check, the closing
-'N passed, M failed' line that the test runner reads, stopping a server, and
-the status a server gives to an announced oversize body."""
+'N passed, M failed' line that the test runner reads, one HTTP request,
+stopping a server, and the status a server gives to an announced oversize body."""
+import http.client
+import json
 import signal
 import socket
 import subprocess
@@ -29,6 +31,19 @@ class Checks:
         """Prints the closing line; returns the exit code."""
         print(f"{self.passed} passed, {self.failed} failed")
         return 1 if self.failed else 0
+
+
+def request(port, method, path, body=b"", headers=None):
+    """(status, headers, parsed JSON or raw bytes) of one request on a new connection."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    c.request(method, path, body=body, headers=headers or {})
+    r = c.getresponse()
+    data = r.read()
+    c.close()
+    try:
+        return r.status, dict(r.getheaders()), json.loads(data)
+    except ValueError:
+        return r.status, dict(r.getheaders()), data
 
 
 def stop_server(proc, timeout=30):

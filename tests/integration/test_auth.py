@@ -27,7 +27,6 @@ on port 0 started with --api-key-file and --admin-token-file:
     PyPI, the same request the client sends is made with urllib instead, and
     the output says which path was taken."""
 import base64
-import http.client
 import json
 import os
 import shutil
@@ -47,7 +46,7 @@ BUILD = os.environ.get("FRANCA_BUILD_ROOT") or os.path.join(ROOT, "build")
 sys.path.insert(0, os.path.join(ROOT, "clients", "python"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from franca_client import FrancaClient, FrancaError  # noqa: E402
-from harness import Checks, stop_server  # noqa: E402
+from harness import Checks, request, stop_server  # noqa: E402
 
 SERVER = os.path.join(BUILD, "server", "franca-server")
 CKPT_TOOL = os.path.join(BUILD, "engine", "franca-checkpoint")
@@ -87,15 +86,7 @@ def call(port, method, path, auth=None, body=None, headers=None):
     if isinstance(body, (dict, list)):
         body = json.dumps(body).encode()
         hdrs.setdefault("Content-Type", "application/json")
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    c.request(method, path, body=body, headers=hdrs)
-    r = c.getresponse()
-    data = r.read()
-    c.close()
-    try:
-        return r.status, dict(r.getheaders()), json.loads(data)
-    except ValueError:
-        return r.status, dict(r.getheaders()), data
+    return request(port, method, path, body, hdrs)
 
 
 def raw_status(port, method, path, auth_bytes):

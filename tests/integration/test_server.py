@@ -4,7 +4,6 @@ must validate against schema/openapi.json; bad input gets its documented status;
 a hot swap under load fails no request and every answer carries the fingerprint
 of the checkpoint that computed it; SIGTERM drains and exits 0."""
 import base64
-import http.client
 import json
 import os
 import subprocess
@@ -22,7 +21,7 @@ sys.path.insert(0, os.path.join(ROOT, "clients", "python"))
 sys.path.insert(0, os.path.join(ROOT, "tests", "reference"))
 from franca_client import FrancaClient  # noqa: E402
 from refmodel import read_safetensors  # noqa: E402
-from harness import Checks, oversize_status, stop_server  # noqa: E402
+from harness import Checks, oversize_status, request, stop_server  # noqa: E402
 
 SERVER = os.path.join(BUILD, "server", "franca-server")
 EMBED = os.path.join(BUILD, "engine", "franca-embed")
@@ -56,16 +55,7 @@ def conforms(template, method, status, body):
     return not errors
 
 
-def raw(port, method, path, body=b"", headers=None):
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    c.request(method, path, body=body, headers=headers or {})
-    r = c.getresponse()
-    data = r.read()
-    c.close()
-    try:
-        return r.status, dict(r.getheaders()), json.loads(data)
-    except ValueError:
-        return r.status, dict(r.getheaders()), data
+raw = request
 
 
 
