@@ -1,6 +1,7 @@
 /* CUDA engine against the CPU engine, in one process.
  *
  *   gpu_parity [--full] [--embed FRANCA_EMBED --ckpt-tool FRANCA_CHECKPOINT]
+ *   gpu_parity --probe     exit 0 if a CUDA device is usable, else 3 (one line why)
  *
  * Where no CUDA device is usable (CI), prints a line starting with "SKIP:" and
  * instead asserts that CUDA is refused cleanly: vit_model_use_device fails with
@@ -365,18 +366,24 @@ static void no_device_checks(const char *why, const char *embed, const char *ckp
 
 int main(int argc, char **argv)
 {
-    bool full = false;
+    bool full = false, probe = false;
     const char *embed = NULL, *ckpt_tool = NULL;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--full")) full = true;
+        else if (!strcmp(argv[i], "--probe")) probe = true;
         else if (!strcmp(argv[i], "--embed") && i + 1 < argc) embed = argv[++i];
         else if (!strcmp(argv[i], "--ckpt-tool") && i + 1 < argc) ckpt_tool = argv[++i];
         else {
-            fprintf(stderr, "usage: gpu_parity [--full] [--embed BIN --ckpt-tool BIN]\n");
+            fprintf(stderr, "usage: gpu_parity [--full] [--embed BIN --ckpt-tool BIN] | --probe\n");
             return 2;
         }
     }
     char why[ERR_LEN];
+    if (probe) {
+        const int ok = vit_cuda_available(why, sizeof why);
+        printf("%s\n", ok ? "CUDA: a usable device" : why);
+        return ok ? 0 : 3;
+    }
     if (!vit_cuda_available(why, sizeof why)) {
         no_device_checks(why, embed, ckpt_tool);
         printf("%d checks passed, %d failed\n", passes, failures);
