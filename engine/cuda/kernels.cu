@@ -435,13 +435,30 @@ flash_attention_kernel(bf16 *out, const bf16 *qkv, int Tk, int D, int heads, flo
     }
 }
 
+/* Raises the kernel's dynamic shared-memory limit once per device (the
+ * attribute is per function and device; setting it at every launch costs a
+ * driver call per layer). Devices past 63 set it every time. */
+template <int HD>
+static cudaError_t flash_smem_limit(size_t smem)
+{
+    static unsigned long long done; /* bit d: device d has the limit */
+    int dev = 0;
+    cudaError_t e = cudaGetDevice(&dev);
+    if (e != cudaSuccess) return e;
+    const unsigned long long bit = dev >= 0 && dev < 64 ? 1ull << dev : 0;
+    if (bit && (__atomic_load_n(&done, __ATOMIC_ACQUIRE) & bit)) return cudaSuccess;
+    e = cudaFuncSetAttribute(flash_attention_kernel<HD>,
+                             cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    if (e == cudaSuccess && bit) __atomic_fetch_or(&done, bit, __ATOMIC_RELEASE);
+    return e;
+}
+
 template <int HD>
 static cudaError_t flash_launch(bf16 *out, const bf16 *qkv, int B, int Tk, int D, int heads,
                                 cudaStream_t s)
 {
     const size_t smem = flash::dims<HD>::smem;
-    cudaError_t e = cudaFuncSetAttribute(flash_attention_kernel<HD>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    const cudaError_t e = flash_smem_limit<HD>(smem);
     if (e != cudaSuccess) return e;
     const float scale_log2 = 1.4426950408889634f / sqrtf((float)HD);
     const dim3 grid((unsigned)(B * heads), (unsigned)((Tk + flash::BQ - 1) / flash::BQ));
