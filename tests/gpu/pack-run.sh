@@ -17,8 +17,9 @@
 # Files, in ${OUT:-PACK/results}: gpu-run.log (all output), bench.md (the GPU,
 # the GEMM peak and the benchmark tables).
 # Environment: BENCH_SECONDS (0.5 per point), RUN_BUDGET (300: seconds after
-# which the PyTorch baseline starts no new model), HARD_LIMIT (500: no step runs
-# past this), SKIP_TORCH=1, REQUIRE_GPU=1.
+# which the PyTorch baseline starts no new model; it is stopped 50 s later, so
+# that a whole run stays under 6 minutes on an H100), HARD_LIMIT (500: no step
+# runs past this, should one hang), SKIP_TORCH=1, REQUIRE_GPU=1.
 set -euo pipefail
 export PYTHONUNBUFFERED=1
 PACK=$(cd "$(dirname "$0")" && pwd)
@@ -217,7 +218,7 @@ main() {
   else
     COUNTED=0
     step "benchmark: PyTorch bf16 baseline (a failure here does not fail the run)" \
-      $((t_left + 60)) python3 "$PACK/torch_baseline.py" --peak "${peak:-0}" --seconds "$SECS" \
+      $((t_left + 50)) python3 "$PACK/torch_baseline.py" --peak "${peak:-0}" --seconds "$SECS" \
       --budget "$t_left"
     { echo "PyTorch bf16 baseline (same architectures, random weights):"; echo
       grep '^|' "$RES/step.out" || true; } >>"$RES/bench.md"
