@@ -94,7 +94,7 @@ struct pos_entry {
 struct cuda_model {
     struct model_config cfg;
     bool bf16;
-    enum cuda_attention attention;
+    int attention; /* enum cuda_attention; atomic: set by any thread, read once per forward */
     unsigned char *arena; /* device: every weight */
     const void *patch_w, *patch_b;
     const float *cls, *reg, *norm_w, *norm_b;
@@ -112,20 +112,23 @@ struct uploader {
     bool bf16;
 };
 
-static const void *put(struct uploader *u, const float *src, size_t n, bool gemm)
+/* rows x cols floats, stored as rows of ld elements (zero beyond cols); GEMM
+ * operands in the activation type, everything else float. */
+static const void *put_rows(struct uploader *u, const float *src, size_t rows, size_t cols,
+                            size_t ld, bool gemm)
 {
     if (!src) return NULL;
-    const bool half = gemm && u->bf16;
+    const int elem = gemm && u->bf16 ? 2 : 4;
     const size_t off = (u->off + CUDA_PLAN_ALIGN - 1) / CUDA_PLAN_ALIGN * CUDA_PLAN_ALIGN;
-    u->off = off + n * (half ? 2 : 4);
+    u->off = off + rows * ld * elem;
     if (!u->host) return NULL;
-    if (half) {
-        uint16_t *h = (uint16_t *)(u->host + off);
-        for (size_t i = 0; i < n; i++) h[i] = cuda_f32_to_bf16(src[i]);
-    } else {
-        memcpy(u->host + off, src, n * sizeof(float));
-    }
+    cuda_plan_stage_rows(u->host + off, src, rows, cols, ld, elem);
     return u->dev + off;
+}
+
+static const void *put(struct uploader *u, const float *src, size_t n, bool gemm)
+{
+    return put_rows(u, src, 1, n, n, gemm);
 }
 
 static void place_weights(struct uploader *u, struct cuda_model *cm, const struct vit_weights *w)
@@ -133,7 +136,7 @@ static void place_weights(struct uploader *u, struct cuda_model *cm, const struc
     const struct model_config *c = &cm->cfg;
     const size_t D = c->embed_dim, Hs = c->ffn_hidden, P = c->patch_size;
     const size_t fc1_rows = c->ffn == FFN_SWIGLU ? 2 * Hs : Hs;
-    cm->patch_w = put(u, w->patch_w, D * 3 * P * P, true);
+    cm->patch_w = put_rows(u, w->patch_w, D, 3 * P * P, (size_t)cuda_plan_patch_k((int)P), true);
     cm->patch_b = put(u, w->patch_b, D, true);
     cm->cls = (const float *)put(u, w->cls_token, D, false);
     cm->reg = c->register_tokens ? (const float *)put(u, w->register_tokens,
@@ -161,6 +164,21 @@ static void place_weights(struct uploader *u, struct cuda_model *cm, const struc
     }
 }
 
+/* Host -> device copy that waits for itself only, on a stream of its own: a
+ * pageable copy may return before its DMA lands, and cudaDeviceSynchronize
+ * would also wait for every other thread's forwards (the workspaces' streams
+ * are non-blocking, so the copy does not wait for them either). */
+static cudaError_t upload_sync(void *dst, const void *src, size_t bytes)
+{
+    cudaStream_t s;
+    cudaError_t e = cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking);
+    if (e != cudaSuccess) return e;
+    e = cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, s);
+    const cudaError_t es = cudaStreamSynchronize(s);
+    cudaStreamDestroy(s);
+    return e != cudaSuccess ? e : es;
+}
+
 extern "C" void cuda_model_free(struct cuda_model *cm)
 {
     if (!cm) return;
@@ -184,7 +202,7 @@ extern "C" int cuda_model_create(const struct model_config *cfg, const struct vi
     if (!cm) return set_err(err, errlen, "out of memory");
     cm->cfg = *cfg;
     cm->bf16 = bf16;
-    cm->attention = CUDA_ATTN_AUTO;
+    cm->attention = (int)CUDA_ATTN_AUTO;
     pthread_mutex_init(&cm->pos_lock, NULL);
     cm->blocks = (struct dev_block *)calloc(cfg->depth > 0 ? cfg->depth : 1, sizeof(struct dev_block));
     if (!cm->blocks) {
@@ -203,10 +221,8 @@ extern "C" int cuda_model_create(const struct model_config *cfg, const struct vi
     if (e == cudaSuccess) {
         u = (struct uploader){host, cm->arena, 0, bf16};
         place_weights(&u, cm, w);
-        e = cudaMemcpy(cm->arena, host, bytes, cudaMemcpyHostToDevice);
+        e = upload_sync(cm->arena, host, bytes);
     }
-    /* A pageable copy may return before its DMA lands; forwards run on other streams. */
-    if (e == cudaSuccess) e = cudaDeviceSynchronize();
     free(host);
     if (e != cudaSuccess) {
         clear_last_error();
@@ -225,7 +241,7 @@ extern "C" int cuda_model_set_attention(struct cuda_model *cm, enum cuda_attenti
     if (a == CUDA_ATTN_FUSED && !cuda_plan_fused_supported(hd, cm->bf16 ? 2 : 4))
         return set_err(err, errlen, "fused attention needs bf16 and head dim 32, 64 or 128 "
                        "(this model: %s, head dim %d)", cm->bf16 ? "bf16" : "fp32", hd);
-    cm->attention = a;
+    __atomic_store_n(&cm->attention, (int)a, __ATOMIC_RELAXED);
     return 0;
 }
 
@@ -240,8 +256,7 @@ static const float *device_pos(struct cuda_model *cm, const float *host, int gh,
         const size_t bytes = sizeof(float) * (1 + (size_t)gh * gw) * cm->cfg.embed_dim;
         float *t = NULL;
         cudaError_t ce = cudaMalloc((void **)&t, bytes);
-        if (ce == cudaSuccess) ce = cudaMemcpy(t, host, bytes, cudaMemcpyHostToDevice);
-        if (ce == cudaSuccess) ce = cudaDeviceSynchronize(); /* see cuda_model_create */
+        if (ce == cudaSuccess) ce = upload_sync(t, host, bytes);
         e = ce == cudaSuccess ? (struct pos_entry *)calloc(1, sizeof(*e)) : NULL;
         if (!e) {
             cudaFree(t);
@@ -444,7 +459,11 @@ static int gemm(struct cuda_ws *ws, cublasOperation_t opa, cublasOperation_t opb
 {
     const size_t ea = at == CUDA_R_32F ? 4 : 2, eb = bt == CUDA_R_32F ? 4 : 2,
                  ec = ct == CUDA_R_32F ? 4 : 2;
-    const size_t stra = (size_t)sa * ea, strb = (size_t)sb * eb, strc = (size_t)sc * ec;
+    /* Leading dimension and batch stride in bytes: the alignment promised below
+     * holds for every row and every matrix of the batch, not only the first. */
+    const size_t stra[2] = {(size_t)lda * ea, (size_t)sa * ea};
+    const size_t strb[2] = {(size_t)ldb * eb, (size_t)sb * eb};
+    const size_t strc[2] = {(size_t)ldc * ec, (size_t)sc * ec};
     struct gemm_key key;
     memset(&key, 0, sizeof key);
     key.opa = opa;
@@ -463,9 +482,9 @@ static int gemm(struct cuda_ws *ws, cublasOperation_t opa, cublasOperation_t opb
     key.sa = batch > 1 ? sa : 0;
     key.sb = batch > 1 ? sb : 0;
     key.sc = batch > 1 ? sc : 0;
-    key.al_a = cuda_plan_alignment(A, &stra, batch > 1);
-    key.al_b = cuda_plan_alignment(Bm, &strb, batch > 1);
-    key.al_c = cuda_plan_alignment(C, &strc, batch > 1);
+    key.al_a = cuda_plan_alignment(A, stra, batch > 1 ? 2 : 1);
+    key.al_b = cuda_plan_alignment(Bm, strb, batch > 1 ? 2 : 1);
+    key.al_c = cuda_plan_alignment(C, strc, batch > 1 ? 2 : 1);
 
     struct gemm_entry *g = NULL;
     for (int i = 0; i < ws->n_gemms && !g; i++)
@@ -596,24 +615,28 @@ static int attention_unfused(struct cuda_ws *ws, T *attn, const T *qkv, int B, i
 }
 
 static int attention(struct cuda_model *cm, struct cuda_ws *ws, float *attn, const float *qkv,
-                     int B, int Tk, char *err, size_t errlen)
+                     int B, int Tk, bool, char *err, size_t errlen)
 {
     /* fp32 mode: always the unfused path (the fused kernel is bf16 only). */
     return attention_unfused<float>(ws, attn, qkv, B, Tk, cm->cfg.embed_dim, cm->cfg.num_heads,
                                     err, errlen);
 }
 
+/* The attention path of one forward, decided once from the model's setting
+ * (which another thread may change meanwhile) and passed down, so that the
+ * plan (unfused buffers or not) and every layer's launch agree. */
 static bool use_fused(const struct cuda_model *cm)
 {
     const int hd = cm->cfg.embed_dim / cm->cfg.num_heads;
-    return cm->attention != CUDA_ATTN_UNFUSED && cuda_plan_fused_supported(hd, cm->bf16 ? 2 : 4);
+    const int a = __atomic_load_n(&cm->attention, __ATOMIC_RELAXED);
+    return a != (int)CUDA_ATTN_UNFUSED && cuda_plan_fused_supported(hd, cm->bf16 ? 2 : 4);
 }
 
 static int attention(struct cuda_model *cm, struct cuda_ws *ws, bf16 *attn, const bf16 *qkv,
-                     int B, int Tk, char *err, size_t errlen)
+                     int B, int Tk, bool fused, char *err, size_t errlen)
 {
     const int D = cm->cfg.embed_dim, heads = cm->cfg.num_heads;
-    if (use_fused(cm)) {
+    if (fused) {
         KL(launch_flash_attention(attn, qkv, B, Tk, D, heads, ws->stream));
         return 0;
     }
@@ -658,7 +681,7 @@ static int attention(struct cuda_model *cm, struct cuda_ws *ws, bf16 *attn, cons
 /* Compute stream, chunk of B images whose input is (being) uploaded to slot. */
 template <typename T>
 static int compute_chunk(struct cuda_model *cm, struct cuda_ws *ws, const float *pos, int slot,
-                         int B, int H, int W, char *err, size_t errlen)
+                         int B, int H, int W, bool fused, char *err, size_t errlen)
 {
     const struct model_config *c = &cm->cfg;
     const int P = c->patch_size, D = c->embed_dim, R = c->register_tokens, Hs = c->ffn_hidden;
@@ -679,8 +702,8 @@ static int compute_chunk(struct cuda_model *cm, struct cuda_ws *ws, const float 
     CU(cudaStreamWaitEvent(st, ws->ev[EV_UPLOADED][slot], 0));
     KL(launch_im2col<T>(patches, d_in, B, H, W, P, st));
     CU(cudaEventRecord(ws->ev[EV_CONSUMED][slot], st));
-    TRY(linear<T>(ws, branch, patches, cm->patch_w, cm->patch_b, (size_t)B * N, 3 * P * P, D,
-                  err, errlen));
+    TRY(linear<T>(ws, branch, patches, cm->patch_w, cm->patch_b, (size_t)B * N,
+                  cuda_plan_patch_k(P), D, err, errlen));
     KL(launch_embed<T>(xr, branch, cm->cls, cm->reg, pos, B, Tk, N, R, D, st));
     const struct dev_block *bw = cm->blocks;
     if (c->depth == 0) {
@@ -694,7 +717,7 @@ static int compute_chunk(struct cuda_model *cm, struct cuda_ws *ws, const float 
     for (int l = 0; l < c->depth; l++) {
         const struct dev_block *b = &bw[l];
         TRY(linear<T>(ws, qkv, xn, b->qkv_w, b->qkv_b, rows, D, 3 * D, err, errlen));
-        TRY(attention(cm, ws, attn, qkv, B, Tk, err, errlen));
+        TRY(attention(cm, ws, attn, qkv, B, Tk, fused, err, errlen));
         TRY(linear<T>(ws, branch, attn, b->proj_w, b->proj_b, rows, D, D, err, errlen));
         KL((launch_residual_ln<T, T>(xr, branch, b->ls1, b->norm2_w, b->norm2_b, xn, rows, D, eps, st)));
         if (c->ffn == FFN_SWIGLU) {
@@ -755,7 +778,7 @@ static int download_chunk(struct cuda_ws *ws, int slot, int j0, int B, int Tk, i
 
 template <typename T>
 static int forward_t(struct cuda_model *cm, struct cuda_ws *ws, const float *pos, const float *x,
-                     int B, int nc, int H, int W, float *cls, float *patch, char *err,
+                     int B, int nc, int H, int W, bool fused, float *cls, float *patch, char *err,
                      size_t errlen)
 {
     const struct model_config *c = &cm->cfg;
@@ -772,7 +795,7 @@ static int forward_t(struct cuda_model *cm, struct cuda_ws *ws, const float *pos
     for (int j = 0; j < nc; j++) {
         int f, n;
         cuda_plan_chunk_range(B, nc, j, &f, &n);
-        TRY(compute_chunk<T>(cm, ws, pos, j % CUDA_PLAN_SLOTS, n, H, W, err, errlen));
+        TRY(compute_chunk<T>(cm, ws, pos, j % CUDA_PLAN_SLOTS, n, H, W, fused, err, errlen));
         if (j + 1 < nc) {
             cuda_plan_chunk_range(B, nc, j + 1, &f, &n);
             TRY(upload_chunk(ws, x + img_bytes / sizeof(float) * f, (j + 1) % CUDA_PLAN_SLOTS,
@@ -830,15 +853,16 @@ extern "C" int cuda_forward(struct cuda_model *cm, struct cuda_ws **wsp, const f
     want.P = P;
     want.swiglu = c->ffn == FFN_SWIGLU;
     want.act_bytes = cm->bf16 ? 2 : 4;
-    want.unfused = !use_fused(cm);
+    const bool fused = use_fused(cm);
+    want.unfused = !fused;
     want.slots = nc > 1 ? CUDA_PLAN_SLOTS : 1;
     const float *dpos = device_pos(cm, pos, gh, gw, err, errlen);
     if (!dpos) return -1;
     TRY(ws_ensure(wsp, &want, B, err, errlen));
     struct cuda_ws *ws = *wsp;
-    const int rc = cm->bf16
-                       ? forward_t<bf16>(cm, ws, dpos, x, B, nc, H, W, cls, patch, err, errlen)
-                       : forward_t<float>(cm, ws, dpos, x, B, nc, H, W, cls, patch, err, errlen);
+    const int rc =
+        cm->bf16 ? forward_t<bf16>(cm, ws, dpos, x, B, nc, H, W, fused, cls, patch, err, errlen)
+                 : forward_t<float>(cm, ws, dpos, x, B, nc, H, W, fused, cls, patch, err, errlen);
     if (rc) ws_drain(ws);
     return rc;
 }

@@ -4,6 +4,10 @@
 #include <mma.h>
 #include <stdint.h>
 
+extern "C" {
+#include "plan.h"
+}
+
 typedef __nv_bfloat16 bf16;
 
 /* ------------------------------------------------------------ helpers -- */
@@ -60,29 +64,21 @@ static unsigned grid_for(size_t n, unsigned threads)
 
 template <typename T>
 static __global__ void im2col_kernel(T *out, const float *x, size_t total, int H, int W, int P,
-                                     int N, int gw)
+                                     int Kp)
 {
-    const int K = 3 * P * P, PP = P * P;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
          i += (size_t)gridDim.x * blockDim.x) {
-        const size_t row = i / K;
-        const int col = (int)(i % K);
-        const size_t b = row / N;
-        const int n = (int)(row % N);
-        const int gy = n / gw, gx = n % gw;
-        const int c = col / PP, r = col % PP;
-        const int py = r / P, px = r % P;
-        const size_t src = ((b * 3 + c) * H + (size_t)gy * P + py) * W + (size_t)gx * P + px;
-        out[i] = from_f<T>(x[src]);
+        const long long src = cuda_plan_im2col_src(i / Kp, (int)(i % Kp), H, W, P);
+        out[i] = from_f<T>(src < 0 ? 0.0f : x[src]);
     }
 }
 
 template <typename T>
 cudaError_t launch_im2col(T *out, const float *x, int B, int H, int W, int P, cudaStream_t s)
 {
-    const int gw = W / P, N = (H / P) * gw;
-    const size_t total = (size_t)B * N * 3 * P * P;
-    im2col_kernel<T><<<grid_for(total, 256), 256, 0, s>>>(out, x, total, H, W, P, N, gw);
+    const int Kp = cuda_plan_patch_k(P);
+    const size_t total = (size_t)B * (H / P) * (W / P) * Kp;
+    im2col_kernel<T><<<grid_for(total, 256), 256, 0, s>>>(out, x, total, H, W, P, Kp);
     return cudaGetLastError();
 }
 
@@ -439,13 +435,30 @@ flash_attention_kernel(bf16 *out, const bf16 *qkv, int Tk, int D, int heads, flo
     }
 }
 
+/* Raises the kernel's dynamic shared-memory limit once per device (the
+ * attribute is per function and device; setting it at every launch costs a
+ * driver call per layer). Devices past 63 set it every time. */
+template <int HD>
+static cudaError_t flash_smem_limit(size_t smem)
+{
+    static unsigned long long done; /* bit d: device d has the limit */
+    int dev = 0;
+    cudaError_t e = cudaGetDevice(&dev);
+    if (e != cudaSuccess) return e;
+    const unsigned long long bit = dev >= 0 && dev < 64 ? 1ull << dev : 0;
+    if (bit && (__atomic_load_n(&done, __ATOMIC_ACQUIRE) & bit)) return cudaSuccess;
+    e = cudaFuncSetAttribute(flash_attention_kernel<HD>,
+                             cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    if (e == cudaSuccess && bit) __atomic_fetch_or(&done, bit, __ATOMIC_RELEASE);
+    return e;
+}
+
 template <int HD>
 static cudaError_t flash_launch(bf16 *out, const bf16 *qkv, int B, int Tk, int D, int heads,
                                 cudaStream_t s)
 {
     const size_t smem = flash::dims<HD>::smem;
-    cudaError_t e = cudaFuncSetAttribute(flash_attention_kernel<HD>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    const cudaError_t e = flash_smem_limit<HD>(smem);
     if (e != cudaSuccess) return e;
     const float scale_log2 = 1.4426950408889634f / sqrtf((float)HD);
     const dim3 grid((unsigned)(B * heads), (unsigned)((Tk + flash::BQ - 1) / flash::BQ));

@@ -10,7 +10,9 @@
 #include <cuda_runtime.h>
 #include <stddef.h>
 
-/* out[b*N + gy*gw + gx, c*P*P + py*P + px] = x[b, c, gy*P + py, gx*P + px] (3 channels). */
+/* out[b*N + gy*gw + gx, c*P*P + py*P + px] = x[b, c, gy*P + py, gx*P + px] (3 channels),
+ * rows of cuda_plan_patch_k(P) elements whose columns past 3*P*P are zero
+ * (cuda_plan_im2col_src). */
 template <typename T>
 cudaError_t launch_im2col(T *out, const float *x, int B, int H, int W, int P, cudaStream_t s);
 

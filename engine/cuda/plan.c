@@ -70,20 +70,21 @@ int cuda_plan_activations(const struct cuda_shape *s, struct cuda_plan *p)
 {
     memset(p, 0, sizeof(*p));
     if (s->B <= 0 || s->T <= 0 || s->N <= 0 || s->N >= s->T || s->D <= 0 || s->Hs <= 0 ||
-        s->heads <= 0 || s->D % s->heads || s->P <= 0 || (s->act_bytes != 2 && s->act_bytes != 4) ||
-        s->slots < 0 || s->slots > CUDA_PLAN_SLOTS || !cuda_plan_scores_ld(s->T))
+        s->heads <= 0 || s->D % s->heads || !cuda_plan_patch_k(s->P) ||
+        (s->act_bytes != 2 && s->act_bytes != 4) || s->slots < 0 || s->slots > CUDA_PLAN_SLOTS ||
+        !cuda_plan_scores_ld(s->T))
         return -1;
     const int slots = s->slots ? s->slots : 1;
     const size_t e = (size_t)s->act_bytes, D = (size_t)s->D, Hs = (size_t)s->Hs;
     const size_t rows = mul((size_t)s->B, (size_t)s->T);
     const size_t prows = mul((size_t)s->B, (size_t)s->N);
-    const size_t K = (size_t)3 * s->P * s->P;
+    const size_t K = (size_t)3 * s->P * s->P, Kp = (size_t)cuda_plan_patch_k(s->P);
     int of = 0;
     size_t end = 0;
     p->slots = slots;
     p->input_bytes = mul(mul(prows, K), 4);
     for (int i = 0; i < slots; i++) p->input[i] = carve(&end, p->input_bytes, &of);
-    p->patches = carve(&end, mul(mul(prows, K), e), &of);
+    p->patches = carve(&end, mul(mul(prows, Kp), e), &of);
     p->x = carve(&end, mul(mul(rows, D), 4), &of);
     p->xn = carve(&end, mul(mul(rows, D), e), &of);
     p->qkv = carve(&end, mul(mul(rows, 3 * D), e), &of);
@@ -108,6 +109,29 @@ int cuda_plan_activations(const struct cuda_shape *s, struct cuda_plan *p)
     if (of) return -1;
     p->total = (end + CUDA_PLAN_ALIGN - 1) / CUDA_PLAN_ALIGN * CUDA_PLAN_ALIGN;
     return 0;
+}
+
+int cuda_plan_patch_k(int P)
+{
+    if (P <= 0 || P > 16384) return 0;
+    return (3 * P * P + 7) / 8 * 8;
+}
+
+void cuda_plan_stage_rows(void *dst, const float *src, size_t rows, size_t cols, size_t ld,
+                          int elem_bytes)
+{
+    for (size_t r = 0; r < rows; r++) {
+        const float *s = src + r * cols;
+        if (elem_bytes == 2) {
+            uint16_t *d = (uint16_t *)dst + r * ld;
+            for (size_t i = 0; i < cols; i++) d[i] = cuda_f32_to_bf16(s[i]);
+            for (size_t i = cols; i < ld; i++) d[i] = 0;
+        } else {
+            float *d = (float *)dst + r * ld;
+            memcpy(d, s, sizeof(float) * cols);
+            for (size_t i = cols; i < ld; i++) d[i] = 0.0f;
+        }
+    }
 }
 
 bool cuda_plan_fused_supported(int head_dim, int act_bytes)

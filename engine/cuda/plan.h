@@ -11,6 +11,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Functions shared with device code (the im2col kernel). */
+#ifdef __CUDACC__
+#define CUDA_PLAN_HD __host__ __device__
+#else
+#define CUDA_PLAN_HD
+#endif
+
 /* Every buffer of the arenas starts on this boundary (cuBLASLt's preferred alignment). */
 #define CUDA_PLAN_ALIGN 256
 /* cuBLASLt workspace carved from the activation arena. */
@@ -46,7 +53,7 @@ struct cuda_shape {
 struct cuda_plan {
     size_t input[CUDA_PLAN_SLOTS]; /* [B, 3, H, W] f32 each: the uploaded images (slot 1
                                     * only when slots == 2) */
-    size_t patches;   /* [B*N, 3*P*P] act: im2col */
+    size_t patches;   /* [B*N, Kp] act: im2col, Kp = cuda_plan_patch_k(P) (zero-padded) */
     size_t x;         /* [B*T, D] f32: residual stream */
     size_t xn;        /* [B*T, D] act: LayerNorm output (GEMM input) */
     size_t qkv;       /* [B*T, 3D] act */
@@ -91,6 +98,34 @@ void cuda_plan_chunk_range(int B, int n, int j, int *first, int *count);
 /* The largest chunk: ceil(B / n) images (0 for invalid B or n). */
 int cuda_plan_chunk_max(int B, int n);
 
+/* Columns of the patch-embedding GEMM: 3*P*P rounded up to a multiple of 8, so
+ * that bf16 rows of the im2col matrix and of the weights start on 16-byte
+ * boundaries (P = 14: 592, not 588, whose 1,176-byte rows are only 8-byte
+ * aligned and can leave cuBLASLt without a tensor-core algorithm). The extra
+ * columns are zero in both operands, so the product is unchanged. 0 for P <= 0. */
+int cuda_plan_patch_k(int P);
+
+/* im2col: where element (row, col) of the [B*N, cuda_plan_patch_k(P)] patch
+ * matrix comes from in the [B, 3, H, W] images, or -1 for a padding column.
+ * Row b*N + n is patch n (row-major over the (H/P) x (W/P) grid) of image b;
+ * column c*P*P + py*P + px is channel c, pixel (py, px) of the patch, which is
+ * the flattening of a [D, 3, P, P] convolution weight. */
+static inline CUDA_PLAN_HD long long cuda_plan_im2col_src(size_t row, int col, int H, int W, int P)
+{
+    const int PP = P * P, gw = W / P, N = (H / P) * gw;
+    if (col >= 3 * PP) return -1;
+    const size_t b = row / N;
+    const int n = (int)(row % N), gy = n / gw, gx = n % gw;
+    const int c = col / PP, r = col % PP, py = r / P, px = r % P;
+    return (long long)(((b * 3 + c) * H + (size_t)gy * P + py) * W + (size_t)gx * P + px);
+}
+
+/* Weight staging for the upload: rows x cols floats (row-major) into rows rows
+ * of ld elements, as bf16 (elem_bytes 2, cuda_f32_to_bf16) or f32 (4), with
+ * columns cols..ld-1 zero. */
+void cuda_plan_stage_rows(void *dst, const float *src, size_t rows, size_t cols, size_t ld,
+                          int elem_bytes);
+
 /* Head dims the fused attention kernel is compiled for (bf16 only). */
 bool cuda_plan_fused_supported(int head_dim, int act_bytes);
 
@@ -99,7 +134,8 @@ uint16_t cuda_f32_to_bf16(float f);
 float cuda_bf16_to_f32(uint16_t h);
 
 /* Largest power of two (at most 256) dividing the address and every stride in
- * bytes: the alignment to promise cuBLASLt for a (batched) matrix. */
+ * bytes: the alignment to promise cuBLASLt for a (batched) matrix, given its
+ * leading dimension (and batch stride) in bytes among the strides. */
 uint32_t cuda_plan_alignment(const void *ptr, const size_t *strides_bytes, int n);
 
 #endif

@@ -4,7 +4,10 @@
   compare_st.py write-npy OUT.npy B C H W       random normal float32 [B,C,H,W] (seeded)
   compare_st.py compare GOT.safetensors REF.safetensors TOL PREC
       every float32 tensor of REF must be in GOT with the same shape and
-      max|a-b|/max|ref| <= TOL; for PREC bf16 also every CLS row cosine >= 0.999.
+      max|a-b|/max|ref| <= TOL; for PREC bf16 also every CLS row cosine >= 0.999,
+      and the renormalised cuts at D/16 or less (cls_wN) and the RASA tokens
+      (patch_rasa) are held to a per-row cosine >= 0.99 instead (gpu_parity's
+      bf16 bounds).
 """
 import array
 import json
@@ -44,8 +47,23 @@ def read_st(path):
     return out
 
 
+def min_cos(g, r, D):
+    worst = 1.0
+    for i in range(len(r) // D):
+        a, b = g[i * D:(i + 1) * D], r[i * D:(i + 1) * D]
+        c = sum(x * y for x, y in zip(a, b)) / (math.sqrt(sum(x * x for x in a) * sum(y * y for y in b)) + 1e-30)
+        worst = min(worst, c)
+    return worst
+
+
+def cosine_only(name, shape, full_dim):
+    """bf16 outputs bounded by cosine alone: RASA tokens, cuts at D/16 or less."""
+    return name == "patch_rasa" or (name.startswith("cls_w") and shape[-1] * 16 <= full_dim)
+
+
 def compare(got_path, ref_path, tol, prec):
     got, ref = read_st(got_path), read_st(ref_path)
+    full_dim = ref["cls"][0][-1] if "cls" in ref else 0
     ok = True
     for name, (shape, r) in sorted(ref.items()):
         if name not in got or got[name][0] != shape:
@@ -60,13 +78,12 @@ def compare(got_path, ref_path, tol, prec):
         e = md / mr
         line = "  %-12s %-5s rel err %.3e (tol %g)" % (name, prec, e, tol)
         good = e <= tol
-        if name == "cls" and prec == "bf16":
-            D = shape[1]
-            worst = 1.0
-            for i in range(shape[0]):
-                a, b = g[i * D:(i + 1) * D], r[i * D:(i + 1) * D]
-                c = sum(x * y for x, y in zip(a, b)) / (math.sqrt(sum(x * x for x in a) * sum(y * y for y in b)) + 1e-30)
-                worst = min(worst, c)
+        if prec == "bf16" and cosine_only(name, shape, full_dim):
+            worst = min_cos(g, r, shape[-1])
+            line = "  %-12s %-5s rel err %.3e (not bounded)  min cos %.6f (>= 0.99)" % (name, prec, e, worst)
+            good = worst >= 0.99
+        elif name == "cls" and prec == "bf16":
+            worst = min_cos(g, r, shape[-1])
             line += "  min cos %.6f" % worst
             good = good and worst >= 0.999
         print(line + ("  ok" if good else "  FAIL"))

@@ -20,6 +20,7 @@ static void check_layout(const struct cuda_shape *s)
     EXPECT(cuda_plan_activations(s, &p) == 0, "plan B=%d T=%d", s->B, s->T);
     const size_t e = s->act_bytes, rows = (size_t)s->B * s->T, D = s->D, Hs = s->Hs;
     const size_t prows = (size_t)s->B * s->N, K = (size_t)3 * s->P * s->P;
+    const size_t Kp = (size_t)cuda_plan_patch_k(s->P);
     const int ld = cuda_plan_scores_ld(s->T);
     const size_t tt = (size_t)s->T * ld;
     const int slots = s->slots ? s->slots : 1;
@@ -28,7 +29,7 @@ static void check_layout(const struct cuda_shape *s)
     struct buf b[] = {
         {"input0", p.input[0], prows * K * 4},
         {"input1", p.input[1], slots > 1 ? prows * K * 4 : 0},
-        {"patches", p.patches, prows * K * e},
+        {"patches", p.patches, prows * Kp * e},
         {"x", p.x, rows * D * 4}, {"xn", p.xn, rows * D * e}, {"qkv", p.qkv, rows * 3 * D * e},
         {"attn", p.attn, rows * D * e}, {"branch", p.branch, rows * D * e},
         {"hidden", p.hidden, rows * (s->swiglu ? 2 * Hs : Hs) * e},

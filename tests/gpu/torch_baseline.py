@@ -6,7 +6,9 @@ CLS downloaded, median of repeated forwards after a warm-up.
 
 Modes: eager (attention written out: softmax(QK^T/sqrt(hd))V), sdpa
 (F.scaled_dot_product_attention), compile (torch.compile of the sdpa model).
-Prints markdown rows in bench_gpu's format. A baseline only: not used by the
+Prints markdown rows in bench_gpu's format. With --budget S, no new model
+starts after S seconds (its rows say "skipped: time budget"), so that a caller's
+time limit keeps the rows already measured. A baseline only: not used by the
 engine.
 """
 import argparse
@@ -98,7 +100,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--peak", type=float, default=0.0)
     ap.add_argument("--seconds", type=float, default=0.5)
+    ap.add_argument("--budget", type=float, default=0.0, help="seconds; 0: no limit")
     args = ap.parse_args()
+    t0 = time.monotonic()
     torch.backends.cuda.matmul.allow_tf32 = True
     print("PyTorch %s, %s" % (torch.__version__, torch.cuda.get_device_name()))
     print("| model | res | batch | attention | ms/batch | images/s | TFLOP/s | % of bf16 GEMM |")
@@ -110,6 +114,9 @@ def main():
     for arch, res, batches, modes in plan:
         name, d, depth, heads = ARCH[arch]
         for mode in modes:
+            if args.budget > 0 and time.monotonic() - t0 > args.budget:
+                print("| %s (PyTorch %s) | %d | - | %s | skipped: time budget | | | |" % (name, mode, res, mode), flush=True)
+                continue
             try:
                 torch.manual_seed(0)
                 m = ViT(d, depth, heads, res // 14, sdpa=mode != "eager").cuda().to(torch.bfloat16).eval()
