@@ -14,10 +14,12 @@ and b.safetensors in the models folder, two copies of one checkpoint: each swap 
 full load + warm-up + publish, and the fingerprint stays the same, so image inserts
 stay valid (a different checkpoint would make them answer 409 until a reembed).
 Memory: VmRSS of the server every 5 s; "after warm-up" is the first sample past
---warmup seconds, "end" the last one; the report gives both and their ratio.
+--warmup seconds (5 min: the first swaps free a model in one malloc arena while
+the next one is loaded in another, and the heap settles over those cycles), "end"
+the last one; the report gives both, their ratio, and RSS at each minute.
 
 usage: /usr/bin/python3 tests/bench/soak.py [--minutes 30] [--concurrency 32]
-       [--swap-every 60] [--warmup 120] [--build build] [--model CKPT] [--threads 2]
+       [--swap-every 60] [--warmup 300] [--build build] [--model CKPT] [--threads 2]
 Exit status 0 when no request failed, every swap succeeded and end RSS is within
 10 % of RSS after warm-up; 1 otherwise."""
 import argparse
@@ -149,7 +151,7 @@ def main():
     ap.add_argument("--minutes", type=float, default=30)
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--swap-every", type=float, default=60)
-    ap.add_argument("--warmup", type=float, default=120)
+    ap.add_argument("--warmup", type=float, default=300)
     ap.add_argument("--keep", type=int, default=20, help="index batches each writer keeps")
     ap.add_argument("--build", default=os.path.join(ROOT, "build"))
     ap.add_argument("--model", default=os.path.join(ROOT, "models", "franca_fmnist_small.safetensors"))
@@ -239,6 +241,8 @@ def main():
     ratio = end / warm if warm else float("inf")
     print(f"  RSS: after warm-up ({a.warmup:g} s) {warm / 1024:.1f} MiB, end {end / 1024:.1f} MiB "
           f"(x{ratio:.3f}), peak {peak / 1024:.1f} MiB")
+    marks = [next((r for t, r in rss if t >= m * 60), None) for m in range(1, int(a.minutes) + 1)]
+    print("  RSS by minute (MiB): " + " ".join(f"{r / 1024:.0f}" for r in marks if r is not None))
     print(f"  server alive to the end: {alive}; SIGTERM exit {rc}")
     failed = sum(stats.bad.values()) + len(swap_bad)
     good = failed == 0 and alive and rc == 0 and ratio <= 1.10 and len(swaps) > 0
