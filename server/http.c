@@ -1202,9 +1202,11 @@ static void watch_tick(struct http_server *srv)
     pthread_mutex_lock(&srv->watch_lock);
     for (struct conn_watch *w = srv->watch_head; w; w = w->next)
         if ((w->phase == PHASE_HEAD || w->phase == PHASE_BODY) && now > w->deadline) {
+            /* An idle keep-alive connection (no request line yet) ends quietly;
+             * a head or body that arrives too slowly is worth a line. */
+            cut += w->phase == PHASE_BODY || w->req;
             shutdown(w->fd, SHUT_RDWR);
             w->phase = PHASE_CUT;
-            cut++;
         }
     for (struct drain *d = srv->drains, *next; d; d = next) {
         next = d->next;
@@ -1212,7 +1214,7 @@ static void watch_tick(struct http_server *srv)
             drain_remove(srv, d);
     }
     pthread_mutex_unlock(&srv->watch_lock);
-    if (cut) log_msg(srv, "closed %u connection(s) past their head or body deadline", cut);
+    if (cut) log_msg(srv, "closed %u connection(s) whose head or body arrived too slowly", cut);
 }
 
 /* Polls the drains (and the wake pipe) between ticks. */
