@@ -53,7 +53,7 @@ flock 9
 if [ -f "$BUILD/meson-private/coredata.dat" ]; then
   meson configure "$BUILD" "${opts[@]}" >/dev/null
 else
-  meson setup "$BUILD" "${opts[@]}" >"$BUILD/.pack-setup.log" 2>&1 ||
+  meson setup "$BUILD" "$ROOT" "${opts[@]}" >"$BUILD/.pack-setup.log" 2>&1 ||
     { cat "$BUILD/.pack-setup.log" >&2; die "meson setup failed"; }
 fi
 meson compile -C "$BUILD" -j "$JOBS" "${targets[@]}" >"$BUILD/.pack-build.log" 2>&1 ||
