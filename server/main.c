@@ -245,6 +245,31 @@ static int fail(const char *msg)
     return 1;
 }
 
+/* Frees what main set up, in dependency order; every part may be missing (a
+ * startup that failed half-way). Work still queued is finished first. */
+static void app_free(struct app *app, struct http_router *router)
+{
+    atomic_store(&drain_step, "finishing index work");
+    workq_free(app->index_work);
+    atomic_store(&drain_step, "finishing queued inference");
+    batcher_free(app->batcher);
+    atomic_store(&drain_step, "closing the index");
+    index_close(app->index);
+    jobs_free(app->jobs);
+    registry_free(app->registry);
+    http_router_free(router);
+    metrics_free(app->metrics);
+    auth_keys_clear(&app->admin_keys);
+    auth_keys_clear(&app->api_keys);
+}
+
+/* A startup failure after main began to set the app up. */
+static int fail_free(struct app *app, struct http_router *router, const char *msg)
+{
+    app_free(app, router);
+    return fail(msg);
+}
+
 int main(int argc, char **argv)
 {
     struct options o;
@@ -280,32 +305,33 @@ int main(int argc, char **argv)
         .max_queue = o.max_queue, .max_json_floats = 4u << 20,
         .max_inflight_tokens = (unsigned long long)o.max_inflight_tokens,
         .max_insert_items = o.max_insert_items, .max_search_queries = 1024};
+    struct http_router *router = NULL;
     if (o.token_file) {
         char *token = read_token(o.token_file, err, sizeof err);
-        if (!token) return fail(err);
+        if (!token) return fail_free(&app, router, err);
         rc = auth_keys_single(token, &app.admin_keys);
         free(token);
-        if (rc) return fail("out of memory");
+        if (rc) return fail_free(&app, router, "out of memory");
     }
     if (o.api_key_file && auth_keys_load(o.api_key_file, &app.api_keys, err, sizeof err))
-        return fail(err);
-    if (!(app.metrics = metrics_new())) return fail("out of memory");
-    if (registry_create(&app.registry, app.device, err, sizeof err)) return fail(err);
+        return fail_free(&app, router, err);
+    if (!(app.metrics = metrics_new())) return fail_free(&app, router, "out of memory");
+    if (registry_create(&app.registry, app.device, err, sizeof err)) return fail_free(&app, router, err);
     /* The index searches with cuBLAS where the models run on CUDA. */
     enum vit_device search_device;
     if (!vit_device_select(app.device, &search_device, err, sizeof err) &&
         search_device == VIT_DEVICE_CUDA)
         search_use_backend(&search_backend_cuda);
     if (!(app.batcher = batcher_create(o.max_batch, o.max_delay_ms, o.max_queue, err, sizeof err)))
-        return fail(err);
+        return fail_free(&app, router, err);
     batcher_set_observer(app.batcher, on_batch, app.metrics);
     batcher_set_token_budget(app.batcher, (uint64_t)o.max_inflight_tokens);
-    if (index_open(&app.index, o.data, err, sizeof err)) return fail(err);
-    if (!(app.index_work = workq_create(o.index_threads, 4096, err, sizeof err))) return fail(err);
-    if (!(app.jobs = jobs_create())) return fail("out of memory");
+    if (index_open(&app.index, o.data, err, sizeof err)) return fail_free(&app, router, err);
+    if (!(app.index_work = workq_create(o.index_threads, 4096, err, sizeof err))) return fail_free(&app, router, err);
+    if (!(app.jobs = jobs_create())) return fail_free(&app, router, "out of memory");
 
-    struct http_router *router = http_router_new();
-    if (!router || routes_register(router, &app, err, sizeof err)) return fail(err);
+    if (!(router = http_router_new()) || routes_register(router, &app, err, sizeof err))
+        return fail_free(&app, router, router ? err : "out of memory");
     const struct http_config hc = {.host = o.host, .port = (unsigned)o.port,
                                    .threads = (unsigned)o.http_threads,
                                    .max_body_bytes = app.limits.max_body_bytes,
@@ -317,14 +343,14 @@ int main(int argc, char **argv)
                                    .on_complete_user = &app, .head_check = routes_head_check,
                                    .head_check_user = &app};
     struct http_server *srv = http_start(&hc, err, sizeof err);
-    if (!srv) return fail(err);
+    if (!srv) return fail_free(&app, router, err);
 
     /* /healthz answers while the models load; /readyz turns 200 after. */
     for (int i = 0; i < o.n_models; i++) {
         struct model_entry *e;
         if (registry_load(app.registry, o.names[i], o.paths[i], &e, err, sizeof err)) {
             http_stop(srv);
-            return fail(err);
+            return fail_free(&app, router, err);
         }
         fprintf(stderr, "loaded %s from %s (sha256 %.16s..., %.2f s + warm-up %.2f s); "
                 "%lld tokens in flight take about %.0f MiB at %zu bytes per token\n", e->name,
@@ -349,17 +375,6 @@ int main(int argc, char **argv)
     atomic_store(&app.stopping, true);
     atomic_store(&drain_step, "waiting for model loads");
     while (atomic_load(&app.loaders) > 0) usleep(10000);
-    atomic_store(&drain_step, "finishing index work");
-    workq_free(app.index_work);
-    atomic_store(&drain_step, "finishing queued inference");
-    batcher_free(app.batcher);
-    atomic_store(&drain_step, "closing the index");
-    index_close(app.index);
-    jobs_free(app.jobs);
-    registry_free(app.registry);
-    http_router_free(router);
-    metrics_free(app.metrics);
-    auth_keys_clear(&app.admin_keys);
-    auth_keys_clear(&app.api_keys);
+    app_free(&app, router);
     return 0;
 }
