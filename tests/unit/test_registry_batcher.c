@@ -790,6 +790,18 @@ static void test_infer_admission(struct model_entry *e)
     batcher_free(b);
 }
 
+/* Queues three single-image jobs of inputs[0..2] on b (CLS, and patch tokens
+ * when patch); each calls back through w. */
+static void queue_three(struct batcher *b, struct model_entry *e, struct tjob *j, bool patch,
+                        struct waiter *w)
+{
+    char err[ERR_LEN];
+    for (int i = 0; i < 3; i++) {
+        tjob_setup(&j[i], e, S, S, inputs[i], true, patch, false, w);
+        CHECK(batcher_submit(b, &j[i].job, err, sizeof err) == BATCH_OK, "%s", err);
+    }
+}
+
 /* A request that does not fit beside the queued images is refused whole and at
  * once: before, its first images were queued and it answered 429 only after
  * they had run. */
@@ -800,10 +812,7 @@ static void test_all_or_nothing(struct model_entry *e)
     static struct tjob q[3];
     struct waiter w;
     waiter_init(&w);
-    for (int i = 0; i < 3; i++) {
-        tjob_setup(&q[i], e, S, S, inputs[i], true, false, false, &w);
-        CHECK(batcher_submit(b, &q[i].job, err, sizeof err) == BATCH_OK, "%s", err);
-    }
+    queue_three(b, e, q, false, &w);
     struct ireq r = {0};
     waiter_init(&r.w);
     struct infer_request *req;
@@ -857,10 +866,7 @@ static void test_cancel(struct model_entry *e)
     static struct tjob c[3];
     struct waiter w;
     waiter_init(&w);
-    for (int i = 0; i < 3; i++) {
-        tjob_setup(&c[i], e, S, S, inputs[i], true, true, false, &w);
-        CHECK(batcher_submit(b, &c[i].job, err, sizeof err) == BATCH_OK, "%s", err);
-    }
+    queue_three(b, e, c, true, &w);
     atomic_store(&c[1].cancel, true);  /* while the batch waits the 300 ms for more */
     CHECK(waiter_wait(&w, 3, 30) == 3, "all called back");
     CHECK(c[1].status == BATCH_CANCELLED && c[1].calls == 1 && one_line(c[1].err),
