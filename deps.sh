@@ -7,7 +7,7 @@ packages=(
   build-essential pkg-config meson ninja-build
   clang libclang-rt-14-dev libomp-14-dev
   libjansson-dev libopenblas-openmp-dev libpng-dev libjpeg62-turbo-dev
-  libsqlite3-dev libmicrohttpd-dev zlib1g-dev
+  libsqlite3-dev libmicrohttpd-dev zlib1g-dev libdnnl-dev
   python3 python3-numpy python3-torch python3-torchvision python3-pil python3-skimage
   python3-jsonschema python3-venv python3-faiss curl
   dataset-fashion-mnist

@@ -7,11 +7,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cpu/gemm_packed.h"
 #include "cpu/ops.h"
 #include "cpu/pos_embed.h"
 #include "cuda/cuda_engine.h"
 #include "errors.h"
+#include "mm.h"
 #include "rasa.h"
 
 /* One interpolated positional table per (gh, gw), computed on first use. */
@@ -21,45 +21,48 @@ struct pos_cache_entry {
     struct pos_cache_entry *next;
 };
 
-/* A block's GEMM weights, packed for the CPU forward (cpu/gemm_packed.h). */
+/* A block's linear weights, laid out for the CPU's kernels (common/mm.h). */
 struct packed_block {
-    struct packed_weights qkv, proj, fc1, fc2;
+    struct mm_weights *qkv, *proj, *fc1, *fc2;
 };
 
-/* Memory: on a CPU with AVX-512 the CPU forward reads its linear weights
- * (patch embedding, and qkv, proj, fc1, fc2 of every block) from a packed copy
- * made when the model is created, so a CPU model holds one extra fp32 copy of
- * those weights (nearly all of its parameters: about +86 MB for ViT-S/14,
- * +342 MB for ViT-B/14, +1.2 GB for ViT-L/14). The plain weights in ck stay:
- * the CUDA upload, RASA, the positional tables and the trainer read them. The
- * copy is dropped while the model runs on CUDA and made again when it moves
- * back to the CPU. */
+/* Memory: the CPU forward reads its linear weights (patch embedding, and qkv,
+ * proj, fc1, fc2 of every block) from a copy laid out for the CPU's kernels
+ * when the model is created: in fp32 one extra copy of nearly all parameters
+ * (about +86 MB for ViT-S/14, +342 MB for ViT-B/14, +1.2 GB for ViT-L/14),
+ * in bf16 half of that (the patch embedding stays fp32: its input is pixels).
+ * The plain weights in ck stay: the CUDA upload, RASA, the positional tables
+ * and the trainer read them. The copy is dropped while the model runs on
+ * CUDA and made again when it moves back to the CPU. */
 struct vit_model {
     struct checkpoint ck;
-    struct packed_weights patch_packed;
+    struct mm_weights *patch_packed;
     struct packed_block *packed; /* [depth]; NULL while on CUDA */
     float *rasa_units;           /* [T+1, 2, D] or NULL */
     pthread_mutex_t pos_lock;
     struct pos_cache_entry *pos_cache;
     struct cuda_model *cuda;     /* non-NULL: forwards run on CUDA */
-    enum vit_precision precision;
+    enum vit_precision precision; /* of the products, on either device */
 };
 
-/* Activations for one (B, T) shape, carved from one allocation. */
+/* Activations for one (B, T) shape, carved from one allocation. In bf16 the
+ * inputs of the products (xn, qkv, attn, act) are bf16; the residual stream,
+ * LayerNorm statistics and softmax stay float32. */
 struct vit_workspace {
     int B, T;                    /* capacity: images and tokens per image */
-    int threads;
-    int D, Hs, P, ffn;           /* the model shape the buffers were sized for */
-    float *arena;
+    int D, Hs, P, ffn, heads;    /* the model shape the buffers were sized for */
+    enum mm_type type;           /* of the products' inputs */
+    void *arena;
     float *patches;              /* [B*N, 3*P*P] im2col */
     float *x;                    /* [B*T, D] residual stream */
-    float *xn;                   /* [B*T, D] normalised */
-    float *qkv;                  /* [B*T, 3D] */
-    float *attn;                 /* [B*T, D] */
+    float *xn;                   /* [B*T, D] normalised, final LayerNorm output */
+    void *xn_in;                 /* [B*T, D] normalised, as the products read it */
+    void *qkv;                   /* [B*T, 3D] */
+    void *attn;                  /* [B*T, D] */
     float *branch;               /* [B*T, D] block branch output */
-    float *hidden;               /* [B*T, 2Hs] (SwiGLU) or [B*T, Hs] (MLP) */
-    float *gated;                /* [B*T, Hs] (SwiGLU only) */
-    float *scores;               /* threads * attention_scratch_floats(T) */
+    float *hidden;               /* [B*T, 2Hs] (SwiGLU fc1) or [B*T, Hs] (MLP, fp32) */
+    void *act;                   /* [B*T, Hs] fc2's input (SwiGLU, or MLP in bf16) */
+    void *scores;                /* attention_scratch_bytes */
     struct cuda_ws *cuda;        /* device activations of CUDA models, or NULL */
 };
 
@@ -67,40 +70,45 @@ static void model_unpack(struct vit_model *m)
 {
     if (m->packed)
         for (int l = 0; l < m->ck.cfg.depth; l++) {
-            packed_weights_free(&m->packed[l].qkv);
-            packed_weights_free(&m->packed[l].proj);
-            packed_weights_free(&m->packed[l].fc1);
-            packed_weights_free(&m->packed[l].fc2);
+            mm_weights_free(m->packed[l].qkv);
+            mm_weights_free(m->packed[l].proj);
+            mm_weights_free(m->packed[l].fc1);
+            mm_weights_free(m->packed[l].fc2);
         }
     free(m->packed);
     m->packed = NULL;
-    packed_weights_free(&m->patch_packed);
+    mm_weights_free(m->patch_packed);
+    m->patch_packed = NULL;
 }
 
-/* Packs the linear weights for the CPU forward; all or nothing. */
-static int model_pack(struct vit_model *m, char *err, size_t errlen)
+/* Lays out the linear weights for the CPU forward in precision p; all or
+ * nothing. */
+static int model_pack(struct vit_model *m, enum vit_precision p, char *err, size_t errlen)
 {
     const struct model_config *c = &m->ck.cfg;
     const struct vit_weights *w = &m->ck.w;
     const int D = c->embed_dim, Hs = c->ffn_hidden, P = c->patch_size;
     const int f1 = c->ffn == FFN_SWIGLU ? 2 * Hs : Hs;
+    const enum mm_type t = p == VIT_PRECISION_BF16 ? MM_BF16 : MM_F32;
+    char why[ERR_LEN] = "out of memory";
     m->packed = calloc((size_t)c->depth, sizeof(*m->packed));
-    int fail = !m->packed || packed_weights_pack(&m->patch_packed, w->patch_w, 3 * P * P, D);
+    int fail = !m->packed ||
+               mm_weights_create(&m->patch_packed, w->patch_w, 3 * P * P, D, MM_F32, why,
+                                 sizeof why);
     for (int l = 0; l < c->depth && !fail; l++) {
         const struct vit_block_weights *bw = &w->blocks[l];
         struct packed_block *pb = &m->packed[l];
-        fail = packed_weights_pack(&pb->qkv, bw->qkv_w, D, 3 * D) ||
-               packed_weights_pack(&pb->proj, bw->proj_w, D, D) ||
-               packed_weights_pack(&pb->fc1, bw->fc1_w, D, f1) ||
-               packed_weights_pack(&pb->fc2, bw->fc2_w, Hs, D);
+        fail = mm_weights_create(&pb->qkv, bw->qkv_w, D, 3 * D, t, why, sizeof why) ||
+               mm_weights_create(&pb->proj, bw->proj_w, D, D, t, why, sizeof why) ||
+               mm_weights_create(&pb->fc1, bw->fc1_w, D, f1, t, why, sizeof why) ||
+               mm_weights_create(&pb->fc2, bw->fc2_w, Hs, D, t, why, sizeof why);
     }
     if (fail) {
         model_unpack(m);
-        const double mib = ((double)3 * P * P * D + c->depth * ((double)4 * D * D +
-                            (double)f1 * D + (double)Hs * D)) * sizeof(float) / (1 << 20);
-        return set_err(err, errlen, "out of memory: the packed copy of the linear weights for "
-                       "the CPU forward needs %.1f MiB", mib);
+        return set_err(err, errlen, "the CPU forward's %s weights: %s",
+                       p == VIT_PRECISION_BF16 ? "bf16" : "fp32", why);
     }
+    m->precision = p;
     return 0;
 }
 
@@ -125,7 +133,7 @@ int vit_model_from_checkpoint(struct checkpoint *ck, struct vit_model **out, cha
             return -1;
         }
     }
-    if (model_pack(m, err, errlen)) {
+    if (model_pack(m, VIT_PRECISION_FP32, err, errlen)) {
         vit_model_free(m);
         return -1;
     }
@@ -220,62 +228,74 @@ void vit_workspace_free(struct vit_workspace *ws)
 }
 
 static int workspace_ensure(struct vit_workspace **wsp, const struct model_config *c, int B,
-                            int T, int N, char *err, size_t errlen)
+                            int T, int N, enum mm_type type, char *err, size_t errlen)
 {
-    const int threads = omp_get_max_threads();
     struct vit_workspace *ws = *wsp;
     /* A workspace may move between models: reuse it only for the same shape. */
-    if (ws && ws->B >= B && ws->T >= T && ws->threads >= threads && ws->D == c->embed_dim &&
-        ws->Hs == c->ffn_hidden && ws->P == c->patch_size && ws->ffn == (int)c->ffn)
+    if (ws && ws->B >= B && ws->T >= T && ws->D == c->embed_dim && ws->Hs == c->ffn_hidden &&
+        ws->P == c->patch_size && ws->ffn == (int)c->ffn && ws->heads == c->num_heads &&
+        ws->type == type)
         return 0;
     vit_workspace_free(ws);
     *wsp = NULL;
 
     const size_t D = c->embed_dim, Hs = c->ffn_hidden, rows = (size_t)B * T;
-    const size_t hidden = c->ffn == FFN_SWIGLU ? 2 * Hs : Hs;
+    const size_t f = sizeof(float), e = type == MM_BF16 ? sizeof(mm_bf16) : sizeof(float);
+    const bool swiglu = c->ffn == FFN_SWIGLU, bf16 = type == MM_BF16;
+    /* fp32 reads xn as the products' input; an fp32 GELU MLP applies GELU
+     * in place in hidden. */
     const size_t sizes[] = {
-        (size_t)B * N * 3 * c->patch_size * c->patch_size, /* patches */
-        rows * D, rows * D, rows * 3 * D, rows * D, rows * D, /* x xn qkv attn branch */
-        rows * hidden, c->ffn == FFN_SWIGLU ? rows * Hs : 0,  /* hidden gated */
-        (size_t)threads * attention_scratch_floats(T),       /* scores */
+        (size_t)B * N * 3 * c->patch_size * c->patch_size * f, /* patches */
+        rows * D * f, rows * D * f,                            /* x xn */
+        bf16 ? rows * D * e : 0,                               /* xn_in */
+        rows * 3 * D * e, rows * D * e, rows * D * f,          /* qkv attn branch */
+        swiglu || !bf16 ? rows * (swiglu ? 2 * Hs : Hs) * f : 0, /* hidden */
+        swiglu || bf16 ? rows * Hs * e : 0,                   /* act */
+        attention_scratch_bytes(B, T, c->num_heads, type),    /* scores */
     };
     size_t total = 0;
-    for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) total += sizes[i];
+    for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) total += (sizes[i] + 63) / 64 * 64;
 
     ws = calloc(1, sizeof(*ws));
-    if (ws) ws->arena = malloc(total * sizeof(float));
+    if (ws) ws->arena = aligned_alloc(64, total);
     if (!ws || !ws->arena) {
         free(ws);
         return set_err(err, errlen, "out of memory: batch %d at %d tokens needs %.1f GiB of "
-                       "activations", B, T, total * 4.0 / (1 << 30));
+                       "activations", B, T, total / (double)(1 << 30));
     }
-    float **slots[] = {&ws->patches, &ws->x, &ws->xn, &ws->qkv, &ws->attn, &ws->branch,
-                       &ws->hidden, &ws->gated, &ws->scores};
-    float *p = ws->arena;
+    void **slots[] = {(void **)&ws->patches, (void **)&ws->x, (void **)&ws->xn, &ws->xn_in,
+                      &ws->qkv, &ws->attn, (void **)&ws->branch, (void **)&ws->hidden,
+                      &ws->act, &ws->scores};
+    char *p = ws->arena;
     for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
         *slots[i] = sizes[i] ? p : NULL;
-        p += sizes[i];
+        p += (sizes[i] + 63) / 64 * 64;
     }
+    if (!bf16) ws->xn_in = ws->xn;
     ws->B = B;
     ws->T = T;
-    ws->threads = threads;
     ws->D = c->embed_dim;
     ws->Hs = c->ffn_hidden;
     ws->P = c->patch_size;
     ws->ffn = (int)c->ffn;
+    ws->heads = c->num_heads;
+    ws->type = type;
     *wsp = ws;
     return 0;
 }
 
 /* Patch embedding, CLS, registers and positional table into ws->x. */
-static void embed_tokens(const struct model_config *c, const struct vit_weights *w,
-                         const struct packed_weights *patch_w, struct vit_workspace *ws,
-                         const float *x, const float *pos, int B, int H, int W, int T, int N)
+static int embed_tokens(const struct model_config *c, const struct vit_weights *w,
+                        const struct mm_weights *patch_w, struct vit_workspace *ws,
+                        const float *x, const float *pos, int B, int H, int W, int T, int N,
+                        char *err, size_t errlen)
 {
     const int D = c->embed_dim, P = c->patch_size, R = c->register_tokens;
     patchify(ws->patches, x, B, 3, H, W, P);
     /* Patch projections land in branch[B*N, D], then move into their token rows. */
-    packed_linear_forward(ws->branch, ws->patches, patch_w, w->patch_b, (size_t)B * N);
+    if (mm_linear(patch_w, ws->branch, MM_F32, ws->patches, w->patch_b, (size_t)B * N,
+                  MM_POST_NONE, err, errlen))
+        return -1;
 #pragma omp parallel for schedule(static)
     for (int b = 0; b < B; b++) {
         float *xb = ws->x + (size_t)b * T * D;
@@ -289,31 +309,52 @@ static void embed_tokens(const struct model_config *c, const struct vit_weights 
             for (int i = 0; i < D; i++) dst[i] = src[i] + pe[i];
         }
     }
+    return 0;
 }
 
-static void block_forward(const struct model_config *c, const struct vit_block_weights *bw,
-                          const struct packed_block *pb, struct vit_workspace *ws, int B, int T)
+static void layernorm_in(struct vit_workspace *ws, const float *w, const float *b, size_t rows,
+                         int D, float eps)
+{
+    if (ws->type == MM_BF16) layernorm_forward_bf16(ws->xn_in, ws->x, w, b, rows, D, eps);
+    else layernorm_forward(ws->xn, ws->x, w, b, rows, D, eps);
+}
+
+static int block_forward(const struct model_config *c, const struct vit_block_weights *bw,
+                         const struct packed_block *pb, struct vit_workspace *ws, int B, int T,
+                         char *err, size_t errlen)
 {
     const int D = c->embed_dim, Hs = c->ffn_hidden;
     const size_t rows = (size_t)B * T;
+    const enum mm_type t = ws->type;
 
-    layernorm_forward(ws->xn, ws->x, bw->norm1_w, bw->norm1_b, rows, D, c->norm_eps);
-    packed_linear_forward(ws->qkv, ws->xn, &pb->qkv, bw->qkv_b, rows);
-    attention_forward(ws->attn, ws->qkv, ws->scores, B, T, D, c->num_heads);
-    packed_linear_forward(ws->branch, ws->attn, &pb->proj, bw->proj_b, rows);
+    layernorm_in(ws, bw->norm1_w, bw->norm1_b, rows, D, c->norm_eps);
+    if (mm_linear(pb->qkv, ws->qkv, t, ws->xn_in, bw->qkv_b, rows, MM_POST_NONE, err, errlen) ||
+        attention_forward(ws->attn, ws->qkv, ws->scores, B, T, D, c->num_heads, t, err, errlen) ||
+        mm_linear(pb->proj, ws->branch, MM_F32, ws->attn, bw->proj_b, rows, MM_POST_NONE, err,
+                  errlen))
+        return -1;
     residual_scale_add(ws->x, ws->branch, bw->ls1, rows, D);
 
-    layernorm_forward(ws->xn, ws->x, bw->norm2_w, bw->norm2_b, rows, D, c->norm_eps);
+    layernorm_in(ws, bw->norm2_w, bw->norm2_b, rows, D, c->norm_eps);
+    const void *fc2_in;
     if (c->ffn == FFN_SWIGLU) {
-        packed_linear_forward(ws->hidden, ws->xn, &pb->fc1, bw->fc1_b, rows);
-        swiglu_forward(ws->gated, ws->hidden, rows, Hs);
-        packed_linear_forward(ws->branch, ws->gated, &pb->fc2, bw->fc2_b, rows);
+        if (mm_linear(pb->fc1, ws->hidden, MM_F32, ws->xn_in, bw->fc1_b, rows, MM_POST_NONE, err,
+                      errlen))
+            return -1;
+        if (t == MM_BF16) swiglu_forward_bf16(ws->act, ws->hidden, rows, Hs);
+        else swiglu_forward(ws->act, ws->hidden, rows, Hs);
+        fc2_in = ws->act;
     } else {
-        packed_linear_forward(ws->hidden, ws->xn, &pb->fc1, bw->fc1_b, rows);
-        gelu_forward(ws->hidden, rows * Hs);
-        packed_linear_forward(ws->branch, ws->hidden, &pb->fc2, bw->fc2_b, rows);
+        /* GELU as the product's post-op: bf16 lands in act, fp32 in hidden. */
+        void *h = t == MM_BF16 ? ws->act : (void *)ws->hidden;
+        if (mm_linear(pb->fc1, h, t, ws->xn_in, bw->fc1_b, rows, MM_POST_GELU, err, errlen))
+            return -1;
+        fc2_in = h;
     }
+    if (mm_linear(pb->fc2, ws->branch, MM_F32, fc2_in, bw->fc2_b, rows, MM_POST_NONE, err, errlen))
+        return -1;
     residual_scale_add(ws->x, ws->branch, bw->ls2, rows, D);
+    return 0;
 }
 
 /* The CUDA path: patches land in patch (or patch_rasa); RASA runs here on the host. */
@@ -351,11 +392,13 @@ int vit_forward(struct vit_model *m, struct vit_workspace **wsp, const float *x,
     const float *pos = pos_table(m, gh, gw, err, errlen);
     if (!pos) return -1;
     if (m->cuda) return forward_cuda(m, wsp, pos, x, B, H, W, out, err, errlen);
-    if (workspace_ensure(wsp, c, B, T, N, err, errlen)) return -1;
+    const enum mm_type type = m->precision == VIT_PRECISION_BF16 ? MM_BF16 : MM_F32;
+    if (workspace_ensure(wsp, c, B, T, N, type, err, errlen)) return -1;
     struct vit_workspace *ws = *wsp;
 
-    embed_tokens(c, w, &m->patch_packed, ws, x, pos, B, H, W, T, N);
-    for (int l = 0; l < c->depth; l++) block_forward(c, &w->blocks[l], &m->packed[l], ws, B, T);
+    if (embed_tokens(c, w, m->patch_packed, ws, x, pos, B, H, W, T, N, err, errlen)) return -1;
+    for (int l = 0; l < c->depth; l++)
+        if (block_forward(c, &w->blocks[l], &m->packed[l], ws, B, T, err, errlen)) return -1;
 
     /* Final LayerNorm; CLS is row 0, patches follow the registers. */
     const size_t rows = (size_t)B * T;
@@ -420,10 +463,17 @@ int vit_model_use_device(struct vit_model *m, enum vit_device d, enum vit_precis
                          char *err, size_t errlen)
 {
     if (d == VIT_DEVICE_CPU) {
-        if (!m->packed && model_pack(m, err, errlen)) return -1;
+        if (!m->packed || m->precision != p) {
+            /* The old copy goes first, so that peak memory holds only one. */
+            const enum vit_precision old = m->precision;
+            model_unpack(m);
+            if (model_pack(m, p, err, errlen)) {
+                if (!m->cuda) model_pack(m, old, NULL, 0);
+                return -1;
+            }
+        }
         cuda_model_free(m->cuda);
         m->cuda = NULL;
-        m->precision = VIT_PRECISION_FP32;
         return 0;
     }
     struct cuda_model *cm;
@@ -443,7 +493,30 @@ enum vit_device vit_model_device(const struct vit_model *m)
 
 enum vit_precision vit_model_precision(const struct vit_model *m)
 {
-    return m->cuda ? m->precision : VIT_PRECISION_FP32;
+    return m->precision;
+}
+
+enum vit_precision vit_precision_auto(enum vit_device d)
+{
+    return d == VIT_DEVICE_CUDA || mm_bf16_native() ? VIT_PRECISION_BF16 : VIT_PRECISION_FP32;
+}
+
+int vit_precision_parse(const char *name, enum vit_device d, enum vit_precision *out, char *err,
+                        size_t errlen)
+{
+    if (!name || !strcmp(name, "auto")) *out = vit_precision_auto(d);
+    else if (!strcmp(name, "fp32")) *out = VIT_PRECISION_FP32;
+    else if (!strcmp(name, "bf16")) *out = VIT_PRECISION_BF16;
+    else return set_err(err, errlen, "unknown precision '%s' (expected fp32, bf16 or auto)", name);
+    if (*out == VIT_PRECISION_BF16 && d == VIT_DEVICE_CPU && !mm_bf16_supported())
+        return set_err(err, errlen, "precision bf16 on the CPU needs AVX-512 (this CPU offers %s)",
+                       mm_isa_name(mm_isa()));
+    return 0;
+}
+
+const char *vit_precision_name(enum vit_precision p)
+{
+    return p == VIT_PRECISION_BF16 ? "bf16" : "fp32";
 }
 
 int vit_model_set_attention(struct vit_model *m, enum vit_attention a, char *err, size_t errlen)

@@ -46,7 +46,8 @@ int vit_forward(struct vit_model *m, struct vit_workspace **ws, const float *x,
                 char *err, size_t errlen);
 void vit_workspace_free(struct vit_workspace *ws);
 
-/* Devices. A model starts on the CPU; vit_model_use_device moves its forward to
+/* Devices. A model starts on the CPU in fp32; vit_model_use_device sets the
+ * CPU precision (weights laid out again once) or moves its forward to
  * CUDA (weights uploaded once: bf16 GEMM weights in bf16 mode, fp32 otherwise),
  * after which vit_forward runs there with the same contract (a workspace then
  * holds the device activations, three streams and double-buffered staging; a large
@@ -54,7 +55,18 @@ void vit_workspace_free(struct vit_workspace *ws);
  * the model is shared between threads. RASA runs on the host on the
  * downloaded patch tokens; the Matryoshka cut stays with the caller. */
 enum vit_device { VIT_DEVICE_CPU = 0, VIT_DEVICE_CUDA = 1 };
+/* Precision of the products on either device: bf16 inputs with float32
+ * accumulation (LayerNorm, softmax and the residual stream stay float32), or
+ * fp32 throughout. On the CPU, bf16 needs AVX-512; it runs in hardware with
+ * AVX512-BF16 or AMX (common/mm.h). */
 enum vit_precision { VIT_PRECISION_FP32 = 0, VIT_PRECISION_BF16 = 1 };
+/* What "auto" means on d: bf16 on CUDA and on CPUs with bf16 hardware, else fp32. */
+enum vit_precision vit_precision_auto(enum vit_device d);
+/* "fp32", "bf16" or "auto" (or NULL: auto) for device d -> *out; fails with a
+ * one-line reason for an unknown name or for bf16 on a CPU without AVX-512. */
+int vit_precision_parse(const char *name, enum vit_device d, enum vit_precision *out, char *err,
+                        size_t errlen);
+const char *vit_precision_name(enum vit_precision p);
 /* CUDA attention: AUTO = fused (flash-style) kernel where supported (bf16, head
  * dim 32/64/128), else batched GEMMs + softmax; the others force one path. */
 enum vit_attention { VIT_ATTENTION_AUTO = 0, VIT_ATTENTION_UNFUSED = 1, VIT_ATTENTION_FUSED = 2 };

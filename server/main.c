@@ -4,11 +4,11 @@
  * --admin-token-file F --max-batch N --max-delay-ms N --max-body-mb N
  * --max-image-pixels N --threads N; plus --http-threads N --max-queue N
  * --max-images N --api-key-file F --header-timeout S --max-connections N
- * --max-connections-per-ip N --max-inflight-tokens N --drain-seconds N. Prints
+ * --max-connections-per-ip N --max-inflight-tokens N --drain-seconds N
+ * --precision P. Prints
  * "listening on http://HOST:PORT" once ready; SIGTERM or SIGINT stops
  * accepting, finishes requests in flight and exits 0; work still running
  * DRAIN_GRACE_S after the drain's deadline is abandoned (logged, exit 1). */
-#include <cblas.h>
 #include <errno.h>
 #include <getopt.h>
 #include <omp.h>
@@ -39,6 +39,9 @@ static const char usage_text[] =
     "  --port PORT             port (default 8080; 0 picks a free one)\n"
     "  --data DIR              index and state directory (default ./data)\n"
     "  --device D              cpu, cuda or auto (default auto: cuda when a GPU is usable)\n"
+    "  --precision P           fp32, bf16 or auto (default auto: bf16 on CUDA and on CPUs\n"
+    "                          with AMX or AVX512-BF16, else fp32); bf16 multiplies in bf16\n"
+    "                          with float32 accumulation\n"
     "  --admin-token-file F    enables the admin routes with the bearer token in F\n"
     "  --api-key-file F        every /v1 route needs 'Authorization: Bearer KEY', a key of F\n"
     "                          (one per line, '#' comments); without it the /v1 routes are open\n"
@@ -65,7 +68,7 @@ static const char usage_text[] =
 struct options {
     const char *names[MAX_MODELS], *paths[MAX_MODELS];
     int n_models;
-    const char *models_dir, *host, *data, *device, *token_file, *api_key_file;
+    const char *models_dir, *host, *data, *device, *precision, *token_file, *api_key_file;
     int port, max_batch, max_delay_ms, max_body_mb, max_images, max_queue, threads, http_threads;
     int index_threads, max_insert_items, header_timeout, max_connections, max_conn_per_ip;
     int drain_seconds;
@@ -94,11 +97,12 @@ static int parse_options(int argc, char **argv, struct options *o)
 {
     enum { O_MODEL = 256, O_MODELS_DIR, O_HOST, O_PORT, O_DATA, O_DEVICE, O_TOKEN, O_BATCH,
            O_DELAY, O_BODY, O_PIXELS, O_IMAGES, O_QUEUE, O_THREADS, O_HTTP, O_INDEX_THREADS, O_INSERT_ITEMS, O_API_KEYS, O_HELP,
-           O_HEADER_TIMEOUT, O_MAX_CONN, O_MAX_CONN_IP, O_INFLIGHT, O_DRAIN };
+           O_HEADER_TIMEOUT, O_MAX_CONN, O_MAX_CONN_IP, O_INFLIGHT, O_DRAIN, O_PRECISION };
     static const struct option lo[] = {
         {"model", required_argument, 0, O_MODEL}, {"models-dir", required_argument, 0, O_MODELS_DIR},
         {"host", required_argument, 0, O_HOST}, {"port", required_argument, 0, O_PORT},
         {"data", required_argument, 0, O_DATA}, {"device", required_argument, 0, O_DEVICE},
+        {"precision", required_argument, 0, O_PRECISION},
         {"admin-token-file", required_argument, 0, O_TOKEN},
         {"api-key-file", required_argument, 0, O_API_KEYS},
         {"max-batch", required_argument, 0, O_BATCH}, {"max-delay-ms", required_argument, 0, O_DELAY},
@@ -169,6 +173,11 @@ static int parse_options(int argc, char **argv, struct options *o)
             if (strcmp(optarg, "cpu") && strcmp(optarg, "cuda") && strcmp(optarg, "auto"))
                 return usage_error("--device must be cpu, cuda or auto, got '%s'", optarg);
             o->device = optarg;
+            break;
+        case O_PRECISION:
+            if (strcmp(optarg, "fp32") && strcmp(optarg, "bf16") && strcmp(optarg, "auto"))
+                return usage_error("--precision must be fp32, bf16 or auto, got '%s'", optarg);
+            o->precision = optarg;
             break;
         case O_PIXELS:
             if (parse_num(optarg, 1, 1LL << 40, &o->max_pixels))
@@ -277,10 +286,7 @@ int main(int argc, char **argv)
     if (rc) return rc;
     char err[ERR_LEN];
     /* --device: registry_create resolves auto (cuda when a GPU is usable) and refuses cuda without one. */
-    if (o.threads) {
-        omp_set_num_threads(o.threads);
-        openblas_set_num_threads(o.threads);
-    }
+    if (o.threads) omp_set_num_threads(o.threads);
     if (mkdir(o.data, 0700) && errno != EEXIST) { /* holds the index: owner-only */
         snprintf(err, sizeof err, "--data %s: %s", o.data, strerror(errno));
         return fail(err);
@@ -316,7 +322,7 @@ int main(int argc, char **argv)
     if (o.api_key_file && auth_keys_load(o.api_key_file, &app.api_keys, err, sizeof err))
         return fail_free(&app, router, err);
     if (!(app.metrics = metrics_new())) return fail_free(&app, router, "out of memory");
-    if (registry_create(&app.registry, app.device, err, sizeof err)) return fail_free(&app, router, err);
+    if (registry_create(&app.registry, app.device, o.precision, err, sizeof err)) return fail_free(&app, router, err);
     /* The index searches with cuBLAS where the models run on CUDA. */
     enum vit_device search_device;
     if (!vit_device_select(app.device, &search_device, err, sizeof err) &&

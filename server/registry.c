@@ -22,6 +22,7 @@ struct registry {
     size_t n, cap;
     char default_name[REGISTRY_NAME_MAX];
     char device[16];
+    enum vit_precision precision;
     struct registry_stats st; /* guarded by lock (loading/models computed on read) */
 };
 
@@ -47,7 +48,8 @@ bool registry_name_valid(const char *name)
     return true;
 }
 
-int registry_create(struct registry **out, const char *device, char *err, size_t errlen)
+int registry_create(struct registry **out, const char *device, const char *precision, char *err,
+                    size_t errlen)
 {
     *out = NULL;
     if (!device || !device[0] || strlen(device) >= sizeof(((struct registry *)0)->device))
@@ -56,6 +58,8 @@ int registry_create(struct registry **out, const char *device, char *err, size_t
     enum vit_device dev;
     if (vit_device_select(device, &dev, err, errlen)) return REGISTRY_ERR;
     device = vit_device_name(dev);
+    enum vit_precision prec;
+    if (vit_precision_parse(precision, dev, &prec, err, errlen)) return REGISTRY_ERR;
     struct registry *reg = calloc(1, sizeof(*reg));
     if (!reg) return set_err(err, errlen, "registry: out of memory");
     if (pthread_mutex_init(&reg->lock, NULL)) {
@@ -63,6 +67,7 @@ int registry_create(struct registry **out, const char *device, char *err, size_t
         return set_err(err, errlen, "registry: cannot create its mutex");
     }
     snprintf(reg->device, sizeof reg->device, "%s", device);
+    reg->precision = prec;
     *out = reg;
     return REGISTRY_OK;
 }
@@ -163,7 +168,8 @@ done:
 }
 
 static int entry_create(const char *name, const char *path, const char *device,
-                        struct model_entry **out, char *err, size_t errlen)
+                        enum vit_precision precision, struct model_entry **out, char *err,
+                        size_t errlen)
 {
     *out = NULL;
     struct model_entry *e = calloc(1, sizeof(*e));
@@ -176,6 +182,7 @@ static int entry_create(const char *name, const char *path, const char *device,
     }
     snprintf(e->name, sizeof e->name, "%s", name);
     snprintf(e->device, sizeof e->device, "%s", device);
+    snprintf(e->precision, sizeof e->precision, "%s", vit_precision_name(precision));
     atomic_init(&e->refs, 1);
     e->id = atomic_fetch_add(&next_entry_id, 1);
 
@@ -184,9 +191,8 @@ static int entry_create(const char *name, const char *path, const char *device,
         entry_free(e);
         return REGISTRY_ERR;
     }
-    /* CUDA models keep their weights on the device in bf16 (fp32 accumulation). */
-    if (!strcmp(device, "cuda") &&
-        vit_model_use_device(e->model, VIT_DEVICE_CUDA, VIT_PRECISION_BF16, err, errlen)) {
+    const enum vit_device dev = strcmp(device, "cuda") ? VIT_DEVICE_CPU : VIT_DEVICE_CUDA;
+    if (vit_model_use_device(e->model, dev, precision, err, errlen)) {
         entry_free(e);
         return REGISTRY_ERR;
     }
@@ -274,7 +280,7 @@ int registry_load(struct registry *reg, const char *name, const char *path,
 
     /* Load and warm up without the lock: other names stay fully usable. */
     struct model_entry *e = NULL;
-    const int rc = entry_create(name, path, reg->device, &e, err, errlen);
+    const int rc = entry_create(name, path, reg->device, reg->precision, &e, err, errlen);
 
     /* Publish, or give the name back. The slot may have moved (other names added
      * or removed), so look it up again; it cannot have gone: unload refuses

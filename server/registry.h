@@ -57,6 +57,7 @@ struct model_entry {
     time_t loaded_at;         /* wall-clock time the entry was published */
     char loaded_at_iso[32];   /* the same as RFC 3339 UTC, "2025-01-31T12:00:00Z" */
     char device[16];          /* "cpu" or "cuda" (resolved, never "auto") */
+    char precision[8];        /* "fp32" or "bf16" (resolved, never "auto") */
     bool warmed_up;           /* always true for a published entry */
     double load_seconds;      /* checkpoint load + validation */
     double warmup_seconds;    /* the warm-up forward */
@@ -82,9 +83,12 @@ struct registry_stats {
     int models;                 /* published models now */
 };
 
-/* device: "cpu", "cuda" or "auto" (cuda when a GPU is usable); resolved once and
- * copied into each entry. "cuda" without a usable GPU fails. */
-int registry_create(struct registry **out, const char *device, char *err, size_t errlen);
+/* device: "cpu", "cuda" or "auto" (cuda when a GPU is usable); precision:
+ * "fp32", "bf16" or "auto" (vit_precision_parse; NULL means auto). Both are
+ * resolved once and apply to every entry. "cuda" without a usable GPU, or
+ * bf16 on a CPU without AVX-512, fails. */
+int registry_create(struct registry **out, const char *device, const char *precision, char *err,
+                    size_t errlen);
 /* Drops the table's references. Entries still acquired by someone stay valid
  * until their holders release them (entries never point back to the registry).
  * No load may be in progress. */

@@ -56,6 +56,7 @@ static void embed_done(struct infer_request *r, int status, const char *err, voi
         free(cut);
         const json_int_t tokens = (json_int_t)r->n * r->N;
         http_add_header(req, "X-Model-Fingerprint", r->entry->fingerprint);
+    http_add_header(req, "X-Model-Precision", r->entry->precision);
         http_reply_json(req, 200, json_pack("{s:s, s:o, s:s, s:s, s:{s:I, s:I}}", "object", "list",
                                             "data", data, "model", r->entry->name,
                                             "fingerprint", r->entry->fingerprint, "usage",

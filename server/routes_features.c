@@ -549,6 +549,7 @@ static void reply_json(const struct feat_ctx *c, const struct infer_request *r,
         return;
     }
     http_add_header(c->req, "X-Model-Fingerprint", r->entry->fingerprint);
+    http_add_header(c->req, "X-Model-Precision", r->entry->precision);
     http_reply_take(c->req, 200, "application/json", b.p, b.len, NULL);
 }
 
@@ -585,6 +586,7 @@ static void reply_safetensors(const struct feat_ctx *c, const struct infer_reque
         return;
     }
     http_add_header(c->req, "X-Model-Fingerprint", r->entry->fingerprint);
+    http_add_header(c->req, "X-Model-Precision", r->entry->precision);
     http_reply_take(c->req, 200, SAFETENSORS_TYPE, buf, len, NULL);
 }
 

@@ -30,7 +30,7 @@ static json_t *model_json(const struct app *app, const struct model_entry *e, bo
                             "crop_size", p->crop_size, "mean", p->mean[0], p->mean[1], p->mean[2],
                             "std", p->std[0], p->std[1], p->std[2]);
     return json_pack("{s:s, s:s, s:b, s:s, s:s, s:b, s:i, s:i, s:i, s:s, s:i, s:i, s:o, s:i, "
-                     "s:b, s:i, s:o, s:s, s:s, s:s, s:o}",
+                     "s:b, s:i, s:o, s:s, s:s, s:s, s:s, s:o}",
                      "id", e->name, "object", "model", "default", is_default,
                      "family", c->family == FAMILY_FRANCA ? "franca" : "dinov2",
                      "version", c->version, "trained", c->trained,
@@ -41,7 +41,7 @@ static json_t *model_json(const struct app *app, const struct model_entry *e, bo
                      "rasa", c->rasa_layers > 0, "rasa_layers", c->rasa_layers,
                      "preprocess", pre, "fingerprint", e->fingerprint,
                      "loaded_at", e->loaded_at_iso, "device", e->device,
-                     "limits", limits_json(app));
+                     "precision", e->precision, "limits", limits_json(app));
 }
 
 static void list_models(struct http_request *req, void *user)

@@ -53,8 +53,9 @@ static void gauges(void *user, void (*emit)(void *, const char *, const char *, 
         for (size_t i = 0; i < n; i++) {
             char name[2 * REGISTRY_NAME_MAX], labels[512];
             metrics_escape_label(e[i]->name, name, sizeof name);
-            snprintf(labels, sizeof labels, "name=\"%s\",fingerprint=\"%s\",dtype=\"f32\",device=\"%s\"",
-                     name, e[i]->fingerprint, e[i]->device);
+            snprintf(labels, sizeof labels,
+                     "name=\"%s\",fingerprint=\"%s\",dtype=\"f32\",device=\"%s\",precision=\"%s\"",
+                     name, e[i]->fingerprint, e[i]->device, e[i]->precision);
             emit(ctx, "franca_model_info", "Loaded models (value 1).", labels, 1);
         }
         registry_list_free(e, n);

@@ -1,12 +1,12 @@
 /* Backward passes of the ViT ops (see grad_ops.h). */
 #include "grad_ops.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <omp.h>
 #include <string.h>
 
 #include "cpu/pos_embed.h"
+#include "mm.h"
 
 #define COL_CHUNK 64
 
@@ -15,10 +15,10 @@ void linear_backward(float *dx, float *dW, float *db, const float *dy, const flo
 {
     if (rows == 0) return;
     if (dx)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, K, N, 1.0f, dy, N, W,
+        mm_sgemm(false, false, (int)rows, K, N, 1.0f, dy, N, W,
                     K, dx_accumulate ? 1.0f : 0.0f, dx, K);
     if (dW)
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, N, K, (int)rows, 1.0f, dy, N, x, K,
+        mm_sgemm(true, false, N, K, (int)rows, 1.0f, dy, N, x, K,
                     1.0f, dW, K);
     if (db) {
         const int chunks = (N + COL_CHUNK - 1) / COL_CHUNK;
@@ -151,7 +151,7 @@ void attention_forward_train(float *out, float *P, const float *qkv, int B, int 
         for (int h = 0; h < heads; h++) {
             float *S = P + ((size_t)b * heads + h) * T * T;
             const float *q = qkv + (size_t)b * T * ld + (size_t)h * hd;
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, scale, q, ld, q + D,
+            mm_sgemm(false, true, T, T, hd, scale, q, ld, q + D,
                         ld, 0.0f, S, T);
             for (int i = 0; i < T; i++) {
                 float *s = S + (size_t)i * T;
@@ -165,7 +165,7 @@ void attention_forward_train(float *out, float *P, const float *qkv, int B, int 
                 const float inv = (float)(1.0 / sum);
                 for (int j = 0; j < T; j++) s[j] *= inv;
             }
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, 1.0f, S, T,
+            mm_sgemm(false, false, T, hd, T, 1.0f, S, T,
                         q + 2 * D, ld, 0.0f, out + (size_t)b * T * D + (size_t)h * hd, D);
         }
 }
@@ -187,9 +187,9 @@ void attention_backward(float *dqkv, const float *dout, const float *qkv, const 
             float *dq = dqkv + off, *dk = dq + D, *dv = dq + 2 * D;
             const float *dO = dout + (size_t)b * T * D + (size_t)h * hd;
             /* dV = P^T dO; dP = dO V^T */
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hd, T, 1.0f, Pb, T, dO, D,
+            mm_sgemm(true, false, T, hd, T, 1.0f, Pb, T, dO, D,
                         0.0f, dv, ld);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, 1.0f, dO, D, v, ld,
+            mm_sgemm(false, true, T, T, hd, 1.0f, dO, D, v, ld,
                         0.0f, dS, T);
             /* dS = P * (dP - rowsum(P * dP)) */
             for (int i = 0; i < T; i++) {
@@ -201,9 +201,9 @@ void attention_backward(float *dqkv, const float *dout, const float *qkv, const 
                 for (int j = 0; j < T; j++) s[j] = p[j] * (s[j] - c);
             }
             /* dQ = scale dS K; dK = scale dS^T Q */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, scale, dS, T, k, ld,
+            mm_sgemm(false, false, T, hd, T, scale, dS, T, k, ld,
                         0.0f, dq, ld);
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hd, T, scale, dS, T, q, ld,
+            mm_sgemm(true, false, T, hd, T, scale, dS, T, q, ld,
                         0.0f, dk, ld);
         }
 }

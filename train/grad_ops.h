@@ -5,7 +5,7 @@
  * ACCUMULATED (+=), so a caller can sum several passes into one gradient arena.
  * Input gradients are accumulated too (dx +=) unless the comment says otherwise,
  * because the residual stream collects contributions from several branches.
- * GEMMs go to cblas; loops over rows (or heads) use OpenMP. */
+ * GEMMs go to mm_sgemm (common/mm.h); loops over rows (or heads) use OpenMP. */
 #ifndef FRANCA_TRAIN_GRAD_OPS_H
 #define FRANCA_TRAIN_GRAD_OPS_H
 

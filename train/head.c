@@ -1,7 +1,6 @@
 /* Matryoshka multi-head clustering projector: forward and backward (head.h). */
 #include "head.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,6 +9,7 @@
 #include "cpu/ops.h"
 #include "errors.h"
 #include "grad_ops.h"
+#include "mm.h"
 
 struct head_level_act {
     float *xs, *z, *a1, *h1, *a2, *h2, *a3, *h3, *logits, *dlogits, *weff, *dweff;
@@ -271,9 +271,9 @@ void head_backward(const struct head_weights *h, struct head_weights *g, struct 
         struct head_level_act *L = &a->lv[j];
         const int d = W->d, K = W->K;
         /* logits = h3 Weff^T */
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, bn, n, 1.0f, L->dlogits, K, L->h3,
+        mm_sgemm(true, false, K, bn, n, 1.0f, L->dlogits, K, L->h3,
                     bn, 0.0f, L->dweff, bn);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, bn, K, 1.0f, L->dlogits, K,
+        mm_sgemm(false, false, n, bn, K, 1.0f, L->dlogits, K,
                     L->weff, bn, 0.0f, a->dh3, bn);
         /* weight norm backward */
 #pragma omp parallel for schedule(static)

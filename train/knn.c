@@ -1,11 +1,11 @@
 #include "knn.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "errors.h"
+#include "mm.h"
 #include "preprocess.h"
 
 #define KNN_BATCH 64
@@ -87,7 +87,7 @@ double knn_top1(const float *train, const uint8_t *ytr, int ntr, const float *te
     long correct = 0;
     for (int s = 0; s < nte; s += CH) {
         const int nb = nte - s < CH ? nte - s : CH;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nb, ntr, W, 1.0f,
+        mm_sgemm(false, true, nb, ntr, W, 1.0f,
                     b + (size_t)s * W, W, a, W, 0.0f, sim, ntr);
 #pragma omp parallel for schedule(static) reduction(+ : correct)
         for (int i = 0; i < nb; i++) {

@@ -1,6 +1,5 @@
 #include "ops.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <omp.h>
 #include <stdint.h>
@@ -27,25 +26,44 @@ static inline float exp_approx(float x)
     return p * scale;
 }
 
+/* Mean and 1/std of one row: two passes in double, the mean first, then the
+ * centred variance, so large offsets do not cost precision. */
+static inline void row_moments(const float *x, int D, float eps, float *mean, float *rstd)
+{
+    double sum = 0.0;
+    for (int i = 0; i < D; i++) sum += x[i];
+    const float mu = (float)(sum / D);
+    double var = 0.0;
+    for (int i = 0; i < D; i++) {
+        const double d = (double)x[i] - mu;
+        var += d * d;
+    }
+    *mean = mu;
+    *rstd = (float)(1.0 / sqrt(var / D + eps));
+}
+
 void layernorm_forward(float *out, const float *in, const float *w, const float *b,
                        size_t rows, int D, float eps)
 {
 #pragma omp parallel for schedule(static)
     for (size_t r = 0; r < rows; r++) {
         const float *x = in + r * D;
-        float *y = out + r * D;
-        /* Two passes in double: the mean first, then the centred variance,
-         * so large offsets do not cost precision. */
-        double sum = 0.0;
-        for (int i = 0; i < D; i++) sum += x[i];
-        const float mean = (float)(sum / D);
-        double var = 0.0;
-        for (int i = 0; i < D; i++) {
-            const double d = (double)x[i] - mean;
-            var += d * d;
-        }
-        const float rstd = (float)(1.0 / sqrt(var / D + eps));
+        float *y = out + r * D, mean, rstd;
+        row_moments(x, D, eps, &mean, &rstd);
         for (int i = 0; i < D; i++) y[i] = (x[i] - mean) * rstd * w[i] + b[i];
+    }
+}
+
+void layernorm_forward_bf16(mm_bf16 *out, const float *in, const float *w, const float *b,
+                            size_t rows, int D, float eps)
+{
+#pragma omp parallel for schedule(static)
+    for (size_t r = 0; r < rows; r++) {
+        const float *x = in + r * D;
+        mm_bf16 *y = out + r * D;
+        float mean, rstd;
+        row_moments(x, D, eps, &mean, &rstd);
+        for (int i = 0; i < D; i++) y[i] = mm_bf16_round((x[i] - mean) * rstd * w[i] + b[i]);
     }
 }
 
@@ -58,8 +76,8 @@ void linear_forward(float *out, const float *in, const float *W, const float *bi
         for (size_t r = 0; r < rows; r++) memcpy(out + r * N, bias, sizeof(float) * N);
         beta = 1.0f;
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, N, K, 1.0f, in, K,
-                W, K, beta, out, N);
+    mm_sgemm(false, true, rows, (size_t)N, (size_t)K, 1.0f, in, (size_t)K, W, (size_t)K, beta,
+             out, (size_t)N);
 }
 
 void residual_scale_add(float *x, const float *y, const float *gamma, size_t rows, int D)
@@ -75,10 +93,21 @@ void residual_scale_add(float *x, const float *y, const float *gamma, size_t row
     }
 }
 
+static inline float silu(float a)
+{
+    return a / (1.0f + exp_approx(-a));
+}
+
 static void swiglu_row(float *restrict o, const float *restrict a, const float *restrict g,
                        int n)
 {
-    for (int j = 0; j < n; j++) o[j] = a[j] / (1.0f + exp_approx(-a[j])) * g[j];
+    for (int j = 0; j < n; j++) o[j] = silu(a[j]) * g[j];
+}
+
+static void swiglu_row_bf16(mm_bf16 *restrict o, const float *restrict a,
+                            const float *restrict g, int n)
+{
+    for (int j = 0; j < n; j++) o[j] = mm_bf16_round(silu(a[j]) * g[j]);
 }
 
 void swiglu_forward(float *out, const float *h, size_t rows, int Hs)
@@ -87,6 +116,15 @@ void swiglu_forward(float *out, const float *h, size_t rows, int Hs)
     for (size_t r = 0; r < rows; r++) {
         const float *a = h + r * 2 * (size_t)Hs;
         swiglu_row(out + r * Hs, a, a + Hs, Hs);
+    }
+}
+
+void swiglu_forward_bf16(mm_bf16 *out, const float *h, size_t rows, int Hs)
+{
+#pragma omp parallel for schedule(static)
+    for (size_t r = 0; r < rows; r++) {
+        const float *a = h + r * 2 * (size_t)Hs;
+        swiglu_row_bf16(out + r * Hs, a, a + Hs, Hs);
     }
 }
 
@@ -113,57 +151,79 @@ void patchify(float *out, const float *x, int B, int C, int H, int W, int P)
             }
 }
 
-/* Queries are processed in blocks so that the score scratch stays small even
- * for long sequences, and a single image still spreads over all threads. */
-#define ATTN_QBLOCK 128
+/* Rows of queries per block: the scores of a block (all images and heads)
+ * take at most ATTN_SCRATCH_TARGET bytes, but a block has at least
+ * ATTN_MIN_ROWS rows so that each product stays worth a call. */
+#define ATTN_MIN_ROWS 16
 
-size_t attention_scratch_floats(int T)
+static int query_block(int B, int T, int heads)
 {
-    return (size_t)ATTN_QBLOCK * T;
+    const size_t per_row = (size_t)B * heads * T * sizeof(float);
+    size_t q = ATTN_SCRATCH_TARGET / per_row;
+    if (q < ATTN_MIN_ROWS) q = ATTN_MIN_ROWS;
+    return q < (size_t)T ? (int)q : T;
 }
 
-void attention_forward(float *out, const float *qkv, float *scratch,
-                       int B, int T, int D, int heads)
+size_t attention_scratch_bytes(int B, int T, int heads, enum mm_type t)
 {
-    const int hd = D / heads, ld = 3 * D;
-    const int nqb = (T + ATTN_QBLOCK - 1) / ATTN_QBLOCK;
-    const float scale = 1.0f / sqrtf((float)hd);
-    /* One (image, head, query block) per task; the GEMMs inside run
-     * single-threaded because OpenBLAS (OpenMP build) does not nest inside a
-     * parallel region. */
-#pragma omp parallel for collapse(3) schedule(dynamic, 1)
-    for (int b = 0; b < B; b++)
-        for (int h = 0; h < heads; h++)
-            for (int qb = 0; qb < nqb; qb++) {
-                float *S = scratch + (size_t)omp_get_thread_num() * attention_scratch_floats(T);
-                const int q0 = qb * ATTN_QBLOCK;
-                const int nq = T - q0 < ATTN_QBLOCK ? T - q0 : ATTN_QBLOCK;
-                const float *base = qkv + (size_t)b * T * ld + (size_t)h * hd;
-                const float *q = base + (size_t)q0 * ld;
-                const float *k = base + D;
-                const float *v = base + 2 * D;
-                float *o = out + ((size_t)b * T + q0) * D + (size_t)h * hd;
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, T, hd, scale, q, ld,
-                            k, ld, 0.0f, S, T);
-                /* Unnormalised softmax rows; 1/sum scales the nq x hd output
-                 * instead of the nq x T probabilities. */
-                float inv_sum[ATTN_QBLOCK];
-                for (int i = 0; i < nq; i++) {
-                    float *s = S + (size_t)i * T;
-                    float mx = s[0];
+    const size_t cells = (size_t)B * heads * query_block(B, T, heads) * T;
+    /* Scores in float32; bf16 probabilities beside them (float32 ones
+     * overwrite the scores). */
+    return cells * sizeof(float) + (t == MM_BF16 ? cells * sizeof(mm_bf16) : 0);
+}
+
+/* Normalised softmax of each score row (scaled by scale), in place or to bf16. */
+static void softmax_rows(float *S, mm_bf16 *P16, size_t rows, int T, float scale)
+{
+#pragma omp parallel for schedule(static)
+    for (size_t r = 0; r < rows; r++) {
+        float *s = S + r * T;
+        float mx = s[0];
 #pragma omp simd reduction(max : mx)
-                    for (int j = 1; j < T; j++) mx = s[j] > mx ? s[j] : mx;
-                    float sum = 0.0f;
+        for (int j = 1; j < T; j++) mx = s[j] > mx ? s[j] : mx;
+        float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
-                    for (int j = 0; j < T; j++) {
-                        s[j] = exp_approx(s[j] - mx);
-                        sum += s[j];
-                    }
-                    inv_sum[i] = 1.0f / sum;
-                }
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, hd, T, 1.0f, S, T,
-                            v, ld, 0.0f, o, D);
-                for (int i = 0; i < nq; i++)
-                    for (int e = 0; e < hd; e++) o[(size_t)i * D + e] *= inv_sum[i];
-            }
+        for (int j = 0; j < T; j++) {
+            s[j] = exp_approx((s[j] - mx) * scale);
+            sum += s[j];
+        }
+        const float inv = 1.0f / sum;
+        if (P16) {
+            mm_bf16 *p = P16 + r * T;
+            for (int j = 0; j < T; j++) p[j] = mm_bf16_round(s[j] * inv);
+        } else {
+#pragma omp simd
+            for (int j = 0; j < T; j++) s[j] *= inv;
+        }
+    }
+}
+
+int attention_forward(void *out, const void *qkv, void *scratch, int B, int T, int D, int heads,
+                      enum mm_type t, char *err, size_t errlen)
+{
+    const int64_t hd = D / heads, ld = 3 * (int64_t)D, esz = t == MM_BF16 ? 2 : 4;
+    const int qb = query_block(B, T, heads);
+    float *S = scratch;
+    mm_bf16 *P16 = t == MM_BF16 ? (mm_bf16 *)(S + (size_t)B * heads * qb * T) : NULL;
+    const char *base = qkv;
+    const float scale = 1.0f / sqrtf((float)hd);
+    /* Heads are views into the qkv rows: batch dims (image, head). */
+    for (int q0 = 0; q0 < T; q0 += qb) {
+        const int64_t nq = T - q0 < qb ? T - q0 : qb;
+        const struct mm_view q = {(void *)(base + q0 * ld * esz), t, {B, heads, nq, hd},
+                                  {T * ld, hd, ld, 1}};
+        const struct mm_view k = {(void *)(base + D * esz), t, {B, heads, hd, T},
+                                  {T * ld, hd, 1, ld}};
+        const struct mm_view s = {S, MM_F32, {B, heads, nq, T}, {heads * nq * T, nq * T, T, 1}};
+        if (mm_batched(&s, &q, &k, err, errlen)) return -1;
+        softmax_rows(S, P16, (size_t)B * heads * nq, T, scale);
+        const struct mm_view p = {P16 ? (void *)P16 : (void *)S, t, {B, heads, nq, T},
+                                  {heads * nq * T, nq * T, T, 1}};
+        const struct mm_view v = {(void *)(base + 2 * (int64_t)D * esz), t, {B, heads, T, hd},
+                                  {T * ld, hd, ld, 1}};
+        const struct mm_view o = {(char *)out + q0 * (int64_t)D * esz, t, {B, heads, nq, hd},
+                                  {(int64_t)T * D, hd, D, 1}};
+        if (mm_batched(&o, &p, &v, err, errlen)) return -1;
+    }
+    return 0;
 }

@@ -7,7 +7,6 @@
  *   franca-embed --model CKPT --bench [--device D] [--precision P] [--batch B] [--resolution R]
  *                [--iters N] [--threads T]
  * Exit codes: 0 success, 2 usage error, 1 any other error (one line on stderr). */
-#include <cblas.h>
 #include <getopt.h>
 #include <omp.h>
 #include <stdbool.h>
@@ -22,12 +21,13 @@
 #include "npy.h"
 #include "preprocess.h"
 #include "safetensors.h"
+#include "mm.h"
 #include "vit.h"
 
 #define EXIT_USAGE 2
 
 static const char usage_text[] =
-    "usage: franca-embed --model CKPT [--device cpu|cuda|auto] [--precision fp32|bf16]\n"
+    "usage: franca-embed --model CKPT [--device cpu|cuda|auto] [--precision fp32|bf16|auto]\n"
     "                    [--resolution R] [--width W]...\n"
     "                    [--rasa] [--batch B] [--threads T] (--input-npy X.npy | IMAGE...)\n"
     "                    --out OUT.safetensors\n"
@@ -36,7 +36,9 @@ static const char usage_text[] =
     "\n"
     "  --model CKPT       checkpoint (.safetensors with franca metadata)\n"
     "  --device D         cpu (default), cuda, or auto (cuda when a GPU is usable, else cpu)\n"
-    "  --precision P      CUDA GEMM precision: bf16 (default; fp32 accumulation) or fp32\n"
+    "  --precision P      precision of the matrix products: bf16 (float32 accumulation),\n"
+    "                     fp32, or auto (default: bf16 on CUDA and on CPUs with AMX or\n"
+    "                     AVX512-BF16, else fp32)\n"
     "  --resolution R     resize images to R x R (R a multiple of the patch size) instead of\n"
     "                     the checkpoint's eval preprocessing (resize + centre crop);\n"
     "                     with --bench: input side (default: the crop size)\n"
@@ -160,8 +162,9 @@ static int parse_args(int argc, char **argv, struct args *a)
     if (!a->model) return usage_error("--model is required");
     if (strcmp(a->device, "cpu") && strcmp(a->device, "cuda") && strcmp(a->device, "auto"))
         return usage_error("--device must be cpu, cuda or auto");
-    if (a->precision && strcmp(a->precision, "fp32") && strcmp(a->precision, "bf16"))
-        return usage_error("--precision must be fp32 or bf16");
+    if (a->precision && strcmp(a->precision, "fp32") && strcmp(a->precision, "bf16") &&
+        strcmp(a->precision, "auto"))
+        return usage_error("--precision must be fp32, bf16 or auto");
     if (a->bench) {
         if (a->n_images || a->input_npy || a->out)
             return usage_error("--bench takes no inputs and no --out");
@@ -182,13 +185,12 @@ static int select_device(const char *device, enum vit_device *d, char *err, size
     return vit_device_select(device, d, err, errlen);
 }
 
-/* Moves the model to the device (bf16 unless --precision fp32). */
+/* Moves the model to the device in the --precision asked for (auto by default). */
 static int use_device(const struct args *a, struct vit_model *m, enum vit_device d, char *err,
                       size_t errlen)
 {
-    if (d == VIT_DEVICE_CPU) return 0;
-    const enum vit_precision p = a->precision && !strcmp(a->precision, "fp32")
-                                     ? VIT_PRECISION_FP32 : VIT_PRECISION_BF16;
+    enum vit_precision p;
+    if (vit_precision_parse(a->precision, d, &p, err, errlen)) return -1;
     return vit_model_use_device(m, d, p, err, errlen);
 }
 
@@ -383,10 +385,10 @@ static int run_bench(const struct args *a, struct vit_model *m, char *err, size_
         const double gflops = vit_flops_per_image(cfg, S, S) * ips / 1e9;
         printf("model: %s (D=%d, depth=%d, ffn=%s)\n", cfg->name, cfg->embed_dim, cfg->depth,
                cfg->ffn == FFN_SWIGLU ? "swiglu" : "mlp");
-        printf("batch: %d  resolution: %d  threads: %d  iters: %d  device: %s%s\n", B, S,
+        printf("batch: %d  resolution: %d  threads: %d  iters: %d  device: %s (%s)\n", B, S,
                omp_get_max_threads(), a->iters, vit_device_name(vit_model_device(m)),
-               vit_model_device(m) == VIT_DEVICE_CPU ? ""
-               : vit_model_precision(m) == VIT_PRECISION_BF16 ? " (bf16)" : " (fp32)");
+               vit_precision_name(vit_model_precision(m)));
+        if (vit_model_device(m) == VIT_DEVICE_CPU) printf("cpu isa: %s\n", mm_isa_name(mm_isa()));
         printf("ms/batch: %.3f\n", dt * 1e3 / a->iters);
         printf("GFLOP/s: %.1f\n", gflops);
         printf("images/s: %.3f\n", ips);
@@ -402,10 +404,7 @@ int main(int argc, char **argv)
     struct args a;
     int rc = parse_args(argc, argv, &a);
     if (rc) return rc;
-    if (a.threads) {
-        omp_set_num_threads(a.threads);
-        openblas_set_num_threads(a.threads);
-    }
+    if (a.threads) omp_set_num_threads(a.threads);
     char err[ERR_LEN];
     enum vit_device device;
     if (select_device(a.device, &device, err, sizeof err)) return fail(err);

@@ -2,7 +2,6 @@
  * backends, and the dispatch to the active backend; see search.h. */
 #include "index/search.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -10,6 +9,7 @@
 #include <string.h>
 
 #include "errors.h"
+#include "mm.h"
 
 #define BLOCK_ROWS_MAX 4096
 #define BLOCK_ROWS_MIN 16
@@ -201,7 +201,7 @@ static int scan(enum store_metric metric, const float *X, size_t ldx, size_t n, 
                 rf[i] = 1.0f;
             }
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, q, (int)b, w, 1.0f, Q, w, Xb,
+        mm_sgemm(false, true, q, (int)b, w, 1.0f, Q, w, Xb,
                     (int)ldx, 0.0f, S, (int)b);
         push_block(metric, S, b, r0, rf, qsq, q, mask, heaps);
     }
@@ -297,7 +297,7 @@ static size_t eligible_rows(size_t n, const uint8_t *mask)
     return e;
 }
 
-/* Exact search with the dot products from sc, or from cblas_sgemm when sc is NULL. */
+/* Exact search with the dot products from sc, or from mm_sgemm when sc is NULL. */
 static int exact_impl(const struct search_scorer *sc, const struct index_mirror *m,
                       const float *queries, int q, int w, int k, const uint8_t *row_mask,
                       struct search_hit *out, int *n_out, char *err, size_t errlen)
@@ -391,7 +391,9 @@ static int funnel_impl(const struct search_scorer *sc, const struct index_mirror
         for (int i = 0; i < c->size; i++) {
             const uint32_t r = c->row[i];
             const float *x = X + (size_t)r * width;
-            const float s = cblas_sdot(w, Qq, 1, x, 1);
+            float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+            for (int k = 0; k < w; k++) s += Qq[k] * x[k];
             float f = 1.0f;
             if (metric == STORE_METRIC_COSINE && w < width) {
                 const float rs = row_sq(x, w);

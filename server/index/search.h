@@ -64,7 +64,7 @@ struct search_backend {
     search_funnel_fn funnel;
 };
 
-/* The CPU backend: cblas_sgemm over blocks of rows, binary-heap top-k. */
+/* The CPU backend: mm_sgemm (common/mm.h) over blocks of rows, binary-heap top-k. */
 extern const struct search_backend search_backend_cpu;
 /* The cuBLAS backend (search_cuda.c): the same contract and results (scores
  * equal up to float rounding). Keeps per mirror a device copy of the matrices

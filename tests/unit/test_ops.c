@@ -96,12 +96,23 @@ static void test_patchify(void)
     free(x); free(o);
 }
 
-static void test_attention(void)
+/* attention_forward in type t against a double reference on every 7th query
+ * (inputs rounded to bf16 first when t is bf16, so that what remains is the
+ * rounding of the probabilities). */
+static void check_attention(int B, int T, int D, int heads, enum mm_type t, float tol)
 {
-    const int B = 2, T = 150, D = 32, heads = 4, hd = D / heads; /* T > one query block */
-    float *qkv = rand_vec((size_t)B * T * 3 * D), *out = malloc(sizeof(float) * B * T * D);
-    float *scratch = malloc(sizeof(float) * attention_scratch_floats(T) * 64);
-    attention_forward(out, qkv, scratch, B, T, D, heads);
+    const int hd = D / heads;
+    const size_t n = (size_t)B * T * 3 * D;
+    float *qkv = rand_vec(n), *out = malloc(sizeof(float) * B * T * D);
+    mm_bf16 *qkv16 = malloc(sizeof(mm_bf16) * n), *out16 = malloc(sizeof(mm_bf16) * B * T * D);
+    mm_to_bf16(qkv16, qkv, n);
+    if (t == MM_BF16) mm_from_bf16(qkv, qkv16, n);
+    void *scratch = malloc(attention_scratch_bytes(B, T, heads, t));
+    char err[256] = "";
+    int rc = attention_forward(t == MM_BF16 ? (void *)out16 : out, t == MM_BF16 ? (void *)qkv16 : qkv,
+                               scratch, B, T, D, heads, t, err, sizeof err);
+    CHECK(rc == 0, "attention_forward: %s", err);
+    if (t == MM_BF16) mm_from_bf16(out, out16, (size_t)B * T * D);
     float worst = 0;
     double *s = malloc(sizeof(double) * T);
     for (int b = 0; b < B; b++)
@@ -124,8 +135,23 @@ static void test_attention(void)
                     worst = fmaxf(worst, fabsf((float)acc - out[((size_t)b * T + i) * D + h * hd + e]));
                 }
             }
-    CHECK(worst < 1e-5f, "attention max error %g", worst);
-    free(qkv); free(out); free(scratch); free(s);
+    CHECK(worst < tol, "attention B%d T%d D%d heads %d %s: max error %g (tolerance %g)", B, T, D,
+          heads, t == MM_BF16 ? "bf16" : "fp32", worst, tol);
+    free(qkv); free(out); free(qkv16); free(out16); free(scratch); free(s);
+}
+
+static void test_attention(void)
+{
+    /* Long sequences go in query blocks: the scores of 1 x 2 heads x 1500
+     * tokens would take 18 MB, more than the scratch target. */
+    CHECK(attention_scratch_bytes(1, 1500, 2, MM_F32) < (size_t)2 * 1500 * 1500 * sizeof(float),
+          "1500 tokens are split into query blocks");
+    const int shapes[][4] = {{2, 150, 32, 4}, {3, 257, 128, 2}, {1, 1500, 64, 2}};
+    for (int i = 0; i < 3; i++) {
+        check_attention(shapes[i][0], shapes[i][1], shapes[i][2], shapes[i][3], MM_F32, 1e-5f);
+        if (mm_bf16_supported())
+            check_attention(shapes[i][0], shapes[i][1], shapes[i][2], shapes[i][3], MM_BF16, 4e-3f);
+    }
 }
 
 static void test_pos_embed(void)

@@ -285,7 +285,7 @@ static void test_registry_basic(void)
 {
     char err[ERR_LEN] = "";
     struct registry *reg;
-    CHECK(registry_create(&reg, "cpu", err, sizeof err) == REGISTRY_OK, "%s", err);
+    CHECK(registry_create(&reg, "cpu", "fp32", err, sizeof err) == REGISTRY_OK, "%s", err);
     struct model_entry *e = NULL, *e2 = NULL;
 
     CHECK(registry_acquire(reg, NULL, &e, err, sizeof err) == REGISTRY_NOT_FOUND && !e && one_line(err),
@@ -366,7 +366,7 @@ static void test_failed_swap(void)
 {
     char err[ERR_LEN];
     struct registry *reg;
-    registry_create(&reg, "cpu", err, sizeof err);
+    registry_create(&reg, "cpu", "fp32", err, sizeof err);
     CHECK(registry_load(reg, "m", path_a, NULL, err, sizeof err) == REGISTRY_OK, "%s", err);
     const char *bad[] = {path_trunc, path_garbage, "/nonexistent/x.safetensors"};
     for (int i = 0; i < 3; i++) {
@@ -404,7 +404,7 @@ static void test_busy(void)
 {
     char err[ERR_LEN];
     struct registry *reg;
-    registry_create(&reg, "cpu", err, sizeof err);
+    registry_create(&reg, "cpu", "fp32", err, sizeof err);
     CHECK(registry_load(reg, "m", path_a, NULL, err, sizeof err) == REGISTRY_OK, "%s", err);
     int busy = 0, other_ok = 0, unload_busy = 0, tries = 0;
     for (; tries < 5 && !busy; tries++) {
@@ -441,7 +441,7 @@ static void test_batching(void)
 {
     char err[ERR_LEN];
     struct registry *reg;
-    registry_create(&reg, "cpu", err, sizeof err);
+    registry_create(&reg, "cpu", "fp32", err, sizeof err);
     CHECK(registry_load(reg, "a", path_a, NULL, err, sizeof err) == REGISTRY_OK, "%s", err);
     struct model_entry *e;
     registry_acquire(reg, "a", &e, err, sizeof err);
@@ -596,7 +596,7 @@ static void *fifo_thread(void *p)
     struct fifo_arg *a = p;
     struct registry *reg;
     char err[ERR_LEN];
-    if (registry_create(&reg, "cpu", err, sizeof err) == REGISTRY_OK) {
+    if (registry_create(&reg, "cpu", "fp32", err, sizeof err) == REGISTRY_OK) {
         a->rc_load = registry_load(reg, "pipe", a->path, NULL, a->err_load, sizeof a->err_load);
         registry_free(reg);
     }
@@ -888,7 +888,7 @@ static void test_admission(void)
 {
     char err[ERR_LEN];
     struct registry *reg;
-    registry_create(&reg, "cpu", err, sizeof err);
+    registry_create(&reg, "cpu", "fp32", err, sizeof err);
     CHECK(registry_load(reg, "a", path_a, NULL, err, sizeof err) == REGISTRY_OK, "%s", err);
     struct model_entry *e;
     registry_acquire(reg, "a", &e, err, sizeof err);
@@ -961,7 +961,7 @@ static void test_hot_swap_under_load(void)
 {
     char err[ERR_LEN];
     struct registry *reg;
-    registry_create(&reg, "cpu", err, sizeof err);
+    registry_create(&reg, "cpu", "fp32", err, sizeof err);
     CHECK(registry_load(reg, "m", path_a, NULL, err, sizeof err) == REGISTRY_OK, "%s", err);
     struct batcher *b = batcher_create(8, 2, 256, err, sizeof err);
     atomic_bool stop = false;

@@ -1,11 +1,9 @@
-#include "gemm_packed.h"
+#include "mm_packed.h"
 
 #include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-
-#include "ops.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -30,32 +28,6 @@
  * weight slice (KC x GROUP_MAX*NR) stay in L2 beside the input block. */
 #define GROUP_MAX 2
 
-static bool force_fallback;
-
-void packed_linear_force_fallback(bool on)
-{
-    force_fallback = on;
-}
-
-static bool cpu_has_avx512(void)
-{
-#if GEMM_X86
-    return __builtin_cpu_supports("avx512f");
-#else
-    return false;
-#endif
-}
-
-static bool use_packed(const struct packed_weights *pw)
-{
-    return pw->panels && !force_fallback;
-}
-
-const char *packed_linear_kernel(const struct packed_weights *pw)
-{
-    return use_packed(pw) ? "avx512" : "cblas";
-}
-
 static size_t panel_count(int N)
 {
     return ((size_t)N + NR - 1) / NR;
@@ -64,10 +36,7 @@ static size_t panel_count(int N)
 int packed_weights_pack(struct packed_weights *pw, const float *W, int K, int N)
 {
     memset(pw, 0, sizeof(*pw));
-    pw->K = K;
-    pw->N = N;
-    pw->W = W;
-    if (K <= 0 || N <= 0 || !cpu_has_avx512()) return 0;
+    if (K <= 0 || N <= 0) return -1;
 
     const size_t panels = panel_count(N);
     if ((size_t)K > SIZE_MAX / sizeof(float) / NR / panels) return -1;
@@ -83,6 +52,8 @@ int packed_weights_pack(struct packed_weights *pw, const float *W, int K, int N)
             for (int k = 0; k < K; k++) dst[(size_t)k * NR + j] = src ? src[k] : 0.0f;
         }
     }
+    pw->K = K;
+    pw->N = N;
     pw->panels = P;
     return 0;
 }
@@ -198,11 +169,7 @@ AVX512 static void task_avx512(float *out, const float *in, const struct packed_
 void packed_linear_forward(float *out, const float *in, const struct packed_weights *pw,
                            const float *bias, size_t rows)
 {
-    if (!rows || pw->N <= 0) return;
-    if (!use_packed(pw)) {
-        linear_forward(out, in, pw->W, bias, rows, pw->K, pw->N);
-        return;
-    }
+    if (!rows || !pw->panels) return;
 #if GEMM_X86
     /* Tasks: row blocks x groups of at most GROUP_MAX panels, at least four
      * per thread, handed out dynamically (another process may hold a core).
@@ -227,5 +194,7 @@ void packed_linear_forward(float *out, const float *in, const struct packed_weig
         const size_t p0 = g * gp, p1 = p0 + gp < panels ? p0 + gp : panels;
         task_avx512(out, in, pw, bias, r0, r1, p0, p1);
     }
+#else
+    (void)out, (void)in, (void)bias;
 #endif
 }

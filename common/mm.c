@@ -1,0 +1,462 @@
+/* The CPU matmul layer (mm.h): ISA detection and the oneDNN paths. */
+#include "mm.h"
+
+#include <math.h>
+#include <oneapi/dnnl/dnnl.h>
+#include <omp.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mm_packed.h"
+
+static int mm_err(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return -1;
+}
+
+/* ------------------------------------------------------------------ ISA -- */
+
+static dnnl_engine_t engine;
+static enum mm_isa isa;
+static pthread_once_t init_once = PTHREAD_ONCE_INIT;
+static int initialised;
+static pthread_key_t ctx_key;
+
+/* Per-thread oneDNN state: a stream and the scratchpad that primitives use
+ * (user-managed, so that concurrent calls never share one). */
+struct thread_ctx {
+    dnnl_stream_t stream;
+    void *scratch;
+    size_t scratch_bytes;
+};
+
+static void thread_ctx_free(void *p)
+{
+    struct thread_ctx *t = p;
+    if (t->stream) dnnl_stream_destroy(t->stream);
+    free(t->scratch);
+    free(t);
+}
+
+static enum mm_isa isa_from_dnnl(dnnl_cpu_isa_t d)
+{
+    const unsigned v = (unsigned)d;
+    if ((v & dnnl_cpu_isa_avx512_core_amx) == dnnl_cpu_isa_avx512_core_amx) return MM_ISA_AMX;
+    if ((v & dnnl_cpu_isa_avx512_core_bf16) == dnnl_cpu_isa_avx512_core_bf16)
+        return MM_ISA_AVX512_BF16;
+    if ((v & dnnl_cpu_isa_avx512_core) == dnnl_cpu_isa_avx512_core) return MM_ISA_AVX512;
+    if ((v & dnnl_cpu_isa_avx2) == dnnl_cpu_isa_avx2) return MM_ISA_AVX2;
+    return MM_ISA_GENERIC;
+}
+
+static void init(void)
+{
+    if (dnnl_engine_create(&engine, dnnl_cpu, 0) != dnnl_success) {
+        fprintf(stderr, "franca: oneDNN could not create its CPU engine\n");
+        abort();
+    }
+    pthread_key_create(&ctx_key, thread_ctx_free);
+    isa = isa_from_dnnl(dnnl_get_effective_cpu_isa());
+    initialised = 1;
+}
+
+static void ensure_init(void)
+{
+    pthread_once(&init_once, init);
+}
+
+enum mm_isa mm_isa(void)
+{
+    ensure_init();
+    return isa;
+}
+
+static const char *const isa_names[] = {"generic", "avx2", "avx512", "avx512_bf16", "amx"};
+static const dnnl_cpu_isa_t isa_dnnl[] = {dnnl_cpu_isa_all, dnnl_cpu_isa_avx2,
+                                          dnnl_cpu_isa_avx512_core,
+                                          dnnl_cpu_isa_avx512_core_bf16,
+                                          dnnl_cpu_isa_avx512_core_amx};
+
+const char *mm_isa_name(enum mm_isa i)
+{
+    return (unsigned)i < sizeof(isa_names) / sizeof(isa_names[0]) ? isa_names[i] : "?";
+}
+
+int mm_isa_parse(const char *name, enum mm_isa *out)
+{
+    for (size_t i = 0; i < sizeof(isa_names) / sizeof(isa_names[0]); i++)
+        if (!strcmp(name, isa_names[i])) {
+            *out = (enum mm_isa)i;
+            return 0;
+        }
+    return -1;
+}
+
+int mm_set_max_isa(enum mm_isa cap)
+{
+    /* Generic would mean no JIT at all in oneDNN, slower than anything a user
+     * wants; the lowest cap is the reference's own dispatch, "all". */
+    if (initialised || (unsigned)cap >= sizeof(isa_dnnl) / sizeof(isa_dnnl[0])) return -1;
+    if (dnnl_set_max_cpu_isa(isa_dnnl[cap]) != dnnl_success) return -1;
+    return 0;
+}
+
+bool mm_bf16_native(void)
+{
+    return mm_isa() >= MM_ISA_AVX512_BF16;
+}
+
+bool mm_bf16_supported(void)
+{
+    return mm_isa() >= MM_ISA_AVX512;
+}
+
+static struct thread_ctx *thread_ctx(char *err, size_t errlen)
+{
+    ensure_init();
+    struct thread_ctx *t = pthread_getspecific(ctx_key);
+    if (t) return t;
+    t = calloc(1, sizeof(*t));
+    if (!t || dnnl_stream_create(&t->stream, engine, dnnl_stream_default_flags) != dnnl_success) {
+        free(t);
+        mm_err(err, errlen, "out of memory for a oneDNN stream");
+        return NULL;
+    }
+    pthread_setspecific(ctx_key, t);
+    return t;
+}
+
+/* ------------------------------------------------------------- bf16 -- */
+
+void mm_to_bf16(mm_bf16 *restrict dst, const float *restrict src, size_t n)
+{
+#pragma omp simd
+    for (size_t i = 0; i < n; i++) dst[i] = mm_bf16_round(src[i]);
+}
+
+void mm_from_bf16(float *restrict dst, const mm_bf16 *restrict src, size_t n)
+{
+#pragma omp simd
+    for (size_t i = 0; i < n; i++) dst[i] = mm_bf16_value(src[i]);
+}
+
+/* ------------------------------------------------------------ sgemm -- */
+
+void mm_sgemm(bool trans_a, bool trans_b, size_t M, size_t N, size_t K, float alpha,
+              const float *A, size_t lda, const float *B, size_t ldb, float beta, float *C,
+              size_t ldc)
+{
+    if (!M || !N) return;
+    ensure_init();
+    const dnnl_status_t s = dnnl_sgemm(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N',
+                                       (dnnl_dim_t)M, (dnnl_dim_t)N, (dnnl_dim_t)K, alpha, A,
+                                       (dnnl_dim_t)lda, B, (dnnl_dim_t)ldb, beta, C,
+                                       (dnnl_dim_t)ldc);
+    if (s != dnnl_success) {
+        fprintf(stderr, "franca: mm_sgemm(%zu, %zu, %zu, lda %zu, ldb %zu, ldc %zu) refused by "
+                "oneDNN (status %d)\n", M, N, K, lda, ldb, ldc, (int)s);
+        abort();
+    }
+}
+
+/* ------------------------------------------------------ primitives -- */
+
+static dnnl_data_type_t dt(enum mm_type t)
+{
+    return t == MM_BF16 ? dnnl_bf16 : dnnl_f32;
+}
+
+/* Creates a matmul primitive (oneDNN's primitive cache makes a repeated
+ * shape cost about a microsecond). */
+static int matmul_create(dnnl_primitive_t *prim, const dnnl_memory_desc_t *src,
+                         const dnnl_memory_desc_t *wei, const dnnl_memory_desc_t *bias,
+                         const dnnl_memory_desc_t *dst, enum mm_post post,
+                         dnnl_primitive_desc_t *pd_out, char *err, size_t errlen)
+{
+    dnnl_matmul_desc_t desc;
+    dnnl_primitive_attr_t attr = NULL;
+    dnnl_post_ops_t ops = NULL;
+    dnnl_primitive_desc_t pd = NULL;
+    dnnl_status_t s = dnnl_matmul_desc_init(&desc, src, wei, bias, dst);
+    if (s == dnnl_success) s = dnnl_primitive_attr_create(&attr);
+    if (s == dnnl_success) s = dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user);
+    if (s == dnnl_success && post == MM_POST_GELU) {
+        s = dnnl_post_ops_create(&ops);
+        if (s == dnnl_success) s = dnnl_post_ops_append_eltwise(ops, 1.0f, dnnl_eltwise_gelu_erf, 0, 0);
+        if (s == dnnl_success) s = dnnl_primitive_attr_set_post_ops(attr, ops);
+    }
+    if (s == dnnl_success) s = dnnl_primitive_desc_create(&pd, &desc, attr, engine, NULL);
+    if (s == dnnl_success) s = dnnl_primitive_create(prim, pd);
+    if (ops) dnnl_post_ops_destroy(ops);
+    if (attr) dnnl_primitive_attr_destroy(attr);
+    if (s != dnnl_success) {
+        if (pd) dnnl_primitive_desc_destroy(pd);
+        return mm_err(err, errlen, "oneDNN matmul unavailable (status %d)", (int)s);
+    }
+    if (pd_out) *pd_out = pd;
+    else dnnl_primitive_desc_destroy(pd);
+    return 0;
+}
+
+/* Runs prim on args (the scratchpad is added here), then frees prim. */
+static int execute(dnnl_primitive_t prim, dnnl_exec_arg_t *args, int nargs, char *err,
+                   size_t errlen)
+{
+    struct thread_ctx *t = thread_ctx(err, errlen);
+    const_dnnl_primitive_desc_t pd;
+    dnnl_memory_t scratch = NULL;
+    int rc = -1;
+    if (!t || dnnl_primitive_get_primitive_desc(prim, &pd) != dnnl_success) goto out;
+    const dnnl_memory_desc_t *smd = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
+    const size_t bytes = smd ? dnnl_memory_desc_get_size(smd) : 0;
+    if (bytes > t->scratch_bytes) {
+        free(t->scratch);
+        t->scratch_bytes = 0;
+        if (!(t->scratch = aligned_alloc(64, (bytes + 63) / 64 * 64))) {
+            mm_err(err, errlen, "out of memory for %zu bytes of matmul scratchpad", bytes);
+            goto out;
+        }
+        t->scratch_bytes = bytes;
+    }
+    if (bytes) {
+        if (dnnl_memory_create(&scratch, smd, engine, t->scratch) != dnnl_success) goto fail;
+        args[nargs].arg = DNNL_ARG_SCRATCHPAD;
+        args[nargs++].memory = scratch;
+    }
+    if (dnnl_primitive_execute(prim, t->stream, nargs, args) != dnnl_success ||
+        dnnl_stream_wait(t->stream) != dnnl_success)
+        goto fail;
+    rc = 0;
+    goto out;
+fail:
+    mm_err(err, errlen, "oneDNN matmul failed");
+out:
+    if (scratch) dnnl_memory_destroy(scratch);
+    dnnl_primitive_destroy(prim);
+    return rc;
+}
+
+/* Wraps caller buffers as oneDNN memories; all or nothing. */
+static int wrap(dnnl_memory_t *mems, const dnnl_memory_desc_t *const *mds, void *const *ptrs,
+                int n, char *err, size_t errlen)
+{
+    for (int i = 0; i < n; i++) {
+        mems[i] = NULL;
+        if (mds[i] && dnnl_memory_create(&mems[i], mds[i], engine, ptrs[i]) != dnnl_success) {
+            for (int j = 0; j < i; j++)
+                if (mems[j]) dnnl_memory_destroy(mems[j]);
+            return mm_err(err, errlen, "out of memory for oneDNN memory objects");
+        }
+    }
+    return 0;
+}
+
+static void unwrap(dnnl_memory_t *mems, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (mems[i]) dnnl_memory_destroy(mems[i]);
+}
+
+/* --------------------------------------------------------- weights -- */
+
+struct mm_weights {
+    int K, N;
+    enum mm_type type;
+    struct packed_weights packed;  /* f32 on AVX-512: the own kernel */
+    void *blocked;                 /* otherwise: oneDNN's layout of W^T */
+    dnnl_memory_desc_t blocked_md;
+    size_t blocked_bytes;
+    char kernel[64];
+};
+
+/* W [N, K] is W^T [K, N] in oneDNN's "ba" order. */
+static void plain_md(dnnl_memory_desc_t *md, int rows, int cols, enum mm_type t, bool transposed)
+{
+    const dnnl_dims_t dims = {rows, cols};
+    dnnl_memory_desc_init_by_tag(md, 2, dims, dt(t), transposed ? dnnl_ba : dnnl_ab);
+}
+
+/* Lets oneDNN pick its weight layout for a typical row count (the layout does
+ * not depend on it), then reorders W into it once. */
+static int weights_reorder(struct mm_weights *w, const float *W, char *err, size_t errlen)
+{
+    dnnl_memory_desc_t src, wany, dst, wplain;
+    const dnnl_dims_t wdims = {w->K, w->N};
+    plain_md(&src, 256, w->K, w->type, false);
+    plain_md(&dst, 256, w->N, MM_F32, false);
+    dnnl_memory_desc_init_by_tag(&wany, 2, wdims, dt(w->type), dnnl_format_tag_any);
+    dnnl_primitive_t prim, reorder = NULL;
+    dnnl_primitive_desc_t pd, rpd = NULL;
+    if (matmul_create(&prim, &src, &wany, NULL, &dst, MM_POST_NONE, &pd, err, errlen)) return -1;
+    const char *impl = "?";
+    dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl);
+    snprintf(w->kernel, sizeof w->kernel, "onednn %s", impl);
+    w->blocked_md = *dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+    dnnl_primitive_desc_destroy(pd);
+    dnnl_primitive_destroy(prim);
+
+    w->blocked_bytes = dnnl_memory_desc_get_size(&w->blocked_md);
+    if (!(w->blocked = aligned_alloc(64, (w->blocked_bytes + 63) / 64 * 64)))
+        return mm_err(err, errlen, "out of memory for %zu bytes of weights", w->blocked_bytes);
+    plain_md(&wplain, w->K, w->N, MM_F32, true);
+    dnnl_memory_t mems[2];
+    const dnnl_memory_desc_t *mds[2] = {&wplain, &w->blocked_md};
+    void *ptrs[2] = {(void *)W, w->blocked};
+    if (wrap(mems, mds, ptrs, 2, err, errlen)) return -1;
+    int rc = -1;
+    if (dnnl_reorder_primitive_desc_create(&rpd, &wplain, engine, &w->blocked_md, engine, NULL) ==
+            dnnl_success &&
+        dnnl_primitive_create(&reorder, rpd) == dnnl_success) {
+        dnnl_exec_arg_t args[3] = {{DNNL_ARG_FROM, mems[0]}, {DNNL_ARG_TO, mems[1]}};
+        rc = execute(reorder, args, 2, err, errlen);
+    } else {
+        mm_err(err, errlen, "oneDNN cannot lay out the weights");
+    }
+    if (rpd) dnnl_primitive_desc_destroy(rpd);
+    unwrap(mems, 2);
+    return rc;
+}
+
+int mm_weights_create(struct mm_weights **out, const float *W, int K, int N, enum mm_type type,
+                      char *err, size_t errlen)
+{
+    *out = NULL;
+    if (K <= 0 || N <= 0) return mm_err(err, errlen, "weights %d x %d: empty", N, K);
+    if (type == MM_BF16 && !mm_bf16_supported())
+        return mm_err(err, errlen, "bf16 needs AVX-512 or better (this CPU computes with %s)",
+                      mm_isa_name(mm_isa()));
+    struct mm_weights *w = calloc(1, sizeof(*w));
+    if (!w) return mm_err(err, errlen, "out of memory");
+    w->K = K;
+    w->N = N;
+    w->type = type;
+    int rc;
+    if (type == MM_F32 && mm_isa() >= MM_ISA_AVX512) {
+        snprintf(w->kernel, sizeof w->kernel, "packed-avx512");
+        rc = packed_weights_pack(&w->packed, W, K, N);
+        if (rc) mm_err(err, errlen, "out of memory packing %d x %d weights", N, K);
+    } else {
+        rc = weights_reorder(w, W, err, errlen);
+    }
+    if (rc) {
+        mm_weights_free(w);
+        return -1;
+    }
+    *out = w;
+    return 0;
+}
+
+void mm_weights_free(struct mm_weights *w)
+{
+    if (!w) return;
+    packed_weights_free(&w->packed);
+    free(w->blocked);
+    free(w);
+}
+
+size_t mm_weights_bytes(const struct mm_weights *w)
+{
+    return w->blocked ? w->blocked_bytes : packed_weights_bytes(&w->packed);
+}
+
+enum mm_type mm_weights_type(const struct mm_weights *w)
+{
+    return w->type;
+}
+
+const char *mm_weights_kernel(const struct mm_weights *w)
+{
+    return w->kernel;
+}
+
+static inline float gelu(float x)
+{
+    return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
+}
+
+int mm_linear(const struct mm_weights *w, void *out, enum mm_type out_type, const void *in,
+              const float *bias, size_t rows, enum mm_post post, char *err, size_t errlen)
+{
+    if (!rows) return 0;
+    if (out_type == MM_BF16 && w->type != MM_BF16)
+        return mm_err(err, errlen, "bf16 output needs bf16 weights");
+    if (w->packed.panels) {
+        packed_linear_forward(out, in, &w->packed, bias, rows);
+        if (post == MM_POST_GELU) {
+            float *o = out;
+            const size_t n = rows * (size_t)w->N;
+#pragma omp parallel for schedule(static) if (!omp_in_parallel())
+            for (size_t i = 0; i < n; i++) o[i] = gelu(o[i]);
+        }
+        return 0;
+    }
+    dnnl_memory_desc_t src, dst, bmd;
+    plain_md(&src, (int)rows, w->K, w->type, false);
+    plain_md(&dst, (int)rows, w->N, out_type, false);
+    plain_md(&bmd, 1, w->N, MM_F32, false);
+    dnnl_primitive_t prim;
+    if (matmul_create(&prim, &src, &w->blocked_md, bias ? &bmd : NULL, &dst, post, NULL, err,
+                      errlen))
+        return -1;
+    dnnl_memory_t mems[4];
+    const dnnl_memory_desc_t *mds[4] = {&src, &w->blocked_md, &dst, bias ? &bmd : NULL};
+    void *ptrs[4] = {(void *)in, w->blocked, out, (void *)bias};
+    if (wrap(mems, mds, ptrs, 4, err, errlen)) {
+        dnnl_primitive_destroy(prim);
+        return -1;
+    }
+    dnnl_exec_arg_t args[5] = {{DNNL_ARG_SRC, mems[0]}, {DNNL_ARG_WEIGHTS, mems[1]},
+                               {DNNL_ARG_DST, mems[2]}, {DNNL_ARG_BIAS, mems[3]}};
+    const int rc = execute(prim, args, bias ? 4 : 3, err, errlen);
+    unwrap(mems, 4);
+    return rc;
+}
+
+/* --------------------------------------------------------- batched -- */
+
+static void view_md(dnnl_memory_desc_t *md, const struct mm_view *v)
+{
+    dnnl_dims_t dims, strides;
+    for (int i = 0; i < 4; i++) {
+        dims[i] = v->dims[i];
+        strides[i] = v->strides[i];
+    }
+    dnnl_memory_desc_init_by_strides(md, 4, dims, dt(v->type), strides);
+}
+
+int mm_batched(const struct mm_view *c, const struct mm_view *a, const struct mm_view *b,
+               char *err, size_t errlen)
+{
+    ensure_init();
+    if (a->type != b->type || (c->type == MM_BF16 && a->type != MM_BF16))
+        return mm_err(err, errlen, "mm_batched: unsupported type combination");
+    if (a->type == MM_BF16 && !mm_bf16_supported())
+        return mm_err(err, errlen, "bf16 needs AVX-512 or better");
+    dnnl_memory_desc_t amd, bmd, cmd;
+    view_md(&amd, a);
+    view_md(&bmd, b);
+    view_md(&cmd, c);
+    dnnl_primitive_t prim;
+    if (matmul_create(&prim, &amd, &bmd, NULL, &cmd, MM_POST_NONE, NULL, err, errlen)) return -1;
+    dnnl_memory_t mems[3];
+    const dnnl_memory_desc_t *mds[3] = {&amd, &bmd, &cmd};
+    void *ptrs[3] = {a->data, b->data, c->data};
+    if (wrap(mems, mds, ptrs, 3, err, errlen)) {
+        dnnl_primitive_destroy(prim);
+        return -1;
+    }
+    dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, mems[0]}, {DNNL_ARG_WEIGHTS, mems[1]},
+                               {DNNL_ARG_DST, mems[2]}};
+    const int rc = execute(prim, args, 3, err, errlen);
+    unwrap(mems, 3);
+    return rc;
+}
