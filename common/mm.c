@@ -179,7 +179,7 @@ static dnnl_data_type_t dt(enum mm_type t)
  * shape cost about a microsecond). */
 static int matmul_create(dnnl_primitive_t *prim, const dnnl_memory_desc_t *src,
                          const dnnl_memory_desc_t *wei, const dnnl_memory_desc_t *bias,
-                         const dnnl_memory_desc_t *dst, enum mm_post post,
+                         const dnnl_memory_desc_t *dst, enum mm_post post, bool accumulate,
                          dnnl_primitive_desc_t *pd_out, char *err, size_t errlen)
 {
     dnnl_matmul_desc_t desc;
@@ -189,9 +189,11 @@ static int matmul_create(dnnl_primitive_t *prim, const dnnl_memory_desc_t *src,
     dnnl_status_t s = dnnl_matmul_desc_init(&desc, src, wei, bias, dst);
     if (s == dnnl_success) s = dnnl_primitive_attr_create(&attr);
     if (s == dnnl_success) s = dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user);
-    if (s == dnnl_success && post == MM_POST_GELU) {
+    if (s == dnnl_success && (post == MM_POST_GELU || accumulate)) {
         s = dnnl_post_ops_create(&ops);
-        if (s == dnnl_success) s = dnnl_post_ops_append_eltwise(ops, 1.0f, dnnl_eltwise_gelu_erf, 0, 0);
+        if (s == dnnl_success && accumulate) s = dnnl_post_ops_append_sum(ops, 1.0f);
+        if (s == dnnl_success && post == MM_POST_GELU)
+            s = dnnl_post_ops_append_eltwise(ops, 1.0f, dnnl_eltwise_gelu_erf, 0, 0);
         if (s == dnnl_success) s = dnnl_primitive_attr_set_post_ops(attr, ops);
     }
     if (s == dnnl_success) s = dnnl_primitive_desc_create(&pd, &desc, attr, engine, NULL);
@@ -296,7 +298,7 @@ static int weights_reorder(struct mm_weights *w, const float *W, char *err, size
     dnnl_memory_desc_init_by_tag(&wany, 2, wdims, dt(w->type), dnnl_format_tag_any);
     dnnl_primitive_t prim, reorder = NULL;
     dnnl_primitive_desc_t pd, rpd = NULL;
-    if (matmul_create(&prim, &src, &wany, NULL, &dst, MM_POST_NONE, &pd, err, errlen)) return -1;
+    if (matmul_create(&prim, &src, &wany, NULL, &dst, MM_POST_NONE, false, &pd, err, errlen)) return -1;
     const char *impl = "?";
     dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl);
     snprintf(w->kernel, sizeof w->kernel, "onednn %s", impl);
@@ -404,8 +406,8 @@ int mm_linear(const struct mm_weights *w, void *out, enum mm_type out_type, cons
     plain_md(&dst, (int)rows, w->N, out_type, false);
     plain_md(&bmd, 1, w->N, MM_F32, false);
     dnnl_primitive_t prim;
-    if (matmul_create(&prim, &src, &w->blocked_md, bias ? &bmd : NULL, &dst, post, NULL, err,
-                      errlen))
+    if (matmul_create(&prim, &src, &w->blocked_md, bias ? &bmd : NULL, &dst, post, false, NULL,
+                      err, errlen))
         return -1;
     dnnl_memory_t mems[4];
     const dnnl_memory_desc_t *mds[4] = {&src, &w->blocked_md, &dst, bias ? &bmd : NULL};
@@ -433,20 +435,17 @@ static void view_md(dnnl_memory_desc_t *md, const struct mm_view *v)
     dnnl_memory_desc_init_by_strides(md, 4, dims, dt(v->type), strides);
 }
 
-int mm_batched(const struct mm_view *c, const struct mm_view *a, const struct mm_view *b,
-               char *err, size_t errlen)
+/* c = a . b on views (the checks of the public entry points are done). */
+static int matmul_views(const struct mm_view *c, const struct mm_view *a, const struct mm_view *b,
+                        bool accumulate, char *err, size_t errlen)
 {
-    ensure_init();
-    if (a->type != b->type || (c->type == MM_BF16 && a->type != MM_BF16))
-        return mm_err(err, errlen, "mm_batched: unsupported type combination");
-    if (a->type == MM_BF16 && !mm_bf16_supported())
-        return mm_err(err, errlen, "bf16 needs AVX-512 or better");
     dnnl_memory_desc_t amd, bmd, cmd;
     view_md(&amd, a);
     view_md(&bmd, b);
     view_md(&cmd, c);
     dnnl_primitive_t prim;
-    if (matmul_create(&prim, &amd, &bmd, NULL, &cmd, MM_POST_NONE, NULL, err, errlen)) return -1;
+    if (matmul_create(&prim, &amd, &bmd, NULL, &cmd, MM_POST_NONE, accumulate, NULL, err, errlen))
+        return -1;
     dnnl_memory_t mems[3];
     const dnnl_memory_desc_t *mds[3] = {&amd, &bmd, &cmd};
     void *ptrs[3] = {a->data, b->data, c->data};
@@ -459,4 +458,48 @@ int mm_batched(const struct mm_view *c, const struct mm_view *a, const struct mm
     const int rc = execute(prim, args, 3, err, errlen);
     unwrap(mems, 3);
     return rc;
+}
+
+static int check_types(enum mm_type ab, enum mm_type c, char *err, size_t errlen)
+{
+    ensure_init();
+    if (c == MM_BF16 && ab != MM_BF16)
+        return mm_err(err, errlen, "a bf16 output needs bf16 inputs");
+    if (ab == MM_BF16 && !mm_bf16_supported())
+        return mm_err(err, errlen, "bf16 needs AVX-512 or better (this CPU computes with %s)",
+                      mm_isa_name(mm_isa()));
+    return 0;
+}
+
+int mm_batched(const struct mm_view *c, const struct mm_view *a, const struct mm_view *b,
+               char *err, size_t errlen)
+{
+    if (a->type != b->type) return mm_err(err, errlen, "mm_batched: a and b differ in type");
+    if (check_types(a->type, c->type, err, errlen)) return -1;
+    return matmul_views(c, a, b, false, err, errlen);
+}
+
+int mm_gemm(enum mm_type t, bool trans_a, bool trans_b, size_t M, size_t N, size_t K,
+            const void *A, size_t lda, const void *B, size_t ldb, float beta, float *C,
+            size_t ldc, char *err, size_t errlen)
+{
+    if (!M || !N) return 0;
+    if (beta != 0.0f && beta != 1.0f) return mm_err(err, errlen, "mm_gemm: beta must be 0 or 1");
+    if (check_types(t, MM_F32, err, errlen)) return -1;
+    if (!K) {
+        if (beta == 0.0f)
+            for (size_t i = 0; i < M; i++) memset(C + i * ldc, 0, sizeof(float) * N);
+        return 0;
+    }
+    const int64_t m = (int64_t)M, n = (int64_t)N, k = (int64_t)K;
+    const int64_t sa = (int64_t)lda, sb = (int64_t)ldb;
+    /* The batch strides of single-entry dimensions only need to be valid. */
+    const int64_t ea = trans_a ? k * sa : m * sa, eb = trans_b ? n * sb : k * sb;
+    const int64_t ec = m * (int64_t)ldc;
+    const struct mm_view a = {(void *)A, t, {1, 1, m, k},
+                              {ea, ea, trans_a ? 1 : sa, trans_a ? sa : 1}};
+    const struct mm_view b = {(void *)B, t, {1, 1, k, n},
+                              {eb, eb, trans_b ? 1 : sb, trans_b ? sb : 1}};
+    const struct mm_view c = {C, MM_F32, {1, 1, m, n}, {ec, ec, (int64_t)ldc, 1}};
+    return matmul_views(&c, &a, &b, beta == 1.0f, err, errlen);
 }

@@ -83,6 +83,13 @@ enum mm_post { MM_POST_NONE = 0, MM_POST_GELU = 1 }; /* GELU: the exact (erf) fo
 int mm_linear(const struct mm_weights *w, void *out, enum mm_type out_type, const void *in,
               const float *bias, size_t rows, enum mm_post post, char *err, size_t errlen);
 
+/* C[M,N] = op(A) . op(B) + beta * C for A and B of type t (beta 0 or 1;
+ * C float), as mm_sgemm; for bf16 training products whose operands change
+ * every step. Returns 0, or -1 with err. */
+int mm_gemm(enum mm_type t, bool trans_a, bool trans_b, size_t M, size_t N, size_t K,
+            const void *A, size_t lda, const void *B, size_t ldb, float beta, float *C,
+            size_t ldc, char *err, size_t errlen);
+
 /* A 4-d strided view: two batch dimensions, then rows and columns. */
 struct mm_view {
     void *data;

@@ -209,15 +209,23 @@ static void test_packed_layout(void)
     free(W);
 }
 
-/* C = alpha op(A) op(B) + beta C with leading dimensions wider than the rows. */
-static void test_sgemm(void)
+/* C = alpha op(A) op(B) + beta C with leading dimensions wider than the rows,
+ * by mm_sgemm (gemm < 0) or by mm_gemm in type gemm (alpha 1, beta 0 or 1). */
+static void test_sgemm(int gemm)
 {
     const int M = 37, N = 29, K = 53, pad = 3;
     for (int ta = 0; ta < 2; ta++)
-        for (int tb = 0; tb < 2; tb++) {
+        for (int tb = 0; tb < 2; tb++)
+            for (int beta = 0; beta < 2; beta++) {
             const int lda = (ta ? M : K) + pad, ldb = (tb ? K : N) + pad, ldc = N + pad;
             float *A = rand_vec((size_t)(ta ? K : M) * lda), *B = rand_vec((size_t)(tb ? N : K) * ldb);
             float *C = rand_vec((size_t)M * ldc);
+            const size_t na = (size_t)(ta ? K : M) * lda, nb = (size_t)(tb ? N : K) * ldb;
+            if (gemm == MM_BF16) {
+                round_bf16(A, na);
+                round_bf16(B, nb);
+            }
+            const float alpha = gemm < 0 ? 0.5f : 1.0f, fbeta = gemm < 0 ? 2.0f : (float)beta;
             double worst = 0;
             double *want = malloc(sizeof(double) * M * N);
             for (int i = 0; i < M; i++)
@@ -226,15 +234,29 @@ static void test_sgemm(void)
                     for (int k = 0; k < K; k++)
                         s += (double)(ta ? A[(size_t)k * lda + i] : A[(size_t)i * lda + k]) *
                              (tb ? B[(size_t)j * ldb + k] : B[(size_t)k * ldb + j]);
-                    want[i * N + j] = 0.5 * s + 2.0 * C[(size_t)i * ldc + j];
+                    want[i * N + j] = alpha * s + fbeta * C[(size_t)i * ldc + j];
                 }
             const float pad_before = C[N];
-            mm_sgemm(ta, tb, M, N, K, 0.5f, A, lda, B, ldb, 2.0f, C, ldc);
+            if (gemm < 0) {
+                mm_sgemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, fbeta, C, ldc);
+            } else {
+                mm_bf16 *A16 = malloc(sizeof(mm_bf16) * na), *B16 = malloc(sizeof(mm_bf16) * nb);
+                mm_to_bf16(A16, A, na);
+                mm_to_bf16(B16, B, nb);
+                char err[256] = "";
+                const bool bf = gemm == MM_BF16;
+                CHECK(mm_gemm((enum mm_type)gemm, ta, tb, M, N, K, bf ? (void *)A16 : A, lda,
+                              bf ? (void *)B16 : B, ldb, fbeta, C, ldc, err, sizeof err) == 0,
+                      "mm_gemm: %s", err);
+                free(A16);
+                free(B16);
+            }
             for (int i = 0; i < M; i++)
                 for (int j = 0; j < N; j++)
                     worst = fmax(worst, fabs(C[(size_t)i * ldc + j] - want[i * N + j]));
-            CHECK(worst < 1e-4, "sgemm ta=%d tb=%d: max error %g", ta, tb, worst);
-            CHECK(C[N] == pad_before, "sgemm ta=%d tb=%d wrote past N", ta, tb);
+            CHECK(worst < 1e-4, "gemm %d ta=%d tb=%d beta=%d: max error %g", gemm, ta, tb, beta,
+                  worst);
+            CHECK(C[N] == pad_before, "gemm %d ta=%d tb=%d wrote past N", gemm, ta, tb);
             free(A); free(B); free(C); free(want);
         }
 }
@@ -307,11 +329,13 @@ static int run_at(enum mm_isa cap)
     printf("isa %s\n", mm_isa_name(cap));
     CHECK(mm_bf16_native() == (cap >= MM_ISA_AVX512_BF16), "bf16 native iff AVX512-BF16 or AMX");
     if (cap >= MM_ISA_AVX512) test_packed_layout();
-    test_sgemm();
+    test_sgemm(-1);
+    test_sgemm(MM_F32);
     test_linear(MM_F32);
     test_edges(MM_F32);
     test_batched(MM_F32);
     if (mm_bf16_supported()) {
+        test_sgemm(MM_BF16);
         test_linear(MM_BF16);
         test_edges(MM_BF16);
         test_batched(MM_BF16);
