@@ -391,21 +391,25 @@ def write_npy(path, array):
     np.save(str(path), np.ascontiguousarray(np.asarray(array, dtype=np.float32)))
 
 
-def run_embed(args, check=True, timeout=900):
+def run_embed(args, check=True, timeout=900, isa=None):
+    """isa: cap the CPU kernels there (oneDNN's ONEDNN_MAX_CPU_ISA, e.g. "AVX2")."""
     cmd = [embed_binary()] + [str(a) for a in args]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    env = dict(os.environ, ONEDNN_MAX_CPU_ISA=isa) if isa else None
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if check and r.returncode != 0:
         raise RuntimeError("franca-embed failed (%d): %s" % (r.returncode, r.stderr.strip()[-2000:]))
     return r
 
 
-def embed(model, x, widths=(), rasa=False, extra=(), tmpdir=None):
-    """Runs franca-embed on the float32 array x [B,3,H,W]; returns its output tensors."""
+def embed(model, x, widths=(), rasa=False, extra=(), tmpdir=None, precision="fp32"):
+    """Runs franca-embed on the float32 array x [B,3,H,W] (products in precision);
+    returns its output tensors."""
     with tempfile.TemporaryDirectory(dir=tmpdir) as d:
         xin = os.path.join(d, "x.npy")
         out = os.path.join(d, "out.safetensors")
         write_npy(xin, x)
-        args = ["--model", model, "--device", "cpu", "--input-npy", xin, "--out", out]
+        args = ["--model", model, "--device", "cpu", "--precision", precision, "--input-npy", xin,
+                "--out", out]
         for w in widths:
             args += ["--width", w]
         if rasa:
