@@ -257,7 +257,7 @@ static float *hx, *hr[HEAD_MAX_LEVELS];
 enum { HNR = 3 };
 static double loss_head(void)
 {
-    head_forward(&hw, ha, hx, hw.D, HNR);
+    head_forward(&hw, NULL, ha, hx, hw.D, HNR);
     double s = 0.0;
     for (int j = 0; j < hw.n_levels; j++)
         s += dot(head_logits(ha, j), hr[j], (size_t)HNR * hw.lv[j].K);
@@ -277,12 +277,12 @@ static void test_head(void)
         for (int k = 0; k < hw.lv[j].K; k++) hw.lv[j].wg[k] = 0.5f + (float)rng_uniform(&R);
     hx = randv(HNR * 8, 1);
     for (int j = 0; j < hw.n_levels; j++) hr[j] = randv((size_t)HNR * hw.lv[j].K, 1);
-    CHECK(head_act_ensure(&ha, &hw, HNR, err, sizeof err) == 0, "head_act: %s", err);
+    CHECK(head_act_ensure(&ha, &hw, HNR, MM_F32, err, sizeof err) == 0, "head_act: %s", err);
     loss_head();
     for (int j = 0; j < hw.n_levels; j++)
         memcpy(head_dlogits(ha, j), hr[j], sizeof(float) * HNR * hw.lv[j].K);
     float *dx = zerov(HNR * 8);
-    head_backward(&hw, &hg, ha, dx, 8);
+    head_backward(&hw, NULL, &hg, ha, dx, 8);
     fd_check("head dx", hx, dx, HNR * 8, loss_head, 1e-2f);
     for (int j = 0; j < hw.n_levels; j++) {
         struct head_level *W = &hw.lv[j], *G = &hg.lv[j];
@@ -320,7 +320,7 @@ static void fixed_subset(void *ctx, int pass, int layer, int branch, int b, int 
 
 static double loss_bb(void)
 {
-    bb_forward(&bc, &bw, bact, bimg, bmask, &bdrop);
+    bb_forward(&bc, &bw, NULL, bact, bimg, bmask, &bdrop);
     return dot(bb_out(bact), br, (size_t)4 * bb_tokens(bact) * bc.embed_dim);
 }
 
@@ -341,7 +341,7 @@ static void test_backbone(void)
             bw.blocks[l].norm2_w[d] += 1.0f;
         }
     /* 4 images of 6x6 (3x3 patches, interpolated from the 4x4 grid) */
-    CHECK(bb_act_ensure(&bact, &bc, 4, 6, 1, err, sizeof err) == 0, "act: %s", err);
+    CHECK(bb_act_ensure(&bact, &bc, 4, 6, 1, MM_F32, err, sizeof err) == 0, "act: %s", err);
     bimg = randv(4 * 3 * 36, 1);
     br = randv((size_t)4 * 10 * 8, 1);
     for (int i = 0; i < 36; i++) bmask[i] = (i % 4) == 1;
@@ -352,7 +352,7 @@ static void test_backbone(void)
     bdrop = (struct bb_drop){ 0.5f, &R, fixed_subset, NULL, 0 };
     loss_bb();
     memcpy(bb_dout(bact), br, sizeof(float) * 4 * 10 * 8);
-    bb_backward(&bc, &bw, &bg, bact);
+    bb_backward(&bc, &bw, NULL, &bg, bact);
     fd_check("backbone cls_token", bw.cls_token, bg.cls_token, 8, loss_bb, 1e-2f);
     fd_check("backbone pos_embed", bw.pos_embed, bg.pos_embed, 17 * 8, loss_bb, 1e-2f);
     fd_check("backbone mask_token", bw.mask_token, bg.mask_token, 8, loss_bb, 1e-2f);
@@ -365,8 +365,8 @@ static void test_backbone(void)
 
     /* The teacher path (train == 0, no mask) equals the engine's inference forward. */
     struct bb_act *tact = NULL;
-    CHECK(bb_act_ensure(&tact, &bc, 4, 6, 0, err, sizeof err) == 0, "act: %s", err);
-    bb_forward(&bc, &bw, tact, bimg, NULL, NULL);
+    CHECK(bb_act_ensure(&tact, &bc, 4, 6, 0, MM_F32, err, sizeof err) == 0, "act: %s", err);
+    bb_forward(&bc, &bw, NULL, tact, bimg, NULL, NULL);
     struct checkpoint ck;
     memset(&ck, 0, sizeof ck);
     ck.cfg = bc;
