@@ -34,6 +34,7 @@ struct bb_layer {
 struct bb_act {
     /* shape */
     int B, side, train, D, depth, heads, Hs, F1, P, M, ffn, layerscale, threads;
+    enum mm_type prod;           /* type of the products' operands */
     int gh, gw, N, T;
     size_t rows;
     float *arena;
@@ -47,6 +48,10 @@ struct bb_act {
     float *x_fin, *meanf, *rstdf, *out, *dout;
     /* backward scratch */
     float *dx, *dxs, *dy, *dxn, *dqkv, *datt, *dh, *dact, *dpos, *scratch;
+    /* bf16 passes: rounded operands (each holds any one of them) and, for
+     * backward, the float dP of attention */
+    mm_bf16 *op16a, *op16b, *op16c;
+    float *dP;
 };
 
 int bb_tokens(const struct bb_act *a) { return a->T; }
@@ -70,6 +75,22 @@ static float *bump(struct bump *b, size_t n)
     float *p = b->base ? b->base + b->off : NULL;
     b->off += (n + 15) & ~(size_t)15;
     return p;
+}
+
+static mm_bf16 *bump16(struct bump *b, size_t n)
+{
+    return (mm_bf16 *)bump(b, (n + 1) / 2);
+}
+
+static size_t max_sz(size_t a, size_t b) { return a > b ? a : b; }
+
+/* Elements of one bf16 operand buffer: the widest product input or output
+ * of a linear layer, or a pass's attention scores. */
+static size_t operand16_elems(const struct bb_act *a, size_t Pk)
+{
+    size_t w = max_sz(Pk, 3 * (size_t)a->D);
+    w = max_sz(w, max_sz((size_t)a->F1, (size_t)a->Hs));
+    return max_sz(a->rows * w, (size_t)a->B * a->heads * a->T * a->T);
 }
 
 /* Lays out every buffer of a (pointers stay NULL while b->base is NULL). */
@@ -122,16 +143,26 @@ static size_t layout(struct bb_act *a, struct bump *b)
         a->dpos = bump(b, (1 + N) * D);
         a->scratch = bump(b, (size_t)a->threads * attention_backward_scratch_floats(a->T));
     }
+    if (a->prod == MM_BF16) {
+        const size_t n16 = operand16_elems(a, Pk);
+        a->op16a = bump16(b, n16);
+        a->op16b = bump16(b, n16);
+        if (a->train) {
+            a->op16c = bump16(b, n16);
+            a->dP = bump(b, B * a->heads * T * T);
+        }
+    }
     return b->off;
 }
 
 int bb_act_ensure(struct bb_act **ap, const struct model_config *c, int B, int side, int train,
-                  char *err, size_t errlen)
+                  enum mm_type prod, char *err, size_t errlen)
 {
     const int threads = omp_get_max_threads();
     struct bb_act *a = *ap;
     const int F1 = c->ffn == FFN_SWIGLU ? 2 * c->ffn_hidden : c->ffn_hidden;
-    if (a && a->B == B && a->side == side && a->train == train && a->D == c->embed_dim &&
+    if (a && a->B == B && a->side == side && a->train == train && a->prod == prod &&
+        a->D == c->embed_dim &&
         a->depth == c->depth && a->heads == c->num_heads && a->Hs == c->ffn_hidden &&
         a->F1 == F1 && a->P == c->patch_size && a->M == c->pos_grid && a->ffn == (int)c->ffn &&
         a->threads >= threads)
@@ -146,6 +177,7 @@ int bb_act_ensure(struct bb_act **ap, const struct model_config *c, int B, int s
     a->B = B;
     a->side = side;
     a->train = train;
+    a->prod = prod;
     a->D = c->embed_dim;
     a->depth = c->depth;
     a->heads = c->num_heads;
@@ -237,9 +269,43 @@ static void residual_subset(float *x_out, const float *x_in, const float *y, con
     }
 }
 
-void bb_forward(const struct model_config *c, const struct vit_weights *w, struct bb_act *a,
-                const float *img, const uint8_t *mask, const struct bb_drop *drop)
+/* The bf16 copy of the weight tensor p of w (w16 mirrors w's arena). */
+static const mm_bf16 *copy16(const mm_bf16 *w16, const struct vit_weights *w, const float *p)
 {
+    return w16 ? w16 + (p - w->arena) : NULL;
+}
+
+static void need_copy16(const struct bb_act *a, const mm_bf16 *w16)
+{
+    if (a->prod == MM_BF16 && !w16) {
+        fprintf(stderr, "franca-train: a bf16 backbone pass without bf16 weights\n");
+        abort();
+    }
+}
+
+/* out = in . W^T + bias, with the pass's operand type. */
+static void bb_linear(struct bb_act *a, float *out, const float *in, const float *W,
+                      const mm_bf16 *W16, const float *bias, size_t rows, int K, int N)
+{
+    if (a->prod == MM_BF16) linear_forward_bf16(out, in, W16, bias, rows, K, N, a->op16a);
+    else linear_forward(out, in, W, bias, rows, K, N);
+}
+
+static void bb_linear_backward(struct bb_act *a, float *dx, float *dW, float *db,
+                               const float *dy, const float *x, const float *W,
+                               const mm_bf16 *W16, size_t rows, int K, int N)
+{
+    if (a->prod == MM_BF16)
+        linear_backward_bf16(dx, dW, db, dy, x, W16, rows, K, N, 0, a->op16a, a->op16b);
+    else
+        linear_backward(dx, dW, db, dy, x, W, rows, K, N, 0);
+}
+
+void bb_forward(const struct model_config *c, const struct vit_weights *w, const mm_bf16 *w16,
+                struct bb_act *a, const float *img, const uint8_t *mask,
+                const struct bb_drop *drop)
+{
+    need_copy16(a, w16);
     const int D = a->D, T = a->T, N = a->N, B = a->B, P = a->P, Hs = a->Hs, F1 = a->F1;
     const float eps = c->norm_eps;
     if (!a->train) drop = NULL;
@@ -247,7 +313,8 @@ void bb_forward(const struct model_config *c, const struct vit_weights *w, struc
     /* Token assembly: patch embed, mask token, CLS, positional table. */
     pos_embed_interpolate(a->pos, w->pos_embed, a->M, D, a->gh, a->gw);
     patchify(a->patches, img, B, 3, a->side, a->side, P);
-    linear_forward(a->tok, a->patches, w->patch_w, w->patch_b, (size_t)B * N, 3 * P * P, D);
+    bb_linear(a, a->tok, a->patches, w->patch_w, copy16(w16, w, w->patch_w), w->patch_b,
+              (size_t)B * N, 3 * P * P, D);
     a->has_mask = mask != NULL;
     if (mask) memcpy(a->mask, mask, (size_t)B * N);
     float *x0 = a->layers[0].x_in;
@@ -281,9 +348,14 @@ void bb_forward(const struct model_config *c, const struct vit_weights *w, struc
         }
         size_t rk = (size_t)L->k1 * T;
         layernorm_forward_train(L->xn1, L->mean1, L->rstd1, xs, bw->norm1_w, bw->norm1_b, rk, D, eps);
-        linear_forward(L->qkv, L->xn1, bw->qkv_w, bw->qkv_b, rk, D, 3 * D);
-        attention_forward_train(L->att, L->P, L->qkv, L->k1, T, D, a->heads);
-        linear_forward(L->y1, L->att, bw->proj_w, bw->proj_b, rk, D, D);
+        bb_linear(a, L->qkv, L->xn1, bw->qkv_w, copy16(w16, w, bw->qkv_w), bw->qkv_b, rk, D,
+                  3 * D);
+        if (a->prod == MM_BF16)
+            attention_forward_train_bf16(L->att, L->P, L->qkv, L->k1, T, D, a->heads, a->op16a,
+                                         a->op16b);
+        else
+            attention_forward_train(L->att, L->P, L->qkv, L->k1, T, D, a->heads);
+        bb_linear(a, L->y1, L->att, bw->proj_w, copy16(w16, w, bw->proj_w), bw->proj_b, rk, D, D);
         residual_subset(L->x_mid, L->x_in, L->y1, bw->ls1, L->sub1, L->k1, L->scale1, T, D, B);
 
         /* FFN branch */
@@ -297,12 +369,12 @@ void bb_forward(const struct model_config *c, const struct vit_weights *w, struc
         }
         rk = (size_t)L->k2 * T;
         layernorm_forward_train(L->xn2, L->mean2, L->rstd2, xs, bw->norm2_w, bw->norm2_b, rk, D, eps);
-        linear_forward(L->h, L->xn2, bw->fc1_w, bw->fc1_b, rk, D, F1);
+        bb_linear(a, L->h, L->xn2, bw->fc1_w, copy16(w16, w, bw->fc1_w), bw->fc1_b, rk, D, F1);
         if (a->ffn == FFN_SWIGLU)
             swiglu_forward_train(L->act, L->h, rk, Hs);
         else
             gelu_forward_copy(L->act, L->h, rk * Hs);
-        linear_forward(L->y2, L->act, bw->fc2_w, bw->fc2_b, rk, Hs, D);
+        bb_linear(a, L->y2, L->act, bw->fc2_w, copy16(w16, w, bw->fc2_w), bw->fc2_b, rk, Hs, D);
         residual_subset(x_out, L->x_mid, L->y2, bw->ls2, L->sub2, L->k2, L->scale2, T, D, B);
     }
     layernorm_forward_train(a->out, a->meanf, a->rstdf, a->x_fin, w->norm_w, w->norm_b, a->rows,
@@ -361,10 +433,11 @@ static void ln_branch_backward(struct bb_act *a, const float *dxn, const float *
     }
 }
 
-void bb_backward(const struct model_config *c, const struct vit_weights *w,
+void bb_backward(const struct model_config *c, const struct vit_weights *w, const mm_bf16 *w16,
                  struct vit_weights *g, struct bb_act *a)
 {
     (void)c;
+    need_copy16(a, w16);
     const int D = a->D, T = a->T, N = a->N, B = a->B, P = a->P, Hs = a->Hs, F1 = a->F1;
     const size_t rows = a->rows;
 
@@ -381,21 +454,29 @@ void bb_backward(const struct model_config *c, const struct vit_weights *w,
         /* FFN branch; dx holds the gradient w.r.t. the block output. */
         size_t rk = (size_t)L->k2 * T;
         residual_backward(a->dy, gb->ls2, a->dx, L->y2, bw->ls2, L->sub2, L->k2, L->scale2, T, D);
-        linear_backward(a->dact, gb->fc2_w, gb->fc2_b, a->dy, L->act, bw->fc2_w, rk, Hs, D, 0);
+        bb_linear_backward(a, a->dact, gb->fc2_w, gb->fc2_b, a->dy, L->act, bw->fc2_w,
+                           copy16(w16, w, bw->fc2_w), rk, Hs, D);
         if (a->ffn == FFN_SWIGLU)
             swiglu_backward(a->dh, a->dact, L->h, rk, Hs);
         else
             gelu_backward(a->dh, a->dact, L->h, rk * Hs);
-        linear_backward(a->dxn, gb->fc1_w, gb->fc1_b, a->dh, L->xn2, bw->fc1_w, rk, D, F1, 0);
+        bb_linear_backward(a, a->dxn, gb->fc1_w, gb->fc1_b, a->dh, L->xn2, bw->fc1_w,
+                           copy16(w16, w, bw->fc1_w), rk, D, F1);
         ln_branch_backward(a, a->dxn, L->gathered2 ? L->xs2 : L->x_mid, L->mean2, L->rstd2,
                            bw->norm2_w, gb->norm2_w, gb->norm2_b, L->gathered2, L->sub2, L->k2);
 
         /* attention branch; dx now holds the gradient w.r.t. x_mid. */
         rk = (size_t)L->k1 * T;
         residual_backward(a->dy, gb->ls1, a->dx, L->y1, bw->ls1, L->sub1, L->k1, L->scale1, T, D);
-        linear_backward(a->datt, gb->proj_w, gb->proj_b, a->dy, L->att, bw->proj_w, rk, D, D, 0);
-        attention_backward(a->dqkv, a->datt, L->qkv, L->P, a->scratch, L->k1, T, D, a->heads);
-        linear_backward(a->dxn, gb->qkv_w, gb->qkv_b, a->dqkv, L->xn1, bw->qkv_w, rk, D, 3 * D, 0);
+        bb_linear_backward(a, a->datt, gb->proj_w, gb->proj_b, a->dy, L->att, bw->proj_w,
+                           copy16(w16, w, bw->proj_w), rk, D, D);
+        if (a->prod == MM_BF16)
+            attention_backward_bf16(a->dqkv, a->datt, L->qkv, L->P, L->k1, T, D, a->heads,
+                                    a->op16a, a->op16c, a->op16b, a->dP);
+        else
+            attention_backward(a->dqkv, a->datt, L->qkv, L->P, a->scratch, L->k1, T, D, a->heads);
+        bb_linear_backward(a, a->dxn, gb->qkv_w, gb->qkv_b, a->dqkv, L->xn1, bw->qkv_w,
+                           copy16(w16, w, bw->qkv_w), rk, D, 3 * D);
         ln_branch_backward(a, a->dxn, L->gathered1 ? L->xs1 : L->x_in, L->mean1, L->rstd1,
                            bw->norm1_w, gb->norm1_w, gb->norm1_b, L->gathered1, L->sub1, L->k1);
     }
@@ -419,8 +500,8 @@ void bb_backward(const struct model_config *c, const struct vit_weights *w,
                 memcpy(dt, src, sizeof(float) * D);
             }
         }
-    linear_backward(NULL, g->patch_w, g->patch_b, a->tok, a->patches, w->patch_w, (size_t)B * N,
-                    3 * P * P, D, 0);
+    bb_linear_backward(a, NULL, g->patch_w, g->patch_b, a->tok, a->patches, w->patch_w,
+                       copy16(w16, w, w->patch_w), (size_t)B * N, 3 * P * P, D);
 }
 
 static int add1(struct param_list *l, const char *name, float *w, float *g, float *t, size_t n,

@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 #include "checkpoint.h"
+#include "mm.h"
 #include "model_config.h"
 #include "objective.h"
 #include "rng.h"
@@ -35,9 +36,11 @@ struct bb_drop {
 };
 
 /* (Re)allocates *a for B images of side x side pixels unless it already has
- * that shape. */
+ * that shape. prod is the type of the matrix products' operands: MM_F32, or
+ * MM_BF16 (bf16 operands, float32 accumulation; LayerNorm, softmax and the
+ * residual stream stay float32). */
 int bb_act_ensure(struct bb_act **a, const struct model_config *c, int B, int side, int train,
-                  char *err, size_t errlen);
+                  enum mm_type prod, char *err, size_t errlen);
 void bb_act_free(struct bb_act *a);
 
 int bb_tokens(const struct bb_act *a);        /* T = 1 + N */
@@ -48,13 +51,15 @@ float *bb_dout(struct bb_act *a);
 
 /* Forward of img [B, 3, S, S]. mask [B, N] (1 = replace the patch token by
  * mask_token before the positional embedding) may be NULL; drop may be NULL
- * (no drop path; a train == 0 pass ignores it). */
-void bb_forward(const struct model_config *c, const struct vit_weights *w, struct bb_act *a,
-                const float *img, const uint8_t *mask, const struct bb_drop *drop);
+ * (no drop path; a train == 0 pass ignores it). w16: w's arena rounded to
+ * bf16 (same layout) for a bf16 pass, NULL for a float32 one. */
+void bb_forward(const struct model_config *c, const struct vit_weights *w, const mm_bf16 *w16,
+                struct bb_act *a, const float *img, const uint8_t *mask,
+                const struct bb_drop *drop);
 
 /* Backward of the last forward from bb_dout(a); adds parameter gradients to g
- * (same layout as w). Clobbers bb_dout. */
-void bb_backward(const struct model_config *c, const struct vit_weights *w,
+ * (same layout as w). w16 as for bb_forward. Clobbers bb_dout. */
+void bb_backward(const struct model_config *c, const struct vit_weights *w, const mm_bf16 *w16,
                  struct vit_weights *g, struct bb_act *a);
 
 /* Appends every backbone tensor as "backbone." + its flattened official name

@@ -81,6 +81,7 @@ static const struct key KEYS[] = {
     {"beta2", K_DBL, F(beta2), 0, 0, 0.999999, "AdamW beta2"},
     {"adam_eps", K_DBL, F(adam_eps), 0, 0, 1, "AdamW eps"},
     {"grad_accum", K_INT, F(grad_accum), 0, 1, 1024, "micro-batches accumulated per step"},
+    {"precision", K_STR, F(precision), S(precision), 0, 0, "matrix products: fp32 | bf16 (bf16 operands, float32 accumulation; master weights, optimizer, LayerNorm, softmax, losses stay float32; needs AVX-512)"},
     {"seed", K_I64, F(seed), 0, 0, 9.007199254740992e15, "seed of every random choice"},
     {"threads", K_INT, F(threads), 0, 1, 256, "data loader threads"},
     {"prefetch", K_INT, F(prefetch), 0, 1, 1024, "batches prepared ahead"},
@@ -154,6 +155,7 @@ void train_config_defaults(struct train_config *c)
     c->beta2 = 0.999;
     c->adam_eps = 1e-8;
     c->grad_accum = 1;
+    snprintf(c->precision, sizeof c->precision, "fp32");
     c->seed = 0;
     c->threads = 1;
     c->prefetch = 4;
@@ -365,6 +367,9 @@ int train_config_validate(const struct train_config *c, char *err, size_t errlen
     if (strcmp(c->masking, "cyclic") && strcmp(c->masking, "block"))
         return set_err(err, errlen, "config: 'masking' must be \"cyclic\" or \"block\", got \"%s\"",
                        c->masking);
+    if (strcmp(c->precision, "fp32") && strcmp(c->precision, "bf16"))
+        return set_err(err, errlen, "config: 'precision' must be \"fp32\" or \"bf16\", got \"%s\"",
+                       c->precision);
     if (c->embed_dim % c->num_heads)
         return set_err(err, errlen, "config: embed_dim %d is not a multiple of num_heads %d",
                        c->embed_dim, c->num_heads);
@@ -492,5 +497,6 @@ int train_config_objective(const struct train_config *c, struct objective_config
     oc->koleo_levels = c->koleo_levels && c->head_nested;
     oc->layerscale_init = (float)c->layerscale_init;
     oc->drop_path = (float)c->drop_path;
+    oc->precision = strcmp(c->precision, "bf16") ? MM_F32 : MM_BF16;
     return 0;
 }

@@ -53,6 +53,7 @@ struct train_config {
     int64_t teacher_temp_warmup_steps, freeze_last_layer_steps;
     double patch_embed_lr_mult, clip_grad, beta1, beta2, adam_eps;
     int grad_accum;
+    char precision[16];                         /* "fp32" | "bf16": operands of the products */
     /* run */
     int64_t seed;
     int threads, prefetch;

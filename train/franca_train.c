@@ -8,7 +8,8 @@
  *                    --test-idx IMAGES LABELS [--width W]... [--max-train N] [--max-test N]
  *
  * Exit status: 0 success, 1 runtime failure (I/O, data, numerics), 2 bad
- * command line or configuration. */
+ * command line or configuration (precision bf16 on a CPU without AVX-512
+ * included). */
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -470,7 +471,8 @@ static int cmd_train(int argc, char **argv)
             return EXIT_USAGE;
         }
     }
-    if (train_config_objective(&r.cfg, &r.oc, err, sizeof err) < 0) {
+    if (train_config_objective(&r.cfg, &r.oc, err, sizeof err) < 0 ||
+        objective_precision_check(&r.oc, err, sizeof err) < 0) {
         fprintf(stderr, "franca-train: %s\n", err);
         return EXIT_USAGE;
     }
@@ -521,9 +523,11 @@ static int cmd_train(int argc, char **argv)
             free(cj);
         }
     }
-    printf("franca-train: %s, %zu parameters, %d images, batch %d x %d, steps %lld..%lld -> %s\n",
+    printf("franca-train: %s, %zu parameters, %d images, batch %d x %d, steps %lld..%lld, "
+           "precision %s (%s) -> %s\n",
            resume ? "resuming" : "training", param_list_count(objective_params(r.obj)), r.ds.n,
-           c->batch_size, c->grad_accum, (long long)step0, (long long)c->steps, r.dir);
+           c->batch_size, c->grad_accum, (long long)step0, (long long)c->steps, c->precision,
+           mm_isa_name(mm_isa()), r.dir);
     fflush(stdout);
     if (train(&r, step0, err, sizeof err) < 0) goto fail;
     rc = 0;

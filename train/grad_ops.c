@@ -3,12 +3,30 @@
 
 #include <math.h>
 #include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cpu/pos_embed.h"
 #include "mm.h"
 
 #define COL_CHUNK 64
+
+/* db += column sums of dy [rows, N], in double. */
+static void bias_backward(float *db, const float *dy, size_t rows, int N)
+{
+    const int chunks = (N + COL_CHUNK - 1) / COL_CHUNK;
+#pragma omp parallel for schedule(static)
+    for (int c = 0; c < chunks; c++) {
+        const int j0 = c * COL_CHUNK, j1 = j0 + COL_CHUNK < N ? j0 + COL_CHUNK : N;
+        double acc[COL_CHUNK] = {0};
+        for (size_t r = 0; r < rows; r++) {
+            const float *d = dy + r * N;
+            for (int j = j0; j < j1; j++) acc[j - j0] += d[j];
+        }
+        for (int j = j0; j < j1; j++) db[j] += (float)acc[j - j0];
+    }
+}
 
 void linear_backward(float *dx, float *dW, float *db, const float *dy, const float *x,
                      const float *W, size_t rows, int K, int N, int dx_accumulate)
@@ -20,19 +38,7 @@ void linear_backward(float *dx, float *dW, float *db, const float *dy, const flo
     if (dW)
         mm_sgemm(true, false, N, K, (int)rows, 1.0f, dy, N, x, K,
                     1.0f, dW, K);
-    if (db) {
-        const int chunks = (N + COL_CHUNK - 1) / COL_CHUNK;
-#pragma omp parallel for schedule(static)
-        for (int c = 0; c < chunks; c++) {
-            const int j0 = c * COL_CHUNK, j1 = j0 + COL_CHUNK < N ? j0 + COL_CHUNK : N;
-            double acc[COL_CHUNK] = {0};
-            for (size_t r = 0; r < rows; r++) {
-                const float *d = dy + r * N;
-                for (int j = j0; j < j1; j++) acc[j - j0] += d[j];
-            }
-            for (int j = j0; j < j1; j++) db[j] += (float)acc[j - j0];
-        }
-    }
+    if (db) bias_backward(db, dy, rows, N);
 }
 
 void layernorm_forward_train(float *out, float *mean, float *rstd, const float *in,
@@ -141,6 +147,20 @@ void swiglu_backward(float *dh, const float *dy, const float *h, size_t rows, in
     }
 }
 
+/* In-place softmax of one score row (accurate expf, double sum). */
+static void softmax_row(float *s, int T)
+{
+    float mx = s[0];
+    for (int j = 1; j < T; j++) mx = s[j] > mx ? s[j] : mx;
+    double sum = 0.0;
+    for (int j = 0; j < T; j++) {
+        s[j] = expf(s[j] - mx);
+        sum += s[j];
+    }
+    const float inv = (float)(1.0 / sum);
+    for (int j = 0; j < T; j++) s[j] *= inv;
+}
+
 void attention_forward_train(float *out, float *P, const float *qkv, int B, int T, int D,
                              int heads)
 {
@@ -153,18 +173,7 @@ void attention_forward_train(float *out, float *P, const float *qkv, int B, int 
             const float *q = qkv + (size_t)b * T * ld + (size_t)h * hd;
             mm_sgemm(false, true, T, T, hd, scale, q, ld, q + D,
                         ld, 0.0f, S, T);
-            for (int i = 0; i < T; i++) {
-                float *s = S + (size_t)i * T;
-                float mx = s[0];
-                for (int j = 1; j < T; j++) mx = s[j] > mx ? s[j] : mx;
-                double sum = 0.0;
-                for (int j = 0; j < T; j++) {
-                    s[j] = expf(s[j] - mx);
-                    sum += s[j];
-                }
-                const float inv = (float)(1.0 / sum);
-                for (int j = 0; j < T; j++) s[j] *= inv;
-            }
+            for (int i = 0; i < T; i++) softmax_row(S + (size_t)i * T, T);
             mm_sgemm(false, false, T, hd, T, 1.0f, S, T,
                         q + 2 * D, ld, 0.0f, out + (size_t)b * T * D + (size_t)h * hd, D);
         }
@@ -232,5 +241,165 @@ void pos_embed_backward(float *dtable, const float *dout, int M, int D, int gh, 
                     for (int d = 0; d < D; d++) dst[d] += wgt * g[d];
                 }
         }
+    }
+}
+
+/* ------------------------------------------------------------- bf16 -- */
+
+#define ROUND_CHUNK 16384
+
+void round_bf16(mm_bf16 *dst, const float *src, size_t n)
+{
+    const size_t chunks = (n + ROUND_CHUNK - 1) / ROUND_CHUNK;
+#pragma omp parallel for schedule(static) if (chunks > 1)
+    for (size_t c = 0; c < chunks; c++) {
+        const size_t i = c * ROUND_CHUNK, m = n - i < ROUND_CHUNK ? n - i : ROUND_CHUNK;
+        mm_to_bf16(dst + i, src + i, m);
+    }
+}
+
+static void bf16_failed(const char *what, const char *err)
+{
+    fprintf(stderr, "franca-train: bf16 %s: %s\n", what, err);
+    abort();
+}
+
+static void gemm_bf16(bool ta, bool tb, size_t M, size_t N, size_t K, const mm_bf16 *A,
+                      size_t lda, const mm_bf16 *B, size_t ldb, float beta, float *C, size_t ldc)
+{
+    char err[256];
+    if (mm_gemm(MM_BF16, ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc, err, sizeof err))
+        bf16_failed("product", err);
+}
+
+static void batched_bf16(const struct mm_view *c, const struct mm_view *a, const struct mm_view *b)
+{
+    char err[256];
+    if (mm_batched(c, a, b, err, sizeof err)) bf16_failed("batched product", err);
+}
+
+void linear_forward_bf16(float *out, const float *in, const mm_bf16 *W16, const float *bias,
+                         size_t rows, int K, int N, mm_bf16 *in16)
+{
+    if (rows == 0) return;
+    round_bf16(in16, in, rows * K);
+    if (bias) {
+#pragma omp parallel for schedule(static)
+        for (size_t r = 0; r < rows; r++) memcpy(out + r * N, bias, sizeof(float) * N);
+    }
+    gemm_bf16(false, true, rows, N, K, in16, K, W16, K, bias ? 1.0f : 0.0f, out, N);
+}
+
+void linear_backward_bf16(float *dx, float *dW, float *db, const float *dy, const float *x,
+                          const mm_bf16 *W16, size_t rows, int K, int N, int dx_accumulate,
+                          mm_bf16 *dy16, mm_bf16 *x16)
+{
+    if (rows == 0) return;
+    if (dx || dW) round_bf16(dy16, dy, rows * N);
+    if (dx) gemm_bf16(false, false, rows, K, N, dy16, N, W16, K, dx_accumulate ? 1.0f : 0.0f, dx, K);
+    if (dW) {
+        round_bf16(x16, x, rows * K);
+        gemm_bf16(true, false, N, K, rows, dy16, N, x16, K, 1.0f, dW, K);
+    }
+    if (db) bias_backward(db, dy, rows, N);
+}
+
+/* Views of one of Q, K, V (which = 0, 1, 2) inside qkv rows [B*T, 3D], as
+ * [B, heads, T, hd], or transposed [B, heads, hd, T]. */
+static struct mm_view qkv_view(void *base, enum mm_type t, int which, int B, int T, int D,
+                               int heads, bool transposed)
+{
+    const int64_t hd = D / heads, ld = 3 * (int64_t)D, esz = t == MM_BF16 ? 2 : 4;
+    struct mm_view v = {(char *)base + which * (int64_t)D * esz, t, {B, heads, T, hd},
+                        {T * ld, hd, ld, 1}};
+    if (transposed) {
+        v.dims[2] = hd;
+        v.dims[3] = T;
+        v.strides[2] = 1;
+        v.strides[3] = ld;
+    }
+    return v;
+}
+
+/* [B, heads, T, T] score-shaped matrices (or their per-head transposes). */
+static struct mm_view score_view(void *base, enum mm_type t, int B, int T, int heads,
+                                 bool transposed)
+{
+    const int64_t TT = (int64_t)T * T;
+    struct mm_view v = {base, t, {B, heads, T, T}, {heads * TT, TT, transposed ? 1 : T,
+                                                    transposed ? T : 1}};
+    return v;
+}
+
+/* [B*T, D] rows seen as [B, heads, T, hd]. */
+static struct mm_view head_rows_view(void *base, enum mm_type t, int B, int T, int D, int heads)
+{
+    const int64_t hd = D / heads;
+    struct mm_view v = {base, t, {B, heads, T, hd}, {(int64_t)T * D, hd, D, 1}};
+    return v;
+}
+
+void attention_forward_train_bf16(float *out, float *P, const float *qkv, int B, int T, int D,
+                                  int heads, mm_bf16 *qkv16, mm_bf16 *P16)
+{
+    const size_t rows = (size_t)B * heads * T;
+    const float scale = 1.0f / sqrtf((float)(D / heads));
+    round_bf16(qkv16, qkv, (size_t)B * T * 3 * D);
+    const struct mm_view q = qkv_view(qkv16, MM_BF16, 0, B, T, D, heads, false);
+    const struct mm_view kt = qkv_view(qkv16, MM_BF16, 1, B, T, D, heads, true);
+    const struct mm_view s = score_view(P, MM_F32, B, T, heads, false);
+    batched_bf16(&s, &q, &kt);
+#pragma omp parallel for schedule(static)
+    for (size_t r = 0; r < rows; r++) {
+        float *p = P + r * T;
+        for (int j = 0; j < T; j++) p[j] *= scale;
+        softmax_row(p, T);
+        mm_to_bf16(P16 + r * T, p, (size_t)T);
+    }
+    const struct mm_view p16 = score_view(P16, MM_BF16, B, T, heads, false);
+    const struct mm_view v = qkv_view(qkv16, MM_BF16, 2, B, T, D, heads, false);
+    const struct mm_view o = head_rows_view(out, MM_F32, B, T, D, heads);
+    batched_bf16(&o, &p16, &v);
+}
+
+void attention_backward_bf16(float *dqkv, const float *dout, const float *qkv, const float *P,
+                             int B, int T, int D, int heads, mm_bf16 *qkv16, mm_bf16 *dout16,
+                             mm_bf16 *P16, float *dP)
+{
+    const size_t rows = (size_t)B * heads * T, tokens = (size_t)B * T;
+    const float scale = 1.0f / sqrtf((float)(D / heads));
+    round_bf16(qkv16, qkv, tokens * 3 * D);
+    round_bf16(dout16, dout, tokens * D);
+    round_bf16(P16, P, rows * T);
+    const struct mm_view dO = head_rows_view(dout16, MM_BF16, B, T, D, heads);
+    /* dV = P^T dO; dP = dO V^T */
+    const struct mm_view pt = score_view(P16, MM_BF16, B, T, heads, true);
+    const struct mm_view dv = qkv_view(dqkv, MM_F32, 2, B, T, D, heads, false);
+    batched_bf16(&dv, &pt, &dO);
+    const struct mm_view vt = qkv_view(qkv16, MM_BF16, 2, B, T, D, heads, true);
+    const struct mm_view dpv = score_view(dP, MM_F32, B, T, heads, false);
+    batched_bf16(&dpv, &dO, &vt);
+    /* dS = P * (dP - rowsum(P * dP)), rounded into P16 (P^T is no longer needed) */
+#pragma omp parallel for schedule(static)
+    for (size_t r = 0; r < rows; r++) {
+        const float *p = P + r * T, *s = dP + r * T;
+        double dot = 0.0;
+        for (int j = 0; j < T; j++) dot += (double)p[j] * s[j];
+        const float c = (float)dot;
+        for (int j = 0; j < T; j++) P16[r * T + j] = mm_bf16_round(p[j] * (s[j] - c));
+    }
+    /* dQ = scale dS K; dK = scale dS^T Q (scaled below, in float) */
+    const struct mm_view ds = score_view(P16, MM_BF16, B, T, heads, false);
+    const struct mm_view dst = score_view(P16, MM_BF16, B, T, heads, true);
+    const struct mm_view k = qkv_view(qkv16, MM_BF16, 1, B, T, D, heads, false);
+    const struct mm_view q = qkv_view(qkv16, MM_BF16, 0, B, T, D, heads, false);
+    const struct mm_view dq = qkv_view(dqkv, MM_F32, 0, B, T, D, heads, false);
+    const struct mm_view dk = qkv_view(dqkv, MM_F32, 1, B, T, D, heads, false);
+    batched_bf16(&dq, &ds, &k);
+    batched_bf16(&dk, &dst, &q);
+#pragma omp parallel for schedule(static)
+    for (size_t t = 0; t < tokens; t++) {
+        float *row = dqkv + t * 3 * D;
+        for (int c = 0; c < 2 * D; c++) row[c] *= scale;
     }
 }

@@ -11,6 +11,8 @@
 
 #include <stddef.h>
 
+#include "mm.h"
+
 /* Backward of out = in . W^T + bias (in [rows, K], W [N, K]):
  * dx (+)= dy . W   (written when dx_accumulate is 0, added otherwise; may be NULL),
  * dW += dy^T . x   (may be NULL), db += column sums of dy (may be NULL). */
@@ -47,5 +49,32 @@ size_t attention_backward_scratch_floats(int T);
 /* Transpose of engine pos_embed_interpolate (a fixed linear map for a grid):
  * dtable [1 + M*M, D] += J^T . dout, dout [1 + gh*gw, D]. */
 void pos_embed_backward(float *dtable, const float *dout, int M, int D, int gh, int gw);
+
+/* bf16 variants (training precision bf16): every operand is rounded to bf16 as
+ * it enters a product (weights come pre-rounded, once per step), products
+ * accumulate in float32, everything around them stays float32. Scratch
+ * buffers are bf16 and hold the rounded operands; the sizes are given per
+ * function. A product that oneDNN refuses aborts with a message (as
+ * mm_sgemm does): start-up checks mm_bf16_supported(), so it cannot happen. */
+
+/* out = round(in) . W16^T + bias; in16: rows * K. */
+void linear_forward_bf16(float *out, const float *in, const mm_bf16 *W16, const float *bias,
+                         size_t rows, int K, int N, mm_bf16 *in16);
+/* As linear_backward with W16 = round(W); dy16: rows * N, x16: rows * K. */
+void linear_backward_bf16(float *dx, float *dW, float *db, const float *dy, const float *x,
+                          const mm_bf16 *W16, size_t rows, int K, int N, int dx_accumulate,
+                          mm_bf16 *dy16, mm_bf16 *x16);
+/* As attention_forward_train with bf16 QK^T and PV. qkv16: B*T*3D;
+ * P16: B*heads*T*T. */
+void attention_forward_train_bf16(float *out, float *P, const float *qkv, int B, int T, int D,
+                                  int heads, mm_bf16 *qkv16, mm_bf16 *P16);
+/* As attention_backward with bf16 products: qkv16: B*T*3D; dout16: B*T*D;
+ * P16: B*heads*T*T (bf16); dP: B*heads*T*T floats. */
+void attention_backward_bf16(float *dqkv, const float *dout, const float *qkv, const float *P,
+                             int B, int T, int D, int heads, mm_bf16 *qkv16, mm_bf16 *dout16,
+                             mm_bf16 *P16, float *dP);
+
+/* Parallel rounding of n floats to bf16. */
+void round_bf16(mm_bf16 *dst, const float *src, size_t n);
 
 #endif

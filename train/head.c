@@ -18,6 +18,10 @@ struct head_level_act {
 
 struct head_act {
     int cap, n, n_levels, D, hidden, bottleneck;
+    enum mm_type prod;           /* type of the products' operands */
+    /* bf16 heads: two operand buffers and each level's rounded effective
+     * prototype weights */
+    mm_bf16 *op16a, *op16b, *weff16[HEAD_MAX_LEVELS], *arena16;
     int K[HEAD_MAX_LEVELS], d[HEAD_MAX_LEVELS];
     struct head_level_act lv[HEAD_MAX_LEVELS];
     float *dh3, *bufA, *bufB, *dz, *dxs;
@@ -154,15 +158,34 @@ void head_act_free(struct head_act *a)
     if (!a) return;
     free(a->arena);
     free(a->darena);
+    free(a->arena16);
     free(a);
 }
 
-int head_act_ensure(struct head_act **ap, const struct head_weights *h, int rows, char *err,
-                    size_t errlen)
+/* Carves the bf16 buffers of a bf16 head (a->arena16 NULL: counts only). */
+static size_t layout16(struct head_act *a, const struct head_weights *h)
+{
+    size_t off = 0, width = (size_t)h->D;
+    if (width < (size_t)h->hidden) width = h->hidden;
+    if (width < (size_t)h->bottleneck) width = h->bottleneck;
+    for (int j = 0; j < h->n_levels; j++)
+        if (width < (size_t)h->lv[j].K) width = h->lv[j].K;
+#define TAKE16(x) (a->arena16 ? a->arena16 + off : NULL); off += pad16(x)
+    a->op16a = TAKE16((size_t)a->cap * width);
+    a->op16b = TAKE16((size_t)a->cap * width);
+    for (int j = 0; j < h->n_levels; j++) {
+        a->weff16[j] = TAKE16((size_t)h->lv[j].K * h->bottleneck);
+    }
+#undef TAKE16
+    return off;
+}
+
+int head_act_ensure(struct head_act **ap, const struct head_weights *h, int rows,
+                    enum mm_type prod, char *err, size_t errlen)
 {
     struct head_act *a = *ap;
     if (rows < 1) rows = 1;
-    if (a && a->cap >= rows && a->n_levels == h->n_levels && a->D == h->D &&
+    if (a && a->cap >= rows && a->prod == prod && a->n_levels == h->n_levels && a->D == h->D &&
         a->hidden == h->hidden && a->bottleneck == h->bottleneck) {
         int same = 1;
         for (int j = 0; j < h->n_levels; j++)
@@ -175,6 +198,7 @@ int head_act_ensure(struct head_act **ap, const struct head_weights *h, int rows
     a = calloc(1, sizeof *a);
     if (!a) return set_err(err, errlen, "out of memory");
     a->cap = rows;
+    a->prod = prod;
     a->n_levels = h->n_levels;
     a->D = h->D;
     a->hidden = h->hidden;
@@ -221,6 +245,14 @@ int head_act_ensure(struct head_act **ap, const struct head_weights *h, int rows
             }
         }
     }
+    if (prod == MM_BF16) {
+        a->arena16 = malloc(sizeof(mm_bf16) * layout16(a, h));
+        if (!a->arena16) {
+            head_act_free(a);
+            return set_err(err, errlen, "out of memory for bf16 head operands (%d rows)", rows);
+        }
+        layout16(a, h);
+    }
     *ap = a;
     return 0;
 }
@@ -228,21 +260,55 @@ int head_act_ensure(struct head_act **ap, const struct head_weights *h, int rows
 float *head_logits(struct head_act *a, int j) { return a->lv[j].logits; }
 float *head_dlogits(struct head_act *a, int j) { return a->lv[j].dlogits; }
 
-void head_forward(const struct head_weights *h, struct head_act *a, const float *x, int ldx, int n)
+/* The bf16 copy of the weight tensor p of h (h16 mirrors h's arena). */
+static const mm_bf16 *copy16(const mm_bf16 *h16, const struct head_weights *h, const float *p)
+{
+    return h16 ? h16 + (p - h->arena) : NULL;
+}
+
+static void need_copy16(const struct head_act *a, const mm_bf16 *h16)
+{
+    if (a->prod == MM_BF16 && !h16) {
+        fprintf(stderr, "franca-train: a bf16 head pass without bf16 weights\n");
+        abort();
+    }
+}
+
+/* out = in . W^T + bias with the act's operand type. */
+static void head_linear(struct head_act *a, float *out, const float *in, const float *W,
+                        const mm_bf16 *W16, const float *bias, int n, int K, int N)
+{
+    if (a->prod == MM_BF16) linear_forward_bf16(out, in, W16, bias, n, K, N, a->op16a);
+    else linear_forward(out, in, W, bias, n, K, N);
+}
+
+static void head_linear_backward(struct head_act *a, float *dx, float *dW, float *db,
+                                 const float *dy, const float *x, const float *W,
+                                 const mm_bf16 *W16, int n, int K, int N)
+{
+    if (a->prod == MM_BF16)
+        linear_backward_bf16(dx, dW, db, dy, x, W16, n, K, N, 0, a->op16a, a->op16b);
+    else
+        linear_backward(dx, dW, db, dy, x, W, n, K, N, 0);
+}
+
+void head_forward(const struct head_weights *h, const mm_bf16 *h16, struct head_act *a,
+                  const float *x, int ldx, int n)
 {
     const int hid = h->hidden, bn = h->bottleneck;
+    need_copy16(a, h16);
     a->n = n;
     for (int j = 0; j < h->n_levels; j++) {
         const struct head_level *W = &h->lv[j];
         struct head_level_act *L = &a->lv[j];
         const int d = W->d, K = W->K;
         for (int i = 0; i < n; i++) memcpy(L->xs + (size_t)i * d, x + (size_t)i * ldx, sizeof(float) * d);
-        linear_forward(L->z, L->xs, W->proj_w, W->proj_b, n, d, d);
-        linear_forward(L->a1, L->z, W->w1, W->b1, n, d, hid);
+        head_linear(a, L->z, L->xs, W->proj_w, copy16(h16, h, W->proj_w), W->proj_b, n, d, d);
+        head_linear(a, L->a1, L->z, W->w1, copy16(h16, h, W->w1), W->b1, n, d, hid);
         gelu_forward_copy(L->h1, L->a1, (size_t)n * hid);
-        linear_forward(L->a2, L->h1, W->w2, W->b2, n, hid, hid);
+        head_linear(a, L->a2, L->h1, W->w2, copy16(h16, h, W->w2), W->b2, n, hid, hid);
         gelu_forward_copy(L->h2, L->a2, (size_t)n * hid);
-        linear_forward(L->a3, L->h2, W->w3, W->b3, n, hid, bn);
+        head_linear(a, L->a3, L->h2, W->w3, copy16(h16, h, W->w3), W->b3, n, hid, bn);
         gelu_forward_copy(L->h3, L->a3, (size_t)n * bn);
         /* weight norm: W[k] = g_k v_k / |v_k| */
 #pragma omp parallel for schedule(static)
@@ -256,25 +322,34 @@ void head_forward(const struct head_weights *h, struct head_act *a, const float 
             float *we = L->weff + (size_t)k * bn;
             for (int i = 0; i < bn; i++) we[i] = f * v[i];
         }
-        linear_forward(L->logits, L->h3, L->weff, NULL, n, bn, K);
+        /* weff is derived from the weights each pass: rounded here, once */
+        if (a->prod == MM_BF16) round_bf16(a->weff16[j], L->weff, (size_t)K * bn);
+        head_linear(a, L->logits, L->h3, L->weff, a->weff16[j], NULL, n, bn, K);
     }
 }
 
-void head_backward(const struct head_weights *h, struct head_weights *g, struct head_act *a,
-                   float *dx, int lddx)
+void head_backward(const struct head_weights *h, const mm_bf16 *h16, struct head_weights *g,
+                   struct head_act *a, float *dx, int lddx)
 {
     const int hid = h->hidden, bn = h->bottleneck, n = a->n;
     if (n <= 0) return;
+    need_copy16(a, h16);
     for (int j = 0; j < h->n_levels; j++) {
         const struct head_level *W = &h->lv[j];
         struct head_level *G = &g->lv[j];
         struct head_level_act *L = &a->lv[j];
         const int d = W->d, K = W->K;
         /* logits = h3 Weff^T */
-        mm_sgemm(true, false, K, bn, n, 1.0f, L->dlogits, K, L->h3,
-                    bn, 0.0f, L->dweff, bn);
-        mm_sgemm(false, false, n, bn, K, 1.0f, L->dlogits, K,
-                    L->weff, bn, 0.0f, a->dh3, bn);
+        if (a->prod == MM_BF16) {
+            memset(L->dweff, 0, sizeof(float) * (size_t)K * bn);
+            linear_backward_bf16(a->dh3, L->dweff, NULL, L->dlogits, L->h3, a->weff16[j], n, bn,
+                                 K, 0, a->op16a, a->op16b);
+        } else {
+            mm_sgemm(true, false, K, bn, n, 1.0f, L->dlogits, K, L->h3,
+                        bn, 0.0f, L->dweff, bn);
+            mm_sgemm(false, false, n, bn, K, 1.0f, L->dlogits, K,
+                        L->weff, bn, 0.0f, a->dh3, bn);
+        }
         /* weight norm backward */
 #pragma omp parallel for schedule(static)
         for (int k = 0; k < K; k++) {
@@ -289,12 +364,16 @@ void head_backward(const struct head_weights *h, struct head_weights *g, struct 
             for (int i = 0; i < bn; i++) gv[i] += (float)(f * (dw[i] - s * v[i] / nv));
         }
         gelu_backward(a->dh3, a->dh3, L->a3, (size_t)n * bn);
-        linear_backward(a->bufA, G->w3, G->b3, a->dh3, L->h2, W->w3, n, hid, bn, 0);
+        head_linear_backward(a, a->bufA, G->w3, G->b3, a->dh3, L->h2, W->w3,
+                             copy16(h16, h, W->w3), n, hid, bn);
         gelu_backward(a->bufA, a->bufA, L->a2, (size_t)n * hid);
-        linear_backward(a->bufB, G->w2, G->b2, a->bufA, L->h1, W->w2, n, hid, hid, 0);
+        head_linear_backward(a, a->bufB, G->w2, G->b2, a->bufA, L->h1, W->w2,
+                             copy16(h16, h, W->w2), n, hid, hid);
         gelu_backward(a->bufB, a->bufB, L->a1, (size_t)n * hid);
-        linear_backward(a->dz, G->w1, G->b1, a->bufB, L->z, W->w1, n, d, hid, 0);
-        linear_backward(a->dxs, G->proj_w, G->proj_b, a->dz, L->xs, W->proj_w, n, d, d, 0);
+        head_linear_backward(a, a->dz, G->w1, G->b1, a->bufB, L->z, W->w1,
+                             copy16(h16, h, W->w1), n, d, hid);
+        head_linear_backward(a, a->dxs, G->proj_w, G->proj_b, a->dz, L->xs, W->proj_w,
+                             copy16(h16, h, W->proj_w), n, d, d);
         for (int i = 0; i < n; i++) {
             float *o = dx + (size_t)i * lddx;
             const float *s = a->dxs + (size_t)i * d;

@@ -15,6 +15,7 @@
 
 #include <stddef.h>
 
+#include "mm.h"
 #include "objective.h"
 #include "params.h"
 #include "rng.h"
@@ -51,21 +52,25 @@ void head_init_random(struct head_weights *h, struct rng *r, bool fan_in);
 int head_add_params(struct param_list *l, const char *prefix, int module, struct head_weights *w,
                     struct head_weights *g, struct head_weights *t);
 
-/* Activations of a head for up to cap rows (grow-only). */
+/* Activations of a head for up to cap rows (grow-only). prod: the type of the
+ * products' operands (MM_BF16: bf16 operands, float32 accumulation; GELU,
+ * weight norm and everything else stay float32). */
 struct head_act;
-int head_act_ensure(struct head_act **a, const struct head_weights *h, int rows, char *err,
-                    size_t errlen);
+int head_act_ensure(struct head_act **a, const struct head_weights *h, int rows,
+                    enum mm_type prod, char *err, size_t errlen);
 void head_act_free(struct head_act *a);
 /* Logits [n, K_j] of level j after head_forward; dlogits [n, K_j] of level j, to
  * be filled by the loss before head_backward. */
 float *head_logits(struct head_act *a, int j);
 float *head_dlogits(struct head_act *a, int j);
 
-/* x: [n, ldx] rows whose first D columns are the features. */
-void head_forward(const struct head_weights *h, struct head_act *a, const float *x, int ldx, int n);
+/* x: [n, ldx] rows whose first D columns are the features. h16: h's arena
+ * rounded to bf16 (same layout) for a bf16 act, NULL for a float32 one. */
+void head_forward(const struct head_weights *h, const mm_bf16 *h16, struct head_act *a,
+                  const float *x, int ldx, int n);
 /* From head_dlogits: adds the parameter gradients to g and the input gradient
- * to dx [n, lddx] (first D columns). */
-void head_backward(const struct head_weights *h, struct head_weights *g, struct head_act *a,
-                   float *dx, int lddx);
+ * to dx [n, lddx] (first D columns). h16 as for head_forward. */
+void head_backward(const struct head_weights *h, const mm_bf16 *h16, struct head_weights *g,
+                   struct head_act *a, float *dx, int lddx);
 
 #endif

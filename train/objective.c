@@ -10,6 +10,7 @@
 
 #include "backbone.h"
 #include "errors.h"
+#include "grad_ops.h"
 #include "head.h"
 #include "loss.h"
 
@@ -21,6 +22,8 @@ struct objective {
     struct head_weights sd, td, gd;          /* DINO head */
     struct head_weights si, ti, gi;          /* iBOT head */
     struct param_list params;
+    /* bf16 precision: the weight arenas above rounded to bf16 (same layouts) */
+    mm_bf16 *sw16, *tw16, *sd16, *td16, *si16, *ti16;
     struct bb_act *t_act, *g_act, *l_act;    /* teacher globals, student globals, locals */
     struct head_act *hd_s, *hd_t, *hi_s, *hi_t;
     objective_subset_fn hook;
@@ -64,16 +67,58 @@ void objective_free(struct objective *o)
     head_act_free(o->hd_t);
     head_act_free(o->hi_s);
     head_act_free(o->hi_t);
+    free(o->sw16);
+    free(o->tw16);
+    free(o->sd16);
+    free(o->td16);
+    free(o->si16);
+    free(o->ti16);
     free(o->fbuf);
     free(o->dbuf);
     free(o->ibuf);
     free(o);
 }
 
+int objective_precision_check(const struct objective_config *cfg, char *err, size_t errlen)
+{
+    if (cfg->precision == MM_F32) return 0;
+    if (cfg->precision != MM_BF16)
+        return set_err(err, errlen, "objective: unknown precision %d", (int)cfg->precision);
+    if (!mm_bf16_supported())
+        return set_err(err, errlen, "precision bf16 needs a CPU with AVX-512 or better; this one "
+                       "computes with %s (use precision fp32)", mm_isa_name(mm_isa()));
+    return 0;
+}
+
+/* The bf16 copies of the weight arenas (bf16 precision only). */
+static int alloc_copies16(struct objective *o)
+{
+    if (o->cfg.precision != MM_BF16) return 0;
+    o->sw16 = malloc(sizeof(mm_bf16) * o->sw.arena_floats);
+    o->tw16 = malloc(sizeof(mm_bf16) * o->tw.arena_floats);
+    o->sd16 = malloc(sizeof(mm_bf16) * o->sd.n_floats);
+    o->td16 = malloc(sizeof(mm_bf16) * o->td.n_floats);
+    o->si16 = malloc(sizeof(mm_bf16) * o->si.n_floats);
+    o->ti16 = malloc(sizeof(mm_bf16) * o->ti.n_floats);
+    return o->sw16 && o->tw16 && o->sd16 && o->td16 && o->si16 && o->ti16 ? 0 : -1;
+}
+
+/* Rounds every weight arena into its bf16 copy (the weights of this step). */
+static void round_copies16(struct objective *o)
+{
+    round_bf16(o->sw16, o->sw.arena, o->sw.arena_floats);
+    round_bf16(o->tw16, o->tw.arena, o->tw.arena_floats);
+    round_bf16(o->sd16, o->sd.arena, o->sd.n_floats);
+    round_bf16(o->td16, o->td.arena, o->td.n_floats);
+    round_bf16(o->si16, o->si.arena, o->si.n_floats);
+    round_bf16(o->ti16, o->ti.arena, o->ti.n_floats);
+}
+
 int objective_create(const struct objective_config *cfg, uint64_t seed, struct objective **out,
                      char *err, size_t errlen)
 {
     *out = NULL;
+    if (objective_precision_check(cfg, err, errlen)) return -1;
     const struct model_config *c = &cfg->backbone;
     if (model_config_validate(c, err, errlen)) return -1;
     if (c->register_tokens != 0 || c->rasa_layers != 0)
@@ -101,6 +146,10 @@ int objective_create(const struct objective_config *cfg, uint64_t seed, struct o
         head_alloc(&cfg->head, D, &o->gi, err, errlen)) {
         objective_free(o);
         return -1;
+    }
+    if (alloc_copies16(o)) {
+        objective_free(o);
+        return set_err(err, errlen, "out of memory for the bf16 weight copies");
     }
     vit_weights_init_random(c, &o->sw, seed);
     if (c->layerscale && cfg->layerscale_init > 0.0f)
@@ -223,9 +272,10 @@ int objective_step(struct objective *o, const struct crop_batch *bt, float teach
     const int nG = 2 * B, nL = nl * B, nD = nG + nL;
     const int gside = bt->global_size / P, Ng = gside * gside;
 
-    if (bb_act_ensure(&o->t_act, c, nG, bt->global_size, 0, err, errlen) ||
-        bb_act_ensure(&o->g_act, c, nG, bt->global_size, 1, err, errlen) ||
-        (nl && bb_act_ensure(&o->l_act, c, nL, bt->local_size, 1, err, errlen)))
+    const enum mm_type prod = o->cfg.precision;
+    if (bb_act_ensure(&o->t_act, c, nG, bt->global_size, 0, prod, err, errlen) ||
+        bb_act_ensure(&o->g_act, c, nG, bt->global_size, 1, prod, err, errlen) ||
+        (nl && bb_act_ensure(&o->l_act, c, nL, bt->local_size, 1, prod, err, errlen)))
         return -1;
 
     /* Masked patches, image-major: index img * Ng + n. */
@@ -244,10 +294,10 @@ int objective_step(struct objective *o, const struct crop_batch *bt, float teach
     if (grow((void **)&o->fbuf, &o->fbuf_cap, fneed, sizeof(float)) ||
         grow((void **)&o->dbuf, &o->dbuf_cap, dneed, sizeof(double)) ||
         grow((void **)&o->ibuf, &o->ibuf_cap, (size_t)nm + nG + 1, sizeof(int)) ||
-        head_act_ensure(&o->hd_t, &o->td, nG, err, errlen) ||
-        head_act_ensure(&o->hd_s, &o->sd, nD, err, errlen) ||
-        (nm && (head_act_ensure(&o->hi_t, &o->ti, nm, err, errlen) ||
-                head_act_ensure(&o->hi_s, &o->si, nm, err, errlen))))
+        head_act_ensure(&o->hd_t, &o->td, nG, prod, err, errlen) ||
+        head_act_ensure(&o->hd_s, &o->sd, nD, prod, err, errlen) ||
+        (nm && (head_act_ensure(&o->hi_t, &o->ti, nm, prod, err, errlen) ||
+                head_act_ensure(&o->hi_s, &o->si, nm, prod, err, errlen))))
         return err && err[0] ? -1 : set_err(err, errlen, "out of memory for loss buffers");
     float *cls_s = o->fbuf, *dcls = cls_s + (size_t)nD * D, *cls_t = dcls + (size_t)nD * D;
     float *pt = cls_t + (size_t)nG * D, *ps = pt + (size_t)nm * D, *dps = ps + (size_t)nm * D;
@@ -265,8 +315,10 @@ int objective_step(struct objective *o, const struct crop_batch *bt, float teach
                 }
     }
 
+    if (prod == MM_BF16) round_copies16(o);
+
     /* 1. Teacher: unmasked globals, no drop path; SK targets per level. */
-    bb_forward(c, &o->tw, o->t_act, bt->global, NULL, NULL);
+    bb_forward(c, &o->tw, o->tw16, o->t_act, bt->global, NULL, NULL);
     const int Tg = bb_tokens(o->t_act);
     const float *tout = bb_out(o->t_act);
     for (int i = 0; i < nG; i++)
@@ -275,7 +327,7 @@ int objective_step(struct objective *o, const struct crop_batch *bt, float teach
         const int img = midx[m] / Ng, n = midx[m] % Ng;
         memcpy(pt + (size_t)m * D, tout + ((size_t)img * Tg + 1 + n) * D, sizeof(float) * D);
     }
-    head_forward(&o->td, o->hd_t, cls_t, D, nG);
+    head_forward(&o->td, o->td16, o->hd_t, cls_t, D, nG);
     {
         size_t off = 0;
         for (int j = 0; j < o->td.n_levels; j++) {
@@ -285,7 +337,7 @@ int objective_step(struct objective *o, const struct crop_batch *bt, float teach
         }
     }
     if (nm) {
-        head_forward(&o->ti, o->hi_t, pt, D, nm);
+        head_forward(&o->ti, o->ti16, o->hi_t, pt, D, nm);
         size_t off = 0;
         for (int j = 0; j < o->ti.n_levels; j++) {
             const int K = o->ti.lv[j].K;
@@ -296,14 +348,14 @@ int objective_step(struct objective *o, const struct crop_batch *bt, float teach
 
     /* 2. Student: masked globals, then locals (shared weights, own drop-path subsets). */
     struct bb_drop drop = { o->cfg.drop_path, rng, o->hook, o->hook_ctx, 0 };
-    bb_forward(c, &o->sw, o->g_act, bt->global, nm ? bt->masks : NULL, &drop);
+    bb_forward(c, &o->sw, o->sw16, o->g_act, bt->global, nm ? bt->masks : NULL, &drop);
     const float *gout = bb_out(o->g_act);
     for (int i = 0; i < nG; i++)
         memcpy(cls_s + (size_t)i * D, gout + (size_t)i * Tg * D, sizeof(float) * D);
     int Tl = 0;
     if (nl) {
         drop.pass = 1;
-        bb_forward(c, &o->sw, o->l_act, bt->local, NULL, &drop);
+        bb_forward(c, &o->sw, o->sw16, o->l_act, bt->local, NULL, &drop);
         Tl = bb_tokens(o->l_act);
         const float *lout = bb_out(o->l_act);
         for (int i = 0; i < nL; i++)
@@ -314,7 +366,7 @@ int objective_step(struct objective *o, const struct crop_batch *bt, float teach
      * against both teacher crops; every term / n_terms, the global term x2 over 2B. */
     const double tau = o->cfg.student_temp;
     const double n_terms = 2.0 * nl + 2.0;
-    head_forward(&o->sd, o->hd_s, cls_s, D, nD);
+    head_forward(&o->sd, o->sd16, o->hd_s, cls_s, D, nD);
     {
         size_t off = 0;
         for (int j = 0; j < o->sd.n_levels; j++) {
@@ -347,7 +399,7 @@ int objective_step(struct objective *o, const struct crop_batch *bt, float teach
         }
     }
     memset(dcls, 0, sizeof(float) * (size_t)nD * D);
-    head_backward(&o->sd, &o->gd, o->hd_s, dcls, D);
+    head_backward(&o->sd, o->sd16, &o->gd, o->hd_s, dcls, D);
 
     /* 4. iBOT loss (spec 5.3) on the masked patches, weight 1 / (m_i * 2B). */
     if (nm) {
@@ -355,7 +407,7 @@ int objective_step(struct objective *o, const struct crop_batch *bt, float teach
             const int img = midx[m] / Ng, n = midx[m] % Ng;
             memcpy(ps + (size_t)m * D, gout + ((size_t)img * Tg + 1 + n) * D, sizeof(float) * D);
         }
-        head_forward(&o->si, o->hi_s, ps, D, nm);
+        head_forward(&o->si, o->si16, o->hi_s, ps, D, nm);
         size_t off = 0;
         for (int j = 0; j < o->si.n_levels; j++) {
             const int K = o->si.lv[j].K;
@@ -373,7 +425,7 @@ int objective_step(struct objective *o, const struct crop_batch *bt, float teach
             off += (size_t)nm * K;
         }
         memset(dps, 0, sizeof(float) * (size_t)nm * D);
-        head_backward(&o->si, &o->gi, o->hi_s, dps, D);
+        head_backward(&o->si, o->si16, &o->gi, o->hi_s, dps, D);
     }
 
     /* 5. KoLeo on the student CLS of global crop 0 and crop 1 separately. */
@@ -402,7 +454,7 @@ int objective_step(struct objective *o, const struct crop_batch *bt, float teach
         const float *src = dps + (size_t)m * D;
         for (int k = 0; k < D; k++) dst[k] += src[k];
     }
-    bb_backward(c, &o->sw, &o->gw, o->g_act);
+    bb_backward(c, &o->sw, o->sw16, &o->gw, o->g_act);
     if (nl) {
         float *ld_out = bb_dout(o->l_act);
         for (int i = 0; i < nL; i++) {
@@ -410,7 +462,7 @@ int objective_step(struct objective *o, const struct crop_batch *bt, float teach
             const float *src = dcls + (size_t)(nG + i) * D;
             for (int k = 0; k < D; k++) dst[k] += src[k];
         }
-        bb_backward(c, &o->sw, &o->gw, o->l_act);
+        bb_backward(c, &o->sw, o->sw16, &o->gw, o->l_act);
     }
     return 0;
 }

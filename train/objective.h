@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 #include "checkpoint.h"
+#include "mm.h"
 #include "model_config.h"
 #include "params.h"
 #include "rng.h"
@@ -45,6 +46,11 @@ struct objective_config {
                                       at reduced width searches) */
     float drop_path;               /* uniform rate over blocks; 0 disables */
     float layerscale_init;         /* LayerScale gamma init; <= 0: spec 1.2's 1e-5 */
+    enum mm_type precision;        /* MM_F32, or MM_BF16: the matrix products of the
+                                      backbones and heads (forward and backward) take bf16
+                                      operands with float32 accumulation; weights, gradients,
+                                      LayerNorm, softmax, losses and Sinkhorn-Knopp stay
+                                      float32 */
 };
 
 /* One batch of crops, collated crop-major as spec 3.2: global[c*B + b] is crop c
@@ -68,6 +74,10 @@ struct loss_terms {
 
 struct objective;
 
+/* Whether this CPU can train in cfg->precision (bf16 needs AVX-512 or better):
+ * 0, or -1 with a message for the user. */
+int objective_precision_check(const struct objective_config *cfg, char *err, size_t errlen);
+
 /* Builds student and teacher with the initialisation of spec 1.2 (backbone) and
  * 4.1 (heads), drawn from seed; the teacher starts equal to the student. */
 int objective_create(const struct objective_config *cfg, uint64_t seed,
@@ -81,7 +91,9 @@ struct param_list *objective_params(struct objective *o);
 /* Forward and backward for one batch. Gradients are ADDED to each param's g
  * (the caller zeroes them, which makes gradient accumulation free). Teacher
  * runs without drop path and without masks; the student gets masks on its
- * global crops and drop path drawn from rng. */
+ * global crops and drop path drawn from rng. In bf16 precision the student and
+ * teacher weights are rounded to bf16 copies once at the start of the call
+ * (the weights only change between calls), which every product reuses. */
 int objective_step(struct objective *o, const struct crop_batch *batch, float teacher_temp,
                    struct rng *rng, struct loss_terms *loss, char *err, size_t errlen);
 

@@ -1,13 +1,15 @@
 /* Training-step benchmark driver (run by tests/bench/bench_train.py):
  *
  *   bench_train D DEPTH HEADS FFN_HIDDEN PATCH POS_GRID GLOBAL LOCAL N_LOCAL B
- *               HIDDEN BOTTLENECK PROTOTYPES STEPS [mlp]
+ *               HIDDEN BOTTLENECK PROTOTYPES STEPS [mlp] [fp32|bf16]
  *
  * One training step = objective_step (teacher forward, student forward on the
  * masked global and the local crops, losses, backward) + per-module clipping +
  * AdamW + EMA, on random crops with half of the global crops masked (30 % of
  * their patches). Runs one warm-up step, then STEPS timed steps, and prints
- * "images/s X" (samples per second; a sample is its 2 global + N_LOCAL crops). */
+ * "images/s X" (samples per second; a sample is its 2 global + N_LOCAL crops).
+ * fp32 (default) or bf16: the training precision (objective_config.precision). */
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,8 +29,17 @@ int main(int argc, char **argv)
 {
     if (argc < 15) {
         fprintf(stderr, "usage: bench_train D DEPTH HEADS FFN_HIDDEN PATCH POS_GRID GLOBAL LOCAL "
-                        "N_LOCAL B HIDDEN BOTTLENECK PROTOTYPES STEPS [mlp]\n");
+                        "N_LOCAL B HIDDEN BOTTLENECK PROTOTYPES STEPS [mlp] [fp32|bf16]\n");
         return 2;
+    }
+    bool mlp = false, bf16 = false;
+    for (int i = 15; i < argc; i++) {
+        if (!strcmp(argv[i], "mlp")) mlp = true;
+        else if (!strcmp(argv[i], "bf16")) bf16 = true;
+        else if (strcmp(argv[i], "fp32")) {
+            fprintf(stderr, "bench_train: unknown option %s (mlp, fp32 or bf16)\n", argv[i]);
+            return 2;
+        }
     }
     int a[14];
     for (int i = 0; i < 14; i++) a[i] = atoi(argv[i + 1]);
@@ -39,7 +50,7 @@ int main(int argc, char **argv)
     struct model_config *c = &oc.backbone;
     c->num_heads = a[2];
     c->ffn_hidden = a[3];
-    c->ffn = argc > 15 && !strcmp(argv[15], "mlp") ? FFN_MLP : FFN_SWIGLU;
+    c->ffn = mlp ? FFN_MLP : FFN_SWIGLU;
     c->patch_size = a[4];
     c->pos_grid = a[5];
     snprintf(c->name, sizeof c->name, "bench");
@@ -53,6 +64,7 @@ int main(int argc, char **argv)
     oc.student_temp = 0.1f;
     oc.koleo_weight = 0.1f;
     oc.drop_path = 0.0f;
+    oc.precision = bf16 ? MM_BF16 : MM_F32;
     char err[512];
     struct objective *o;
     if (objective_create(&oc, 1, &o, err, sizeof err)) {

@@ -4,12 +4,16 @@ AdamW + EMA, via the bench_train driver) against the PyTorch reference
 machine. Prints images/s (samples per second) for both and the ratio.
 
 Env: FRANCA_BUILD_ROOT (default ./build). Options: --steps N, --config default|fmnist|small
-(fmnist: the model and heads of tests/bench/train_fashion_mnist.py).
+(fmnist: the model and heads of tests/bench/train_fashion_mnist.py), --precision
+fp32|bf16|both (the C trainer's training precision; both: fp32 and bf16 rounds
+alternate, --rounds of each, and the median of each is reported with their
+ratio), --no-torch (skip the PyTorch reference).
 Run: /usr/bin/python3 tests/bench/bench_train.py
 """
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -32,11 +36,11 @@ CONFIGS = {
 }
 
 
-def c_bench(build, c, steps):
+def c_bench(build, c, steps, precision="fp32"):
     exe = os.path.join(build, "tests", "train", "bench_train")
     args = [exe] + [str(c[k]) for k in ("D", "depth", "heads", "ffn_hidden", "patch", "pos_grid",
                                          "glob", "loc", "n_local", "B", "hidden", "bottleneck",
-                                         "prototypes")] + [str(steps)]
+                                         "prototypes")] + [str(steps), precision]
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
     out = subprocess.run(args, capture_output=True, text=True, check=True, env=env).stdout
     return float(out.split("images/s")[1].split()[0])
@@ -80,15 +84,32 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--config", choices=sorted(CONFIGS), default="default")
+    ap.add_argument("--precision", choices=["fp32", "bf16", "both"], default="fp32")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of each precision (--precision both)")
+    ap.add_argument("--no-torch", action="store_true")
     a = ap.parse_args()
     build = os.environ.get("FRANCA_BUILD_ROOT", os.path.join(HERE, "..", "..", "build"))
     c = CONFIGS[a.config]
     print("config:", c)
-    ci = c_bench(build, c, a.steps)
-    print(f"C (franca objective_step)  images/s {ci:.2f}")
+    if a.precision == "both":
+        runs = {"fp32": [], "bf16": []}
+        for r in range(a.rounds):
+            for prec in runs:
+                runs[prec].append(c_bench(build, c, a.steps, prec))
+                print(f"round {r + 1} {prec} images/s {runs[prec][-1]:.2f}", flush=True)
+        med = {prec: statistics.median(v) for prec, v in runs.items()}
+        for prec, v in med.items():
+            print(f"C (franca objective_step) {prec} median images/s {v:.2f}")
+        print(f"ratio bf16 / fp32: {med['bf16'] / med['fp32']:.2f}x")
+        ci, a.precision = med["fp32"], "fp32"
+    else:
+        ci = c_bench(build, c, a.steps, a.precision)
+        print(f"C (franca objective_step) {a.precision} images/s {ci:.2f}")
+    if a.no_torch:
+        return
     ti = torch_bench(c, a.steps)
     print(f"PyTorch {torch.__version__} float32 images/s {ti:.2f}")
-    print(f"ratio C / PyTorch: {ci / ti:.2f}x (target >= 1.5x)")
+    print(f"ratio C {a.precision} / PyTorch: {ci / ti:.2f}x (target >= 1.5x)")
 
 
 if __name__ == "__main__":

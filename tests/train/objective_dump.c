@@ -6,7 +6,7 @@
  * shape (D, depth, heads, ffn, ffn_hidden, patch, pos_grid, layerscale, nested,
  * widths, level_weights (optional), prototypes, hidden, bottleneck, B, global, local, n_local,
  * teacher_temp, student_temp, koleo_weight, drop_path, steps, and for steps > 1:
- * lr, wd, momentum, clip), and the tensors: every parameter by its param-list
+ * lr, wd, momentum, clip; optional precision "fp32" (default) or "bf16"), and the tensors: every parameter by its param-list
  * name (student weights), optionally "teacher." + name (teacher copy; default
  * the student's), "global" [2B,3,G,G], "local" [nl*B,3,L,L], "masks" [2B,N]
  * (0/1 as float) and, when drop_path > 0, "subset.{pass}.{layer}.{branch}" [k]
@@ -124,6 +124,12 @@ int main(int argc, char **argv)
     oc.koleo_weight = (float)getd(cj, "koleo_weight", 0.1);
     oc.koleo_levels = geti(cj, "koleo_levels", 0) != 0;
     oc.drop_path = (float)getd(cj, "drop_path", 0.0);
+    const char *prec = json_string_value(json_object_get(cj, "precision"));
+    if (prec && strcmp(prec, "fp32") && strcmp(prec, "bf16")) {
+        fprintf(stderr, "objective_dump: precision must be fp32 or bf16, got %s\n", prec);
+        return 1;
+    }
+    oc.precision = prec && !strcmp(prec, "bf16") ? MM_BF16 : MM_F32;
 
     struct objective *o;
     if (objective_create(&oc, 1, &o, err, sizeof err)) {

@@ -4,9 +4,11 @@
  * sample of coordinates (max error relative to the largest gradient <= 2e-2, the
  * float32 finite-difference noise level). Also: the positional-embedding
  * backward is the exact adjoint of the engine's interpolation, Sinkhorn-Knopp
- * marginals, and the training backbone forward equals the engine's inference
- * forward (vit_forward) on the same weights. */
+ * marginals, the training backbone forward equals the engine's inference
+ * forward (vit_forward) on the same weights, and the bf16 product variants
+ * (linear, attention) match the float32 ones on bf16-exact operands. */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -174,6 +176,95 @@ static void test_attention(void)
     free(aqkv), free(ar), free(aout), free(aP), free(dqkv), free(scratch), free(ref), free(scr);
 }
 
+/* ------------------------------------------------------------------ bf16 */
+/* The bf16 product variants against the float32 ones on operands that bf16
+ * holds exactly: the products then differ only in summation order (linear),
+ * or by the rounding of the softmax probabilities and dS (attention). */
+static float *rand16(size_t n)
+{
+    float *p = randv(n, 1);
+    for (size_t i = 0; i < n; i++) p[i] = mm_bf16_value(mm_bf16_round(p[i]));
+    return p;
+}
+
+static double rel_diff(const float *a, const float *ref, size_t n)
+{
+    double e = 0.0, m = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        e = fmax(e, fabs((double)a[i] - ref[i]));
+        m = fmax(m, fabs((double)ref[i]));
+    }
+    return m > 0 ? e / m : e;
+}
+
+static void test_bf16_linear(void)
+{
+    enum { R = 37, K = 29, N = 23 };
+    float *x = rand16(R * K), *W = rand16(N * K), *b = randv(N, 1), *dy = rand16(R * N);
+    mm_bf16 *W16 = malloc(sizeof(mm_bf16) * N * K), *s1 = malloc(sizeof(mm_bf16) * R * K),
+            *s2 = malloc(sizeof(mm_bf16) * R * K);
+    round_bf16(W16, W, N * K);
+    float *o32 = zerov(R * N), *o16 = zerov(R * N);
+    linear_forward(o32, x, W, b, R, K, N);
+    linear_forward_bf16(o16, x, W16, b, R, K, N, s1);
+    CHECK(rel_diff(o16, o32, R * N) <= 1e-5, "bf16 linear forward == fp32 on bf16 operands");
+    for (int acc = 0; acc < 2; acc++) {
+        float *dx32 = randv(R * K, 1), *dW32 = randv(N * K, 1), *db32 = randv(N, 1);
+        float *dx16 = malloc(sizeof(float) * R * K), *dW16 = malloc(sizeof(float) * N * K),
+              *db16 = malloc(sizeof(float) * N);
+        memcpy(dx16, dx32, sizeof(float) * R * K);
+        memcpy(dW16, dW32, sizeof(float) * N * K);
+        memcpy(db16, db32, sizeof(float) * N);
+        linear_backward(dx32, dW32, db32, dy, x, W, R, K, N, acc);
+        linear_backward_bf16(dx16, dW16, db16, dy, x, W16, R, K, N, acc, s1, s2);
+        CHECK(rel_diff(dx16, dx32, R * K) <= 1e-5 && rel_diff(dW16, dW32, N * K) <= 1e-5 &&
+                  rel_diff(db16, db32, N) <= 1e-6,
+              "bf16 linear backward == fp32 on bf16 operands (dx_accumulate %d)", acc);
+        free(dx32), free(dW32), free(db32), free(dx16), free(dW16), free(db16);
+    }
+    free(x), free(W), free(b), free(dy), free(W16), free(s1), free(s2), free(o32), free(o16);
+}
+
+static void test_bf16_attention(void)
+{
+    enum { B = 3, T = 11, D = 24, H = 3 };
+    const size_t nq = (size_t)B * T * 3 * D, no = (size_t)B * T * D, np = (size_t)B * H * T * T;
+    float *qkv = rand16(nq), *dout = rand16(no);
+    float *o32 = zerov(no), *o16 = zerov(no), *P32 = zerov(np), *P16f = zerov(np);
+    float *d32 = zerov(nq), *d16 = zerov(nq), *dP = zerov(np), *scratch = zerov(T * T * 64);
+    mm_bf16 *q16 = malloc(sizeof(mm_bf16) * nq), *p16 = malloc(sizeof(mm_bf16) * np),
+            *do16 = malloc(sizeof(mm_bf16) * no);
+    attention_forward_train(o32, P32, qkv, B, T, D, H);
+    attention_forward_train_bf16(o16, P16f, qkv, B, T, D, H, q16, p16);
+    CHECK(rel_diff(P16f, P32, np) <= 1e-5, "bf16 attention probabilities == fp32 on bf16 q, k");
+    CHECK(rel_diff(o16, o32, no) <= 8e-3, "bf16 attention output ~ fp32 (rel %.2e)",
+          rel_diff(o16, o32, no));
+    attention_backward(d32, dout, qkv, P32, scratch, B, T, D, H);
+    attention_backward_bf16(d16, dout, qkv, P32, B, T, D, H, q16, do16, p16, dP);
+    for (int part = 0; part < 3; part++) {
+        float a[B * T * D], r[B * T * D];
+        for (size_t t = 0; t < (size_t)B * T; t++)
+            for (int c = 0; c < D; c++) {
+                a[t * D + c] = d16[t * 3 * D + part * D + c];
+                r[t * D + c] = d32[t * 3 * D + part * D + c];
+            }
+        CHECK(rel_diff(a, r, no) <= 1e-2, "bf16 attention backward d%c ~ fp32 (rel %.2e)",
+              "QKV"[part], rel_diff(a, r, no));
+    }
+    free(qkv), free(dout), free(o32), free(o16), free(P32), free(P16f), free(d32), free(d16);
+    free(dP), free(scratch), free(q16), free(p16), free(do16);
+}
+
+static void test_bf16(void)
+{
+    if (!mm_bf16_supported()) {
+        printf("bf16 ops: skipped (this CPU computes with %s, no AVX-512)\n", mm_isa_name(mm_isa()));
+        return;
+    }
+    test_bf16_linear();
+    test_bf16_attention();
+}
+
 /* ------------------------------------------------------------------ pos embed */
 static void test_pos_embed(void)
 {
@@ -257,7 +348,7 @@ static float *hx, *hr[HEAD_MAX_LEVELS];
 enum { HNR = 3 };
 static double loss_head(void)
 {
-    head_forward(&hw, ha, hx, hw.D, HNR);
+    head_forward(&hw, NULL, ha, hx, hw.D, HNR);
     double s = 0.0;
     for (int j = 0; j < hw.n_levels; j++)
         s += dot(head_logits(ha, j), hr[j], (size_t)HNR * hw.lv[j].K);
@@ -277,12 +368,12 @@ static void test_head(void)
         for (int k = 0; k < hw.lv[j].K; k++) hw.lv[j].wg[k] = 0.5f + (float)rng_uniform(&R);
     hx = randv(HNR * 8, 1);
     for (int j = 0; j < hw.n_levels; j++) hr[j] = randv((size_t)HNR * hw.lv[j].K, 1);
-    CHECK(head_act_ensure(&ha, &hw, HNR, err, sizeof err) == 0, "head_act: %s", err);
+    CHECK(head_act_ensure(&ha, &hw, HNR, MM_F32, err, sizeof err) == 0, "head_act: %s", err);
     loss_head();
     for (int j = 0; j < hw.n_levels; j++)
         memcpy(head_dlogits(ha, j), hr[j], sizeof(float) * HNR * hw.lv[j].K);
     float *dx = zerov(HNR * 8);
-    head_backward(&hw, &hg, ha, dx, 8);
+    head_backward(&hw, NULL, &hg, ha, dx, 8);
     fd_check("head dx", hx, dx, HNR * 8, loss_head, 1e-2f);
     for (int j = 0; j < hw.n_levels; j++) {
         struct head_level *W = &hw.lv[j], *G = &hg.lv[j];
@@ -320,7 +411,7 @@ static void fixed_subset(void *ctx, int pass, int layer, int branch, int b, int 
 
 static double loss_bb(void)
 {
-    bb_forward(&bc, &bw, bact, bimg, bmask, &bdrop);
+    bb_forward(&bc, &bw, NULL, bact, bimg, bmask, &bdrop);
     return dot(bb_out(bact), br, (size_t)4 * bb_tokens(bact) * bc.embed_dim);
 }
 
@@ -341,7 +432,7 @@ static void test_backbone(void)
             bw.blocks[l].norm2_w[d] += 1.0f;
         }
     /* 4 images of 6x6 (3x3 patches, interpolated from the 4x4 grid) */
-    CHECK(bb_act_ensure(&bact, &bc, 4, 6, 1, err, sizeof err) == 0, "act: %s", err);
+    CHECK(bb_act_ensure(&bact, &bc, 4, 6, 1, MM_F32, err, sizeof err) == 0, "act: %s", err);
     bimg = randv(4 * 3 * 36, 1);
     br = randv((size_t)4 * 10 * 8, 1);
     for (int i = 0; i < 36; i++) bmask[i] = (i % 4) == 1;
@@ -352,7 +443,7 @@ static void test_backbone(void)
     bdrop = (struct bb_drop){ 0.5f, &R, fixed_subset, NULL, 0 };
     loss_bb();
     memcpy(bb_dout(bact), br, sizeof(float) * 4 * 10 * 8);
-    bb_backward(&bc, &bw, &bg, bact);
+    bb_backward(&bc, &bw, NULL, &bg, bact);
     fd_check("backbone cls_token", bw.cls_token, bg.cls_token, 8, loss_bb, 1e-2f);
     fd_check("backbone pos_embed", bw.pos_embed, bg.pos_embed, 17 * 8, loss_bb, 1e-2f);
     fd_check("backbone mask_token", bw.mask_token, bg.mask_token, 8, loss_bb, 1e-2f);
@@ -365,8 +456,8 @@ static void test_backbone(void)
 
     /* The teacher path (train == 0, no mask) equals the engine's inference forward. */
     struct bb_act *tact = NULL;
-    CHECK(bb_act_ensure(&tact, &bc, 4, 6, 0, err, sizeof err) == 0, "act: %s", err);
-    bb_forward(&bc, &bw, tact, bimg, NULL, NULL);
+    CHECK(bb_act_ensure(&tact, &bc, 4, 6, 0, MM_F32, err, sizeof err) == 0, "act: %s", err);
+    bb_forward(&bc, &bw, NULL, tact, bimg, NULL, NULL);
     struct checkpoint ck;
     memset(&ck, 0, sizeof ck);
     ck.cfg = bc;
@@ -402,6 +493,7 @@ int main(void)
     test_layernorm();
     test_activations();
     test_attention();
+    test_bf16();
     test_pos_embed();
     test_losses();
     test_head();
