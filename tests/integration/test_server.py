@@ -85,9 +85,21 @@ def start(args):
     return p, int(line.rsplit(":", 1)[1])
 
 
-def embed_reference(ckpt, widths, tmp):
+def cpu_flags():
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+# What --precision auto means on this CPU: bf16 where it multiplies bf16 in hardware.
+AUTO_PRECISION = "bf16" if {"avx512_bf16", "amx_bf16"} & cpu_flags() else "fp32"
+
+
+def embed_reference(ckpt, widths, tmp, precision="auto"):
     out = os.path.join(tmp, "ref.safetensors")
-    args = [EMBED, "--model", ckpt, *sum((["--width", str(w)] for w in widths), []), *IMAGES, "--out", out]
+    args = [EMBED, "--model", ckpt, "--precision", precision, *sum((["--width", str(w)] for w in widths), []),
+            *IMAGES, "--out", out]
     subprocess.run(args, check=True, capture_output=True)
     return read_safetensors(out)[0]
 
@@ -115,7 +127,39 @@ def main():
         rc = stop_server(server)
         check(rc == 0, f"SIGTERM: drained and exited 0 (rc {rc})")
     queue_and_busy(models, tmp, token_file)
+    precisions(ck_a, tmp)
     return check.summary()
+
+
+def precisions(ckpt, tmp):
+    """--precision fp32 serves franca-embed's fp32 numbers; bf16 (where the CPU has AVX-512)
+    serves numbers within bf16 rounding of them and says so; an unknown name is refused."""
+    ref = embed_reference(ckpt, [64], tmp, "fp32")["cls_w64"]
+    got = {}
+    wanted = ["fp32"] + (["bf16"] if "avx512f" in cpu_flags() else [])
+    for prec in wanted:
+        server, port = start(["--model", "tiny=" + ckpt, "--precision", prec, "--data", os.path.join(tmp, "d-" + prec)])
+        try:
+            st, hdrs, body = raw(port, "GET", "/v1/models/tiny")
+            check(st == 200 and body.get("precision") == prec, f"--precision {prec}: /v1/models says {body.get('precision')}")
+            png = base64.b64encode(open(IMAGES[0], "rb").read()).decode()
+            st, hdrs, body = raw(port, "POST", "/v1/embeddings", json.dumps({"input": png}).encode(),
+                                 {"Content-Type": "application/json"})
+            check(st == 200 and hdrs.get("X-Model-Precision") == prec,
+                  f"--precision {prec}: X-Model-Precision {hdrs.get('X-Model-Precision')}")
+            got[prec] = np.asarray(body["data"][0]["embedding"], np.float64) if st == 200 else np.zeros(64)
+        finally:
+            check(stop_server(server) == 0, f"--precision {prec}: SIGTERM exit 0")
+    err = np.abs(got["fp32"] - ref[0]).max()
+    check(err < 1e-5, f"--precision fp32 equals franca-embed --precision fp32 (max diff {err:.2e})")
+    if "bf16" in got:
+        a, b = got["bf16"], got["fp32"]
+        cos = float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+        check(cos >= 0.999 and np.abs(a - b).max() > 0,
+              f"--precision bf16: cosine {cos:.6f} to fp32, and not the fp32 numbers")
+    p = subprocess.run([SERVER, "--model", "tiny=" + ckpt, "--precision", "half"], capture_output=True, text=True,
+                       timeout=30)
+    check(p.returncode == 2 and "--precision" in p.stderr, f"--precision half refused (rc {p.returncode}: {p.stderr.strip()[:200]})")
 
 
 def queue_and_busy(models, tmp, token_file):
@@ -157,6 +201,7 @@ def run_checks(port, client, ref_a, ref_b, models):
     m = client.model("tiny")
     check(m["embed_dim"] == 64 and m["matryoshka_widths"][-1] == 64 and m["trained"] is False
           and len(m["fingerprint"]) == 64, "model description")
+    check(m["precision"] == AUTO_PRECISION, f"--precision auto on this CPU: {m['precision']} (want {AUTO_PRECISION})")
     st, _, body = raw(port, "GET", "/openapi.json")
     check(st == 200 and body.get("openapi", "").startswith("3.1"), "openapi.json served")
 
