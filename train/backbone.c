@@ -269,43 +269,10 @@ static void residual_subset(float *x_out, const float *x_in, const float *y, con
     }
 }
 
-/* The bf16 copy of the weight tensor p of w (w16 mirrors w's arena). */
-static const mm_bf16 *copy16(const mm_bf16 *w16, const struct vit_weights *w, const float *p)
-{
-    return w16 ? w16 + (p - w->arena) : NULL;
-}
-
-static void need_copy16(const struct bb_act *a, const mm_bf16 *w16)
-{
-    if (a->prod == MM_BF16 && !w16) {
-        fprintf(stderr, "franca-train: a bf16 backbone pass without bf16 weights\n");
-        abort();
-    }
-}
-
-/* out = in . W^T + bias, with the pass's operand type. */
-static void bb_linear(struct bb_act *a, float *out, const float *in, const float *W,
-                      const mm_bf16 *W16, const float *bias, size_t rows, int K, int N)
-{
-    if (a->prod == MM_BF16) linear_forward_bf16(out, in, W16, bias, rows, K, N, a->op16a);
-    else linear_forward(out, in, W, bias, rows, K, N);
-}
-
-static void bb_linear_backward(struct bb_act *a, float *dx, float *dW, float *db,
-                               const float *dy, const float *x, const float *W,
-                               const mm_bf16 *W16, size_t rows, int K, int N)
-{
-    if (a->prod == MM_BF16)
-        linear_backward_bf16(dx, dW, db, dy, x, W16, rows, K, N, 0, a->op16a, a->op16b);
-    else
-        linear_backward(dx, dW, db, dy, x, W, rows, K, N, 0);
-}
-
 void bb_forward(const struct model_config *c, const struct vit_weights *w, const mm_bf16 *w16,
                 struct bb_act *a, const float *img, const uint8_t *mask,
                 const struct bb_drop *drop)
 {
-    need_copy16(a, w16);
     const int D = a->D, T = a->T, N = a->N, B = a->B, P = a->P, Hs = a->Hs, F1 = a->F1;
     const float eps = c->norm_eps;
     if (!a->train) drop = NULL;
@@ -313,8 +280,9 @@ void bb_forward(const struct model_config *c, const struct vit_weights *w, const
     /* Token assembly: patch embed, mask token, CLS, positional table. */
     pos_embed_interpolate(a->pos, w->pos_embed, a->M, D, a->gh, a->gw);
     patchify(a->patches, img, B, 3, a->side, a->side, P);
-    bb_linear(a, a->tok, a->patches, w->patch_w, copy16(w16, w, w->patch_w), w->patch_b,
-              (size_t)B * N, 3 * P * P, D);
+    linear_forward_prod(a->prod, a->tok, a->patches, w->patch_w,
+                        arena_copy16(w16, w->arena, w->patch_w), w->patch_b, (size_t)B * N,
+                        3 * P * P, D, a->op16a);
     a->has_mask = mask != NULL;
     if (mask) memcpy(a->mask, mask, (size_t)B * N);
     float *x0 = a->layers[0].x_in;
@@ -348,14 +316,17 @@ void bb_forward(const struct model_config *c, const struct vit_weights *w, const
         }
         size_t rk = (size_t)L->k1 * T;
         layernorm_forward_train(L->xn1, L->mean1, L->rstd1, xs, bw->norm1_w, bw->norm1_b, rk, D, eps);
-        bb_linear(a, L->qkv, L->xn1, bw->qkv_w, copy16(w16, w, bw->qkv_w), bw->qkv_b, rk, D,
-                  3 * D);
+        linear_forward_prod(a->prod, L->qkv, L->xn1, bw->qkv_w,
+                            arena_copy16(w16, w->arena, bw->qkv_w), bw->qkv_b, rk, D, 3 * D,
+                            a->op16a);
         if (a->prod == MM_BF16)
             attention_forward_train_bf16(L->att, L->P, L->qkv, L->k1, T, D, a->heads, a->op16a,
                                          a->op16b);
         else
             attention_forward_train(L->att, L->P, L->qkv, L->k1, T, D, a->heads);
-        bb_linear(a, L->y1, L->att, bw->proj_w, copy16(w16, w, bw->proj_w), bw->proj_b, rk, D, D);
+        linear_forward_prod(a->prod, L->y1, L->att, bw->proj_w,
+                            arena_copy16(w16, w->arena, bw->proj_w), bw->proj_b, rk, D, D,
+                            a->op16a);
         residual_subset(L->x_mid, L->x_in, L->y1, bw->ls1, L->sub1, L->k1, L->scale1, T, D, B);
 
         /* FFN branch */
@@ -369,12 +340,14 @@ void bb_forward(const struct model_config *c, const struct vit_weights *w, const
         }
         rk = (size_t)L->k2 * T;
         layernorm_forward_train(L->xn2, L->mean2, L->rstd2, xs, bw->norm2_w, bw->norm2_b, rk, D, eps);
-        bb_linear(a, L->h, L->xn2, bw->fc1_w, copy16(w16, w, bw->fc1_w), bw->fc1_b, rk, D, F1);
+        linear_forward_prod(a->prod, L->h, L->xn2, bw->fc1_w,
+                            arena_copy16(w16, w->arena, bw->fc1_w), bw->fc1_b, rk, D, F1, a->op16a);
         if (a->ffn == FFN_SWIGLU)
             swiglu_forward_train(L->act, L->h, rk, Hs);
         else
             gelu_forward_copy(L->act, L->h, rk * Hs);
-        bb_linear(a, L->y2, L->act, bw->fc2_w, copy16(w16, w, bw->fc2_w), bw->fc2_b, rk, Hs, D);
+        linear_forward_prod(a->prod, L->y2, L->act, bw->fc2_w,
+                            arena_copy16(w16, w->arena, bw->fc2_w), bw->fc2_b, rk, Hs, D, a->op16a);
         residual_subset(x_out, L->x_mid, L->y2, bw->ls2, L->sub2, L->k2, L->scale2, T, D, B);
     }
     layernorm_forward_train(a->out, a->meanf, a->rstdf, a->x_fin, w->norm_w, w->norm_b, a->rows,
@@ -437,7 +410,6 @@ void bb_backward(const struct model_config *c, const struct vit_weights *w, cons
                  struct vit_weights *g, struct bb_act *a)
 {
     (void)c;
-    need_copy16(a, w16);
     const int D = a->D, T = a->T, N = a->N, B = a->B, P = a->P, Hs = a->Hs, F1 = a->F1;
     const size_t rows = a->rows;
 
@@ -454,29 +426,30 @@ void bb_backward(const struct model_config *c, const struct vit_weights *w, cons
         /* FFN branch; dx holds the gradient w.r.t. the block output. */
         size_t rk = (size_t)L->k2 * T;
         residual_backward(a->dy, gb->ls2, a->dx, L->y2, bw->ls2, L->sub2, L->k2, L->scale2, T, D);
-        bb_linear_backward(a, a->dact, gb->fc2_w, gb->fc2_b, a->dy, L->act, bw->fc2_w,
-                           copy16(w16, w, bw->fc2_w), rk, Hs, D);
+        linear_backward_prod(a->prod, a->dact, gb->fc2_w, gb->fc2_b, a->dy, L->act, bw->fc2_w,
+                             arena_copy16(w16, w->arena, bw->fc2_w), rk, Hs, D, a->op16a, a->op16b);
         if (a->ffn == FFN_SWIGLU)
             swiglu_backward(a->dh, a->dact, L->h, rk, Hs);
         else
             gelu_backward(a->dh, a->dact, L->h, rk * Hs);
-        bb_linear_backward(a, a->dxn, gb->fc1_w, gb->fc1_b, a->dh, L->xn2, bw->fc1_w,
-                           copy16(w16, w, bw->fc1_w), rk, D, F1);
+        linear_backward_prod(a->prod, a->dxn, gb->fc1_w, gb->fc1_b, a->dh, L->xn2, bw->fc1_w,
+                             arena_copy16(w16, w->arena, bw->fc1_w), rk, D, F1, a->op16a, a->op16b);
         ln_branch_backward(a, a->dxn, L->gathered2 ? L->xs2 : L->x_mid, L->mean2, L->rstd2,
                            bw->norm2_w, gb->norm2_w, gb->norm2_b, L->gathered2, L->sub2, L->k2);
 
         /* attention branch; dx now holds the gradient w.r.t. x_mid. */
         rk = (size_t)L->k1 * T;
         residual_backward(a->dy, gb->ls1, a->dx, L->y1, bw->ls1, L->sub1, L->k1, L->scale1, T, D);
-        bb_linear_backward(a, a->datt, gb->proj_w, gb->proj_b, a->dy, L->att, bw->proj_w,
-                           copy16(w16, w, bw->proj_w), rk, D, D);
+        linear_backward_prod(a->prod, a->datt, gb->proj_w, gb->proj_b, a->dy, L->att, bw->proj_w,
+                             arena_copy16(w16, w->arena, bw->proj_w), rk, D, D, a->op16a, a->op16b);
         if (a->prod == MM_BF16)
             attention_backward_bf16(a->dqkv, a->datt, L->qkv, L->P, L->k1, T, D, a->heads,
                                     a->op16a, a->op16c, a->op16b, a->dP);
         else
             attention_backward(a->dqkv, a->datt, L->qkv, L->P, a->scratch, L->k1, T, D, a->heads);
-        bb_linear_backward(a, a->dxn, gb->qkv_w, gb->qkv_b, a->dqkv, L->xn1, bw->qkv_w,
-                           copy16(w16, w, bw->qkv_w), rk, D, 3 * D);
+        linear_backward_prod(a->prod, a->dxn, gb->qkv_w, gb->qkv_b, a->dqkv, L->xn1, bw->qkv_w,
+                             arena_copy16(w16, w->arena, bw->qkv_w), rk, D, 3 * D, a->op16a,
+                             a->op16b);
         ln_branch_backward(a, a->dxn, L->gathered1 ? L->xs1 : L->x_in, L->mean1, L->rstd1,
                            bw->norm1_w, gb->norm1_w, gb->norm1_b, L->gathered1, L->sub1, L->k1);
     }
@@ -500,8 +473,9 @@ void bb_backward(const struct model_config *c, const struct vit_weights *w, cons
                 memcpy(dt, src, sizeof(float) * D);
             }
         }
-    bb_linear_backward(a, NULL, g->patch_w, g->patch_b, a->tok, a->patches, w->patch_w,
-                       copy16(w16, w, w->patch_w), (size_t)B * N, 3 * P * P, D);
+    linear_backward_prod(a->prod, NULL, g->patch_w, g->patch_b, a->tok, a->patches, w->patch_w,
+                         arena_copy16(w16, w->arena, w->patch_w), (size_t)B * N, 3 * P * P, D,
+                         a->op16a, a->op16b);
 }
 
 static int add1(struct param_list *l, const char *name, float *w, float *g, float *t, size_t n,

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cpu/ops.h"
 #include "cpu/pos_embed.h"
 #include "mm.h"
 
@@ -402,4 +403,32 @@ void attention_backward_bf16(float *dqkv, const float *dout, const float *qkv, c
         float *row = dqkv + t * 3 * D;
         for (int c = 0; c < 2 * D; c++) row[c] *= scale;
     }
+}
+
+static void need_weights16(enum mm_type prod, const mm_bf16 *W16)
+{
+    if (prod == MM_BF16 && !W16) {
+        fprintf(stderr, "franca-train: a bf16 pass without bf16 weights\n");
+        abort();
+    }
+}
+
+void linear_forward_prod(enum mm_type prod, float *out, const float *in, const float *W,
+                         const mm_bf16 *W16, const float *bias, size_t rows, int K, int N,
+                         mm_bf16 *in16)
+{
+    need_weights16(prod, W16);
+    if (prod == MM_BF16) linear_forward_bf16(out, in, W16, bias, rows, K, N, in16);
+    else linear_forward(out, in, W, bias, rows, K, N);
+}
+
+void linear_backward_prod(enum mm_type prod, float *dx, float *dW, float *db, const float *dy,
+                          const float *x, const float *W, const mm_bf16 *W16, size_t rows, int K,
+                          int N, mm_bf16 *dy16, mm_bf16 *x16)
+{
+    need_weights16(prod, W16);
+    if (prod == MM_BF16)
+        linear_backward_bf16(dx, dW, db, dy, x, W16, rows, K, N, 0, dy16, x16);
+    else
+        linear_backward(dx, dW, db, dy, x, W, rows, K, N, 0);
 }

@@ -77,4 +77,22 @@ void attention_backward_bf16(float *dqkv, const float *dout, const float *qkv, c
 /* Parallel rounding of n floats to bf16. */
 void round_bf16(mm_bf16 *dst, const float *src, size_t n);
 
+/* The linear products of a pass whose operands have type prod: fp32 reads W,
+ * bf16 reads W16 (NULL there aborts: a pass without its weight copy) and
+ * rounds through the scratch in16 / dy16, x16 (as the _bf16 variants). */
+void linear_forward_prod(enum mm_type prod, float *out, const float *in, const float *W,
+                         const mm_bf16 *W16, const float *bias, size_t rows, int K, int N,
+                         mm_bf16 *in16);
+void linear_backward_prod(enum mm_type prod, float *dx, float *dW, float *db, const float *dy,
+                          const float *x, const float *W, const mm_bf16 *W16, size_t rows, int K,
+                          int N, mm_bf16 *dy16, mm_bf16 *x16);
+
+/* The bf16 copy of tensor p of a float arena, in a bf16 arena that mirrors it
+ * (NULL when there is no copy). */
+static inline const mm_bf16 *arena_copy16(const mm_bf16 *arena16, const float *arena,
+                                          const float *p)
+{
+    return arena16 ? arena16 + (p - arena) : NULL;
+}
+
 #endif

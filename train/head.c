@@ -260,55 +260,26 @@ int head_act_ensure(struct head_act **ap, const struct head_weights *h, int rows
 float *head_logits(struct head_act *a, int j) { return a->lv[j].logits; }
 float *head_dlogits(struct head_act *a, int j) { return a->lv[j].dlogits; }
 
-/* The bf16 copy of the weight tensor p of h (h16 mirrors h's arena). */
-static const mm_bf16 *copy16(const mm_bf16 *h16, const struct head_weights *h, const float *p)
-{
-    return h16 ? h16 + (p - h->arena) : NULL;
-}
-
-static void need_copy16(const struct head_act *a, const mm_bf16 *h16)
-{
-    if (a->prod == MM_BF16 && !h16) {
-        fprintf(stderr, "franca-train: a bf16 head pass without bf16 weights\n");
-        abort();
-    }
-}
-
-/* out = in . W^T + bias with the act's operand type. */
-static void head_linear(struct head_act *a, float *out, const float *in, const float *W,
-                        const mm_bf16 *W16, const float *bias, int n, int K, int N)
-{
-    if (a->prod == MM_BF16) linear_forward_bf16(out, in, W16, bias, n, K, N, a->op16a);
-    else linear_forward(out, in, W, bias, n, K, N);
-}
-
-static void head_linear_backward(struct head_act *a, float *dx, float *dW, float *db,
-                                 const float *dy, const float *x, const float *W,
-                                 const mm_bf16 *W16, int n, int K, int N)
-{
-    if (a->prod == MM_BF16)
-        linear_backward_bf16(dx, dW, db, dy, x, W16, n, K, N, 0, a->op16a, a->op16b);
-    else
-        linear_backward(dx, dW, db, dy, x, W, n, K, N, 0);
-}
-
 void head_forward(const struct head_weights *h, const mm_bf16 *h16, struct head_act *a,
                   const float *x, int ldx, int n)
 {
     const int hid = h->hidden, bn = h->bottleneck;
-    need_copy16(a, h16);
     a->n = n;
     for (int j = 0; j < h->n_levels; j++) {
         const struct head_level *W = &h->lv[j];
         struct head_level_act *L = &a->lv[j];
         const int d = W->d, K = W->K;
         for (int i = 0; i < n; i++) memcpy(L->xs + (size_t)i * d, x + (size_t)i * ldx, sizeof(float) * d);
-        head_linear(a, L->z, L->xs, W->proj_w, copy16(h16, h, W->proj_w), W->proj_b, n, d, d);
-        head_linear(a, L->a1, L->z, W->w1, copy16(h16, h, W->w1), W->b1, n, d, hid);
+        linear_forward_prod(a->prod, L->z, L->xs, W->proj_w, arena_copy16(h16, h->arena, W->proj_w),
+                            W->proj_b, n, d, d, a->op16a);
+        linear_forward_prod(a->prod, L->a1, L->z, W->w1, arena_copy16(h16, h->arena, W->w1), W->b1,
+                            n, d, hid, a->op16a);
         gelu_forward_copy(L->h1, L->a1, (size_t)n * hid);
-        head_linear(a, L->a2, L->h1, W->w2, copy16(h16, h, W->w2), W->b2, n, hid, hid);
+        linear_forward_prod(a->prod, L->a2, L->h1, W->w2, arena_copy16(h16, h->arena, W->w2), W->b2,
+                            n, hid, hid, a->op16a);
         gelu_forward_copy(L->h2, L->a2, (size_t)n * hid);
-        head_linear(a, L->a3, L->h2, W->w3, copy16(h16, h, W->w3), W->b3, n, hid, bn);
+        linear_forward_prod(a->prod, L->a3, L->h2, W->w3, arena_copy16(h16, h->arena, W->w3), W->b3,
+                            n, hid, bn, a->op16a);
         gelu_forward_copy(L->h3, L->a3, (size_t)n * bn);
         /* weight norm: W[k] = g_k v_k / |v_k| */
 #pragma omp parallel for schedule(static)
@@ -324,7 +295,8 @@ void head_forward(const struct head_weights *h, const mm_bf16 *h16, struct head_
         }
         /* weff is derived from the weights each pass: rounded here, once */
         if (a->prod == MM_BF16) round_bf16(a->weff16[j], L->weff, (size_t)K * bn);
-        head_linear(a, L->logits, L->h3, L->weff, a->weff16[j], NULL, n, bn, K);
+        linear_forward_prod(a->prod, L->logits, L->h3, L->weff, a->weff16[j], NULL, n, bn, K,
+                            a->op16a);
     }
 }
 
@@ -333,7 +305,6 @@ void head_backward(const struct head_weights *h, const mm_bf16 *h16, struct head
 {
     const int hid = h->hidden, bn = h->bottleneck, n = a->n;
     if (n <= 0) return;
-    need_copy16(a, h16);
     for (int j = 0; j < h->n_levels; j++) {
         const struct head_level *W = &h->lv[j];
         struct head_level *G = &g->lv[j];
@@ -364,16 +335,16 @@ void head_backward(const struct head_weights *h, const mm_bf16 *h16, struct head
             for (int i = 0; i < bn; i++) gv[i] += (float)(f * (dw[i] - s * v[i] / nv));
         }
         gelu_backward(a->dh3, a->dh3, L->a3, (size_t)n * bn);
-        head_linear_backward(a, a->bufA, G->w3, G->b3, a->dh3, L->h2, W->w3,
-                             copy16(h16, h, W->w3), n, hid, bn);
+        linear_backward_prod(a->prod, a->bufA, G->w3, G->b3, a->dh3, L->h2, W->w3,
+                             arena_copy16(h16, h->arena, W->w3), n, hid, bn, a->op16a, a->op16b);
         gelu_backward(a->bufA, a->bufA, L->a2, (size_t)n * hid);
-        head_linear_backward(a, a->bufB, G->w2, G->b2, a->bufA, L->h1, W->w2,
-                             copy16(h16, h, W->w2), n, hid, hid);
+        linear_backward_prod(a->prod, a->bufB, G->w2, G->b2, a->bufA, L->h1, W->w2,
+                             arena_copy16(h16, h->arena, W->w2), n, hid, hid, a->op16a, a->op16b);
         gelu_backward(a->bufB, a->bufB, L->a1, (size_t)n * hid);
-        head_linear_backward(a, a->dz, G->w1, G->b1, a->bufB, L->z, W->w1,
-                             copy16(h16, h, W->w1), n, d, hid);
-        head_linear_backward(a, a->dxs, G->proj_w, G->proj_b, a->dz, L->xs, W->proj_w,
-                             copy16(h16, h, W->proj_w), n, d, d);
+        linear_backward_prod(a->prod, a->dz, G->w1, G->b1, a->bufB, L->z, W->w1,
+                             arena_copy16(h16, h->arena, W->w1), n, d, hid, a->op16a, a->op16b);
+        linear_backward_prod(a->prod, a->dxs, G->proj_w, G->proj_b, a->dz, L->xs, W->proj_w,
+                             arena_copy16(h16, h->arena, W->proj_w), n, d, d, a->op16a, a->op16b);
         for (int i = 0; i < n; i++) {
             float *o = dx + (size_t)i * lddx;
             const float *s = a->dxs + (size_t)i * d;
