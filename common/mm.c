@@ -177,9 +177,26 @@ static dnnl_data_type_t dt(enum mm_type t)
 
 /* Creates a matmul primitive (oneDNN's primitive cache makes a repeated
  * shape cost about a microsecond). */
+/* Epilogue of a product: sum into dst, an activation, a product with another
+ * tensor of dst's shape (mul_md), in that order; any may be absent. */
+struct epilogue {
+    bool accumulate;
+    enum mm_post post;
+    const dnnl_memory_desc_t *mul_md;
+};
+
+static const dnnl_alg_kind_t post_alg[] = {dnnl_alg_kind_undef, dnnl_eltwise_gelu_erf,
+                                           dnnl_eltwise_swish};
+
+/* The post-op index of the mul tensor: after the sum and the activation. */
+static int mul_index(const struct epilogue *e)
+{
+    return (e->accumulate ? 1 : 0) + (e->post != MM_POST_NONE ? 1 : 0);
+}
+
 static int matmul_create(dnnl_primitive_t *prim, const dnnl_memory_desc_t *src,
                          const dnnl_memory_desc_t *wei, const dnnl_memory_desc_t *bias,
-                         const dnnl_memory_desc_t *dst, enum mm_post post, bool accumulate,
+                         const dnnl_memory_desc_t *dst, const struct epilogue *e,
                          dnnl_primitive_desc_t *pd_out, char *err, size_t errlen)
 {
     dnnl_matmul_desc_t desc;
@@ -189,11 +206,13 @@ static int matmul_create(dnnl_primitive_t *prim, const dnnl_memory_desc_t *src,
     dnnl_status_t s = dnnl_matmul_desc_init(&desc, src, wei, bias, dst);
     if (s == dnnl_success) s = dnnl_primitive_attr_create(&attr);
     if (s == dnnl_success) s = dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user);
-    if (s == dnnl_success && (post == MM_POST_GELU || accumulate)) {
+    if (s == dnnl_success && e && (e->accumulate || e->post != MM_POST_NONE || e->mul_md)) {
         s = dnnl_post_ops_create(&ops);
-        if (s == dnnl_success && accumulate) s = dnnl_post_ops_append_sum(ops, 1.0f);
-        if (s == dnnl_success && post == MM_POST_GELU)
-            s = dnnl_post_ops_append_eltwise(ops, 1.0f, dnnl_eltwise_gelu_erf, 0, 0);
+        if (s == dnnl_success && e->accumulate) s = dnnl_post_ops_append_sum(ops, 1.0f);
+        if (s == dnnl_success && e->post != MM_POST_NONE)
+            s = dnnl_post_ops_append_eltwise(ops, 1.0f, post_alg[e->post], 1.0f, 0);
+        if (s == dnnl_success && e->mul_md)
+            s = dnnl_post_ops_append_binary(ops, dnnl_binary_mul, e->mul_md);
         if (s == dnnl_success) s = dnnl_primitive_attr_set_post_ops(attr, ops);
     }
     if (s == dnnl_success) s = dnnl_primitive_desc_create(&pd, &desc, attr, engine, NULL);
@@ -298,7 +317,7 @@ static int weights_reorder(struct mm_weights *w, const float *W, char *err, size
     dnnl_memory_desc_init_by_tag(&wany, 2, wdims, dt(w->type), dnnl_format_tag_any);
     dnnl_primitive_t prim, reorder = NULL;
     dnnl_primitive_desc_t pd, rpd = NULL;
-    if (matmul_create(&prim, &src, &wany, NULL, &dst, MM_POST_NONE, false, &pd, err, errlen)) return -1;
+    if (matmul_create(&prim, &src, &wany, NULL, &dst, NULL, &pd, err, errlen)) return -1;
     const char *impl = "?";
     dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl);
     snprintf(w->kernel, sizeof w->kernel, "onednn %s", impl);
@@ -380,47 +399,69 @@ const char *mm_weights_kernel(const struct mm_weights *w)
     return w->kernel;
 }
 
-static inline float gelu(float x)
+/* The epilogue of the own kernel, which has none built in. */
+static void packed_epilogue(float *o, size_t n, enum mm_post post, const float *mul)
 {
-    return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
+#pragma omp parallel for schedule(static) if (!omp_in_parallel())
+    for (size_t i = 0; i < n; i++) {
+        float v = o[i];
+        if (post == MM_POST_GELU) v = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
+        else if (post == MM_POST_SILU) v = v / (1.0f + expf(-v));
+        o[i] = mul ? v * mul[i] : v;
+    }
 }
 
-int mm_linear(const struct mm_weights *w, void *out, enum mm_type out_type, const void *in,
-              const float *bias, size_t rows, enum mm_post post, char *err, size_t errlen)
+static int linear_run(const struct mm_weights *w, void *out, enum mm_type out_type,
+                      const void *in, const float *bias, size_t rows, enum mm_post post,
+                      const void *mul, char *err, size_t errlen)
 {
     if (!rows) return 0;
     if (out_type == MM_BF16 && w->type != MM_BF16)
         return mm_err(err, errlen, "bf16 output needs bf16 weights");
     if (w->packed.panels) {
         packed_linear_forward(out, in, &w->packed, bias, rows);
-        if (post == MM_POST_GELU) {
-            float *o = out;
-            const size_t n = rows * (size_t)w->N;
-#pragma omp parallel for schedule(static) if (!omp_in_parallel())
-            for (size_t i = 0; i < n; i++) o[i] = gelu(o[i]);
-        }
+        if (post != MM_POST_NONE || mul) packed_epilogue(out, rows * (size_t)w->N, post, mul);
         return 0;
     }
-    dnnl_memory_desc_t src, dst, bmd;
+    dnnl_memory_desc_t src, dst, bmd, mmd;
     plain_md(&src, (int)rows, w->K, w->type, false);
     plain_md(&dst, (int)rows, w->N, out_type, false);
     plain_md(&bmd, 1, w->N, MM_F32, false);
+    plain_md(&mmd, (int)rows, w->N, out_type, false);
+    const struct epilogue e = {false, post, mul ? &mmd : NULL};
     dnnl_primitive_t prim;
-    if (matmul_create(&prim, &src, &w->blocked_md, bias ? &bmd : NULL, &dst, post, false, NULL,
-                      err, errlen))
+    if (matmul_create(&prim, &src, &w->blocked_md, bias ? &bmd : NULL, &dst, &e, NULL, err, errlen))
         return -1;
-    dnnl_memory_t mems[4];
-    const dnnl_memory_desc_t *mds[4] = {&src, &w->blocked_md, &dst, bias ? &bmd : NULL};
-    void *ptrs[4] = {(void *)in, w->blocked, out, (void *)bias};
-    if (wrap(mems, mds, ptrs, 4, err, errlen)) {
+    dnnl_memory_t mems[5];
+    const dnnl_memory_desc_t *mds[5] = {&src, &w->blocked_md, &dst, bias ? &bmd : NULL,
+                                        mul ? &mmd : NULL};
+    void *ptrs[5] = {(void *)in, w->blocked, out, (void *)bias, (void *)mul};
+    if (wrap(mems, mds, ptrs, 5, err, errlen)) {
         dnnl_primitive_destroy(prim);
         return -1;
     }
-    dnnl_exec_arg_t args[5] = {{DNNL_ARG_SRC, mems[0]}, {DNNL_ARG_WEIGHTS, mems[1]},
-                               {DNNL_ARG_DST, mems[2]}, {DNNL_ARG_BIAS, mems[3]}};
-    const int rc = execute(prim, args, bias ? 4 : 3, err, errlen);
-    unwrap(mems, 4);
+    dnnl_exec_arg_t args[6] = {{DNNL_ARG_SRC, mems[0]}, {DNNL_ARG_WEIGHTS, mems[1]},
+                               {DNNL_ARG_DST, mems[2]}};
+    int n = 3;
+    if (bias) args[n++] = (dnnl_exec_arg_t){DNNL_ARG_BIAS, mems[3]};
+    if (mul)
+        args[n++] = (dnnl_exec_arg_t){DNNL_ARG_ATTR_MULTIPLE_POST_OP(mul_index(&e)) | DNNL_ARG_SRC_1,
+                                      mems[4]};
+    const int rc = execute(prim, args, n, err, errlen);
+    unwrap(mems, 5);
     return rc;
+}
+
+int mm_linear(const struct mm_weights *w, void *out, enum mm_type out_type, const void *in,
+              const float *bias, size_t rows, enum mm_post post, char *err, size_t errlen)
+{
+    return linear_run(w, out, out_type, in, bias, rows, post, NULL, err, errlen);
+}
+
+int mm_linear_mul(const struct mm_weights *w, void *out, enum mm_type out_type, const void *in,
+                  const float *bias, size_t rows, const void *mul, char *err, size_t errlen)
+{
+    return linear_run(w, out, out_type, in, bias, rows, MM_POST_NONE, mul, err, errlen);
 }
 
 /* --------------------------------------------------------- batched -- */
@@ -444,8 +485,8 @@ static int matmul_views(const struct mm_view *c, const struct mm_view *a, const 
     view_md(&bmd, b);
     view_md(&cmd, c);
     dnnl_primitive_t prim;
-    if (matmul_create(&prim, &amd, &bmd, NULL, &cmd, MM_POST_NONE, accumulate, NULL, err, errlen))
-        return -1;
+    const struct epilogue e = {accumulate, MM_POST_NONE, NULL};
+    if (matmul_create(&prim, &amd, &bmd, NULL, &cmd, &e, NULL, err, errlen)) return -1;
     dnnl_memory_t mems[3];
     const dnnl_memory_desc_t *mds[3] = {&amd, &bmd, &cmd};
     void *ptrs[3] = {a->data, b->data, c->data};

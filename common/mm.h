@@ -75,13 +75,18 @@ enum mm_type mm_weights_type(const struct mm_weights *w);
 /* The kernel that runs it, e.g. "packed-avx512" or "onednn brg:avx512_core_bf16". */
 const char *mm_weights_kernel(const struct mm_weights *w);
 
-enum mm_post { MM_POST_NONE = 0, MM_POST_GELU = 1 }; /* GELU: the exact (erf) form */
+/* GELU: the exact (erf) form; SiLU: x * sigmoid(x). */
+enum mm_post { MM_POST_NONE = 0, MM_POST_GELU = 1, MM_POST_SILU = 2 };
 
 /* out[rows, N] = post(in[rows, K] . W^T + bias), bias [N] or NULL. in has the
  * weights' type; out is float or bf16 as out_type says (bf16 outputs need
  * bf16 weights). out must not overlap in. */
 int mm_linear(const struct mm_weights *w, void *out, enum mm_type out_type, const void *in,
               const float *bias, size_t rows, enum mm_post post, char *err, size_t errlen);
+/* out[rows, N] = (in[rows, K] . W^T + bias) * mul[rows, N], mul of out_type and
+ * not overlapping out: the gate of SwiGLU in the product's epilogue. */
+int mm_linear_mul(const struct mm_weights *w, void *out, enum mm_type out_type, const void *in,
+                  const float *bias, size_t rows, const void *mul, char *err, size_t errlen);
 
 /* C[M,N] = op(A) . op(B) + beta * C for A and B of type t (beta 0 or 1;
  * C float), as mm_sgemm; for bf16 training products whose operands change

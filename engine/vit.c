@@ -21,9 +21,11 @@ struct pos_cache_entry {
     struct pos_cache_entry *next;
 };
 
-/* A block's linear weights, laid out for the CPU's kernels (common/mm.h). */
+/* A block's linear weights, laid out for the CPU's kernels (common/mm.h). In
+ * bf16 a SwiGLU fc1 is split in two: fc1 (the SiLU half) and fc1_gate, so
+ * that SwiGLU runs in the products' epilogues. */
 struct packed_block {
-    struct mm_weights *qkv, *proj, *fc1, *fc2;
+    struct mm_weights *qkv, *proj, *fc1, *fc1_gate, *fc2;
 };
 
 /* Memory: the CPU forward reads its linear weights (patch embedding, and qkv,
@@ -73,6 +75,7 @@ static void model_unpack(struct vit_model *m)
             mm_weights_free(m->packed[l].qkv);
             mm_weights_free(m->packed[l].proj);
             mm_weights_free(m->packed[l].fc1);
+            mm_weights_free(m->packed[l].fc1_gate);
             mm_weights_free(m->packed[l].fc2);
         }
     free(m->packed);
@@ -90,6 +93,7 @@ static int model_pack(struct vit_model *m, enum vit_precision p, char *err, size
     const int D = c->embed_dim, Hs = c->ffn_hidden, P = c->patch_size;
     const int f1 = c->ffn == FFN_SWIGLU ? 2 * Hs : Hs;
     const enum mm_type t = p == VIT_PRECISION_BF16 ? MM_BF16 : MM_F32;
+    const bool split = c->ffn == FFN_SWIGLU && t == MM_BF16;
     char why[ERR_LEN] = "out of memory";
     m->packed = calloc((size_t)c->depth, sizeof(*m->packed));
     int fail = !m->packed ||
@@ -100,7 +104,9 @@ static int model_pack(struct vit_model *m, enum vit_precision p, char *err, size
         struct packed_block *pb = &m->packed[l];
         fail = mm_weights_create(&pb->qkv, bw->qkv_w, D, 3 * D, t, why, sizeof why) ||
                mm_weights_create(&pb->proj, bw->proj_w, D, D, t, why, sizeof why) ||
-               mm_weights_create(&pb->fc1, bw->fc1_w, D, f1, t, why, sizeof why) ||
+               mm_weights_create(&pb->fc1, bw->fc1_w, D, split ? Hs : f1, t, why, sizeof why) ||
+               (split && mm_weights_create(&pb->fc1_gate, bw->fc1_w + (size_t)Hs * D, D, Hs, t,
+                                           why, sizeof why)) ||
                mm_weights_create(&pb->fc2, bw->fc2_w, Hs, D, t, why, sizeof why);
     }
     if (fail) {
@@ -337,7 +343,16 @@ static int block_forward(const struct model_config *c, const struct vit_block_we
 
     layernorm_in(ws, bw->norm2_w, bw->norm2_b, rows, D, c->norm_eps);
     const void *fc2_in;
-    if (c->ffn == FFN_SWIGLU) {
+    if (pb->fc1_gate) {
+        /* act = SiLU(x Wa^T + ba) * (x Wg^T + bg), both halves in the epilogues; the
+         * SiLU half goes through hidden as bf16. */
+        mm_bf16 *silu = (mm_bf16 *)ws->hidden;
+        if (mm_linear(pb->fc1, silu, t, ws->xn_in, bw->fc1_b, rows, MM_POST_SILU, err, errlen) ||
+            mm_linear_mul(pb->fc1_gate, ws->act, t, ws->xn_in, bw->fc1_b + Hs, rows, silu, err,
+                          errlen))
+            return -1;
+        fc2_in = ws->act;
+    } else if (c->ffn == FFN_SWIGLU) {
         if (mm_linear(pb->fc1, ws->hidden, MM_F32, ws->xn_in, bw->fc1_b, rows, MM_POST_NONE, err,
                       errlen))
             return -1;

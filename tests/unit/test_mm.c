@@ -30,16 +30,18 @@ static void round_bf16(float *v, size_t n)
     for (size_t i = 0; i < n; i++) v[i] = mm_bf16_value(mm_bf16_round(v[i]));
 }
 
-/* ref[M, N] = post(in . W^T + bias) in double. */
+/* ref[M, N] = post(in . W^T + bias) * mul in double (mul may be NULL). */
 static void reference(double *ref, const float *in, const float *W, const float *bias, int M,
-                      int K, int N, bool gelu)
+                      int K, int N, enum mm_post post, const float *mul)
 {
     for (int m = 0; m < M; m++)
         for (int n = 0; n < N; n++) {
             const float *a = in + (size_t)m * K, *w = W + (size_t)n * K;
             double s = bias ? bias[n] : 0.0;
             for (int k = 0; k < K; k++) s += (double)a[k] * w[k];
-            ref[(size_t)m * N + n] = gelu ? 0.5 * s * (1.0 + erf(s / sqrt(2.0))) : s;
+            if (post == MM_POST_GELU) s = 0.5 * s * (1.0 + erf(s / sqrt(2.0)));
+            if (post == MM_POST_SILU) s = s / (1.0 + exp(-s));
+            ref[(size_t)m * N + n] = mul ? s * mul[(size_t)m * N + n] : s;
         }
 }
 
@@ -66,7 +68,9 @@ struct linear_case {
     const float *in;      /* [M, K], already bf16-exact for bf16 weights */
     const float *bias;
     int M, K, N;
-    bool gelu, out_bf16;
+    enum mm_post post;
+    const float *mul;     /* [M, N] or NULL; bf16-exact for bf16 outputs */
+    bool out_bf16;
 };
 
 /* Runs one product; returns its relative error against ref and checks the
@@ -82,12 +86,18 @@ static double run_linear(const struct linear_case *c, const double *ref, bool *g
         out[i] = SENTINEL;
         out16[i] = SENTINEL16;
     }
+    mm_bf16 *mul16 = malloc(sizeof(mm_bf16) * n);
     mm_to_bf16(in16, c->in, (size_t)c->M * c->K);
+    if (c->mul) mm_to_bf16(mul16, c->mul, n);
     char err[256] = "";
-    const int rc = mm_linear(c->w, c->out_bf16 ? (void *)out16 : out,
-                             c->out_bf16 ? MM_BF16 : MM_F32,
-                             t == MM_BF16 ? (const void *)in16 : c->in, c->bias, c->M,
-                             c->gelu ? MM_POST_GELU : MM_POST_NONE, err, sizeof err);
+    void *dst = c->out_bf16 ? (void *)out16 : out;
+    const enum mm_type ot = c->out_bf16 ? MM_BF16 : MM_F32;
+    const void *src = t == MM_BF16 ? (const void *)in16 : c->in;
+    const int rc = c->mul ? mm_linear_mul(c->w, dst, ot, src, c->bias, c->M,
+                                          c->out_bf16 ? (const void *)mul16 : c->mul, err,
+                                          sizeof err)
+                          : mm_linear(c->w, dst, ot, src, c->bias, c->M, c->post, err,
+                                      sizeof err);
     CHECK(rc == 0, "mm_linear: %s", err);
     *guard_ok = true;
     for (int i = 0; i < GUARD; i++)
@@ -99,6 +109,7 @@ static double run_linear(const struct linear_case *c, const double *ref, bool *g
     free(out);
     free(out16);
     free(in16);
+    free(mul16);
     return e;
 }
 
@@ -116,21 +127,29 @@ static void test_linear(enum mm_type t)
             CHECK(mm_weights_create(&w, W, K, N, t, err, sizeof err) == 0, "weights: %s", err);
             for (int mi = 0; mi < COUNT(Ms); mi++) {
                 const int M = Ms[mi];
-                float *in = rand_vec((size_t)M * K);
-                if (t == MM_BF16) round_bf16(in, (size_t)M * K);
+                float *in = rand_vec((size_t)M * K), *mul = rand_vec((size_t)M * N);
+                if (t == MM_BF16) {
+                    round_bf16(in, (size_t)M * K);
+                    round_bf16(mul, (size_t)M * N);
+                }
                 double *ref = malloc(sizeof(double) * M * N);
-                for (int variant = 0; variant < 4; variant++) {
-                    /* 0 bias; 1 no bias, 2 threads; 2 GELU; 3 bf16 output (bf16 only). */
+                for (int variant = 0; variant < 6; variant++) {
+                    /* 0 bias; 1 no bias, 2 threads; 2 GELU; 3 bf16 output (bf16 only);
+                     * 4 SiLU, bf16 output in bf16; 5 times mul, bf16 output in bf16. */
                     if (variant == 3 && t != MM_BF16) continue;
+                    const enum mm_post post = variant == 2   ? MM_POST_GELU
+                                              : variant == 4 ? MM_POST_SILU
+                                                             : MM_POST_NONE;
                     const struct linear_case c = {w, in, variant == 1 ? NULL : bias, M, K, N,
-                                                  variant == 2, variant == 3};
-                    reference(ref, in, W, c.bias, M, K, N, c.gelu);
+                                                  post, variant == 5 ? mul : NULL,
+                                                  variant >= 3 && t == MM_BF16};
+                    reference(ref, in, W, c.bias, M, K, N, post, c.mul);
                     omp_set_num_threads(variant == 1 ? 2 : 1);
                     bool guard_ok;
                     const double e = run_linear(&c, ref, &guard_ok);
                     /* fp32 accumulation of exact products; a bf16 output adds
                      * its own rounding (2^-9 relative). */
-                    const double tol = variant == 3 ? 4e-3 : 2e-5;
+                    const double tol = c.out_bf16 ? 4e-3 : 2e-5;
                     runs++;
                     if (!(e <= tol) || !guard_ok) {
                         failures++;
@@ -140,6 +159,7 @@ static void test_linear(enum mm_type t)
                     }
                 }
                 free(in);
+                free(mul);
                 free(ref);
             }
             mm_weights_free(w);
@@ -170,7 +190,7 @@ static void test_edges(enum mm_type t)
               out[0] == SENTINEL, "rows == 0 writes nothing");
 
     double *ref = malloc(sizeof(double) * M * N);
-    reference(ref, in, W, bias, M, K, N, false);
+    reference(ref, in, W, bias, M, K, N, MM_POST_NONE, NULL);
     float *outs = malloc(sizeof(float) * 2 * M * N);
     int fails = 0;
     omp_set_num_threads(2);
