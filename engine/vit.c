@@ -52,6 +52,7 @@ struct vit_model {
  * LayerNorm statistics and softmax stay float32. */
 struct vit_workspace {
     int B, T;                    /* capacity: images and tokens per image */
+    int threads;                 /* OpenMP threads the attention scratch serves */
     int D, Hs, P, ffn, heads;    /* the model shape the buffers were sized for */
     enum mm_type type;           /* of the products' inputs */
     void *arena;
@@ -237,8 +238,9 @@ static int workspace_ensure(struct vit_workspace **wsp, const struct model_confi
                             int T, int N, enum mm_type type, char *err, size_t errlen)
 {
     struct vit_workspace *ws = *wsp;
+    const int threads = omp_get_max_threads();
     /* A workspace may move between models: reuse it only for the same shape. */
-    if (ws && ws->B >= B && ws->T >= T && ws->D == c->embed_dim && ws->Hs == c->ffn_hidden &&
+    if (ws && ws->B >= B && ws->T >= T && ws->threads >= threads && ws->D == c->embed_dim && ws->Hs == c->ffn_hidden &&
         ws->P == c->patch_size && ws->ffn == (int)c->ffn && ws->heads == c->num_heads &&
         ws->type == type)
         return 0;
@@ -257,7 +259,7 @@ static int workspace_ensure(struct vit_workspace **wsp, const struct model_confi
         rows * 3 * D * e, rows * D * e, rows * D * f,          /* qkv attn branch */
         swiglu || !bf16 ? rows * (swiglu ? 2 * Hs : Hs) * f : 0, /* hidden */
         swiglu || bf16 ? rows * Hs * e : 0,                   /* act */
-        attention_scratch_bytes(B, T, c->num_heads, type),    /* scores */
+        attention_scratch_bytes(B, T, c->embed_dim, c->num_heads, type), /* scores */
     };
     size_t total = 0;
     for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) total += (sizes[i] + 63) / 64 * 64;
@@ -280,6 +282,7 @@ static int workspace_ensure(struct vit_workspace **wsp, const struct model_confi
     if (!bf16) ws->xn_in = ws->xn;
     ws->B = B;
     ws->T = T;
+    ws->threads = threads;
     ws->D = c->embed_dim;
     ws->Hs = c->ffn_hidden;
     ws->P = c->patch_size;

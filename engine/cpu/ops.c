@@ -5,6 +5,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "attention_fused.h"
+
 /* exp(x) to about 2 ulp, written so that loops calling it vectorise (libm's
  * expf does not): x = n ln2 + r, |r| <= ln2/2, e^r by a polynomial (Cephes'
  * expf coefficients), 2^n by building the exponent bits. */
@@ -164,8 +166,10 @@ static int query_block(int B, int T, int heads)
     return q < (size_t)T ? (int)q : T;
 }
 
-size_t attention_scratch_bytes(int B, int T, int heads, enum mm_type t)
+size_t attention_scratch_bytes(int B, int T, int D, int heads, enum mm_type t)
 {
+    if (t == MM_BF16 && attention_fused_applies(D, heads))
+        return attention_fused_scratch_bytes(B, T, D, heads, omp_get_max_threads());
     const size_t cells = (size_t)B * heads * query_block(B, T, heads) * T;
     /* Scores in float32; bf16 probabilities beside them (float32 ones
      * overwrite the scores). */
@@ -201,6 +205,10 @@ static void softmax_rows(float *S, mm_bf16 *P16, size_t rows, int T, float scale
 int attention_forward(void *out, const void *qkv, void *scratch, int B, int T, int D, int heads,
                       enum mm_type t, char *err, size_t errlen)
 {
+    if (t == MM_BF16 && attention_fused_applies(D, heads)) {
+        attention_fused_bf16(out, qkv, scratch, B, T, D, heads);
+        return 0;
+    }
     const int64_t hd = D / heads, ld = 3 * (int64_t)D, esz = t == MM_BF16 ? 2 : 4;
     const int qb = query_block(B, T, heads);
     float *S = scratch;

@@ -37,11 +37,13 @@ void patchify(float *out, const float *x, int B, int C, int H, int W, int P);
 /* Multi-head softmax attention over each image's T tokens, in float32 or
  * bf16 (type t; softmax in float32 either way).
  * qkv: [B*T, 3D] (Q | K | V, head h in columns h*hd..), out: [B*T, D].
- * Queries go in blocks, so the scores never take more than about
- * ATTN_SCRATCH_TARGET bytes whatever T is: scratch holds at least
- * attention_scratch_bytes(B, T, heads, t). Returns 0, or -1 with err. */
+ * bf16 on AVX512-BF16 runs fused (cpu/attention_fused.h); otherwise queries go
+ * in blocks through two batched products, so the scores never take more than
+ * about ATTN_SCRATCH_TARGET bytes whatever T is. scratch holds at least
+ * attention_scratch_bytes(B, T, D, heads, t), which depends on the current
+ * omp_get_max_threads(). Returns 0, or -1 with err. */
 #define ATTN_SCRATCH_TARGET (16u << 20)
-size_t attention_scratch_bytes(int B, int T, int heads, enum mm_type t);
+size_t attention_scratch_bytes(int B, int T, int D, int heads, enum mm_type t);
 int attention_forward(void *out, const void *qkv, void *scratch, int B, int T, int D, int heads,
                       enum mm_type t, char *err, size_t errlen);
 

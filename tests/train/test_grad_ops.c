@@ -166,7 +166,7 @@ static void test_attention(void)
     loss_attn();
     /* the training forward equals the engine's inference attention */
     float *ref = zerov(AB * AT * AD);
-    float *scr = zerov(attention_scratch_bytes(AB, AT, AH, MM_F32) / sizeof(float));
+    float *scr = zerov(attention_scratch_bytes(AB, AT, AD, AH, MM_F32) / sizeof(float));
     char err[256] = "";
     CHECK(attention_forward(ref, aqkv, scr, AB, AT, AD, AH, MM_F32, err, sizeof err) == 0, "%s", err);
     CHECK(max_abs_diff(ref, aout, AB * AT * AD) < 1e-5f, "attention_forward_train == attention_forward");

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "check.h"
+#include "cpu/attention_fused.h"
 #include "cpu/ops.h"
 #include "cpu/pos_embed.h"
 #include "matryoshka.h"
@@ -107,7 +108,7 @@ static void check_attention(int B, int T, int D, int heads, enum mm_type t, floa
     mm_bf16 *qkv16 = malloc(sizeof(mm_bf16) * n), *out16 = malloc(sizeof(mm_bf16) * B * T * D);
     mm_to_bf16(qkv16, qkv, n);
     if (t == MM_BF16) mm_from_bf16(qkv, qkv16, n);
-    void *scratch = malloc(attention_scratch_bytes(B, T, heads, t));
+    void *scratch = malloc(attention_scratch_bytes(B, T, D, heads, t));
     char err[256] = "";
     int rc = attention_forward(t == MM_BF16 ? (void *)out16 : out, t == MM_BF16 ? (void *)qkv16 : qkv,
                                scratch, B, T, D, heads, t, err, sizeof err);
@@ -144,10 +145,15 @@ static void test_attention(void)
 {
     /* Long sequences go in query blocks: the scores of 1 x 2 heads x 1500
      * tokens would take 18 MB, more than the scratch target. */
-    CHECK(attention_scratch_bytes(1, 1500, 2, MM_F32) < (size_t)2 * 1500 * 1500 * sizeof(float),
+    CHECK(attention_scratch_bytes(1, 1500, 64, 2, MM_F32) < (size_t)2 * 1500 * 1500 * sizeof(float),
           "1500 tokens are split into query blocks");
-    const int shapes[][4] = {{2, 150, 32, 4}, {3, 257, 128, 2}, {1, 1500, 64, 2}};
-    for (int i = 0; i < 3; i++) {
+    /* Head dims 8 (unfused in bf16), 64, 32 and 16 (the fused kernel's three
+     * output tile widths where the CPU has AVX512-BF16); odd and short T. */
+    CHECK(attention_fused_applies(128, 2) == mm_bf16_native() && !attention_fused_applies(32, 4),
+          "the fused kernel serves head dims that are multiples of 16, on AVX512-BF16");
+    const int shapes[][4] = {{2, 150, 32, 4}, {3, 257, 128, 2}, {1, 1500, 64, 2}, {2, 37, 96, 6},
+                             {1, 45, 96, 3}};
+    for (int i = 0; i < 5; i++) {
         check_attention(shapes[i][0], shapes[i][1], shapes[i][2], shapes[i][3], MM_F32, 1e-5f);
         if (mm_bf16_supported())
             check_attention(shapes[i][0], shapes[i][1], shapes[i][2], shapes[i][3], MM_BF16, 4e-3f);
