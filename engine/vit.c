@@ -328,23 +328,29 @@ static void layernorm_in(struct vit_workspace *ws, const float *w, const float *
     else layernorm_forward(ws->xn, ws->x, w, b, rows, D, eps);
 }
 
+/* The LayerNorm after a block: the next block's norm1 (into the products'
+ * input), or the final norm (into the float xn). */
+struct next_norm {
+    const float *w, *b;
+    bool final;
+};
+
+/* One block, from xn_in = norm1(x) to the next norm of the updated x. */
 static int block_forward(const struct model_config *c, const struct vit_block_weights *bw,
                          const struct packed_block *pb, struct vit_workspace *ws, int B, int T,
-                         char *err, size_t errlen)
+                         const struct next_norm *next, char *err, size_t errlen)
 {
     const int D = c->embed_dim, Hs = c->ffn_hidden;
     const size_t rows = (size_t)B * T;
     const enum mm_type t = ws->type;
 
-    layernorm_in(ws, bw->norm1_w, bw->norm1_b, rows, D, c->norm_eps);
     if (mm_linear(pb->qkv, ws->qkv, t, ws->xn_in, bw->qkv_b, rows, MM_POST_NONE, err, errlen) ||
         attention_forward(ws->attn, ws->qkv, ws->scores, B, T, D, c->num_heads, t, err, errlen) ||
         mm_linear(pb->proj, ws->branch, MM_F32, ws->attn, bw->proj_b, rows, MM_POST_NONE, err,
                   errlen))
         return -1;
-    residual_scale_add(ws->x, ws->branch, bw->ls1, rows, D);
-
-    layernorm_in(ws, bw->norm2_w, bw->norm2_b, rows, D, c->norm_eps);
+    residual_layernorm(ws->x, ws->branch, bw->ls1, ws->xn_in, t, bw->norm2_w, bw->norm2_b, rows, D,
+                       c->norm_eps);
     const void *fc2_in;
     if (pb->fc1_gate) {
         /* act = SiLU(x Wa^T + ba) * (x Wg^T + bg), both halves in the epilogues; the
@@ -371,7 +377,8 @@ static int block_forward(const struct model_config *c, const struct vit_block_we
     }
     if (mm_linear(pb->fc2, ws->branch, MM_F32, fc2_in, bw->fc2_b, rows, MM_POST_NONE, err, errlen))
         return -1;
-    residual_scale_add(ws->x, ws->branch, bw->ls2, rows, D);
+    residual_layernorm(ws->x, ws->branch, bw->ls2, next->final ? (void *)ws->xn : ws->xn_in,
+                       next->final ? MM_F32 : t, next->w, next->b, rows, D, c->norm_eps);
     return 0;
 }
 
@@ -415,12 +422,19 @@ int vit_forward(struct vit_model *m, struct vit_workspace **wsp, const float *x,
     struct vit_workspace *ws = *wsp;
 
     if (embed_tokens(c, w, m->patch_packed, ws, x, pos, B, H, W, T, N, err, errlen)) return -1;
-    for (int l = 0; l < c->depth; l++)
-        if (block_forward(c, &w->blocks[l], &m->packed[l], ws, B, T, err, errlen)) return -1;
-
-    /* Final LayerNorm; CLS is row 0, patches follow the registers. */
+    /* Each LayerNorm runs with the residual add before it, the first alone;
+     * the last block's is the final one. CLS is row 0 of the final output,
+     * patches follow the registers. */
     const size_t rows = (size_t)B * T;
-    layernorm_forward(ws->xn, ws->x, w->norm_w, w->norm_b, rows, D, c->norm_eps);
+    if (c->depth == 0) layernorm_forward(ws->xn, ws->x, w->norm_w, w->norm_b, rows, D, c->norm_eps);
+    else layernorm_in(ws, w->blocks[0].norm1_w, w->blocks[0].norm1_b, rows, D, c->norm_eps);
+    for (int l = 0; l < c->depth; l++) {
+        const bool last = l + 1 == c->depth;
+        const struct next_norm next = {last ? w->norm_w : w->blocks[l + 1].norm1_w,
+                                       last ? w->norm_b : w->blocks[l + 1].norm1_b, last};
+        if (block_forward(c, &w->blocks[l], &m->packed[l], ws, B, T, &next, err, errlen))
+            return -1;
+    }
     for (int b = 0; b < B; b++) {
         const float *xb = ws->xn + (size_t)b * T * D;
         const size_t patch_bytes = sizeof(float) * N * D;

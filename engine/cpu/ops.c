@@ -82,7 +82,9 @@ void linear_forward(float *out, const float *in, const float *W, const float *bi
              out, (size_t)N);
 }
 
-void residual_scale_add(float *x, const float *y, const float *gamma, size_t rows, int D)
+void residual_layernorm(float *x, const float *y, const float *gamma, void *out,
+                        enum mm_type out_type, const float *w, const float *b, size_t rows, int D,
+                        float eps)
 {
 #pragma omp parallel for schedule(static)
     for (size_t r = 0; r < rows; r++) {
@@ -92,6 +94,15 @@ void residual_scale_add(float *x, const float *y, const float *gamma, size_t row
             for (int i = 0; i < D; i++) xr[i] += gamma[i] * yr[i];
         else
             for (int i = 0; i < D; i++) xr[i] += yr[i];
+        float mean, rstd;
+        row_moments(xr, D, eps, &mean, &rstd);
+        if (out_type == MM_BF16) {
+            mm_bf16 *o = (mm_bf16 *)out + r * D;
+            for (int i = 0; i < D; i++) o[i] = mm_bf16_round((xr[i] - mean) * rstd * w[i] + b[i]);
+        } else {
+            float *o = (float *)out + r * D;
+            for (int i = 0; i < D; i++) o[i] = (xr[i] - mean) * rstd * w[i] + b[i];
+        }
     }
 }
 

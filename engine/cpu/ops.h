@@ -20,8 +20,12 @@ void layernorm_forward_bf16(mm_bf16 *out, const float *in, const float *w, const
 void linear_forward(float *out, const float *in, const float *W, const float *bias,
                     size_t rows, int K, int N);
 
-/* x[r] += gamma * y[r] (gamma NULL means 1). */
-void residual_scale_add(float *x, const float *y, const float *gamma, size_t rows, int D);
+/* x[r] += gamma * y[r] (gamma NULL means 1), then out[r] = LayerNorm(x[r]) * w
+ * + b in float or bf16 (out_type): one pass for a block's residual and the
+ * LayerNorm that follows it. */
+void residual_layernorm(float *x, const float *y, const float *gamma, void *out,
+                        enum mm_type out_type, const float *w, const float *b, size_t rows, int D,
+                        float eps);
 
 /* out[r, j] = SiLU(h[r, j]) * h[r, Hs + j]; h is [rows, 2Hs]. */
 void swiglu_forward(float *out, const float *h, size_t rows, int Hs);

@@ -41,6 +41,35 @@ static void test_layernorm(void)
     free(x); free(w); free(b); free(y);
 }
 
+/* residual_layernorm equals the add followed by layernorm_forward (float), and
+ * that rounded to bf16 (bf16 output); with and without a LayerScale gamma. */
+static void test_residual_layernorm(void)
+{
+    const int rows = 7, D = 40;
+    float *x0 = rand_vec(rows * D), *y = rand_vec(rows * D), *g = rand_vec(D), *w = rand_vec(D),
+          *b = rand_vec(D);
+    float *x = malloc(sizeof(float) * rows * D), *want = malloc(sizeof(float) * rows * D),
+          *xs = malloc(sizeof(float) * rows * D), *got = malloc(sizeof(float) * rows * D);
+    mm_bf16 *got16 = malloc(sizeof(mm_bf16) * rows * D);
+    for (int with_gamma = 0; with_gamma < 2; with_gamma++) {
+        for (int i = 0; i < rows * D; i++) xs[i] = x0[i] + (with_gamma ? g[i % D] : 1.0f) * y[i];
+        layernorm_forward(want, xs, w, b, rows, D, 1e-6f);
+        memcpy(x, x0, sizeof(float) * rows * D);
+        residual_layernorm(x, y, with_gamma ? g : NULL, got, MM_F32, w, b, rows, D, 1e-6f);
+        CHECK(max_abs_diff(x, xs, rows * D) < 1e-6f && max_abs_diff(got, want, rows * D) < 1e-5f,
+              "residual_layernorm (gamma %d) = add + layernorm_forward", with_gamma);
+        memcpy(x, x0, sizeof(float) * rows * D);
+        residual_layernorm(x, y, with_gamma ? g : NULL, got16, MM_BF16, w, b, rows, D, 1e-6f);
+        int bad = 0; /* bf16 keeps 8 significant bits: within half a unit, 2^-9 relative */
+        for (int i = 0; i < rows * D; i++)
+            bad += !(fabsf(mm_bf16_value(got16[i]) - want[i]) <= fabsf(want[i]) * 0x1p-8f + 1e-6f);
+        CHECK(bad == 0, "residual_layernorm bf16 (gamma %d): %d values off the float ones by more "
+              "than bf16 rounding", with_gamma, bad);
+    }
+    free(x0); free(y); free(g); free(w); free(b); free(x); free(want); free(xs); free(got);
+    free(got16);
+}
+
 static void test_linear(void)
 {
     const int rows = 7, K = 33, N = 19;
@@ -244,6 +273,7 @@ static void test_matryoshka(void)
 int main(void)
 {
     test_layernorm();
+    test_residual_layernorm();
     test_linear();
     test_activations();
     test_patchify();
