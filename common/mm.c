@@ -175,8 +175,6 @@ static dnnl_data_type_t dt(enum mm_type t)
     return t == MM_BF16 ? dnnl_bf16 : dnnl_f32;
 }
 
-/* Creates a matmul primitive (oneDNN's primitive cache makes a repeated
- * shape cost about a microsecond). */
 /* Epilogue of a product: sum into dst, an activation, a product with another
  * tensor of dst's shape (mul_md), in that order; any may be absent. */
 struct epilogue {
@@ -194,6 +192,8 @@ static int mul_index(const struct epilogue *e)
     return (e->accumulate ? 1 : 0) + (e->post != MM_POST_NONE ? 1 : 0);
 }
 
+/* Creates a matmul primitive (oneDNN's primitive cache makes a repeated
+ * shape cost about a microsecond); e may be NULL. */
 static int matmul_create(dnnl_primitive_t *prim, const dnnl_memory_desc_t *src,
                          const dnnl_memory_desc_t *wei, const dnnl_memory_desc_t *bias,
                          const dnnl_memory_desc_t *dst, const struct epilogue *e,
@@ -205,7 +205,8 @@ static int matmul_create(dnnl_primitive_t *prim, const dnnl_memory_desc_t *src,
     dnnl_primitive_desc_t pd = NULL;
     dnnl_status_t s = dnnl_matmul_desc_init(&desc, src, wei, bias, dst);
     if (s == dnnl_success) s = dnnl_primitive_attr_create(&attr);
-    if (s == dnnl_success) s = dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user);
+    if (s == dnnl_success)
+        s = dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user);
     if (s == dnnl_success && e && (e->accumulate || e->post != MM_POST_NONE || e->mul_md)) {
         s = dnnl_post_ops_create(&ops);
         if (s == dnnl_success && e->accumulate) s = dnnl_post_ops_append_sum(ops, 1.0f);
@@ -445,8 +446,8 @@ static int linear_run(const struct mm_weights *w, void *out, enum mm_type out_ty
     int n = 3;
     if (bias) args[n++] = (dnnl_exec_arg_t){DNNL_ARG_BIAS, mems[3]};
     if (mul)
-        args[n++] = (dnnl_exec_arg_t){DNNL_ARG_ATTR_MULTIPLE_POST_OP(mul_index(&e)) | DNNL_ARG_SRC_1,
-                                      mems[4]};
+        args[n++] = (dnnl_exec_arg_t){
+            DNNL_ARG_ATTR_MULTIPLE_POST_OP(mul_index(&e)) | DNNL_ARG_SRC_1, mems[4]};
     const int rc = execute(prim, args, n, err, errlen);
     unwrap(mems, 5);
     return rc;

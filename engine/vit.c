@@ -240,9 +240,9 @@ static int workspace_ensure(struct vit_workspace **wsp, const struct model_confi
     struct vit_workspace *ws = *wsp;
     const int threads = omp_get_max_threads();
     /* A workspace may move between models: reuse it only for the same shape. */
-    if (ws && ws->B >= B && ws->T >= T && ws->threads >= threads && ws->D == c->embed_dim && ws->Hs == c->ffn_hidden &&
-        ws->P == c->patch_size && ws->ffn == (int)c->ffn && ws->heads == c->num_heads &&
-        ws->type == type)
+    if (ws && ws->B >= B && ws->T >= T && ws->threads >= threads && ws->D == c->embed_dim &&
+        ws->Hs == c->ffn_hidden && ws->P == c->patch_size && ws->ffn == (int)c->ffn &&
+        ws->heads == c->num_heads && ws->type == type)
         return 0;
     vit_workspace_free(ws);
     *wsp = NULL;
@@ -262,7 +262,8 @@ static int workspace_ensure(struct vit_workspace **wsp, const struct model_confi
         attention_scratch_bytes(B, T, c->embed_dim, c->num_heads, type), /* scores */
     };
     size_t total = 0;
-    for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) total += (sizes[i] + 63) / 64 * 64;
+    for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++)
+        total += (sizes[i] + 63) / 64 * 64;
 
     ws = calloc(1, sizeof(*ws));
     if (ws) ws->arena = aligned_alloc(64, total);

@@ -171,7 +171,8 @@ static BF16 void softmax_tile(mm_bf16 *restrict P, float *restrict inv, float *r
         mm_bf16 *p = P + (size_t)r * Tv;
         int j = 0;
         for (; j + 16 <= T; j += 16)
-            _mm256_storeu_si256((__m256i *)(p + j), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(s + j)));
+            _mm256_storeu_si256((__m256i *)(p + j),
+                                (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(s + j)));
         for (; j < T; j++) p[j] = mm_bf16_round(s[j]);
         for (; j < Tv; j++) p[j] = 0;
         inv[r] = 1.0f / sum;

@@ -238,7 +238,8 @@ static void test_sgemm(int gemm)
         for (int tb = 0; tb < 2; tb++)
             for (int beta = 0; beta < 2; beta++) {
             const int lda = (ta ? M : K) + pad, ldb = (tb ? K : N) + pad, ldc = N + pad;
-            float *A = rand_vec((size_t)(ta ? K : M) * lda), *B = rand_vec((size_t)(tb ? N : K) * ldb);
+            float *A = rand_vec((size_t)(ta ? K : M) * lda);
+            float *B = rand_vec((size_t)(tb ? N : K) * ldb);
             float *C = rand_vec((size_t)M * ldc);
             const size_t na = (size_t)(ta ? K : M) * lda, nb = (size_t)(tb ? N : K) * ldb;
             if (gemm == MM_BF16) {
@@ -363,7 +364,8 @@ static int run_at(enum mm_isa cap)
         struct mm_weights *w;
         const float W[4] = {1, 2, 3, 4};
         char err[256] = "";
-        CHECK(mm_weights_create(&w, W, 2, 2, MM_BF16, err, sizeof err) == -1 && strstr(err, "AVX-512"),
+        CHECK(mm_weights_create(&w, W, 2, 2, MM_BF16, err, sizeof err) == -1 &&
+                  strstr(err, "AVX-512"),
               "bf16 weights refused below AVX-512: '%s'", err);
     }
     return check_summary();

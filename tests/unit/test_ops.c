@@ -139,8 +139,9 @@ static void check_attention(int B, int T, int D, int heads, enum mm_type t, floa
     if (t == MM_BF16) mm_from_bf16(qkv, qkv16, n);
     void *scratch = malloc(attention_scratch_bytes(B, T, D, heads, t));
     char err[256] = "";
-    int rc = attention_forward(t == MM_BF16 ? (void *)out16 : out, t == MM_BF16 ? (void *)qkv16 : qkv,
-                               scratch, B, T, D, heads, t, err, sizeof err);
+    const bool bf = t == MM_BF16;
+    int rc = attention_forward(bf ? (void *)out16 : out, bf ? (void *)qkv16 : qkv, scratch, B, T,
+                               D, heads, t, err, sizeof err);
     CHECK(rc == 0, "attention_forward: %s", err);
     if (t == MM_BF16) mm_from_bf16(out, out16, (size_t)B * T * D);
     float worst = 0;
