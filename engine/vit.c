@@ -34,14 +34,16 @@ struct packed_block {
  * (about +86 MB for ViT-S/14, +342 MB for ViT-B/14, +1.2 GB for ViT-L/14),
  * in bf16 half of that (the patch embedding stays fp32: its input is pixels).
  * The plain weights in ck stay: the CUDA upload, RASA, the positional tables
- * and the trainer read them. The copy is dropped while the model runs on
- * CUDA and made again when it moves back to the CPU. */
+ * and the trainer read them. The copy is made once, in the precision the
+ * model runs in: by vit_model_use_device, or by the first CPU forward; it is
+ * dropped while the model runs on CUDA. */
 struct vit_model {
     struct checkpoint ck;
     struct mm_weights *patch_packed;
     struct packed_block *packed; /* [depth]; NULL while on CUDA */
     float *rasa_units;           /* [T+1, 2, D] or NULL */
     pthread_mutex_t pos_lock;
+    pthread_mutex_t pack_lock;   /* the first forward's layout of the weights */
     struct pos_cache_entry *pos_cache;
     struct cuda_model *cuda;     /* non-NULL: forwards run on CUDA */
     enum vit_precision precision; /* of the products, on either device */
@@ -127,6 +129,7 @@ int vit_model_from_checkpoint(struct checkpoint *ck, struct vit_model **out, cha
     m->ck = *ck;
     memset(ck, 0, sizeof(*ck));
     pthread_mutex_init(&m->pos_lock, NULL);
+    pthread_mutex_init(&m->pack_lock, NULL);
     const struct model_config *c = &m->ck.cfg;
     if (c->rasa_layers > 0) {
         const int rounds = c->rasa_layers + 1;
@@ -139,10 +142,6 @@ int vit_model_from_checkpoint(struct checkpoint *ck, struct vit_model **out, cha
             vit_model_free(m);
             return -1;
         }
-    }
-    if (model_pack(m, VIT_PRECISION_FP32, err, errlen)) {
-        vit_model_free(m);
-        return -1;
     }
     *out = m;
     return 0;
@@ -168,6 +167,7 @@ void vit_model_free(struct vit_model *m)
         free(e);
     }
     pthread_mutex_destroy(&m->pos_lock);
+    pthread_mutex_destroy(&m->pack_lock);
     cuda_model_free(m->cuda);
     model_unpack(m);
     free(m->rasa_units);
@@ -418,6 +418,10 @@ int vit_forward(struct vit_model *m, struct vit_workspace **wsp, const float *x,
     const float *pos = pos_table(m, gh, gw, err, errlen);
     if (!pos) return -1;
     if (m->cuda) return forward_cuda(m, wsp, pos, x, B, H, W, out, err, errlen);
+    pthread_mutex_lock(&m->pack_lock);
+    const int packed = m->packed || !model_pack(m, m->precision, err, errlen);
+    pthread_mutex_unlock(&m->pack_lock);
+    if (!packed) return -1;
     const enum mm_type type = m->precision == VIT_PRECISION_BF16 ? MM_BF16 : MM_F32;
     if (workspace_ensure(wsp, c, B, T, N, type, err, errlen)) return -1;
     struct vit_workspace *ws = *wsp;
@@ -497,13 +501,10 @@ int vit_model_use_device(struct vit_model *m, enum vit_device d, enum vit_precis
 {
     if (d == VIT_DEVICE_CPU) {
         if (!m->packed || m->precision != p) {
-            /* The old copy goes first, so that peak memory holds only one. */
-            const enum vit_precision old = m->precision;
+            /* The old copy goes first, so that peak memory holds only one; on
+             * failure the precision stays and a CPU forward lays it out again. */
             model_unpack(m);
-            if (model_pack(m, p, err, errlen)) {
-                if (!m->cuda) model_pack(m, old, NULL, 0);
-                return -1;
-            }
+            if (model_pack(m, p, err, errlen)) return -1;
         }
         cuda_model_free(m->cuda);
         m->cuda = NULL;
