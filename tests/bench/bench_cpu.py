@@ -17,8 +17,9 @@ Engines (names for --skip; "franca" or "ov" leave out both of a pair):
                 layers run in is printed and labels the column
 
 ONNX Runtime and OpenVINO come from PyPI into a venv of their own (--venv,
-default BUILD/venv-bench), made with /usr/bin/python3 -m venv and filled by pip
-on first use, reused afterwards; they run there as subprocesses
+default BUILD/venv-bench; with pillow, for bench_server.py's OpenVINO baseline),
+made with /usr/bin/python3 -m venv and filled by pip on first use (or when one of
+them is missing), reused afterwards; they run there as subprocesses
 (tests/bench/bench_cpu_runtimes.py). The weights (refmodel.make_state_dict) are
 converted for franca-embed and exported with torch.onnx.export (opset 17, one
 file per model and batch) for ORT and OpenVINO.
@@ -69,7 +70,8 @@ ARCHS = {  # name: (D, depth, heads) of the ViT-*/14 family
 }
 ENGINES = ("franca-fp32", "franca-bf16", "torch", "ort", "ov-fp32", "ov-bf16")
 VENV_ENGINES = ("ort", "ov-fp32", "ov-bf16")
-VENV_PACKAGES = ("numpy", "onnxruntime", "openvino")
+VENV_PACKAGES = ("numpy", "onnxruntime", "openvino", "pillow")  # pillow: baseline_server.py
+VENV_IMPORTS = "import numpy, onnxruntime, openvino, PIL"
 SEED = 0
 TARGET_S = 3.0  # seconds per measurement
 FP32_TOL = 1e-4
@@ -180,12 +182,12 @@ def machine_limits(build, threads, env):
 
 
 def ensure_venv(path):
-    """The venv's python, with onnxruntime and openvino (installed on first use)."""
+    """The venv's python, with VENV_PACKAGES (installed when an import is missing)."""
     py = os.path.join(path, "bin", "python")
     if not os.path.exists(py):
         print(f"creating venv {path}", flush=True)
         subprocess.run(["/usr/bin/python3", "-m", "venv", path], check=True)
-    if subprocess.run([py, "-c", "import onnxruntime, openvino"], capture_output=True).returncode:
+    if subprocess.run([py, "-c", VENV_IMPORTS], capture_output=True).returncode:
         print(f"installing {' '.join(VENV_PACKAGES)} into {path}", flush=True)
         subprocess.run([py, "-m", "pip", "install", "--quiet", *VENV_PACKAGES], check=True)
     return py

@@ -1,5 +1,6 @@
 """ONNX Runtime and OpenVINO side of bench_cpu.py; runs in the benchmark's venv
-(numpy, onnxruntime, openvino), never under /usr/bin/python3.
+(numpy, onnxruntime, openvino), never under /usr/bin/python3. baseline_server.py's
+OpenVINO backend imports ov_layer_precisions from here.
 
     python bench_cpu_runtimes.py versions
     python bench_cpu_runtimes.py time ENGINE MODEL.onnx THREADS ITERS

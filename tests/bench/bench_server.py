@@ -1,10 +1,18 @@
 """Serving benchmark: franca-server (with dynamic batching and with --max-batch 1)
-against the Python + PyTorch baseline server (tests/bench/baseline_server.py), on
-the same machine, with the same ViT-S/14 weights, at 224 px on CPU.
+against the Python baseline server (tests/bench/baseline_server.py) around PyTorch
+and around OpenVINO, on the same machine, with the same ViT-S/14 weights, at 224 px
+on CPU.
 
 The weights are refmodel.make_state_dict(cfg, seed) converted with refmodel.save_pth +
-refmodel.convert, so both servers run identical weights; before any timing every
-server must answer two images with the same embeddings (cosine distance < 1e-3).
+refmodel.convert for franca-server, built by the torch baseline itself and exported
+to ONNX (bench_cpu.export_onnx: batch 1, 224 px) for the OpenVINO one, so all
+servers run identical weights; before any timing every server must answer two
+images with the same embeddings as the first server (cosine distance < 1e-3).
+franca-server runs --precision (auto: bf16 on CPUs with AMX or AVX512-BF16); the
+OpenVINO baseline asks INFERENCE_PRECISION_HINT --ov-precision (bf16; OpenVINO runs
+f32 where the CPU lacks bf16). The labels show the precision each server reports
+(GET /v1/models/default: franca-server's precision, OpenVINO's
+INFERENCE_PRECISION_HINT after compilation).
 
 Load: small JPEGs (skimage photos resized to 320x240, PIL quality 85), one image per
 `POST /v1/embeddings` request; a closed loop of N workers (threads, one keep-alive
@@ -20,11 +28,18 @@ is the one a user would write (torch.set_num_threads(--threads), forwards run
 concurrently in http.server's threads); "baseline-tuned" does
 torch.set_num_threads(1) (Debian's torch still runs its GEMMs on OpenBLAS's
 --threads pool) and one forward at a time. The target is reported against both.
+"openvino" is the one a user who wants speed on CPU would write: the same server
+running OpenVINO (PERFORMANCE_HINT LATENCY, INFERENCE_NUM_THREADS --threads, one
+infer request, one image per forward under a lock, PIL + numpy preprocessing),
+under the python of the venv bench_cpu.py uses (--venv, default
+BUILD/venv-bench: numpy, onnxruntime, openvino, pillow from PyPI, installed on
+first use by bench_cpu.ensure_venv).
 
 usage: /usr/bin/python3 tests/bench/bench_server.py [--threads T] [--seconds 20]
        [--warmup 3] [--concurrency 1,8,32] [--build build/] [--max-batch 16]
-       [--max-delay-ms 5] [--dimensions 192] [--rounds 1]
-       [--servers batch,single,baseline,baseline-tuned]
+       [--max-delay-ms 5] [--dimensions 192] [--rounds 1] [--precision auto|fp32|bf16]
+       [--ov-precision bf16|f32] [--venv DIR]
+       [--servers batch,single,baseline,baseline-tuned,openvino]
 Exit status: 0 when every server started, agreed and answered every request with
 200; 1 otherwise.
 """
@@ -47,6 +62,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "tests", "reference"))
+sys.path.insert(0, os.path.join(ROOT, "tests", "bench"))
 BASELINE = os.path.join(ROOT, "tests", "bench", "baseline_server.py")
 PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 PHOTOS = "/usr/lib/python3/dist-packages/skimage/data"
@@ -59,6 +75,9 @@ GRID = 16      # position grid of franca-checkpoint's vit_small: 224 px needs no
 MAX_COS_DIST = 1e-3
 START_TIMEOUT = 300.0
 READY = re.compile(r"listening on http://([^:\s]+):(\d+)")
+KINDS = ("batch", "single", "baseline", "baseline-tuned", "openvino")
+FRANCA_KINDS = ("batch", "single")
+MODEL_NAME = "default"
 
 
 class BenchError(Exception):
@@ -85,7 +104,9 @@ def make_bodies(dimensions, size=(320, 240), quality=85):
     return bodies
 
 
-def make_checkpoint(tmp):
+def make_weights(tmp, onnx=False):
+    """(franca-server checkpoint, ONNX export or None) of the weights the torch
+    baseline builds (make_state_dict(SEED, LS_INIT) at GRID)."""
     import refmodel
     _, D, depth, heads = ARCH
     cfg = refmodel.make_config(D, depth, heads, grid=GRID)
@@ -95,7 +116,13 @@ def make_checkpoint(tmp):
     refmodel.save_pth(pth, sd)
     refmodel.convert(pth, ckpt)
     os.remove(pth)
-    return ckpt
+    onnx_path = None
+    if onnx:
+        import torch
+        import bench_cpu
+        onnx_path = os.path.join(tmp, "vits14_b1_r224.onnx")
+        bench_cpu.export_onnx(refmodel.RefViT(cfg, sd, dtype=torch.float32), 1, 224, onnx_path)
+    return ckpt, onnx_path
 
 
 # --------------------------------------------------------------------------- servers
@@ -166,21 +193,43 @@ class Server:
         return rc
 
 
-def server_specs(args, ckpt, tmp):
+def server_specs(args, ckpt, onnx, venv_python, tmp):
+    """kind -> (label, command, environment); a label's {precision} is filled in with
+    what the server reports (model_precision) once it runs."""
     threads = str(args.threads)
     env = dict(os.environ, OPENBLAS_NUM_THREADS=threads, OMP_NUM_THREADS=threads)
     baseline = [PYTHON, BASELINE, "--port", "0", "--seed", str(SEED), "--ls-init", str(LS_INIT),
                 "--grid", str(GRID), "--arch", ARCH[0]]
-    franca = [os.path.join(args.build, "server", "franca-server"), "--model", "default=" + ckpt,
-              "--port", "0", "--data", os.path.join(tmp, "data"), "--threads", threads]
+    franca = [os.path.join(args.build, "server", "franca-server"), "--model", MODEL_NAME + "=" + ckpt,
+              "--port", "0", "--data", os.path.join(tmp, "data"), "--threads", threads,
+              "--precision", args.precision]
     specs = {
-        "batch": ("franca-server (max-batch %d, delay %d ms)" % (args.max_batch, args.max_delay_ms),
+        "batch": ("franca-server (max-batch %d, delay %d ms, {precision})" % (args.max_batch, args.max_delay_ms),
                   franca + ["--max-batch", str(args.max_batch), "--max-delay-ms", str(args.max_delay_ms)]),
-        "single": ("franca-server (max-batch 1)", franca + ["--max-batch", "1"]),
+        "single": ("franca-server (max-batch 1, {precision})", franca + ["--max-batch", "1"]),
         "baseline": ("Python baseline (torch %s threads)" % threads, baseline + ["--threads", threads]),
         "baseline-tuned": ("Python baseline (torch 1 thread, lock)", baseline + ["--threads", "1", "--lock"]),
     }
+    if onnx:
+        specs["openvino"] = ("Python + OpenVINO ({precision})",
+                             [venv_python, BASELINE, "--backend", "openvino", "--onnx", onnx, "--port", "0",
+                              "--ov-precision", args.ov_precision, "--threads", threads])
     return {k: (label, cmd, env) for k, (label, cmd) in specs.items()}
+
+
+def model_precision(port):
+    """GET /v1/models/default: (its precision, the whole answer)."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        c.request("GET", "/v1/models/" + MODEL_NAME)
+        r = c.getresponse()
+        data = r.read()
+        if r.status != 200:
+            raise BenchError("GET /v1/models/%s: HTTP %d: %s" % (MODEL_NAME, r.status, data[:300]))
+        j = json.loads(data)
+        return j.get("precision", "?"), j
+    finally:
+        c.close()
 
 
 def post(port, body, timeout=120):
@@ -300,13 +349,23 @@ def main():
     ap.add_argument("--dimensions", type=int, default=192, help="Matryoshka width requested")
     ap.add_argument("--rounds", type=int, default=1,
                     help="repeat the whole cycle of servers (medians of throughput, pooled latencies)")
-    ap.add_argument("--servers", default="batch,single,baseline,baseline-tuned",
-                    help="which servers, in order (batch, single, baseline, baseline-tuned)")
+    ap.add_argument("--servers", default=",".join(KINDS),
+                    help="which servers, in order (%s)" % ", ".join(KINDS))
+    ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                    help="franca-server --precision")
+    ap.add_argument("--ov-precision", default="bf16", choices=("bf16", "f32"),
+                    help="the OpenVINO baseline's INFERENCE_PRECISION_HINT (f32 where the CPU lacks bf16)")
+    ap.add_argument("--venv", default=None,
+                    help="venv with openvino and pillow for the OpenVINO baseline (default BUILD/venv-bench, "
+                         "made by bench_cpu.ensure_venv on first use)")
     args = ap.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
     order = args.servers.split(",")
+    unknown = [k for k in order if k not in KINDS]
+    if unknown:
+        ap.error("unknown server %s (choose from %s)" % (unknown, ",".join(KINDS)))
     binary = os.path.join(args.build, "server", "franca-server")
-    if not os.access(binary, os.X_OK):
+    if any(k in FRANCA_KINDS for k in order) and not os.access(binary, os.X_OK):
         print("bench_server: %s not found (build first: meson compile -C %s)" % (binary, args.build),
               file=sys.stderr)
         return 1
@@ -315,22 +374,36 @@ def main():
     servers = []
     try:
         bodies = make_bodies(args.dimensions)
-        ckpt = make_checkpoint(tmp)
-        specs = server_specs(args, ckpt, tmp)
-        unknown = [k for k in order if k not in specs]
-        if unknown:
-            raise BenchError("unknown server %s (choose from %s)" % (unknown, ",".join(specs)))
+        venv_python = None
+        if "openvino" in order:
+            import bench_cpu
+            venv_python = bench_cpu.ensure_venv(args.venv or os.path.join(args.build, "venv-bench"))
+        ckpt, onnx = make_weights(tmp, onnx="openvino" in order)
+        specs = server_specs(args, ckpt, onnx, venv_python, tmp)
         print("machine: %d cores; %s; threads per server %d; %d JPEGs 320x240 q85 (%d-%d bytes of JSON "
               "each), width %d; %g s warm-up + %g s per point" % (
-                  os.cpu_count(), "ViT-S/14 at 224 px, f32, CPU", args.threads, len(bodies),
-                  min(map(len, bodies)), max(map(len, bodies)), args.dimensions, args.warmup, args.seconds),
+                  os.cpu_count(), "ViT-S/14 at 224 px, CPU, precision per server in its label",
+                  args.threads, len(bodies), min(map(len, bodies)), max(map(len, bodies)),
+                  args.dimensions, args.warmup, args.seconds),
               flush=True)
 
         # Agreement before timing: all servers up, two images, compared with the first server.
+        # Labels get the precision each server reports.
+        labels = {}
         ref = {}  # body -> (label, embedding) of the first server
+        worst = {}  # label -> largest cosine distance to the first server
         for key in order:
             label, cmd, env = specs[key]
-            servers.append(Server(label, cmd, env, os.path.join(tmp, key + ".log")).start())
+            s = Server(label.format(precision="?"), cmd, env, os.path.join(tmp, key + ".log")).start()
+            servers.append(s)
+            precision, info = model_precision(s.port)
+            s.label = labels[key] = label.format(precision=precision)
+            notes = ["precision %s" % precision]
+            if info.get("compute_precision") not in (None, precision):
+                notes.append("its matrix products run %s" % info["compute_precision"])
+            if "threads" in info:
+                notes.append("%d inference threads" % info["threads"])
+            print("  %s: %s" % (s.label, ", ".join(notes)), flush=True)
         for s in servers:
             for b in bodies[:2]:
                 emb = post(s.port, b)["data"][0]["embedding"]
@@ -340,11 +413,13 @@ def main():
                     ref[b] = (s.label, emb)
                     continue
                 d = cosine_distance(ref[b][1], emb)
+                worst[s.label] = max(worst.get(s.label, 0.0), d)
                 if d > MAX_COS_DIST:
                     raise BenchError("%s and %s disagree: cosine distance %.3g > %g" % (
                         s.label, ref[b][0], d, MAX_COS_DIST))
-        print("agreement: all %d servers return the same embeddings (cosine distance < %g)" % (
-            len(servers), MAX_COS_DIST), flush=True)
+        print("agreement: all %d servers return the same embeddings (cosine distance < %g; to %s: %s)" % (
+            len(servers), MAX_COS_DIST, servers[0].label,
+            ", ".join("%s %.2g" % (k, v) for k, v in worst.items()) or "-"), flush=True)
         for s in servers:
             s.stop()
         servers = []
@@ -353,7 +428,8 @@ def main():
         failed = False
         for rnd in range(args.rounds):
             for key in order:
-                label, cmd, env = specs[key]
+                _, cmd, env = specs[key]
+                label = labels[key]
                 s = Server(label, cmd, env, os.path.join(tmp, key + ".log")).start()
                 servers.append(s)
                 for c in levels:
@@ -385,23 +461,23 @@ def main():
                 lat = sorted(l for r in rs for l in r["lat"])
                 wall = sum(r["wall"] for r in rs)
                 print("| %s | %d | %.2f | %.1f | %.1f | %d | %.0f | %.1f |" % (
-                    specs[key][0], c, tput[(key, c)], 1000 * percentile(lat, 50), 1000 * percentile(lat, 99),
+                    labels[key], c, tput[(key, c)], 1000 * percentile(lat, 50), 1000 * percentile(lat, 99),
                     sum(len(r["errors"]) for r in rs), 100 * sum(r["server_cpu"] for r in rs) / wall,
                     100 * sum(r["loadgen_cpu"] for r in rs) / wall))
         print()
-        bases = [k for k in ("baseline", "baseline-tuned") if k in order]
-        ours = [k for k in ("batch", "single") if k in order]
+        bases = [k for k in ("baseline", "baseline-tuned", "openvino") if k in order]
+        ours = [k for k in FRANCA_KINDS if k in order]
         for key in ours:
             for base in bases:
                 ratios = ["c=%d: %s" % (c, "%.2fx" % (tput[(key, c)] / tput[(base, c)])
                                         if tput[(base, c)] > 0 else "n/a") for c in levels]
-                print("%s / %s: %s" % (specs[key][0], specs[base][0], ", ".join(ratios)))
+                print("%s / %s: %s" % (labels[key], labels[base], ", ".join(ratios)))
         if "batch" in ours and 8 in levels:
             for base in bases:
-                if tput[(base, 8)] > 0:
+                if base != "openvino" and tput[(base, 8)] > 0:  # the target is against the torch baselines
                     ratio = tput[("batch", 8)] / tput[(base, 8)]
                     print("target (issue 3, >= 1.5x the baseline at concurrency 8) against %s: %.2fx, %s" % (
-                        specs[base][0], ratio, "met" if ratio >= 1.5 else "NOT met"))
+                        labels[base], ratio, "met" if ratio >= 1.5 else "NOT met"))
         print("caveat: the load generator (this process, Python threads) runs on the same %d cores as the "
               "server; its CPU share is in the last column (%% of one core), server CPU %% can exceed 100 "
               "with several threads. Bodies are pre-encoded and responses are not parsed during the "
