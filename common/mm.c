@@ -10,8 +10,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "mm_packed.h"
-
 static int mm_err(char *err, size_t errlen, const char *fmt, ...)
 {
     if (err && errlen) {
@@ -293,8 +291,7 @@ static void unwrap(dnnl_memory_t *mems, int n)
 struct mm_weights {
     int K, N;
     enum mm_type type;
-    struct packed_weights packed;  /* f32 on AVX-512: the own kernel */
-    void *blocked;                 /* otherwise: oneDNN's layout of W^T */
+    void *blocked;                 /* oneDNN's layout of W^T */
     dnnl_memory_desc_t blocked_md;
     size_t blocked_bytes;
     char kernel[64];
@@ -352,6 +349,7 @@ int mm_weights_create(struct mm_weights **out, const float *W, int K, int N, enu
                       char *err, size_t errlen)
 {
     *out = NULL;
+    ensure_init();
     if (K <= 0 || N <= 0) return mm_err(err, errlen, "weights %d x %d: empty", N, K);
     if (type == MM_BF16 && !mm_bf16_supported())
         return mm_err(err, errlen, "bf16 needs AVX-512 or better (this CPU computes with %s)",
@@ -361,15 +359,7 @@ int mm_weights_create(struct mm_weights **out, const float *W, int K, int N, enu
     w->K = K;
     w->N = N;
     w->type = type;
-    int rc;
-    if (type == MM_F32 && mm_isa() >= MM_ISA_AVX512) {
-        snprintf(w->kernel, sizeof w->kernel, "packed-avx512");
-        rc = packed_weights_pack(&w->packed, W, K, N);
-        if (rc) mm_err(err, errlen, "out of memory packing %d x %d weights", N, K);
-    } else {
-        rc = weights_reorder(w, W, err, errlen);
-    }
-    if (rc) {
+    if (weights_reorder(w, W, err, errlen)) {
         mm_weights_free(w);
         return -1;
     }
@@ -380,14 +370,13 @@ int mm_weights_create(struct mm_weights **out, const float *W, int K, int N, enu
 void mm_weights_free(struct mm_weights *w)
 {
     if (!w) return;
-    packed_weights_free(&w->packed);
     free(w->blocked);
     free(w);
 }
 
 size_t mm_weights_bytes(const struct mm_weights *w)
 {
-    return w->blocked ? w->blocked_bytes : packed_weights_bytes(&w->packed);
+    return w->blocked_bytes;
 }
 
 enum mm_type mm_weights_type(const struct mm_weights *w)
@@ -400,18 +389,6 @@ const char *mm_weights_kernel(const struct mm_weights *w)
     return w->kernel;
 }
 
-/* The epilogue of the own kernel, which has none built in. */
-static void packed_epilogue(float *o, size_t n, enum mm_post post, const float *mul)
-{
-#pragma omp parallel for schedule(static) if (!omp_in_parallel())
-    for (size_t i = 0; i < n; i++) {
-        float v = o[i];
-        if (post == MM_POST_GELU) v = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
-        else if (post == MM_POST_SILU) v = v / (1.0f + expf(-v));
-        o[i] = mul ? v * mul[i] : v;
-    }
-}
-
 static int linear_run(const struct mm_weights *w, void *out, enum mm_type out_type,
                       const void *in, const float *bias, size_t rows, enum mm_post post,
                       const void *mul, char *err, size_t errlen)
@@ -419,11 +396,6 @@ static int linear_run(const struct mm_weights *w, void *out, enum mm_type out_ty
     if (!rows) return 0;
     if (out_type == MM_BF16 && w->type != MM_BF16)
         return mm_err(err, errlen, "bf16 output needs bf16 weights");
-    if (w->packed.panels) {
-        packed_linear_forward(out, in, &w->packed, bias, rows);
-        if (post != MM_POST_NONE || mul) packed_epilogue(out, rows * (size_t)w->N, post, mul);
-        return 0;
-    }
     dnnl_memory_desc_t src, dst, bmd, mmd;
     plain_md(&src, (int)rows, w->K, w->type, false);
     plain_md(&dst, (int)rows, w->N, out_type, false);

@@ -1,18 +1,19 @@
 /* The CPU matmul layer: every matrix product of the engine, franca-train and
- * the vector index goes through here, on kernels chosen at run time from what
- * the CPU offers (never from OpenBLAS's own detection, which names a
- * Sapphire Rapids a "Prescott").
+ * the vector index goes through here, on oneDNN's kernels for the ISA the CPU
+ * offers, chosen at run time (never from OpenBLAS's own detection, which
+ * names a Sapphire Rapids a "Prescott"):
  *
- *   ISA            f32 linear layers             bf16             other GEMMs
- *   AMX            own packed AVX-512 kernel     oneDNN (AMX)     oneDNN sgemm
- *   AVX512-BF16    own packed AVX-512 kernel     oneDNN (vdpbf16) oneDNN sgemm
- *   AVX-512        own packed AVX-512 kernel     oneDNN (emulated) oneDNN sgemm
- *   AVX2           oneDNN matmul                 refused          oneDNN sgemm
+ *   ISA            linear layers (weights laid out once)   other products
+ *   AMX            fp32 AVX-512, bf16 AMX tiles            oneDNN sgemm / matmul
+ *   AVX512-BF16    fp32 AVX-512, bf16 vdpbf16ps            oneDNN sgemm / matmul
+ *   AVX-512        fp32 AVX-512, bf16 emulated (slow)      oneDNN sgemm / matmul
+ *   AVX2           fp32 AVX2, bf16 refused                 oneDNN sgemm / matmul
  *
- * The own kernel stays for f32 because it matches or beats oneDNN's f32
- * matmul on these shapes (tests/bench/gemm_packed_bench). oneDNN's
- * ONEDNN_MAX_CPU_ISA (or mm_set_max_isa) caps every path, the own kernel
- * included, so that tests can run the lower paths on a bigger CPU.
+ * An own AVX-512 fp32 kernel was measured against oneDNN's matmul with
+ * weights laid out the same way and lost on 2 threads (ViT-S 13.3 against
+ * 15.2 images/s, ViT-B 3.7 against 4.2 at batch 1), so there is none.
+ * oneDNN's ONEDNN_MAX_CPU_ISA (or mm_set_max_isa) caps every path, so that
+ * tests can run the lower levels on a bigger CPU.
  *
  * Threading: calls made outside an OpenMP parallel region use all OpenMP
  * threads; calls made inside one run on the calling thread. Every function is
@@ -72,7 +73,7 @@ int mm_weights_create(struct mm_weights **out, const float *W, int K, int N, enu
 void mm_weights_free(struct mm_weights *w);
 size_t mm_weights_bytes(const struct mm_weights *w);
 enum mm_type mm_weights_type(const struct mm_weights *w);
-/* The kernel that runs it, e.g. "packed-avx512" or "onednn brg:avx512_core_bf16". */
+/* The kernel that runs it, e.g. "onednn brg:avx512_core_bf16". */
 const char *mm_weights_kernel(const struct mm_weights *w);
 
 /* GELU: the exact (erf) form; SiLU: x * sigmoid(x). */

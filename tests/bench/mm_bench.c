@@ -6,9 +6,9 @@
  *                                        "limit" lines that bench_cpu.py reads,
  *                                        "fp32 GFLOP/s: X" and "bf16 GFLOP/s: Y"
  *
- * Per shape: the layer's fp32 linear (the own packed kernel on AVX-512), its
- * bf16 linear (oneDNN; where the CPU has AVX-512), oneDNN's sgemm (what
- * attention, training and the index use) and OpenBLAS's cblas_sgemm (the
+ * Per shape: the layer's fp32 and bf16 linear layers (oneDNN matmul on weights
+ * laid out once; bf16 where the CPU has AVX-512), oneDNN's sgemm (what
+ * training and the index use) and OpenBLAS's cblas_sgemm (the
  * kernel OpenBLAS picks for this CPU, printed). The candidates alternate
  * inside one process for several rounds; medians are printed. */
 #include <cblas.h>
@@ -160,7 +160,7 @@ int main(int argc, char **argv)
         const int n = arg2 ? arg2 : 2048;
         if (problem_init(&p, (size_t)n, n, n)) return fprintf(stderr, "out of memory\n"), 1;
         measure(&p, 3, med);
-        printf("%dx%dx%d: own fp32 kernel %.1f, oneDNN sgemm %.1f, OpenBLAS %.1f GFLOP/s\n", n, n,
+        printf("%dx%dx%d: fp32 matmul %.1f, oneDNN sgemm %.1f, OpenBLAS %.1f GFLOP/s\n", n, n,
                n, med[C_F32], med[C_SGEMM], med[C_BLAS]);
         printf("fp32 GFLOP/s: %.1f\n", med[C_F32] > med[C_SGEMM] ? med[C_F32] : med[C_SGEMM]);
         printf("bf16 GFLOP/s: %.1f\n", med[C_BF16]);

@@ -14,7 +14,6 @@
 
 #include "check.h"
 #include "mm.h"
-#include "mm_packed.h"
 
 #define GUARD 37 /* values past the end of out that must stay untouched */
 static const float SENTINEL = 12345.0f;
@@ -207,28 +206,6 @@ static void test_edges(enum mm_type t)
     free(W); free(in); free(bias); free(ref); free(outs);
 }
 
-/* The packed layout: panel p, row k, lane j is W[p*32 + j, k], zero past N. */
-static void test_packed_layout(void)
-{
-    const int K = 5, N = 40;
-    float *W = rand_vec((size_t)N * K);
-    struct packed_weights pw;
-    CHECK(packed_weights_pack(&pw, W, K, N) == 0, "pack");
-    CHECK(((uintptr_t)pw.panels & 63) == 0, "panels 64-byte aligned");
-    int bad = 0;
-    for (int p = 0; p < 2; p++)
-        for (int k = 0; k < K; k++)
-            for (int j = 0; j < 32; j++) {
-                const int col = p * 32 + j;
-                const float want = col < N ? W[(size_t)col * K + k] : 0.0f;
-                bad += pw.panels[((size_t)p * K + k) * 32 + j] != want;
-            }
-    CHECK(bad == 0, "%d packed values misplaced", bad);
-    packed_weights_free(&pw);
-    CHECK(pw.panels == NULL, "free clears");
-    free(W);
-}
-
 /* C = alpha op(A) op(B) + beta C with leading dimensions wider than the rows,
  * by mm_sgemm (gemm < 0) or by mm_gemm in type gemm (alpha 1, beta 0 or 1). */
 static void test_sgemm(int gemm)
@@ -349,7 +326,6 @@ static int run_at(enum mm_isa cap)
     }
     printf("isa %s\n", mm_isa_name(cap));
     CHECK(mm_bf16_native() == (cap >= MM_ISA_AVX512_BF16), "bf16 native iff AVX512-BF16 or AMX");
-    if (cap >= MM_ISA_AVX512) test_packed_layout();
     test_sgemm(-1);
     test_sgemm(MM_F32);
     test_linear(MM_F32);
