@@ -266,7 +266,9 @@ def run_checks(port, client, ref_a, ref_b, models):
         growth.append(rss_kib(SERVER_PID[0]) - rss0)
     # A leak grows every round; an arena touched late grows once. So the median of the last
     # three rounds, not their sum, must stay small.
-    check(sorted(growth[-3:])[1] < 256, f"memory per {10 * len(cases)} bad requests levels off: {growth} KiB")
+    # Net growth over the last three rounds: a buffer that comes and goes between
+    # rounds (+392, -392 KiB seen under ASan) is not a leak; a leak adds up.
+    check(sum(growth[-3:]) < 3 * 256, f"memory per {10 * len(cases)} bad requests levels off: {growth} KiB")
 
     # Admin: authentication and the models directory fence.
     for what, hdrs, body, want in [
