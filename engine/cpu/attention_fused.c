@@ -19,6 +19,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "exp_approx.h"
+
 #if defined(__x86_64__)
 #include <immintrin.h>
 #define FUSED_X86 1
@@ -63,25 +65,6 @@ size_t attention_fused_scratch_bytes(int B, int T, int D, int heads, int threads
 #if FUSED_X86
 
 #define BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
-
-/* exp(x) for x <= 0 as in cpu/ops.c (Cephes polynomial, 2^n from bits). */
-static inline float exp_neg(float x)
-{
-    x = x < -87.0f ? -87.0f : x;
-    const float n = floorf(x * 1.44269504088896341f + 0.5f);
-    const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    const int32_t bits = ((int32_t)n + 127) << 23;
-    float scale;
-    memcpy(&scale, &bits, sizeof scale);
-    return p * scale;
-}
 
 /* K and V of one (image, head) into Kp and Vp. A pair of bf16 moves as one
  * 32-bit word, so Kp is a transpose of 32-bit words. */
@@ -165,7 +148,7 @@ static BF16 void softmax_tile(mm_bf16 *restrict P, float *restrict inv, float *r
         float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
         for (int j = 0; j < T; j++) {
-            s[j] = exp_neg((s[j] - mx) * scale);
+            s[j] = exp_approx((s[j] - mx) * scale);
             sum += s[j];
         }
         mm_bf16 *p = P + (size_t)r * Tv;
