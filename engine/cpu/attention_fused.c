@@ -142,15 +142,7 @@ static BF16 void softmax_tile(mm_bf16 *restrict P, float *restrict inv, float *r
 {
     for (int r = 0; r < ROWS; r++) {
         float *s = S + (size_t)r * Tk;
-        float mx = s[0];
-#pragma omp simd reduction(max : mx)
-        for (int j = 1; j < T; j++) mx = s[j] > mx ? s[j] : mx;
-        float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-        for (int j = 0; j < T; j++) {
-            s[j] = exp_approx((s[j] - mx) * scale);
-            sum += s[j];
-        }
+        const float sum = softmax_exp_row(s, T, scale);
         mm_bf16 *p = P + (size_t)r * Tv;
         int j = 0;
         for (; j + 16 <= T; j += 16)

@@ -1,5 +1,5 @@
-/* A vectorisable exp for the CPU forward's softmax and SiLU (cpu/ops.c,
- * cpu/attention_fused.c). */
+/* A vectorisable exp, and the softmax row built on it, for the CPU forward
+ * (cpu/ops.c, cpu/attention_fused.c). */
 #ifndef FRANCA_CPU_EXP_APPROX_H
 #define FRANCA_CPU_EXP_APPROX_H
 
@@ -26,6 +26,22 @@ static inline float exp_approx(float x)
     float scale;
     memcpy(&scale, &bits, sizeof scale);
     return p * scale;
+}
+
+/* s[j] = exp((s[j] - max of s) * scale) for the T entries of a score row (the
+ * unnormalised softmax); returns their sum. */
+static inline float softmax_exp_row(float *s, int T, float scale)
+{
+    float mx = s[0];
+#pragma omp simd reduction(max : mx)
+    for (int j = 1; j < T; j++) mx = s[j] > mx ? s[j] : mx;
+    float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (int j = 0; j < T; j++) {
+        s[j] = exp_approx((s[j] - mx) * scale);
+        sum += s[j];
+    }
+    return sum;
 }
 
 #endif

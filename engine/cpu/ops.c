@@ -173,15 +173,7 @@ static void softmax_rows(float *S, mm_bf16 *P16, size_t rows, int T, float scale
 #pragma omp parallel for schedule(static)
     for (size_t r = 0; r < rows; r++) {
         float *s = S + r * T;
-        float mx = s[0];
-#pragma omp simd reduction(max : mx)
-        for (int j = 1; j < T; j++) mx = s[j] > mx ? s[j] : mx;
-        float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-        for (int j = 0; j < T; j++) {
-            s[j] = exp_approx((s[j] - mx) * scale);
-            sum += s[j];
-        }
+        const float sum = softmax_exp_row(s, T, scale);
         const float inv = 1.0f / sum;
         if (P16) {
             mm_bf16 *p = P16 + r * T;
