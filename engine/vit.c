@@ -29,8 +29,8 @@ struct packed_block {
 };
 
 /* Memory: the CPU forward reads its linear weights (patch embedding, and qkv,
- * proj, fc1, fc2 of every block) from a copy laid out for the CPU's kernels
- * when the model is created: in fp32 one extra copy of nearly all parameters
+ * proj, fc1, fc2 of every block) from a copy laid out for the CPU's kernels:
+ * in fp32 one extra copy of nearly all parameters
  * (about +86 MB for ViT-S/14, +342 MB for ViT-B/14, +1.2 GB for ViT-L/14),
  * in bf16 half of that (the patch embedding stays fp32: its input is pixels).
  * The plain weights in ck stay: the CUDA upload, RASA, the positional tables
@@ -366,8 +366,7 @@ static int block_forward(const struct model_config *c, const struct vit_block_we
         if (mm_linear(pb->fc1, ws->hidden, MM_F32, ws->xn_in, bw->fc1_b, rows, MM_POST_NONE, err,
                       errlen))
             return -1;
-        if (t == MM_BF16) swiglu_forward_bf16(ws->act, ws->hidden, rows, Hs);
-        else swiglu_forward(ws->act, ws->hidden, rows, Hs);
+        swiglu_forward(ws->act, ws->hidden, rows, Hs); /* fp32: bf16 splits fc1 above */
         fc2_in = ws->act;
     } else {
         /* GELU as the product's post-op: bf16 lands in act, fp32 in hidden. */

@@ -97,27 +97,12 @@ static void swiglu_row(float *restrict o, const float *restrict a, const float *
     for (int j = 0; j < n; j++) o[j] = silu(a[j]) * g[j];
 }
 
-static void swiglu_row_bf16(mm_bf16 *restrict o, const float *restrict a,
-                            const float *restrict g, int n)
-{
-    for (int j = 0; j < n; j++) o[j] = mm_bf16_round(silu(a[j]) * g[j]);
-}
-
 void swiglu_forward(float *out, const float *h, size_t rows, int Hs)
 {
 #pragma omp parallel for schedule(static)
     for (size_t r = 0; r < rows; r++) {
         const float *a = h + r * 2 * (size_t)Hs;
         swiglu_row(out + r * Hs, a, a + Hs, Hs);
-    }
-}
-
-void swiglu_forward_bf16(mm_bf16 *out, const float *h, size_t rows, int Hs)
-{
-#pragma omp parallel for schedule(static)
-    for (size_t r = 0; r < rows; r++) {
-        const float *a = h + r * 2 * (size_t)Hs;
-        swiglu_row_bf16(out + r * Hs, a, a + Hs, Hs);
     }
 }
 

@@ -29,7 +29,6 @@ void residual_layernorm(float *x, const float *y, const float *gamma, void *out,
 
 /* out[r, j] = SiLU(h[r, j]) * h[r, Hs + j]; h is [rows, 2Hs]. */
 void swiglu_forward(float *out, const float *h, size_t rows, int Hs);
-void swiglu_forward_bf16(mm_bf16 *out, const float *h, size_t rows, int Hs);
 
 /* In place, exact GELU: x * 0.5 * (1 + erf(x / sqrt 2)). */
 void gelu_forward(float *x, size_t n);
