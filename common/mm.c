@@ -89,16 +89,6 @@ const char *mm_isa_name(enum mm_isa i)
     return (unsigned)i < sizeof(isa_names) / sizeof(isa_names[0]) ? isa_names[i] : "?";
 }
 
-int mm_isa_parse(const char *name, enum mm_isa *out)
-{
-    for (size_t i = 0; i < sizeof(isa_names) / sizeof(isa_names[0]); i++)
-        if (!strcmp(name, isa_names[i])) {
-            *out = (enum mm_isa)i;
-            return 0;
-        }
-    return -1;
-}
-
 int mm_set_max_isa(enum mm_isa cap)
 {
     /* Generic would mean no JIT at all in oneDNN, slower than anything a user
@@ -372,11 +362,6 @@ void mm_weights_free(struct mm_weights *w)
     if (!w) return;
     free(w->blocked);
     free(w);
-}
-
-size_t mm_weights_bytes(const struct mm_weights *w)
-{
-    return w->blocked_bytes;
 }
 
 enum mm_type mm_weights_type(const struct mm_weights *w)

@@ -33,8 +33,6 @@ enum mm_isa { MM_ISA_GENERIC = 0, MM_ISA_AVX2, MM_ISA_AVX512, MM_ISA_AVX512_BF16
  * or by mm_set_max_isa. Fixed at the first call of anything in this layer. */
 enum mm_isa mm_isa(void);
 const char *mm_isa_name(enum mm_isa isa); /* "amx", "avx512_bf16", "avx512", "avx2", "generic" */
-/* Parses a name of mm_isa_name; -1 when unknown. */
-int mm_isa_parse(const char *name, enum mm_isa *out);
 /* Caps the ISA; only before the first use of this layer. 0 or -1 (too late). */
 int mm_set_max_isa(enum mm_isa isa);
 /* True where bf16 products run in hardware (AMX or AVX512-BF16). */
@@ -71,7 +69,6 @@ struct mm_weights;
 int mm_weights_create(struct mm_weights **out, const float *W, int K, int N, enum mm_type type,
                       char *err, size_t errlen);
 void mm_weights_free(struct mm_weights *w);
-size_t mm_weights_bytes(const struct mm_weights *w);
 enum mm_type mm_weights_type(const struct mm_weights *w);
 /* The kernel that runs it, e.g. "onednn brg:avx512_core_bf16". */
 const char *mm_weights_kernel(const struct mm_weights *w);
