@@ -12,6 +12,7 @@
 #include "errors.h"
 #include "registry.h"
 #include "vit.h"
+#include "clock.h"
 
 struct batcher {
     pthread_mutex_t lock;
@@ -44,13 +45,6 @@ struct batcher {
     float *in, *cls, *patch, *rasa;
     size_t in_cap, cls_cap, patch_cap, rasa_cap;  /* floats */
 };
-
-static double now_monotonic(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static struct timespec to_timespec(double t)
 {
@@ -113,7 +107,7 @@ static void run_batch(struct batcher *b, struct batch_job **jobs, int B)
 
     char msg[ERR_LEN] = "";
     int rc = 0;
-    const double t_start = now_monotonic();
+    const double t_start = clock_now_s();
     for (int i = 0; i < B; i++) jobs[i]->queue_seconds = t_start - jobs[i]->submitted_;
 
     /* A single job runs straight from and into its own buffers. */
@@ -142,7 +136,7 @@ static void run_batch(struct batcher *b, struct batch_job **jobs, int B)
         struct vit_workspace **ws = model_entry_workspace(entry, b);
         if (!ws) ws = &own;   /* every slot taken by other batchers: a one-off workspace */
         rc = vit_forward(entry->model, ws, x, B, H, W, &out, msg, sizeof msg);
-        infer = now_monotonic() - t_start;
+        infer = clock_now_s() - t_start;
         if (ws == &own || (size_t)B * T > keep_tokens) {
             vit_workspace_free(*ws);
             *ws = NULL;
@@ -206,7 +200,7 @@ static int drop_cancelled(struct batcher *b, struct batch_job **jobs, int B)
     pthread_mutex_lock(&b->lock);
     b->st.dropped += (unsigned long)gone;
     pthread_mutex_unlock(&b->lock);
-    const double now = now_monotonic();
+    const double now = clock_now_s();
     for (int i = 0; i < gone; i++) {
         struct batch_job *j = b->gone[i];
         struct model_entry *entry = j->entry;   /* j may be freed by its callback */
@@ -409,7 +403,7 @@ int batcher_submit_many(struct batcher *b, struct batch_job *jobs, int n, char *
         pthread_mutex_unlock(&b->lock);
         return rc;
     }
-    const double now = now_monotonic();
+    const double now = clock_now_s();
     bool wake = false;
     for (int i = 0; i < n; i++) wake |= enqueue_locked(b, &jobs[i], now);
     b->st.queue_depth = b->depth;

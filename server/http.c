@@ -43,6 +43,7 @@
 #include <unistd.h>
 
 #include "errors.h"
+#include "clock.h"
 
 #define HTTP_MAX_SEGMENTS 32
 #define DEFAULT_MAX_BODY ((size_t)64 << 20)
@@ -59,13 +60,6 @@
  * all resident): heads up to about 60 KiB reach our own 414/431 checks;
  * larger ones libmicrohttpd refuses itself (see answer_mhd_error). */
 #define CONN_MEMORY ((size_t)64 << 10)
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* ---- A per-request arena for the parsed request ----------------------- */
 
@@ -1102,7 +1096,7 @@ static void watch_set(struct http_server *srv, struct conn_watch *w, enum conn_p
     pthread_mutex_lock(&srv->watch_lock);
     if (w->phase != PHASE_CUT) {
         w->phase = phase;
-        w->deadline = now_s() + seconds;
+        w->deadline = clock_now_s() + seconds;
     }
     pthread_mutex_unlock(&srv->watch_lock);
 }
@@ -1123,7 +1117,7 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
         w->conn = conn;
         w->fd = ci->connect_fd;
         w->phase = PHASE_HEAD;
-        w->deadline = now_s() + srv->header_timeout_s;
+        w->deadline = clock_now_s() + srv->header_timeout_s;
         w->owner = pthread_self(); /* STARTED runs on the connection's own thread */
         w->rx_exact = true;
         pthread_mutex_lock(&srv->watch_lock);
@@ -1156,7 +1150,7 @@ static void drain_start(struct http_server *srv, int fd)
     pthread_mutex_lock(&srv->watch_lock);
     d->fd = srv->ndrains < srv->max_drains ? fcntl(fd, F_DUPFD_CLOEXEC, 0) : -1;
     if (d->fd >= 0) {
-        d->start = now_s();
+        d->start = clock_now_s();
         d->bytes = 0;
         d->next = srv->drains;
         srv->drains = d;
@@ -1197,7 +1191,7 @@ static void drain_remove(struct http_server *srv, struct drain *d)
 /* Cuts connections past their deadline and ends drains past theirs. */
 static void watch_tick(struct http_server *srv)
 {
-    const double now = now_s();
+    const double now = clock_now_s();
     unsigned cut = 0;
     pthread_mutex_lock(&srv->watch_lock);
     for (struct conn_watch *w = srv->watch_head; w; w = w->next)
@@ -1226,7 +1220,7 @@ static void *watchdog_main(void *arg)
     struct pollfd *pfd = NULL;
     struct drain **pd = NULL;
     size_t cap = 0;
-    double next_tick = now_s();
+    double next_tick = clock_now_s();
     while (sink && !atomic_load(&srv->watchdog_stop)) {
         pthread_mutex_lock(&srv->watch_lock);
         if (srv->ndrains + 1 > cap) {
@@ -1247,7 +1241,7 @@ static void *watchdog_main(void *arg)
         }
         pthread_mutex_unlock(&srv->watch_lock);
 
-        double wait = next_tick - now_s();
+        double wait = next_tick - clock_now_s();
         if (wait < 0) wait = 0;
         if (n) poll(pfd, n, (int)(wait * 1000) + 1);
         else usleep((useconds_t)(wait * 1e6) + 1000);
@@ -1261,9 +1255,9 @@ static void *watchdog_main(void *arg)
                 drain_remove(srv, pd[i]);
                 pthread_mutex_unlock(&srv->watch_lock);
             }
-        if (now_s() >= next_tick) {
+        if (clock_now_s() >= next_tick) {
             watch_tick(srv);
-            next_tick = now_s() + WATCH_TICK_MS / 1000.0;
+            next_tick = clock_now_s() + WATCH_TICK_MS / 1000.0;
         }
     }
     free(sink);
@@ -1405,7 +1399,7 @@ static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
     atomic_init(&req->refs, 2); /* the connection's, and the owed reply's */
     req->fd = -1;
     req->srv = srv;
-    req->t_start = now_s();
+    req->t_start = clock_now_s();
     atomic_fetch_add(&srv->refs, 1);
     atomic_fetch_add(&srv->requests, 1);
     pthread_mutex_lock(&srv->lock);
@@ -1515,7 +1509,7 @@ static enum MHD_Result on_first_call(struct http_server *srv, struct http_reques
     pthread_mutex_lock(&req->lock);
     req->conn = conn;
     pthread_mutex_unlock(&req->lock);
-    req->body_start = now_s();
+    req->body_start = clock_now_s();
     watch_set(srv, req->watch, PHASE_BODY, srv->timeout_s);
     const union MHD_ConnectionInfo *hs =
         MHD_get_connection_info(conn, MHD_CONNECTION_INFO_REQUEST_HEADER_SIZE);
@@ -1567,12 +1561,12 @@ static enum MHD_Result on_body_data(struct http_server *srv, struct http_request
     *size = 0;
     req->received += n;
     const double allowed = srv->timeout_s + (double)req->received / MIN_BODY_RATE;
-    if (now_s() - req->body_start > allowed) {
+    if (clock_now_s() - req->body_start > allowed) {
         log_msg(srv, "%s %s: the body arrived slower than %.0f bytes/s; connection dropped",
                 req->method, req->raw_uri, MIN_BODY_RATE);
         return MHD_NO;
     }
-    watch_set(srv, req->watch, PHASE_BODY, req->body_start + allowed - now_s());
+    watch_set(srv, req->watch, PHASE_BODY, req->body_start + allowed - clock_now_s());
     if (req->too_large) { /* read on, up to twice the limit in all, to answer 413 */
         req->discarded += n;
         return req->discarded > 2 * srv->max_body ? MHD_NO : MHD_YES;
@@ -1731,7 +1725,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
             .method = req->method ? req->method : "",
             .route = req->route ? req->route->pattern : NULL,
             .status = req->sent_status,
-            .seconds = now_s() - req->t_start,
+            .seconds = clock_now_s() - req->t_start,
             .ok = toe == MHD_REQUEST_TERMINATED_COMPLETED_OK && req->sent_status != 0,
         };
         srv->on_complete(&c, srv->on_complete_user);
@@ -1968,7 +1962,7 @@ static void wait_idle(struct http_server *srv, double deadline)
 {
     struct timespec ts;
     deadline_ts(deadline, &ts);
-    while (srv->active > 0 && now_s() < deadline)
+    while (srv->active > 0 && clock_now_s() < deadline)
         if (pthread_cond_timedwait(&srv->idle, &srv->lock, &ts) == ETIMEDOUT) break;
 }
 
@@ -1995,7 +1989,7 @@ void http_stop(struct http_server *srv)
     if (lfd != MHD_INVALID_SOCKET) shutdown(lfd, SHUT_RDWR);
 
     pthread_mutex_lock(&srv->lock);
-    wait_idle(srv, now_s() + (double)srv->drain_timeout_s);
+    wait_idle(srv, clock_now_s() + (double)srv->drain_timeout_s);
     if (srv->active > 0) {
         /* From now on a handler that defers is answered 503 at once; those
          * already suspended are answered here (each leaves the list). MHD
@@ -2014,7 +2008,7 @@ void http_stop(struct http_server *srv)
         log_msg(srv, "drain timed out after %u s: %zu deferred request(s) answered 503, "
                      "%u request(s) still active",
                 srv->drain_timeout_s, forced, srv->active);
-        wait_idle(srv, now_s() + FORCED_SETTLE_S);
+        wait_idle(srv, clock_now_s() + FORCED_SETTLE_S);
     }
     pthread_mutex_unlock(&srv->lock);
 

@@ -8,6 +8,7 @@
 
 #include "errors.h"
 #include "vit.h"
+#include "clock.h"
 
 /* One name in the table. cur is NULL while the first load of a new name runs. */
 struct reg_slot {
@@ -27,13 +28,6 @@ struct registry {
 };
 
 static atomic_ullong next_entry_id = 1;
-
-static double now_monotonic(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 bool registry_name_valid(const char *name)
 {
@@ -186,7 +180,7 @@ static int entry_create(const char *name, const char *path, const char *device,
     atomic_init(&e->refs, 1);
     e->id = atomic_fetch_add(&next_entry_id, 1);
 
-    const double t0 = now_monotonic();
+    const double t0 = clock_now_s();
     if (vit_model_load(path, &e->model, err, errlen)) {
         entry_free(e);
         return REGISTRY_ERR;
@@ -196,13 +190,13 @@ static int entry_create(const char *name, const char *path, const char *device,
         entry_free(e);
         return REGISTRY_ERR;
     }
-    const double t1 = now_monotonic();
+    const double t1 = clock_now_s();
     if (warm_up(e->model, path, err, errlen)) {
         entry_free(e);
         return REGISTRY_ERR;
     }
     e->load_seconds = t1 - t0;
-    e->warmup_seconds = now_monotonic() - t1;
+    e->warmup_seconds = clock_now_s() - t1;
     e->warmed_up = true;
     snprintf(e->fingerprint, sizeof e->fingerprint, "%s", vit_model_fingerprint(e->model));
     e->loaded_at = time(NULL);

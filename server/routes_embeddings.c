@@ -13,6 +13,7 @@
 #include "infer.h"
 #include "matryoshka.h"
 #include "vit.h"
+#include "clock.h"
 
 struct embed_ctx {
     struct http_request *req;
@@ -20,13 +21,6 @@ struct embed_ctx {
     int dimensions;
     bool base64;
 };
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static void embed_done(struct infer_request *r, int status, const char *err, void *user)
 {
@@ -143,7 +137,7 @@ static void embeddings(struct http_request *req, void *user)
         uint8_t *bytes;
         size_t len;
         enum datauri_media media;
-        const double t0 = now_s();
+        const double t0 = clock_now_s();
         enum datauri_status st = datauri_decode(json_string_value(s), json_string_length(s),
                                                 app->limits.max_body_bytes, &bytes, &len, &media,
                                                 err, sizeof err);
@@ -162,7 +156,7 @@ static void embeddings(struct http_request *req, void *user)
             json_decref(j);
             return;
         }
-        metrics_observe(app->metrics, HIST_DECODE_SECONDS, now_s() - t0);
+        metrics_observe(app->metrics, HIST_DECODE_SECONDS, clock_now_s() - t0);
     }
     struct embed_ctx *ctx = malloc(sizeof(*ctx));
     if (!ctx) {

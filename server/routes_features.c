@@ -48,17 +48,11 @@
 #include "options.h"
 #include "safetensors.h"
 #include "vit.h"
+#include "clock.h"
 
 #define SAFETENSORS_TYPE "application/vnd.safetensors"
 
 /* ---- small helpers ---- */
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 /* The media type of a Content-Type value (before any ';', blanks trimmed) is
  * the lowercase type want. */
@@ -700,7 +694,7 @@ static void features(struct http_request *req, void *user)
     }
     const int prep_res = o->crop == CROP_SQUARE ? S : 0;
     for (int i = 0; i < p.n; i++) {
-        const double t0 = now_s();
+        const double t0 = clock_now_s();
         if (image_prepare(p.images[i].data, p.images[i].len, cfg, prep_res,
                           app->limits.max_image_pixels, r->input + (size_t)i * 3 * S * S, err,
                           sizeof err)) {
@@ -709,7 +703,7 @@ static void features(struct http_request *req, void *user)
             parsed_free(&p);
             return;
         }
-        metrics_observe(app->metrics, HIST_DECODE_SECONDS, now_s() - t0);
+        metrics_observe(app->metrics, HIST_DECODE_SECONDS, clock_now_s() - t0);
     }
     parsed_free(&p);
 

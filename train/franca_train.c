@@ -33,6 +33,7 @@
 #include "schedule.h"
 #include "state.h"
 #include "vit.h"
+#include "clock.h"
 
 #define EXIT_USAGE 2
 /* rng stream of the objective's random choices (drop path) for micro-batch s */
@@ -47,13 +48,6 @@ static void usage(FILE *f)
             "       franca-train knn --model MODEL.safetensors --train-idx IMAGES LABELS\n"
             "                        --test-idx IMAGES LABELS [--width W]... [--max-train N] [--max-test N]\n"
             "       franca-train --help\n\n");
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
 static char *join(const char *dir, const char *name)
@@ -323,7 +317,7 @@ static int train(struct run *r, int64_t step0, char *err, size_t errlen)
 
     struct rng base;
     rng_seed(&base, (uint64_t)c->seed);
-    const double t0 = now_s();
+    const double t0 = clock_now_s();
     int64_t last_saved = step0, last_eval = -1;
     const int64_t end = c->stop_at > 0 && c->stop_at < c->steps ? c->stop_at : c->steps;
     for (int64_t step = step0; step < end; step++) {
@@ -369,7 +363,7 @@ static int train(struct run *r, int64_t step0, char *err, size_t errlen)
 
         const int64_t done = step + 1;
         if (done % c->log_every == 0 || done == c->steps || done == step0 + 1) {
-            const double el = now_s() - t0;
+            const double el = clock_now_s() - t0;
             const double ips = (double)(done - step0) * B * accum / (el > 0 ? el : 1e-9);
             char eta[32];
             fmt_eta((double)(c->steps - done) * B * accum / (ips > 0 ? ips : 1e-9), eta, sizeof eta);

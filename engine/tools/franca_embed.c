@@ -23,6 +23,7 @@
 #include "safetensors.h"
 #include "mm.h"
 #include "vit.h"
+#include "clock.h"
 
 #define EXIT_USAGE 2
 
@@ -346,13 +347,6 @@ static int run_embed(const struct args *a, struct vit_model *m, char *err, size_
     return rc;
 }
 
-static double now_seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 static int run_bench(const struct args *a, struct vit_model *m, char *err, size_t errlen)
 {
     const struct model_config *cfg = vit_model_config(m);
@@ -376,10 +370,10 @@ static int run_bench(const struct args *a, struct vit_model *m, char *err, size_
     const struct vit_outputs out = {.cls = cls};
     int rc = 0;
     for (int i = 0; !rc && i < 2; i++) rc = vit_forward(m, &ws, x, B, S, S, &out, err, errlen);
-    double t0 = now_seconds();
+    double t0 = clock_now_s();
     for (int i = 0; !rc && i < a->iters; i++)
         rc = vit_forward(m, &ws, x, B, S, S, &out, err, errlen);
-    const double dt = now_seconds() - t0;
+    const double dt = clock_now_s() - t0;
     if (!rc) {
         const double ips = (double)B * a->iters / dt;
         const double gflops = vit_flops_per_image(cfg, S, S) * ips / 1e9;

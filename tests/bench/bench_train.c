@@ -17,13 +17,7 @@
 
 #include "objective.h"
 #include "optim.h"
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
+#include "clock.h"
 
 int main(int argc, char **argv)
 {
@@ -88,7 +82,7 @@ int main(int argc, char **argv)
     struct optim_hparams hp = { 1e-4f, 0.04f, 0.9f, 0.999f, 1e-8f, false };
     double t0 = 0.0;
     for (int s = 0; s <= steps; s++) {
-        if (s == 1) t0 = now();
+        if (s == 1) t0 = clock_now_s();
         param_list_zero_grad(pl);
         struct loss_terms lt;
         if (objective_step(o, &bt, 0.04f, &r, &lt, err, sizeof err)) {
@@ -100,7 +94,7 @@ int main(int argc, char **argv)
         ema_update(pl, 0.994f);
         if (s == 0) printf("loss %.6f\n", lt.total);
     }
-    const double dt = now() - t0;
+    const double dt = clock_now_s() - t0;
     printf("images/s %.3f\n", steps * B / dt);
     optimizer_free(opt);
     objective_free(o);

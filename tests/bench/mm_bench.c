@@ -19,13 +19,7 @@
 #include <time.h>
 
 #include "mm.h"
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
+#include "clock.h"
 
 static unsigned long long rng = 88172645463325252ull;
 static float frand(void) /* uniform in [-0.5, 0.5) */
@@ -117,9 +111,9 @@ static void measure(const struct problem *p, int rounds, double *median)
                 rate[c][r] = 0;
                 continue;
             }
-            const double t0 = now();
+            const double t0 = clock_now_s();
             for (int i = 0; i < iters; i++) run(p, c);
-            rate[c][r] = flop * iters / (now() - t0) / 1e9;
+            rate[c][r] = flop * iters / (clock_now_s() - t0) / 1e9;
         }
     for (int c = 0; c < C_COUNT; c++) {
         qsort(rate[c], rounds, sizeof(double), cmp_double);

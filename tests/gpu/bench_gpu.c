@@ -26,15 +26,9 @@
 #include "cuda/plan.h"
 #include "errors.h"
 #include "vit.h"
+#include "clock.h"
 
 #define CHUNK_ENV "FRANCA_CUDA_CHUNK_ROWS"
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static int cmp_double(const void *a, const void *b)
 {
@@ -81,11 +75,11 @@ static int time_forward(struct vit_model *m, const float *x, float *cls, int res
     int rc = vit_forward(m, &ws, x, B, res, res, &out, err, errlen);
     double times[1000];
     int it = 0;
-    const double t_end = now() + seconds;
-    while (!rc && it < 1000 && (it < 3 || now() < t_end)) {
-        const double t0 = now();
+    const double t_end = clock_now_s() + seconds;
+    while (!rc && it < 1000 && (it < 3 || clock_now_s() < t_end)) {
+        const double t0 = clock_now_s();
         rc = vit_forward(m, &ws, x, B, res, res, &out, err, errlen);
-        times[it++] = now() - t0;
+        times[it++] = clock_now_s() - t0;
     }
     vit_workspace_free(ws);
     if (rc) return rc;

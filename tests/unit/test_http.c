@@ -19,18 +19,12 @@
 
 #include "check.h"
 #include "http.h"
+#include "clock.h"
 
 #define MAX_BODY 1024
 #define TIMEOUT_S 1
 
 static struct http_server *g_srv;
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static void sleep_ms(int ms)
 {
@@ -234,13 +228,13 @@ static int get(unsigned port, const char *target, struct resp *r)
  * or -1 if it stayed open for max_s. */
 static double wait_closed(struct client *c, double max_s)
 {
-    const double t0 = now_s();
-    while (now_s() - t0 < max_s) {
+    const double t0 = clock_now_s();
+    while (clock_now_s() - t0 < max_s) {
         struct pollfd p = {c->fd, POLLIN, 0};
         if (poll(&p, 1, 50) > 0) {
             char b[4096];
             const ssize_t r = recv(c->fd, b, sizeof b, MSG_DONTWAIT);
-            if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR)) return now_s() - t0;
+            if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR)) return clock_now_s() - t0;
         }
     }
     return -1;
@@ -267,8 +261,8 @@ static bool is_error_json(const struct resp *r, int status, const char *type)
 /* Reads until the server closes (or max_s); whether it closed. */
 static bool read_rest(struct client *c, double max_s)
 {
-    const double t0 = now_s();
-    while (now_s() - t0 < max_s && c->len < sizeof c->buf) {
+    const double t0 = clock_now_s();
+    while (clock_now_s() - t0 < max_s && c->len < sizeof c->buf) {
         struct pollfd p = {c->fd, POLLIN, 0};
         if (poll(&p, 1, 50) <= 0) continue;
         const ssize_t r = recv(c->fd, c->buf + c->len, sizeof c->buf - c->len, MSG_DONTWAIT);
@@ -530,9 +524,9 @@ static void h_hold(struct http_request *req, void *user)
 
 static struct http_request *take_held(double max_s)
 {
-    const double t0 = now_s();
+    const double t0 = clock_now_s();
     pthread_mutex_lock(&held.lock);
-    while (!held.req && now_s() - t0 < max_s) {
+    while (!held.req && clock_now_s() - t0 < max_s) {
         pthread_mutex_unlock(&held.lock);
         sleep_ms(5);
         pthread_mutex_lock(&held.lock);
@@ -981,16 +975,16 @@ static void test_limits(unsigned port)
     /* Slow drip: one byte every 200 ms never ends within the timeout. */
     CHECK(client_open(c, port) == 0, "connect");
     client_sends(c, "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n");
-    const double t0 = now_s();
+    const double t0 = clock_now_s();
     double closed_at = -1;
     bool other_ok = false;
     for (int i = 0; i < 40 && closed_at < 0; i++) {
         if (client_sends(c, "z") != 0) {
-            closed_at = now_s() - t0;
+            closed_at = clock_now_s() - t0;
             break;
         }
         const double w = wait_closed(c, 0.2);
-        if (w >= 0) closed_at = now_s() - t0;
+        if (w >= 0) closed_at = clock_now_s() - t0;
         if (i == 2) { /* meanwhile another client is served */
             CHECK(get(port, "/sync", &r) == 0 && r.status == 200, "served during slow drip");
             other_ok = r.status == 200;
@@ -1123,10 +1117,10 @@ static void test_malformed(unsigned port)
 static void test_deferred(unsigned port)
 {
     struct resp r;
-    double t0 = now_s();
+    double t0 = clock_now_s();
     CHECK(get(port, "/deferred?ms=50&id=5", &r) == 0 && r.status == 200, "deferred: %d",
           r.status);
-    const double dt = now_s() - t0;
+    const double dt = clock_now_s() - t0;
     json_t *j = body_json(&r);
     CHECK(json_integer_value(json_object_get(j, "id")) == 5, "deferred body %s", r.body);
     CHECK(dt >= 0.045, "answered after the delay: %.3f s", dt);
@@ -1162,7 +1156,7 @@ static void test_deferred(unsigned port)
     }
     CHECK(opened == N, "opened %d", opened);
     int good = 0;
-    t0 = now_s();
+    t0 = clock_now_s();
     for (int i = 0; i < opened; i++) {
         if (client_read(&cs[i], &r, false) == 0 && r.status == 200) {
             j = body_json(&r);
@@ -1173,7 +1167,7 @@ static void test_deferred(unsigned port)
         client_close(&cs[i]);
     }
     CHECK(good == N, "%d of %d concurrent deferred answered correctly", good, N);
-    CHECK(now_s() - t0 < 2.0, "concurrently, not one after another: %.2f s", now_s() - t0);
+    CHECK(clock_now_s() - t0 < 2.0, "concurrently, not one after another: %.2f s", clock_now_s() - t0);
     free(cs);
 
     /* Deferred, answered after the client went away. */
@@ -1226,9 +1220,9 @@ struct stop_arg {
 static void *stop_thread(void *arg)
 {
     struct stop_arg *a = arg;
-    const double t0 = now_s();
+    const double t0 = clock_now_s();
     http_stop(a->srv);
-    a->took = now_s() - t0;
+    a->took = clock_now_s() - t0;
     return NULL;
 }
 
@@ -1328,9 +1322,9 @@ static void test_drain_timeout(const struct http_router *router)
     client_sends(c, "GET /hold HTTP/1.1\r\nHost: t\r\n\r\n");
     struct http_request *req = take_held(3);
     CHECK(req != NULL, "held");
-    const double t0 = now_s();
+    const double t0 = clock_now_s();
     http_stop(s);
-    const double took = now_s() - t0;
+    const double took = clock_now_s() - t0;
     CHECK(took >= 0.9 && took < 4, "stop gave up after the drain timeout: %.2f s", took);
     struct resp r;
     CHECK(client_read(c, &r, false) == 0 && r.status == 503 && is_error_json(&r, 503, NULL),
@@ -1360,7 +1354,7 @@ static void test_head_deadline(const struct http_router *router)
     const unsigned port = http_port(s);
     struct client *drip = calloc(SLOTS, sizeof *drip);
     double closed_at[SLOTS];
-    const double t0 = now_s();
+    const double t0 = clock_now_s();
     for (int i = 0; i < SLOTS; i++) {
         closed_at[i] = -1;
         CHECK(client_open(&drip[i], port) == 0, "connect drip %d", i);
@@ -1370,13 +1364,13 @@ static void test_head_deadline(const struct http_router *router)
     struct client *c = malloc(sizeof *c);
     CHECK(client_open(c, port) == 0, "connect the normal client");
     client_sends(c, "GET /sync HTTP/1.1\r\nHost: t\r\n\r\n");
-    const double t1 = now_s();
+    const double t1 = clock_now_s();
     int open = SLOTS;
     for (int round = 0; round < 40 && open > 0; round++) { /* 4 s at most */
         for (int i = 0; i < SLOTS; i++) {
             if (closed_at[i] >= 0) continue;
             if (client_sends(&drip[i], "a") != 0 || wait_closed(&drip[i], 0.1 / SLOTS) >= 0) {
-                closed_at[i] = now_s() - t0;
+                closed_at[i] = clock_now_s() - t0;
                 open--;
             }
         }
@@ -1384,7 +1378,7 @@ static void test_head_deadline(const struct http_router *router)
     struct resp r;
     CHECK(client_read(c, &r, false) == 0 && r.status == 200, "normal client served: %d",
           r.status);
-    const double waited = now_s() - t1;
+    const double waited = clock_now_s() - t1;
     CHECK(waited < 2.5, "served within the head deadline of the drips: %.2f s", waited);
     resp_free(&r);
     for (int i = 0; i < SLOTS; i++) {
@@ -1418,12 +1412,12 @@ static void test_body_rate(const struct http_router *router)
                  PIECE * PIECES);
         snprintf(want, sizeof want, "%d %lx", PIECE * PIECES, fnv1a(body, PIECE * PIECES));
         client_sends(c, hdr);
-        const double t0 = now_s();
+        const double t0 = clock_now_s();
         for (int i = 0; i < PIECES; i++) {
             sleep_ms(160);
             client_send(c, body + i * PIECE, PIECE);
         }
-        const double took = now_s() - t0;
+        const double took = clock_now_s() - t0;
         struct resp r;
         CHECK(client_read(c, &r, false) == 0 && r.status == 200 && strcmp(r.body, want) == 0,
               "steady body over %.1f s (timeout 1 s) accepted: %d", took, r.status);

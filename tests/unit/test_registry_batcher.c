@@ -26,6 +26,7 @@
 #include "registry.h"
 #include "sha256.h"
 #include "vit.h"
+#include "clock.h"
 
 enum { D = 32, S = 56, NIN = 8, H2 = 28, W2 = 42 };
 #define IMG (3 * S * S)
@@ -45,13 +46,6 @@ static float ref_cls[2][NIN][D], ref_patch[2][NIN][NP * D], ref_rasa[2][NIN][NP 
 static float ref_cls2[NIN][D];          /* model a at H2 x W2 */
 
 static int one_line(const char *s) { return s[0] != '\0' && strchr(s, '\n') == NULL; }
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static void sleep_ms(int ms)
 {
@@ -412,9 +406,9 @@ static void test_busy(void)
         pthread_t t;
         pthread_create(&t, NULL, load_thread, &a);
         struct registry_stats st;
-        const double end = now_s() + 20;
+        const double end = clock_now_s() + 20;
         do registry_get_stats(reg, &st);
-        while (st.loading == 0 && now_s() < end && !atomic_load(&a.finished));
+        while (st.loading == 0 && clock_now_s() < end && !atomic_load(&a.finished));
         const int rc = registry_load(reg, "m", path_b, NULL, err, sizeof err);
         if (rc == REGISTRY_BUSY) {
             busy++;
@@ -557,15 +551,15 @@ static void test_batching(void)
     }
     CHECK(batcher_queue_depth(b) == 4, "depth %d", batcher_queue_depth(b));
     tjob_setup(&jobs[4], e, S, S, inputs[4], true, false, false, &w);
-    double t0 = now_s();
+    double t0 = clock_now_s();
     const int full = batcher_submit(b, &jobs[4].job, err, sizeof err);
-    const double dt = now_s() - t0;
+    const double dt = clock_now_s() - t0;
     CHECK(full == BATCH_FULL && dt < 0.05 && one_line(err), "queue full in %.3f s: %s", dt, err);
     batcher_get_stats(b, &bs);
     CHECK(bs.rejected_full == 1 && bs.queue_depth == 4, "full counted");
-    t0 = now_s();
+    t0 = clock_now_s();
     batcher_shutdown(b);
-    const double drain = now_s() - t0;
+    const double drain = clock_now_s() - t0;
     int ok = 0;
     for (int i = 0; i < 4; i++)
         ok += jobs[i].status == BATCH_OK && jobs[i].calls == 1 && jobs[i].job.batch_size == 4 &&
@@ -616,9 +610,9 @@ static void test_fifo_checkpoint(void)
     atomic_init(&a.finished, false);
     pthread_t t;
     pthread_create(&t, NULL, fifo_thread, &a);
-    const double t0 = now_s();
-    while (!atomic_load(&a.finished) && now_s() - t0 < 5.0) sleep_ms(10);
-    const double waited = now_s() - t0;
+    const double t0 = clock_now_s();
+    while (!atomic_load(&a.finished) && clock_now_s() - t0 < 5.0) sleep_ms(10);
+    const double waited = clock_now_s() - t0;
     while (!atomic_load(&a.finished)) {
         const int fd = open(path_fifo, O_WRONLY | O_NONBLOCK);
         if (fd >= 0) close(fd);
@@ -717,8 +711,8 @@ static int ireq_new(struct infer_request **r, struct batcher *b, struct model_en
  * after the callbacks, has settled at want (or after 5 s). */
 static long refs_settled(struct model_entry *e, long want)
 {
-    const double t0 = now_s();
-    while (atomic_load(&e->refs) != want && now_s() - t0 < 5.0) sleep_ms(1);
+    const double t0 = clock_now_s();
+    while (atomic_load(&e->refs) != want && clock_now_s() - t0 < 5.0) sleep_ms(1);
     return atomic_load(&e->refs);
 }
 
@@ -818,9 +812,9 @@ static void test_all_or_nothing(struct model_entry *e)
     struct infer_request *req;
     CHECK(ireq_new(&req, b, e, 2, err, sizeof err) == BATCH_OK, "%s", err);
     err[0] = '\0';
-    const double t0 = now_s();
+    const double t0 = clock_now_s();
     const int rc = infer_submit(req, ireq_done, &r, err, sizeof err);
-    const double dt = now_s() - t0;
+    const double dt = clock_now_s() - t0;
     CHECK(rc == BATCH_FULL && dt < 0.05 && one_line(err), "2 images beside 3 of 4: %d in %.3f s: %s",
           rc, dt, err);
     CHECK(batcher_queue_depth(b) == 3, "nothing of it queued: depth %d", batcher_queue_depth(b));
@@ -977,8 +971,8 @@ static void test_hot_swap_under_load(void)
         pthread_create(&th[i], NULL, client_main, &cl[i]);
     }
     int swaps = 0, swap_fail = 0, bad_ok = 0;
-    const double t0 = now_s();
-    while (now_s() - t0 < 2.5) {
+    const double t0 = clock_now_s();
+    while (clock_now_s() - t0 < 2.5) {
         sleep_ms(15);
         const char *p = swaps % 2 ? path_a : path_b;
         if (registry_load(reg, "m", p, NULL, err, sizeof err) == REGISTRY_OK) swaps++;
@@ -1005,7 +999,7 @@ static void test_hot_swap_under_load(void)
     }
     batcher_free(b);
     printf("hot swap: %.1f s, %d swaps (+%d failing swaps), %ld requests (%ld on a, %ld on b), "
-           "%ld batched, largest batch %d\n", now_s() - t0, swaps, bad_ok, req, sa, sb, batched,
+           "%ld batched, largest batch %d\n", clock_now_s() - t0, swaps, bad_ok, req, sa, sb, batched,
            maxb);
     printf("hot swap: jobs by batch size 1..4: %ld %ld %ld %ld\n", hist[1], hist[2], hist[3], hist[4]);
     CHECK(swaps >= 6 && swap_fail == 0, "swaps %d, failed %d", swaps, swap_fail);
