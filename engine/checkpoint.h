@@ -74,7 +74,4 @@ int checkpoint_save(const char *path, const struct model_config *cfg,
                     const struct vit_weights *w, enum st_dtype dtype,
                     const char *extra_json, char *err, size_t errlen);
 
-/* sha256 of a file as lowercase hex (65 bytes with NUL). */
-int sha256_file_hex(const char *path, char hex[65], char *err, size_t errlen);
-
 #endif

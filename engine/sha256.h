@@ -3,9 +3,7 @@
  *   struct sha256_ctx c;
  *   sha256_init(&c);
  *   sha256_update(&c, part1, n1);  sha256_update(&c, part2, n2);
- *   sha256_final(&c, digest);      // 32 bytes
- *
- * sha256_file_hex() (declared in checkpoint.h) hashes a whole file. */
+ *   sha256_final(&c, digest);      // 32 bytes */
 #ifndef FRANCA_SHA256_H
 #define FRANCA_SHA256_H
 
@@ -29,5 +27,7 @@ void sha256_final(struct sha256_ctx *c, uint8_t digest[SHA256_DIGEST_LEN]);
 void sha256_buffer(const void *data, size_t len, uint8_t digest[SHA256_DIGEST_LEN]);
 /* Lowercase hex of a digest: 64 characters plus NUL. */
 void sha256_to_hex(const uint8_t digest[SHA256_DIGEST_LEN], char hex[65]);
+/* A whole file's digest as lowercase hex; 0, or -1 with a message naming the file. */
+int sha256_file_hex(const char *path, char hex[65], char *err, size_t errlen);
 
 #endif

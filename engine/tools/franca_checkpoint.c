@@ -16,6 +16,7 @@
 #include "errors.h"
 #include "model_config.h"
 #include "safetensors.h"
+#include "sha256.h"
 
 #define PROG "franca-checkpoint"
 
