@@ -1,14 +1,15 @@
 /* The model registry: see registry.h for the publication scheme. */
 #include "registry.h"
 
+#include <assert.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "clock.h"
 #include "errors.h"
 #include "vit.h"
-#include "clock.h"
 
 /* One name in the table. cur is NULL while the first load of a new name runs. */
 struct reg_slot {
@@ -80,13 +81,17 @@ static void entry_free(struct model_entry *e)
 void model_entry_retain(struct model_entry *e)
 {
     /* The caller already holds a reference, so the count is positive. */
-    atomic_fetch_add_explicit(&e->refs, 1, memory_order_relaxed);
+    const long prev = atomic_fetch_add_explicit(&e->refs, 1, memory_order_relaxed);
+    assert(prev > 0);
+    (void)prev;
 }
 
 void model_entry_release(struct model_entry *e)
 {
     if (!e) return;
-    if (atomic_fetch_sub_explicit(&e->refs, 1, memory_order_acq_rel) == 1) entry_free(e);
+    const long prev = atomic_fetch_sub_explicit(&e->refs, 1, memory_order_acq_rel);
+    assert(prev > 0); /* a release without a matching retain */
+    if (prev == 1) entry_free(e);
 }
 
 struct vit_workspace **model_entry_workspace(struct model_entry *e, const void *owner)
@@ -347,7 +352,7 @@ int registry_acquire(struct registry *reg, const char *name, struct model_entry 
     struct reg_slot *s = want[0] ? find_slot(reg, want) : NULL;
     struct model_entry *e = s ? s->cur : NULL;
     /* Incremented under the lock, while the table's own reference is held. */
-    if (e) atomic_fetch_add_explicit(&e->refs, 1, memory_order_relaxed);
+    if (e) model_entry_retain(e);
     pthread_mutex_unlock(&reg->lock);
     if (!e) {
         if (name && name[0])
@@ -377,7 +382,7 @@ int registry_list(struct registry *reg, struct model_entry ***out, size_t *n,
     for (size_t i = 0; i < reg->n; i++) {
         struct model_entry *e = reg->slots[i].cur;
         if (!e) continue;
-        atomic_fetch_add_explicit(&e->refs, 1, memory_order_relaxed);
+        model_entry_retain(e);
         if (default_index && strcmp(reg->slots[i].name, reg->default_name) == 0)
             *default_index = (int)k;
         v[k++] = e;
