@@ -22,7 +22,7 @@ the crop scales (global 0.5-1, local 0.2-0.5; paper 0.32-1 and 0.05-0.32) and
 the teacher temperature (TEACHER_TEMP throughout; paper 0.04 warming up to
 0.07). The paper's values: --arch global_scale_min=0.32 --arch
 local_scale_min=0.05 --arch local_scale_max=0.32 --arch teacher_temp_start=0.04
---arch teacher_temp_end=0.07 (README: the D/16 table, the paper recipe row).
+--arch teacher_temp_end=0.07 (docs/training.md: the D/16 table, the paper recipe row).
 
   /usr/bin/python3 tests/bench/train_fashion_mnist.py [--build build]
       [--steps 3000 | --minutes M] [--threads 2] [--knn-train 20000]
