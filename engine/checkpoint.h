@@ -63,7 +63,7 @@ void vit_weights_carve(const struct model_config *cfg, float *arena, struct vit_
 int vit_weights_alloc(const struct model_config *cfg, struct vit_weights *w, char *err, size_t errlen);
 void vit_weights_free(struct vit_weights *w);
 
-/* Random initialisation as spec 1.2 (trunc-normal 0.02 linears, zero biases,
+/* Random initialisation as docs/model.md §2.6 (trunc-normal 0.02 linears, zero biases,
  * LayerNorm (1,0), LayerScale 1e-5, pos_embed trunc-normal 0.02, cls 1e-6),
  * deterministic for a seed. Used for untrained checkpoints and by the trainer. */
 void vit_weights_init_random(const struct model_config *cfg, struct vit_weights *w, uint64_t seed);

@@ -1,5 +1,5 @@
 /* Matryoshka widths: the first W features of a D-wide embedding, optionally
- * L2-normalised afterwards (the protocol of spec 9.3). */
+ * L2-normalised afterwards (the protocol of docs/model.md §6). */
 #ifndef FRANCA_MATRYOSHKA_H
 #define FRANCA_MATRYOSHKA_H
 

@@ -1,7 +1,7 @@
 /* Image preprocessing into the model's input layout: float32 [3, H, W] planes,
  * normalised with per-channel mean/std on [0,1] pixels.
  *
- * Eval mode (spec 3.1): resize so the shorter side is resize_size with PIL's
+ * Eval mode (docs/model.md §4): resize so the shorter side is resize_size with PIL's
  * bicubic filter (a = -0.5, antialiased support when downscaling, uint8
  * intermediate rounding as PIL does), centre crop crop_size (torchvision's
  * rounding of the offsets), ToTensor, Normalize.

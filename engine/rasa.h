@@ -1,4 +1,4 @@
-/* RASA (spec 7.2): removes T+1 learned 2-D planes from patch tokens, in order. */
+/* RASA (docs/model.md §7.2): removes T+1 learned 2-D planes from patch tokens, in order. */
 #ifndef FRANCA_RASA_H
 #define FRANCA_RASA_H
 

@@ -1,4 +1,4 @@
-/* The CPU ViT forward (spec Appendix A), the model object around it, and the
+/* The CPU ViT forward (docs/model.md §5), the model object around it, and the
  * dispatch to the CUDA backend (cuda/cuda_engine.h) for models moved there. */
 #include "vit.h"
 

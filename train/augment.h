@@ -1,4 +1,4 @@
-/* Multi-crop augmentation (spec 3.2, DINOv2/Franca DataAugmentationDINO).
+/* Multi-crop augmentation (docs/model.md §9, DINOv2/Franca DataAugmentationDINO).
  *
  * Per crop: RandomResizedCrop (torchvision's 10-attempt algorithm with the
  * centre-crop fallback; PIL-compatible bicubic resize from engine/preprocess),
@@ -35,7 +35,7 @@ struct augment_config {
     float mean[3], std[3];    /* ImageNet by default */
 };
 
-/* Spec 3.2's values with the given crop sizes and number of local crops. */
+/* The values of docs/model.md §9 with the given crop sizes and number of local crops. */
 void augment_config_default(struct augment_config *c, int global_size, int local_size,
                             int n_local);
 

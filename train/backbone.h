@@ -21,7 +21,7 @@
 
 struct bb_act;
 
-/* Drop path as DINOv2's sample-subset residual (spec 1.2): for each residual
+/* Drop path as DINOv2's sample-subset residual (docs/model.md §2.7): for each residual
  * branch of each block, keep k = max(int(b (1 - rate)), 1) of the b samples,
  * run the branch on them only and add it back scaled by b / k. The subset is
  * drawn from rng (a partial Fisher-Yates shuffle: for i < k, swap position i
@@ -63,7 +63,7 @@ void bb_backward(const struct model_config *c, const struct vit_weights *w, cons
                  struct vit_weights *g, struct bb_act *a);
 
 /* Appends every backbone tensor as "backbone." + its flattened official name
- * (schema/checkpoint-format.md; mask_token included) with the spec 5.5 rules. */
+ * (schema/checkpoint-format.md; mask_token included) with the docs/model.md §13 rules. */
 int bb_add_params(struct param_list *l, const struct model_config *c, struct vit_weights *w,
                   struct vit_weights *g, struct vit_weights *t, float patch_embed_lr_mult);
 

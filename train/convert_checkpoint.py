@@ -7,13 +7,13 @@ Usage:
         [--name NAME] [--version VERSION] [--family franca|dinov2]
         [--num-heads H] [--rasa-from-teacher] [--trust-pickle] -o OUT.safetensors
 
-Input (spec 2.2 / 2.3): a torch.save'd dict holding the state dict under "teacher"
+Input (docs/model.md §8.2, §8.3): a torch.save'd dict holding the state dict under "teacher"
 (official Franca releases) or "model", or a plain state dict. Every occurrence of
 "module." and "backbone." is removed from key names, chunked block keys
 "blocks.{c}.{i}.X" become "blocks.{i}.X" (i is the global block index), and
 "dino_head.*", "ibot_head.*", "rasa_head.*" keys are dropped.
 
-RASA (spec 7.1): --rasa takes a plain state dict with pre_pos_layers.{t}.weight
+RASA (docs/model.md §7.1): --rasa takes a plain state dict with pre_pos_layers.{t}.weight
 [2,D] (t = 0..T-1) and pos_pred.weight [2,D], keys optionally prefixed "rasa_head."
 or "module."; written as rasa.pre_pos_layers.{t}.weight and rasa.pos_pred.weight.
 A "rasa_head.*" module found inside the backbone checkpoint itself is ignored by

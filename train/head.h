@@ -1,4 +1,4 @@
-/* The Matryoshka multi-head clustering projector (spec 4.1, prefix-slice
+/* The Matryoshka multi-head clustering projector (docs/model.md §11.1, prefix-slice
  * variant). Level j reads the prefix x[:, :d_j] of a [n, D] feature matrix:
  *   z = x[:, :d_j] Wp^T + bp                       matryoshka_projections.{j}
  *   h1 = GELU(z Wa^T + ba)                         mlps.{j}.0
@@ -43,7 +43,7 @@ int head_config_check(const struct head_config *hc, int D, char *err, size_t err
 int head_alloc(const struct head_config *hc, int D, struct head_weights *h, char *err,
                size_t errlen);
 void head_free(struct head_weights *h);
-/* Spec 4.1 init: Linear weights trunc-normal 0.02 (cut at +-2 std), biases 0,
+/* docs/model.md §11.1 init: Linear weights trunc-normal 0.02 (cut at +-2 std), biases 0,
  * weight_g 1, weight_v U(-1/sqrt(bottleneck), 1/sqrt(bottleneck)). */
 /* fan_in: Linear weights trunc-normal with std 1/sqrt(fan_in) instead (keeps the
  * activations O(1) through a narrow head, where 0.02 shrinks them ~10x a layer). */

@@ -1,4 +1,4 @@
-/* k-NN evaluation (spec 9.1): frozen CLS features (final LayerNorm), the first
+/* k-NN evaluation (docs/model.md §14.1): frozen CLS features (final LayerNorm), the first
  * W dimensions L2-normalised, cosine similarity to every train feature, the
  * k = 20 nearest, each voting exp(sim / 0.07) for its class; top-1 accuracy.
  * Images go through the model's own eval preprocessing (engine/preprocess). */

@@ -1,4 +1,4 @@
-/* Franca's loss pieces (spec 5.1-5.4): Sinkhorn-Knopp teacher targets,
+/* Franca's loss pieces (docs/model.md §12.1-§12.4): Sinkhorn-Knopp teacher targets,
  * the student cross-entropy against them, and KoLeo. Forward values are
  * accumulated in double; gradients are returned w.r.t. the student logits
  * (or features, for KoLeo). */
@@ -7,7 +7,7 @@
 
 #include <stddef.h>
 
-/* Spec 5.1: Q = exp((logits - per-prototype max) / temp)^T [K, n]; iters times:
+/* docs/model.md §12.1: Q = exp((logits - per-prototype max) / temp)^T [K, n]; iters times:
  * normalise each prototype row over the samples (then / K), each sample column
  * over the prototypes (then / n); finally * n. Writes targets [n, K] (every row
  * sums to 1). work: n*K + K doubles. */
@@ -20,7 +20,7 @@ void sinkhorn_knopp(float *targets, const float *logits, int n, int K, float tem
 double ce_row(float *ds, const float *s, const float *t1, const float *t2, int K, double w,
               double tau);
 
-/* KoLeo (spec 5.4) on n rows of x (row stride ldx, D features): returns
+/* KoLeo (docs/model.md §12.4) on n rows of x (row stride ldx, D features): returns
  * weight * -mean_i log(|y_i - y_nn(i) + 1e-8| + 1e-8) with y = x / max(|x|, 1e-8)
  * and adds its gradient to dx (row stride lddx). */
 double koleo_loss(float *dx, int lddx, const float *x, int ldx, int n, int D, double weight);

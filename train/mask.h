@@ -1,4 +1,4 @@
-/* iBOT masks (spec 6): CyclicMask (Franca's InverseBlockMasking with roll) and
+/* iBOT masks (docs/model.md §10): CyclicMask (Franca's InverseBlockMasking with roll) and
  * DINOv2's block masking (ablation), plus the collate rule that decides which
  * global-crop images get a mask and how many patches.
  *

@@ -362,7 +362,7 @@ int objective_step(struct objective *o, const struct crop_batch *bt, float teach
             memcpy(cls_s + (size_t)(nG + i) * D, lout + (size_t)i * Tl * D, sizeof(float) * D);
     }
 
-    /* 3. DINO loss (spec 5.2): student crop c against teacher crop 1 - c; locals
+    /* 3. DINO loss (docs/model.md §12.2): student crop c against teacher crop 1 - c; locals
      * against both teacher crops; every term / n_terms, the global term x2 over 2B. */
     const double tau = o->cfg.student_temp;
     const double n_terms = 2.0 * nl + 2.0;
@@ -401,7 +401,7 @@ int objective_step(struct objective *o, const struct crop_batch *bt, float teach
     memset(dcls, 0, sizeof(float) * (size_t)nD * D);
     head_backward(&o->sd, o->sd16, &o->gd, o->hd_s, dcls, D);
 
-    /* 4. iBOT loss (spec 5.3) on the masked patches, weight 1 / (m_i * 2B). */
+    /* 4. iBOT loss (docs/model.md §12.3) on the masked patches, weight 1 / (m_i * 2B). */
     if (nm) {
         for (int m = 0; m < nm; m++) {
             const int img = midx[m] / Ng, n = midx[m] % Ng;

@@ -1,7 +1,7 @@
 /* Franca's training objective for one batch: student and EMA-teacher backbones,
  * the Matryoshka multi-head clustering heads (DINO on CLS, iBOT on masked
  * patches), Sinkhorn-Knopp targets, the DINO, iBOT and KoLeo losses, and the
- * backward pass into every student parameter (spec sections 1.2, 4, 5.1-5.4).
+ * backward pass into every student parameter (docs/model.md §2, §11, §12).
  *
  * The objective owns the parameters (student, teacher copy, gradients) and the
  * activation buffers; the trainer around it (optimizer, EMA, schedules, data,
@@ -29,11 +29,11 @@ struct head_config {
     int prototypes;       /* K at full width; level j has K * widths[j] / D */
     int hidden;           /* MLP hidden width (2048 in the paper) */
     int bottleneck;       /* 384 in the paper */
-    bool init_fan_in;     /* Linear init std 1/sqrt(fan_in) instead of spec 4.1's 0.02
+    bool init_fan_in;     /* Linear init std 1/sqrt(fan_in) instead of docs/model.md §11.1's 0.02
                              (small heads: 0.02 makes the logits ~1e-4, flat softmax) */
     float level_weights[HEAD_MAX_LEVELS]; /* each level's DINO and iBOT losses are scaled
                              by its weight (the reference's relative_importance); all zero
-                             means every level weighs 1, as spec 4.2 trains */
+                             means every level weighs 1, as docs/model.md §11.2 trains */
 };
 
 struct objective_config {
@@ -45,7 +45,7 @@ struct objective_config {
                                       CLS (not in the paper: spreads the prefixes that k-NN
                                       at reduced width searches) */
     float drop_path;               /* uniform rate over blocks; 0 disables */
-    float layerscale_init;         /* LayerScale gamma init; <= 0: spec 1.2's 1e-5 */
+    float layerscale_init;         /* LayerScale gamma init; <= 0: docs/model.md §2.6's 1e-5 */
     enum mm_type precision;        /* MM_F32, or MM_BF16: the matrix products of the
                                       backbones and heads (forward and backward) take bf16
                                       operands with float32 accumulation; weights, gradients,
@@ -53,7 +53,7 @@ struct objective_config {
                                       float32 */
 };
 
-/* One batch of crops, collated crop-major as spec 3.2: global[c*B + b] is crop c
+/* One batch of crops, collated crop-major as docs/model.md §9: global[c*B + b] is crop c
  * of sample b. All images normalised float32 NCHW. */
 struct crop_batch {
     int B;                 /* samples */
@@ -78,8 +78,8 @@ struct objective;
  * 0, or -1 with a message for the user. */
 int objective_precision_check(const struct objective_config *cfg, char *err, size_t errlen);
 
-/* Builds student and teacher with the initialisation of spec 1.2 (backbone) and
- * 4.1 (heads), drawn from seed; the teacher starts equal to the student. */
+/* Builds student and teacher with the initialisation of docs/model.md §2.6 (backbone)
+ * and §11.1 (heads), drawn from seed; the teacher starts equal to the student. */
 int objective_create(const struct objective_config *cfg, uint64_t seed,
                      struct objective **out, char *err, size_t errlen);
 void objective_free(struct objective *o);

@@ -20,7 +20,7 @@ struct param {
     float *t;          /* EMA teacher copy [n], NULL when the teacher has none */
     size_t n;
     int module;        /* enum param_module: unit of gradient clipping */
-    float wd_mult;     /* 0 for biases, norms, LayerScale gamma; 1 otherwise (spec 5.5) */
+    float wd_mult;     /* 0 for biases, norms, LayerScale gamma; 1 otherwise (docs/model.md §13) */
     float lr_mult;     /* 0.2 for patch_embed, 1 otherwise */
     bool last_layer;   /* prototype layer: lr 0 while the last layer is frozen */
 };
@@ -37,7 +37,7 @@ const struct param *param_list_find(const struct param_list *l, const char *name
 size_t param_list_count(const struct param_list *l); /* total floats */
 void param_list_free(struct param_list *l);
 
-/* The spec 5.5 rules from a name: weight decay 0 for biases, names containing
+/* The docs/model.md §13 rules from a name: weight decay 0 for biases, names containing
  * "norm", LayerScale gammas (".ls1."/".ls2."); patch-embed lr 0.2; names with
  * "last_layer" are prototype layers. */
 float param_default_wd_mult(const char *name);

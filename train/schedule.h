@@ -1,4 +1,4 @@
-/* Training schedules (spec 5.5, franca/utils/utils.py::CosineScheduler).
+/* Training schedules (docs/model.md §13, franca/utils/utils.py::CosineScheduler).
  *
  * A cosine schedule over total steps: for step < warmup, linear from
  * warmup_start to base (numpy.linspace(warmup_start, base, warmup), end point

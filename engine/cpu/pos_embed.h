@@ -1,4 +1,4 @@
-/* Positional-embedding interpolation exactly as the reference (spec 1.3):
+/* Positional-embedding interpolation exactly as the reference (docs/model.md §3):
  * torch F.interpolate(mode="bicubic", align_corners=False, antialias=False,
  * scale_factor=((gh + 0.1) / M, (gw + 0.1) / M)) on the M x M grid, in float32. */
 #ifndef FRANCA_CPU_POS_EMBED_H

@@ -1,4 +1,4 @@
-/* The CUDA forward (spec Appendix A), same contract as the CPU engine in vit.c.
+/* The CUDA forward (docs/model.md §5), same contract as the CPU engine in vit.c.
  *
  * Per block, with T the activation type (bf16 or float):
  *   xn  = LN1(x)                        [fused into the previous residual add]

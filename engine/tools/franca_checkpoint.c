@@ -32,8 +32,9 @@ static const char usage_text[] =
     "  --family franca (default): SwiGLU FFN; dinov2: MLP FFN with hidden 4*D\n"
     "  --grid M: positional-embedding grid (default 16, i.e. 224 px at patch 14)\n"
     "  --rasa-layers T: RASA pre-position layers (default 2 for vit_tiny_test, else 0)\n"
-    "  --layerscale G: LayerScale init (default 1e-5 as spec 1.2; 1 makes an untrained\n"
-    "        model's embeddings depend on the image, useful for index and search tests)\n"
+    "  --layerscale G: LayerScale init (default 1e-5, docs/model.md section 2.6; 1 makes an\n"
+    "        untrained model's embeddings depend on the image, useful for index and search\n"
+    "        tests)\n"
     "  --seed N (default 0), --dtype (default f32), --name (default <family>_vit?14_untrained)\n"
     "info validates CKPT and prints its config JSON, sha256 fingerprint and tensor table.\n";
 

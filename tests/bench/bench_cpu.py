@@ -35,7 +35,7 @@ the engines alternate for --rounds rounds and medians are reported, as images/s,
 the ratios franca / OpenVINO and GFLOP/s (the engine's vit_flops_per_image) as a
 percentage of the machine's matmul limit measured in the same run by
 build/tests/mm_bench --peak T (fp32 and bf16). The table is printed again as
-markdown for README.md. With --native-blas-kernel, OPENBLAS_CORETYPE and
+markdown for docs/benchmarks.md. With --native-blas-kernel, OPENBLAS_CORETYPE and
 OPENBLAS_L2_SIZE are unset for every engine alike.
 
 usage: /usr/bin/python3 tests/bench/bench_cpu.py [--threads T] [--iters N]

@@ -3,7 +3,7 @@
 
 For an exported franca-train checkpoint, embeds Fashion-MNIST with franca-embed
 and prints, per prefix width d (D/16 and D/8 by default), the frozen-CLS k-NN
-top-1 (cosine, k = 20, T = 0.07, spec 9.1) of
+top-1 (cosine, k = 20, T = 0.07, docs/model.md §14.1) of
   prefix   the first d features (what the server serves at width d),
   pca      the top-d principal components of the full D features (the best
            linear d-dim code by variance),

@@ -4,10 +4,10 @@
 Trains, with the same small architecture and the same step budget,
   (a) the nested Matryoshka heads (head_nested: true) and
   (b) the single full-width head ablation (head_nested: false),
-then measures frozen-CLS k-NN top-1 (cosine, k = 20, T = 0.07, spec 9.1) on the
+then measures frozen-CLS k-NN top-1 (cosine, k = 20, T = 0.07, docs/model.md §14.1) on the
 10k test images at every Matryoshka prefix width D/16 .. D with
 `franca-train knn`, for (a), (b), the same architecture at random
-initialisation (a 1-step run with lr 0, exported: the init of spec 1.2 with the
+initialisation (a 1-step run with lr 0, exported: the init of docs/model.md §2.6 with the
 config's layerscale_init), and raw pixels (same k-NN, computed here with numpy).
 Prints one table and the acceptance facts, and exports (a) as a small checkpoint.
 
@@ -17,12 +17,12 @@ sized to fit M minutes.
 k-NN train set: the first --knn-train images of the 60k train set (default 20000).
 
 The shared config (ARCH) is the recipe that keeps the D/16 prefix within 3
-points of full width at this scale; it differs from the paper (spec 3.2, 5.5) in
+points of full width at this scale; it differs from the paper (docs/model.md §9, §13) in
 the crop scales (global 0.5-1, local 0.2-0.5; paper 0.32-1 and 0.05-0.32) and
 the teacher temperature (TEACHER_TEMP throughout; paper 0.04 warming up to
 0.07). The paper's values: --arch global_scale_min=0.32 --arch
 local_scale_min=0.05 --arch local_scale_max=0.32 --arch teacher_temp_start=0.04
---arch teacher_temp_end=0.07 (README: the D/16 table, the paper recipe row).
+--arch teacher_temp_end=0.07 (docs/training.md: the D/16 table, the paper recipe row).
 
   /usr/bin/python3 tests/bench/train_fashion_mnist.py [--build build]
       [--steps 3000 | --minutes M] [--threads 2] [--knn-train 20000]
@@ -125,7 +125,8 @@ def read_idx(path):
 
 
 def knn_top1(xtr, ytr, xte, yte, k=20, T=0.07):
-    """Cosine k-NN top-1 as franca-train knn (spec 9.1): softmax(sim / T) votes of the k nearest."""
+    """Cosine k-NN top-1 as franca-train knn (docs/model.md §14.1): softmax(sim / T) votes
+    of the k nearest."""
     import numpy as np
     xtr = xtr / np.maximum(np.linalg.norm(xtr, axis=1, keepdims=True), 1e-12)
     xte = xte / np.maximum(np.linalg.norm(xte, axis=1, keepdims=True), 1e-12)

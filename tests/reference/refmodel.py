@@ -1,7 +1,7 @@
-"""Independent PyTorch reference of the Franca / DINOv2 ViT forward (spec sections 1,
-2, 7 and Appendix A), plus the helpers the reference tests share.
+"""Independent PyTorch reference of the Franca / DINOv2 ViT forward (docs/model.md
+§2, §3, §5, §7, §8), plus the helpers the reference tests share.
 
-Written from the spec, not from the upstream code. Used by several test scripts; keep
+Written from docs/model.md, not from the upstream code. Used by several test scripts; keep
 the API stable:
 
     make_config(D, depth, heads, ffn="swiglu", hidden=None, patch=14, grid=16,
@@ -12,7 +12,7 @@ the API stable:
     save_pth(path, sd, wrap="teacher", prefix="", junk_heads=False)
     RefViT(cfg, sd, dtype=torch.float64): .forward_features(x) -> {"cls", "patch", ...},
         .rasa(patch, rasa_sd), .pos_embed_for(H, W)
-    interpolate_pos_embed(pos_embed, M, h0, w0, H, W) -> the spec 1.3 table
+    interpolate_pos_embed(pos_embed, M, h0, w0, H, W) -> the docs/model.md §3 table
     rasa_apply(patch, rasa_sd), matryoshka(cls, width)
     round_bf16(sd) -> state dict with every tensor rounded to bfloat16 (and back to f32)
     convert(pth, out, rasa=None, dtype="f32", extra=(), check=True) -> CompletedProcess
@@ -59,7 +59,7 @@ def have_embed():
 # --------------------------------------------------------------------------- configs and weights
 
 def swiglu_hidden(D):
-    """Released models' SwiGLU width (spec 1.1): ((int(4*D*2/3) + 7) // 8) * 8."""
+    """Released models' SwiGLU width (docs/model.md §2.1): ((int(4*D*2/3) + 7) // 8) * 8."""
     return ((int(4 * D * 2 / 3) + 7) // 8) * 8
 
 
@@ -97,7 +97,7 @@ def _block_shapes(cfg):
 
 
 def block_key(cfg, i, chunks):
-    """Official name prefix of block i: "blocks.{c}.{i}." when chunked (spec 2.3)."""
+    """Official name prefix of block i: "blocks.{c}.{i}." when chunked (docs/model.md §8.3)."""
     if chunks <= 0:
         return "blocks.%d." % i
     chunksize = max(1, cfg["depth"] // chunks)
@@ -202,7 +202,7 @@ def clean_state_dict(sd):
 
 
 def interpolate_pos_embed(pos_embed, M, h0, w0, H, W):
-    """Spec 1.3: pos_embed [1, 1+M*M, D] -> [1, 1+h0*w0, D] (float32 interpolation)."""
+    """docs/model.md §3: pos_embed [1, 1+M*M, D] -> [1, 1+h0*w0, D] (float32 interpolation)."""
     pos_embed = torch.as_tensor(pos_embed)
     if h0 * w0 == M * M and H == W:
         return pos_embed
@@ -232,7 +232,7 @@ def _rasa_mats(rasa_sd):
 
 
 def rasa_apply(patch, rasa_sd):
-    """Spec 7.2 on patch tokens [..., D], in float64; returns float64 tensor."""
+    """docs/model.md §7.2 on patch tokens [..., D], in float64; returns float64 tensor."""
     z = torch.as_tensor(patch).to(torch.float64)
     for Wt in _rasa_mats(rasa_sd):
         Wt = Wt.to(torch.float64)

@@ -1,8 +1,8 @@
 """End-to-end forward parity: official-layout .pth -> train/convert_checkpoint.py ->
 franca-embed --input-npy, compared with the PyTorch reference (refmodel.RefViT).
 
-Also checks the reference itself against independent numpy re-derivations of the
-spec (section 1.3 pos-embed interpolation, a naive per-head forward, the RASA operator).
+Also checks the reference itself against independent numpy re-derivations of
+docs/model.md (§3 pos-embed interpolation, a naive per-head forward, the RASA operator).
 
 Tolerance: max|a - ref| / max|ref| <= 1e-4 for cls, patch, patch_rasa and cls_w{W} with
 --precision fp32; with bf16 products, <= 3e-2 and every row's cosine >= 0.999. Run at each
@@ -38,7 +38,7 @@ def p(name):
     return os.path.join(TMP, name)
 
 
-# --------------------------------------------------------------------------- independent numpy spec
+# ------------------------------------------------------ independent numpy version of docs/model.md
 
 def np_cubic_weights(t, A=-0.75):
     return (((A * (t + 1) - 5 * A) * (t + 1) + 8 * A) * (t + 1) - 4 * A,
@@ -48,7 +48,7 @@ def np_cubic_weights(t, A=-0.75):
 
 
 def np_axis_matrix(M, n):
-    """[n, M] matrix of spec 1.3 step 3 for one axis (scale (n+0.1)/M)."""
+    """[n, M] matrix of docs/model.md §3 for one axis (scale (n+0.1)/M)."""
     ratio = M / (n + 0.1)
     Wm = np.zeros((n, M))
     for dst in range(n):
@@ -165,7 +165,7 @@ def check_interpolation():
         t64 = torch.nn.functional.interpolate(g64, mode="bicubic", antialias=False, align_corners=False,
                                               scale_factor=((h0 + 0.1) / M, (w0 + 0.1) / M))
         e64 = rm.rel_err(t64.permute(0, 2, 3, 1).reshape(1, h0 * w0, D).numpy(), mine[:, 1:])
-        C.check("pos-embed interpolation %d->(%d,%d): reference = numpy spec 1.3 recipe"
+        C.check("pos-embed interpolation %d->(%d,%d): reference = numpy docs/model.md section 3 recipe"
                 % (M, h0, w0), ref.shape == mine.shape and err < 1e-5 and e64 < 1e-12,
                 "rel err f32 %.2e, f64 %.2e" % (err, e64))
     pos = torch.randn((1, 17, 4), generator=g)

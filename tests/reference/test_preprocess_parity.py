@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Preprocessing parity: our decoder + preprocessing against Pillow 9.4 + torchvision 0.14.
 
-Reference pipeline (spec 3.1):
+Reference pipeline (docs/model.md §4):
     Image.open(p).convert("RGB") -> Resize(256, BICUBIC) -> CenterCrop(224) -> ToTensor
     -> Normalize(ImageNet mean/std)
 Ours: tests/unit/preprocess_dump (image_decode_file + preprocess_eval / preprocess_square).

@@ -1,5 +1,5 @@
-"""PyTorch reference of Franca's training objective, written from the spec
-(../shared/spec/franca.md sections 1.2, 1.3, 4, 5, 6), for the gradient-parity
+"""PyTorch reference of Franca's training objective, written from
+docs/model.md (§2, §3, §10-§13), for the gradient-parity
 test and the training benchmark. Runs with Debian's python3-torch (CPU).
 
 Everything is functional: parameters live in a dict keyed by the names the C
@@ -143,7 +143,7 @@ def random_params(cfg, gen, dtype=torch.float64):
     return out
 
 
-# --------------------------------------------------------------------------- backbone (spec 1.2, 1.3)
+# ----------------------------------------------------------------- backbone (docs/model.md §2, §3)
 
 def interp_pos(pos, M, gh, gw):
     """pos [1+M*M, D] -> [1+gh*gw, D]: bicubic, align_corners False, scale factor (g+0.1)/M."""
@@ -223,7 +223,7 @@ def backbone(cfg, p, img, masks=None, subsets=None, pass_id=0):
     return layernorm(x, p["backbone.norm.weight"], p["backbone.norm.bias"])
 
 
-# --------------------------------------------------------------------------- heads (spec 4.1)
+# --------------------------------------------------------------------- heads (docs/model.md §11.1)
 
 def head(cfg, p, prefix, x):
     outs = []
@@ -240,7 +240,7 @@ def head(cfg, p, prefix, x):
     return outs
 
 
-# --------------------------------------------------------------------------- losses (spec 5)
+# ---------------------------------------------------------------------- losses (docs/model.md §12)
 
 @torch.no_grad()
 def sinkhorn_knopp(logits, temp, iters=3):
@@ -321,7 +321,7 @@ def franca_loss(cfg, sp, tp, glob, loc, masks, teacher_temp, subsets=None):
             "koleo": kl}
 
 
-# --------------------------------------------------------------------------- optimisation (spec 5.5)
+# ---------------------------------------------------------------- optimisation (docs/model.md §13)
 
 def wd_mult(name):
     return 0.0 if (name.endswith(".bias") or "norm" in name or ".ls1." in name or ".ls2." in name) else 1.0

@@ -29,7 +29,7 @@ int main(void)
     struct augment_config c;
     augment_config_default(&c, 32, 16, 3);
     CHECK(c.blur_p_global1 == 0.0 && c.blur_p_global2 == 0.9 && c.blur_p_local == 0.5 &&
-              c.solarize_p == 0.2, "effective blur/solarize probabilities of spec 3.2");
+              c.solarize_p == 0.2, "effective blur/solarize probabilities of docs/model.md section 9");
     struct image_rgb8 im = make_image(50, 40);
     const int B = 2;
     const size_t gsz = 3 * 32 * 32, lsz = 3 * 16 * 16;

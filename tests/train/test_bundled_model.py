@@ -2,7 +2,7 @@
 franca-train export that was trained, not a random init: its metadata carries
 the recipe (nested heads, step count, data), and its frozen CLS features
 classify Fashion-MNIST by k-NN far above a random-init model, at full width and
-at the D/16 Matryoshka prefix (the figures README's Training section reports
+at the D/16 Matryoshka prefix (the figures docs/training.md reports
 for the full 20k -> 10k protocol; here a 10k -> 2k subset so that CI stays fast)."""
 import json
 import os

@@ -1,4 +1,4 @@
-/* CyclicMask and block masking (spec 6): exact counts, the visible region is
+/* CyclicMask and block masking (docs/model.md §10): exact counts, the visible region is
  * one wrapped rectangle of exactly c cells (a row-major prefix of it), roughly
  * uniform coverage over positions, reproducibility, and the collate rule. */
 #include <stdlib.h>

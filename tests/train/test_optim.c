@@ -1,6 +1,6 @@
 /* AdamW against torch.optim.AdamW (values produced by torch 1.13, foreach=False,
  * three param groups), clip_grad_norm_ against torch.nn.utils.clip_grad_norm_,
- * the EMA update, and the schedules of spec 5.5. */
+ * the EMA update, and the schedules of docs/model.md §13. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>

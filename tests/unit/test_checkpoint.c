@@ -449,7 +449,7 @@ static void test_init(void)
     CHECK(memcmp(a.arena, b.arena, a.arena_floats * sizeof(float)) == 0, "same seed, same weights");
     vit_weights_init_random(&c, &b, 43);
     CHECK(memcmp(a.arena, b.arena, a.arena_floats * sizeof(float)) != 0, "different seed, different weights");
-    /* statistics per spec 1.2 */
+    /* statistics per docs/model.md §2.6 */
     size_t n = 3 * 32 * 32;
     double s = 0, s2 = 0, mx = 0;
     for (size_t i = 0; i < n; i++) {

@@ -192,7 +192,7 @@ static void test_attention(void)
 
 static void test_pos_embed(void)
 {
-    /* Spec Appendix B: 37 -> 16 uses ratio 37/16.1. Output 0 maps to
+    /* docs/model.md §3: 37 -> 16 uses ratio 37/16.1. Output 0 maps to
      * src = ratio * 0.5 - 0.5. */
     struct cubic_taps t = pos_embed_taps(0, 37, 16);
     const double src = 37.0 / 16.1 * 0.5 - 0.5;
