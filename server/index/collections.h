@@ -5,6 +5,7 @@
  * under the collection's write mutex, so that the mirror applies committed
  * changes in commit order and always equals SQLite once a write returns.
  *
+ * struct coll is opaque (collections.c); routes read it through the accessors.
  * Lock order (never taken the other way): write_mu -> swap (rwlock) -> the
  * mirror's own lock. Readers take swap shared and the mirror's read lock
  * (coll_read_begin); a reembed replaces the mirror and the fingerprint under
