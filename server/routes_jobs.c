@@ -1,10 +1,12 @@
 /* Re-embedding and jobs:
  *   POST /v1/collections/{name}/reembed   202 {"job": {...}}
  *   GET /v1/jobs, GET /v1/jobs/{id}
- * A re-embed reads the collection's source images page by page, embeds them
- * with the current checkpoint of the collection's model, and switches the
- * collection to the new vectors and fingerprint in one transaction at the end;
- * until then the old vectors serve searches and writes are refused (409). */
+ * A re-embed (index/reembed.c) reads the collection's source images page by
+ * page, embeds them with the current checkpoint of the collection's model
+ * (embed_page below, through the batcher), and switches the collection to the
+ * new vectors and fingerprint in one transaction at the end; until then the old
+ * vectors serve searches and writes are refused (409). It runs on the
+ * background work queue. */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
