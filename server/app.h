@@ -39,10 +39,10 @@ struct app {
     struct auth_keys api_keys;   /* --api-key-file; none: the /v1 routes are open */
     const char *device;        /* --device as given: "cpu", "cuda" or "auto" */
     atomic_bool ready;         /* every model loaded and warmed up */
-    atomic_int loaders;        /* admin load and reembed threads running (shutdown waits) */
     atomic_bool stopping;      /* set at shutdown: background jobs stop early */
     struct index *index;       /* collections (SQLite under --data + search mirrors) */
     struct workq *index_work;  /* index commits and searches run here */
+    struct workq *background;  /* checkpoint loads and reembed jobs; shutdown joins it */
     struct jobs *jobs;         /* reembed jobs */
     time_t started_at;
 };

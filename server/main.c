@@ -28,6 +28,8 @@
 #include "vit.h"
 
 #define MAX_MODELS 16
+#define BACKGROUND_THREADS 4
+#define BACKGROUND_QUEUE 64
 #define DRAIN_GRACE_S 5 /* after --drain-seconds: forced 503s go out, then the process ends */
 
 static const char usage_text[] =
@@ -258,6 +260,9 @@ static int fail(const char *msg)
  * startup that failed half-way). Work still queued is finished first. */
 static void app_free(struct app *app, struct http_router *router)
 {
+    /* Loads and reembeds wait for inference, so they end before the batcher. */
+    atomic_store(&drain_step, "waiting for model loads and reembed jobs");
+    workq_free(app->background);
     atomic_store(&drain_step, "finishing index work");
     workq_free(app->index_work);
     atomic_store(&drain_step, "finishing queued inference");
@@ -334,6 +339,11 @@ int main(int argc, char **argv)
     batcher_set_token_budget(app.batcher, (uint64_t)o.max_inflight_tokens);
     if (index_open(&app.index, o.data, err, sizeof err)) return fail_free(&app, router, err);
     if (!(app.index_work = workq_create(o.index_threads, 4096, err, sizeof err))) return fail_free(&app, router, err);
+    /* Background jobs get their own few threads: a long reembed or a model load
+     * never holds a thread that searches and commits need. Several run at once
+     * (e.g. two loads of one name, one answered 409); more wait in the queue. */
+    if (!(app.background = workq_create(BACKGROUND_THREADS, BACKGROUND_QUEUE, err, sizeof err)))
+        return fail_free(&app, router, err);
     if (!(app.jobs = jobs_create())) return fail_free(&app, router, "out of memory");
 
     if (!(router = http_router_new()) || routes_register(router, &app, err, sizeof err))
@@ -378,9 +388,7 @@ int main(int argc, char **argv)
     pthread_t watchdog;
     if (pthread_create(&watchdog, NULL, drain_watchdog, &deadline_s) == 0) pthread_detach(watchdog);
     http_stop(srv);
-    atomic_store(&app.stopping, true);
-    atomic_store(&drain_step, "waiting for model loads");
-    while (atomic_load(&app.loaders) > 0) usleep(10000);
+    atomic_store(&app.stopping, true); /* reembeds end early; app_free joins them */
     app_free(&app, router);
     return 0;
 }

@@ -4,7 +4,6 @@
  *   DELETE /admin/models/{name}  unloads any model but the last.
  * Without --admin-token-file the routes answer 404, as if absent. */
 #include <limits.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -61,9 +60,9 @@ struct swap_job {
     char path[PATH_MAX];
 };
 
-/* Loading and warm-up take seconds: they run on their own thread, never on an
- * HTTP thread. */
-static void *swap_thread(void *arg)
+/* Loading and warm-up take seconds: they run on the background queue, never
+ * on an HTTP thread. */
+static void swap_run(void *arg)
 {
     struct swap_job *job = arg;
     char err[ERR_LEN];
@@ -79,9 +78,7 @@ static void *swap_thread(void *arg)
         model_entry_release(e);
     }
     http_request_unref(job->req);
-    atomic_fetch_sub(&job->app->loaders, 1);
     free(job);
-    return NULL;
 }
 
 static void load_model(struct http_request *req, void *user)
@@ -124,18 +121,11 @@ static void load_model(struct http_request *req, void *user)
         snprintf(job->name, sizeof job->name, "%s", name);
         http_request_ref(req);
         http_defer(req);
-        atomic_fetch_add(&app->loaders, 1);
-        pthread_t t;
-        pthread_attr_t attr;
-        pthread_attr_init(&attr);
-        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        if (pthread_create(&t, &attr, swap_thread, job)) {
-            http_reply_error(req, 503, NULL, "cannot start a loader thread");
-            atomic_fetch_sub(&app->loaders, 1);
+        if (workq_submit(app->background, swap_run, job)) {
+            http_reply_error(req, 503, NULL, "the background work queue is full or shutting down");
             http_request_unref(req);
             free(job);
         }
-        pthread_attr_destroy(&attr);
     }
     json_decref(j);
 }

@@ -168,7 +168,7 @@ static void insert_free(struct insert_ctx *x)
 static void insert_commit(void *arg)
 {
     struct insert_ctx *x = arg;
-    const size_t w = (size_t)x->c->info.width;
+    const size_t w = (size_t)coll_width(x->c);
     for (size_t i = 0; i < x->n; i++) {
         const int k = x->image_of[i];
         if (k < 0) continue;
@@ -215,7 +215,7 @@ static int parse_items(struct http_request *req, struct insert_ctx *x, json_t **
                           x->app->limits.max_insert_items);
         return -1;
     }
-    const size_t w = (size_t)x->c->info.width;
+    const size_t w = (size_t)coll_width(x->c);
     x->n = n;
     x->items = calloc(n, sizeof *x->items);
     x->meta = calloc(n, sizeof *x->meta);
@@ -325,7 +325,7 @@ static void get_item(struct http_request *req, void *user)
     const char *id = http_param(req, "id");
     struct item_out it;
     char err[ERR_LEN];
-    const int rc = store_item_get(index_store(c->ix), c->info.id, id, &it, err, sizeof err);
+    const int rc = store_item_get(coll_store(c), coll_id(c), id, &it, err, sizeof err);
     if (rc) {
         reply_store_error(req, rc, err);
         coll_release(c);

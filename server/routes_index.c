@@ -38,22 +38,22 @@ void reply_store_error(struct http_request *req, int rc, const char *msg)
 
 json_t *coll_json(struct coll *c)
 {
-    char err[ERR_LEN];
+    char err[ERR_LEN], job[COLL_JOB_ID_MAX];
+    struct collection_info info;
+    coll_info(c, &info);
     int64_t count = -1;
-    store_collection_count(index_store(c->ix), c->info.id, &count, err, sizeof err);
+    store_collection_count(coll_store(c), info.id, &count, err, sizeof err);
     struct index_mirror *m = coll_read_begin(c);
     const json_int_t indexed = (json_int_t)mirror_count(m);
     const int pw = mirror_prefix_width(m);
     json_t *o = json_pack("{s:s, s:s, s:s, s:I, s:s, s:b, s:s, s:I, s:I, s:i}", "name",
-                          c->info.name, "model", c->info.model, "fingerprint",
-                          c->info.fingerprint, "width", (json_int_t)c->info.width, "metric",
-                          store_metric_name(c->info.metric), "store_images",
-                          c->info.store_images, "created_at", c->info.created_at, "count",
-                          (json_int_t)count, "indexed", indexed, "prefix_width", pw);
+                          info.name, "model", info.model, "fingerprint", info.fingerprint,
+                          "width", (json_int_t)info.width, "metric",
+                          store_metric_name(info.metric), "store_images", info.store_images,
+                          "created_at", info.created_at, "count", (json_int_t)count, "indexed",
+                          indexed, "prefix_width", pw);
     coll_read_end(c);
-    pthread_mutex_lock(&c->write_mu);
-    if (o && c->job[0]) json_object_set_new(o, "job", json_string(c->job));
-    pthread_mutex_unlock(&c->write_mu);
+    if (o && coll_job_id(c, job)) json_object_set_new(o, "job", json_string(job));
     return o;
 }
 
@@ -164,9 +164,11 @@ int coll_embed(struct http_request *req, struct app *app, struct coll *c, struct
                coll_embed_done done, void *user)
 {
     char err[ERR_LEN];
-    if (!c->info.model[0]) {
+    struct collection_info info;
+    coll_info(c, &info);
+    if (!info.model[0]) {
         http_reply_errorf(req, 400, NULL, "collection '%s' has no model; it takes vectors only",
-                          c->info.name);
+                          info.name);
         return -1;
     }
     if (!atomic_load(&app->ready)) {
@@ -175,25 +177,24 @@ int coll_embed(struct http_request *req, struct app *app, struct coll *c, struct
         return -1;
     }
     struct model_entry *e;
-    if (registry_acquire(app->registry, c->info.model, &e, err, sizeof err)) {
+    if (registry_acquire(app->registry, info.model, &e, err, sizeof err)) {
         http_reply_errorf(req, 409, NULL, "collection '%s' was embedded with model '%s', which is "
-                          "not loaded: %s", c->info.name, c->info.model, err);
+                          "not loaded: %s", info.name, info.model, err);
         return -1;
     }
-    char fp[STORE_TEXT_MAX];
-    coll_fingerprint(c, fp);
+    const char *fp = info.fingerprint;
     const struct model_config *cfg = vit_model_config(e->model);
     if (strcmp(fp, e->fingerprint)) {
         http_reply_errorf(req, 409, NULL, "collection '%s' was embedded with checkpoint %s, but "
                           "model '%s' now serves checkpoint %s; search it by vector, or "
-                          "re-embed it (POST /v1/collections/%s/reembed)", c->info.name, fp,
-                          e->name, e->fingerprint, c->info.name);
+                          "re-embed it (POST /v1/collections/%s/reembed)", info.name, fp,
+                          e->name, e->fingerprint, info.name);
         model_entry_release(e);
         return -1;
     }
-    if (c->info.width > cfg->embed_dim) { /* only a broken store gets here */
+    if (info.width > cfg->embed_dim) { /* only a broken store gets here */
         http_reply_errorf(req, 500, NULL, "collection width %lld exceeds the model's %d",
-                          (long long)c->info.width, cfg->embed_dim);
+                          (long long)info.width, cfg->embed_dim);
         model_entry_release(e);
         return -1;
     }
@@ -217,7 +218,7 @@ int coll_embed(struct http_request *req, struct app *app, struct coll *c, struct
         infer_free(r);
         return -1;
     }
-    *x = (struct embed_ctx){.app = app, .im = im, .width = (int)c->info.width, .done = done,
+    *x = (struct embed_ctx){.app = app, .im = im, .width = (int)info.width, .done = done,
                             .user = user};
     infer_set_cancel(r, request_abandoned, req);
     rc = infer_submit(r, embed_done, x, err, sizeof err);

@@ -1,10 +1,12 @@
 /* Re-embedding and jobs:
  *   POST /v1/collections/{name}/reembed   202 {"job": {...}}
  *   GET /v1/jobs, GET /v1/jobs/{id}
- * A re-embed reads the collection's source images page by page, embeds them
- * with the current checkpoint of the collection's model, and switches the
- * collection to the new vectors and fingerprint in one transaction at the end;
- * until then the old vectors serve searches and writes are refused (409). */
+ * A re-embed (index/reembed.c) reads the collection's source images page by
+ * page, embeds them with the current checkpoint of the collection's model
+ * (embed_page below, through the batcher), and switches the collection to the
+ * new vectors and fingerprint in one transaction at the end; until then the old
+ * vectors serve searches and writes are refused (409). It runs on the
+ * background work queue. */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,13 +15,14 @@
 
 #include "errors.h"
 #include "images.h"
+#include "index/reembed.h"
 #include "infer.h"
 #include "matryoshka.h"
 #include "routes_index.h"
 #include "vit.h"
 
-#define REEMBED_PAGE 64
-
+/* A re-embed job on the background queue: the index's reembed_run, with
+ * inference supplied by embed_page. */
 struct reembed {
     struct app *app;
     struct coll *c;
@@ -46,14 +49,15 @@ static void page_done(struct infer_request *r, int status, const char *err, void
     pthread_mutex_unlock(&re->mu);
 }
 
-/* Embeds one page into vecs [n, width]; 0 or -1 with err. */
-static int embed_page(struct reembed *re, const struct store_image_row *rows, size_t n,
+/* reembed_embed_fn: one page through the batcher, waited for. */
+static int embed_page(void *user, const struct store_image_row *rows, size_t n, int width,
                       float *vecs, char *err, size_t errlen)
 {
+    struct reembed *re = user;
     const struct model_config *cfg = vit_model_config(re->e->model);
     const int S = image_input_side(cfg, 0);
     /* The token budget and the queue are busy only for a while: wait and retry
-     * rather than fail the job. */
+     * rather than fail the job (the batcher has no "space free" signal). */
     struct infer_request *r;
     int rc;
     for (;;) {
@@ -89,64 +93,37 @@ static int embed_page(struct reembed *re, const struct store_image_row *rows, si
         infer_free(r);
         return -1;
     }
-    matryoshka_cut(r->cls, (int)n, r->D, (int)re->c->info.width, true, vecs);
+    matryoshka_cut(r->cls, (int)n, r->D, width, true, vecs);
     infer_free(r);
     return 0;
 }
 
-static void *reembed_thread(void *arg)
+static void progress(void *user, int64_t done)
 {
-    struct reembed *re = arg;
-    struct index_store *st = index_store(re->c->ix);
-    const size_t w = (size_t)re->c->info.width;
-    char err[ERR_LEN] = "";
-    int64_t *row_ids = malloc((size_t)(re->total ? re->total : 1) * sizeof *row_ids);
-    float *vecs = malloc((size_t)(re->total ? re->total : 1) * w * sizeof *vecs);
-    int64_t done = 0, after = 0;
-    int rc = row_ids && vecs ? 0 : set_err(err, sizeof err, "out of memory for %lld vectors",
-                                           (long long)re->total);
-    while (!rc) {
-        if (atomic_load(&re->app->stopping)) {
-            rc = set_err(err, sizeof err, "the server shut down; nothing was changed");
-            break;
-        }
-        struct store_image_row *rows;
-        size_t n;
-        if ((rc = store_images_page(st, re->c->info.id, after, REEMBED_PAGE, &rows, &n, err,
-                                    sizeof err)))
-            break;
-        if (n == 0) {
-            store_image_rows_free(rows, n);
-            break;
-        }
-        if (done + (int64_t)n > re->total) { /* writes are refused, so only corruption */
-            store_image_rows_free(rows, n);
-            rc = set_err(err, sizeof err, "the collection changed while it was re-embedded");
-            break;
-        }
-        rc = embed_page(re, rows, n, vecs + (size_t)done * w, err, sizeof err);
-        for (size_t i = 0; !rc && i < n; i++) row_ids[done + (int64_t)i] = rows[i].row_id;
-        after = rows[n - 1].row_id;
-        store_image_rows_free(rows, n);
-        if (!rc) job_progress(re->job, done += (int64_t)n);
-    }
-    if (!rc && done != re->total)
-        rc = set_err(err, sizeof err, "found %lld of %lld images", (long long)done,
-                     (long long)re->total);
-    if (!rc)
-        rc = coll_replace_vectors(re->c, re->e->fingerprint, row_ids, vecs, (size_t)done, err,
-                                  sizeof err);
-    coll_end_job(re->c);
-    job_finish(re->job, rc ? err : NULL);
-    free(row_ids);
-    free(vecs);
+    job_progress(((struct reembed *)user)->job, done);
+}
+
+static void reembed_free(struct reembed *re)
+{
     model_entry_release(re->e);
     coll_release(re->c);
     pthread_mutex_destroy(&re->mu);
     pthread_cond_destroy(&re->cv);
-    atomic_fetch_sub(&re->app->loaders, 1);
     free(re);
-    return NULL;
+}
+
+/* workq_fn on the background queue. */
+static void reembed_job(void *arg)
+{
+    struct reembed *re = arg;
+    char err[ERR_LEN] = "";
+    const struct reembed_spec spec = {.c = re->c, .fingerprint = re->e->fingerprint,
+                                      .total = re->total, .embed = embed_page,
+                                      .progress = progress, .user = re,
+                                      .stop = &re->app->stopping};
+    const int rc = reembed_run(&spec, err, sizeof err);
+    job_finish(re->job, rc ? err : NULL);
+    reembed_free(re);
 }
 
 static void reembed(struct http_request *req, void *user)
@@ -157,28 +134,28 @@ static void reembed(struct http_request *req, void *user)
     char err[ERR_LEN];
     struct model_entry *e = NULL;
     int64_t with = 0, without = 0;
-    if (!c->info.store_images) {
+    struct collection_info info;
+    coll_info(c, &info);
+    if (!info.store_images) {
         http_reply_errorf(req, 400, NULL, "collection '%s' does not keep source images "
-                          "(store_images is false), so it cannot be re-embedded", c->info.name);
+                          "(store_images is false), so it cannot be re-embedded", info.name);
     } else if (!atomic_load(&app->ready)) {
         http_add_header(req, "Retry-After", "2");
         http_reply_error(req, 503, NULL, "models are still loading");
-    } else if (registry_acquire(app->registry, c->info.model, &e, err, sizeof err)) {
+    } else if (registry_acquire(app->registry, info.model, &e, err, sizeof err)) {
         http_reply_errorf(req, 409, NULL, "the collection's model '%s' is not loaded: %s",
-                          c->info.model, err);
-    } else if (store_collection_image_counts(index_store(c->ix), c->info.id, &with, &without,
-                                             err, sizeof err)) {
+                          info.model, err);
+    } else if (store_collection_image_counts(coll_store(c), info.id, &with, &without, err,
+                                             sizeof err)) {
         http_reply_error(req, 500, NULL, err);
     } else if (without > 0) {
         http_reply_errorf(req, 409, NULL, "%lld items of collection '%s' were inserted as vectors "
                           "and have no source image; delete them before re-embedding",
-                          (long long)without, c->info.name);
+                          (long long)without, info.name);
     } else {
-        char fp[STORE_TEXT_MAX];
-        coll_fingerprint(c, fp);
         struct reembed *re = calloc(1, sizeof *re);
-        struct job *job = re ? jobs_start(app->jobs, "reembed", c->info.name, fp, e->fingerprint,
-                                          with)
+        struct job *job = re ? jobs_start(app->jobs, "reembed", info.name, info.fingerprint,
+                                          e->fingerprint, with)
                              : NULL;
         int rc = job ? coll_begin_job(c, job_id(job), err, sizeof err)
                      : set_err_code(err, sizeof err, STORE_ERR, "out of memory");
@@ -190,26 +167,17 @@ static void reembed(struct http_request *req, void *user)
             *re = (struct reembed){.app = app, .c = c, .e = e, .job = job, .total = with};
             pthread_mutex_init(&re->mu, NULL);
             pthread_cond_init(&re->cv, NULL);
-            atomic_fetch_add(&app->loaders, 1);
-            pthread_t t;
-            pthread_attr_t attr;
-            pthread_attr_init(&attr);
-            pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-            if (pthread_create(&t, &attr, reembed_thread, re)) {
-                atomic_fetch_sub(&app->loaders, 1);
-                coll_end_job(c);
-                job_finish(job, "could not start a thread");
-                http_reply_error(req, 500, NULL, "could not start a thread");
-                pthread_mutex_destroy(&re->mu);
-                pthread_cond_destroy(&re->cv);
-                free(re);
+            c = NULL; /* the job owns the references now */
+            e = NULL;
+            if (workq_submit(app->background, reembed_job, re)) {
+                coll_end_job(re->c);
+                job_finish(job, "the background work queue is full or shutting down");
+                http_reply_error(req, 500, NULL, "the background work queue is full or shutting down");
+                reembed_free(re);
             } else {
                 http_reply_json(req, 202, json_pack("{s:o}", "job",
                                                     jobs_get_json(app->jobs, job_id(job))));
-                c = NULL; /* the thread owns the references now */
-                e = NULL;
             }
-            pthread_attr_destroy(&attr);
         }
     }
     if (e) model_entry_release(e);

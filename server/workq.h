@@ -1,6 +1,8 @@
-/* A fixed pool of worker threads with a bounded queue: index work (SQLite
- * commits, searches over large mirrors, re-embedding steps) runs here so that
- * neither HTTP threads nor batcher workers wait for it. */
+/* A fixed pool of worker threads with a bounded queue, so that neither HTTP
+ * threads nor batcher workers wait for slow work. The server keeps two: index
+ * work (SQLite commits, searches over large mirrors) and background jobs
+ * (checkpoint loads, reembeds), apart so that long jobs never starve searches;
+ * shutdown joins both. */
 #ifndef FRANCA_WORKQ_H
 #define FRANCA_WORKQ_H
 

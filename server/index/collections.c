@@ -2,10 +2,24 @@
  * collections.h for the locking rules. */
 #include "index/collections.h"
 
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "errors.h"
+
+struct coll {
+    struct collection_info info; /* fingerprint changes only under swap (exclusive) */
+    struct index_mirror *mirror; /* replaced only under swap (exclusive) */
+    pthread_mutex_t write_mu;
+    pthread_rwlock_t swap;
+    char job[COLL_JOB_ID_MAX];   /* id of the reembed job writing it, "" when none (write_mu) */
+    atomic_long refs;
+    struct index *ix;
+    bool dropped;                /* (write_mu) */
+};
 
 struct index {
     struct index_store *store;
@@ -353,4 +367,24 @@ void coll_fingerprint(struct coll *c, char out[STORE_TEXT_MAX])
     pthread_rwlock_rdlock(&c->swap);
     memcpy(out, c->info.fingerprint, STORE_TEXT_MAX);
     pthread_rwlock_unlock(&c->swap);
+}
+
+const char *coll_name(const struct coll *c) { return c->info.name; }
+int64_t coll_width(const struct coll *c) { return c->info.width; }
+int64_t coll_id(const struct coll *c) { return c->info.id; }
+struct index_store *coll_store(const struct coll *c) { return c->ix->store; }
+
+void coll_info(struct coll *c, struct collection_info *out)
+{
+    pthread_rwlock_rdlock(&c->swap);
+    *out = c->info;
+    pthread_rwlock_unlock(&c->swap);
+}
+
+bool coll_job_id(struct coll *c, char out[COLL_JOB_ID_MAX])
+{
+    pthread_mutex_lock(&c->write_mu);
+    memcpy(out, c->job, COLL_JOB_ID_MAX);
+    pthread_mutex_unlock(&c->write_mu);
+    return out[0] != '\0';
 }

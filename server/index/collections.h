@@ -5,6 +5,7 @@
  * under the collection's write mutex, so that the mirror applies committed
  * changes in commit order and always equals SQLite once a write returns.
  *
+ * struct coll is opaque (collections.c); routes read it through the accessors.
  * Lock order (never taken the other way): write_mu -> swap (rwlock) -> the
  * mirror's own lock. Readers take swap shared and the mirror's read lock
  * (coll_read_begin); a reembed replaces the mirror and the fingerprint under
@@ -18,25 +19,15 @@
 #define FRANCA_INDEX_COLLECTIONS_H
 
 #include <jansson.h>
-#include <pthread.h>
-#include <stdatomic.h>
 #include <stdbool.h>
+#include <stdint.h>
 
 #include "index/mirror.h"
 #include "index/store.h"
 
-struct coll {
-    struct collection_info info; /* fingerprint changes only under swap (exclusive) */
-    struct index_mirror *mirror; /* replaced only under swap (exclusive) */
-    pthread_mutex_t write_mu;
-    pthread_rwlock_t swap;
-    char job[32];                /* id of the reembed job writing it, "" when none (write_mu) */
-    /* Private. */
-    atomic_long refs;
-    struct index *ix;
-    bool dropped;
-};
+#define COLL_JOB_ID_MAX 32
 
+struct coll;
 struct index;
 
 /* Opens DATA_DIR/index.sqlite3 and rebuilds every collection's mirror. */
@@ -71,6 +62,18 @@ void coll_end_job(struct coll *c);
  * fingerprint, builds a new mirror from SQLite and switches to it at once. */
 int coll_replace_vectors(struct coll *c, const char *fingerprint, const int64_t *row_ids,
                          const float *vectors, size_t n, char *err, size_t errlen);
+
+/* Accessors: a collection is opaque outside collections.c. */
+/* The name, width, metric and row id never change after creation. */
+const char *coll_name(const struct coll *c);
+int64_t coll_width(const struct coll *c);
+int64_t coll_id(const struct coll *c);
+struct index_store *coll_store(const struct coll *c);
+/* A copy of the whole description, fingerprint included (under the swap lock). */
+void coll_info(struct coll *c, struct collection_info *out);
+/* Copies the id of the reembed job writing the collection into out and returns
+ * true, or returns false (out = "") when none does. */
+bool coll_job_id(struct coll *c, char out[COLL_JOB_ID_MAX]);
 
 /* A consistent read: the mirror is valid and unchanging until coll_read_end. */
 struct index_mirror *coll_read_begin(struct coll *c);

@@ -24,7 +24,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-#include "cuda_scores.h"
+#include "index/cuda_scores.h"
 #include "errors.h"
 #include "index/search.h"
 

@@ -685,6 +685,63 @@ void store_item_free(struct item_out *out)
     out->dim = out->image_len = 0;
 }
 
+/* Fills out from a row of (id, external_id, metadata, vector); 0 or -1 (memory). */
+static int read_item(sqlite3_stmt *st, size_t width, struct item_out *out)
+{
+    out->row_id = sqlite3_column_int64(st, 0);
+    copy_col(out->external_id, sizeof out->external_id, st, 1);
+    const unsigned char *meta = sqlite3_column_text(st, 2);
+    if (meta && !(out->metadata = strdup((const char *)meta))) return -1;
+    if (!(out->vector = malloc(width * sizeof *out->vector))) return -1;
+    memcpy(out->vector, sqlite3_column_blob(st, 3), width * sizeof *out->vector);
+    out->dim = width;
+    return 0;
+}
+
+int store_items_get_many(struct index_store *s, int64_t collection_id,
+                         const char *const *external_ids, size_t n, struct item_out *out,
+                         char *err, size_t errlen)
+{
+    memset(out, 0, n * sizeof *out);
+    pthread_mutex_lock(&s->mu);
+    sqlite3_stmt *st = NULL;
+    int ret = STORE_ERR;
+    if (exec_const(s, "BEGIN", err, errlen)) goto out;
+    int64_t width;
+    if ((ret = collection_shape(s, collection_id, &width, NULL, err, errlen))) goto out;
+    ret = STORE_ERR;
+    if (prepare(s,
+                "SELECT id, external_id, metadata, vector FROM items"
+                " WHERE collection_id = ?1 AND external_id = ?2",
+                &st, err, errlen))
+        goto out;
+    sqlite3_bind_int64(st, 1, collection_id);
+    for (size_t i = 0; i < n; i++) {
+        sqlite3_reset(st);
+        sqlite3_bind_text(st, 2, external_ids[i], -1, SQLITE_STATIC);
+        const int rc = sqlite3_step(st);
+        if (rc == SQLITE_DONE) continue;
+        if (rc != SQLITE_ROW) {
+            db_fail(s, err, errlen, "get items");
+            goto out;
+        }
+        const size_t vbytes = (size_t)sqlite3_column_bytes(st, 3);
+        if (vbytes != (size_t)width * sizeof(float)) {
+            set_err(err, errlen, "index store: item has %zu vector bytes, expected %lld", vbytes,
+                    (long long)width * 4);
+            goto out;
+        }
+        if (read_item(st, (size_t)width, &out[i])) {
+            set_err(err, errlen, "index store: out of memory");
+            goto out;
+        }
+    }
+    ret = 0;
+out:
+    end_locked(s, st, true); /* read-only transaction */
+    return ret;
+}
+
 int store_items_delete(struct index_store *s, int64_t collection_id,
                        const char *const *external_ids, size_t n, size_t *deleted,
                        char *err, size_t errlen)

@@ -112,6 +112,13 @@ int store_items_insert_rows(struct index_store *s, int64_t collection_id,
 int store_item_get(struct index_store *s, int64_t collection_id, const char *external_id,
                    struct item_out *out, char *err, size_t errlen);
 void store_item_free(struct item_out *out);
+/* Reads n items by external id in one read transaction with one prepared
+ * statement (ids may repeat). out[i] is filled (image left out) for each id
+ * found; an absent id leaves out[i] zeroed (vector NULL) and is no error. Free
+ * each out[i] with store_item_free, also after a failure. */
+int store_items_get_many(struct index_store *s, int64_t collection_id,
+                         const char *const *external_ids, size_t n, struct item_out *out,
+                         char *err, size_t errlen);
 /* Deletes the listed items in one transaction; ids not present are skipped and
  * *deleted counts the rows removed. */
 int store_items_delete(struct index_store *s, int64_t collection_id,

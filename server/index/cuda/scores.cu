@@ -16,7 +16,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-#include "cuda_scores.h"
+#include "index/cuda_scores.h"
 
 extern "C" {
 #include "errors.h"

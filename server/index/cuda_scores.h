@@ -3,9 +3,9 @@
  * rows of a device-resident matrix and a set of queries, copied back into
  * pinned host memory, where the caller ranks them.
  *
- * engine/cuda/scores.cu implements it when the build has CUDA; engine/cuda/stub.c
- * otherwise, where every function fails with "built without CUDA". Every
- * function returns 0 on success or -1 with a one-line message in err; none
+ * server/index/cuda/scores.cu implements it when the build has CUDA;
+ * server/index/cuda/stub.c otherwise, where every function fails with "built
+ * without CUDA". Every function returns 0 on success or -1 with a one-line message in err; none
  * aborts, and a failed call leaves no error behind in the CUDA runtime's
  * per-thread "last error".
  *

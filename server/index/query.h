@@ -1,0 +1,58 @@
+/* The query layer: one k-NN request (one query or a batch) against a
+ * collection, without HTTP. Query vectors are given, or taken from stored
+ * items by id; search is exact or through the Matryoshka funnel (search.h);
+ * a filter (filter.h) limits the eligible items. Hits carry their metadata and
+ * their vectors as stored, read for all hits in one store call after the
+ * collection's read lock is released. */
+#ifndef FRANCA_INDEX_QUERY_H
+#define FRANCA_INDEX_QUERY_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "index/collections.h"
+#include "index/filter.h"
+#include "index/search.h"
+
+#define QUERY_FUNNEL_MAX_CANDIDATES 100000
+
+struct index_query {
+    int nq;                   /* queries, >= 1 */
+    int k;                    /* hits per query, 1..SEARCH_K_MAX */
+    int w;                    /* search width, 1..the collection's width */
+    int candidates;           /* 0: exact search; else the funnel's shortlist */
+    int funnel_width;         /* the funnel's width (0: the mirror's prefix width) */
+    const struct filter *filter; /* NULL: every item is eligible */
+    bool with_metadata, with_vector;
+    const char *const *ids;   /* NULL, or [nq]: query i is the vector of stored item
+                                 ids[i] when that is not NULL */
+    const float *vectors;     /* [nq, w]: the other queries (rows of id queries unread) */
+};
+
+struct query_hit {
+    char id[STORE_ID_MAX];
+    float score;              /* see search.h */
+    json_t *metadata;         /* with_metadata: a new reference, NULL when none */
+    float *vector;            /* with_vector: width floats, as stored (the indexed
+                                 copy when the item was deleted meanwhile) */
+    size_t dim;
+};
+
+struct query_result {
+    int nq, n;                /* n hits per query: min(k, eligible items) */
+    struct query_hit *hits;   /* [nq * n]: query i's hits at i * n, best first */
+};
+
+/* The funnel's defaults for k at width w: its width (the mirror's prefix
+ * width, at most w) and a shortlist of 10 k, more for large collections. */
+void query_funnel_defaults(struct coll *c, int k, int w, int *funnel_width, int *candidates);
+
+/* Runs q on c. 0 with *out filled (free it with query_result_free), or
+ * STORE_NOT_FOUND (an unknown id), STORE_INVALID (a bad argument) or STORE_ERR
+ * with a message in err. */
+int query_run(struct coll *c, const struct index_query *q, struct query_result *out, char *err,
+              size_t errlen);
+void query_result_free(struct query_result *r);
+
+#endif
