@@ -9,11 +9,10 @@
 #include "base64.h"
 #include "datauri.h"
 #include "errors.h"
-#include "images.h"
 #include "infer.h"
 #include "matryoshka.h"
+#include "request_images.h"
 #include "vit.h"
-#include "clock.h"
 
 struct embed_ctx {
     struct http_request *req;
@@ -124,7 +123,7 @@ static void embeddings(struct http_request *req, void *user)
         json_decref(j);
         return;
     }
-    const int S = image_input_side(cfg, 0);
+    const int S = request_image_side(cfg, 0);
     struct infer_request *r;
     rc = infer_new(&r, app->batcher, e, n, S, S, false, false, err, sizeof err);
     if (rc != BATCH_OK) {
@@ -137,7 +136,6 @@ static void embeddings(struct http_request *req, void *user)
         uint8_t *bytes;
         size_t len;
         enum datauri_media media;
-        const double t0 = clock_now_s();
         enum datauri_status st = datauri_decode(json_string_value(s), json_string_length(s),
                                                 app->limits.max_body_bytes, &bytes, &len, &media,
                                                 err, sizeof err);
@@ -147,8 +145,9 @@ static void embeddings(struct http_request *req, void *user)
             json_decref(j);
             return;
         }
-        rc = image_prepare(bytes, len, cfg, 0, app->limits.max_image_pixels,
-                           r->input + (size_t)i * 3 * S * S, err, sizeof err);
+        rc = request_image_prepare(bytes, len, cfg, 0, app->limits.max_image_pixels,
+                                   app->metrics, r->input + (size_t)i * 3 * S * S, err,
+                                   sizeof err);
         free(bytes);
         if (rc) {
             http_reply_errorf(req, 422, NULL, "input[%d]: %s", i, err);
@@ -156,7 +155,6 @@ static void embeddings(struct http_request *req, void *user)
             json_decref(j);
             return;
         }
-        metrics_observe(app->metrics, HIST_DECODE_SECONDS, clock_now_s() - t0);
     }
     struct embed_ctx *ctx = malloc(sizeof(*ctx));
     if (!ctx) {

@@ -12,9 +12,9 @@
 #include <unistd.h>
 
 #include "errors.h"
-#include "images.h"
 #include "infer.h"
 #include "matryoshka.h"
+#include "request_images.h"
 #include "routes_index.h"
 #include "vit.h"
 
@@ -51,7 +51,7 @@ static int embed_page(struct reembed *re, const struct store_image_row *rows, si
                       float *vecs, char *err, size_t errlen)
 {
     const struct model_config *cfg = vit_model_config(re->e->model);
-    const int S = image_input_side(cfg, 0);
+    const int S = request_image_side(cfg, 0);
     /* The token budget and the queue are busy only for a while: wait and retry
      * rather than fail the job. */
     struct infer_request *r;
@@ -65,8 +65,9 @@ static int embed_page(struct reembed *re, const struct store_image_row *rows, si
     if (rc != BATCH_OK) return -1;
     for (size_t i = 0; i < n; i++) {
         char why[256];
-        if (image_prepare(rows[i].image, rows[i].image_len, cfg, 0, re->app->limits.max_image_pixels,
-                          r->input + i * 3 * S * S, why, sizeof why)) {
+        if (request_image_prepare(rows[i].image, rows[i].image_len, cfg, 0,
+                                  re->app->limits.max_image_pixels, NULL,
+                                  r->input + i * 3 * S * S, why, sizeof why)) {
             set_err(err, errlen, "item row %lld: its stored image does not decode: %s",
                     (long long)rows[i].row_id, why);
             infer_free(r);
