@@ -43,6 +43,7 @@ struct app {
     atomic_bool stopping;      /* set at shutdown: background jobs stop early */
     struct index *index;       /* collections (SQLite under --data + search mirrors) */
     struct workq *index_work;  /* index commits and searches run here */
+    struct workq *replies;     /* infer requests' callbacks (answers) run here */
     struct jobs *jobs;         /* reembed jobs */
     time_t started_at;
 };

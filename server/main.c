@@ -262,6 +262,8 @@ static void app_free(struct app *app, struct http_router *router)
     workq_free(app->index_work);
     atomic_store(&drain_step, "finishing queued inference");
     batcher_free(app->batcher);
+    atomic_store(&drain_step, "finishing replies");
+    workq_free(app->replies); /* after the batcher: its last requests finish here */
     atomic_store(&drain_step, "closing the index");
     index_close(app->index);
     jobs_free(app->jobs);
@@ -334,6 +336,9 @@ int main(int argc, char **argv)
     batcher_set_token_budget(app.batcher, (uint64_t)o.max_inflight_tokens);
     if (index_open(&app.index, o.data, err, sizeof err)) return fail_free(&app, router, err);
     if (!(app.index_work = workq_create(o.index_threads, 4096, err, sizeof err))) return fail_free(&app, router, err);
+    /* As many reply builders as HTTP threads; a full queue builds on the batcher (infer.c). */
+    if (!(app.replies = workq_create(o.http_threads, 4096, err, sizeof err))) return fail_free(&app, router, err);
+    batcher_set_replies(app.batcher, app.replies);
     if (!(app.jobs = jobs_create())) return fail_free(&app, router, "out of memory");
 
     if (!(router = http_router_new()) || routes_register(router, &app, err, sizeof err))

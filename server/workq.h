@@ -1,6 +1,7 @@
-/* A fixed pool of worker threads with a bounded queue: index work (SQLite
- * commits, searches over large mirrors, re-embedding steps) runs here so that
- * neither HTTP threads nor batcher workers wait for it. */
+/* A fixed pool of worker threads with a bounded queue. The server keeps two:
+ * index work (SQLite commits, searches over large mirrors, re-embedding steps)
+ * and replies (infer requests' callbacks, batcher.h), so that neither HTTP
+ * threads nor the batcher's worker wait for them. */
 #ifndef FRANCA_WORKQ_H
 #define FRANCA_WORKQ_H
 
