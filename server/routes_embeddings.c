@@ -1,5 +1,6 @@
 /* POST /v1/embeddings, OpenAI-compatible: the CLS embedding of each input image
  * at `dimensions` (prefix, then L2-normalised). */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,8 +22,9 @@ struct embed_ctx {
     bool base64;
 };
 
-/* One embedding as a JSON value: an array of numbers or a base64 string of
- * little-endian f32. NULL when out of memory. */
+/* One embedding as a JSON value: an array of numbers (a non-finite one, which
+ * only a broken checkpoint yields, as null, like /v1/features) or a base64
+ * string of little-endian f32. NULL when out of memory. */
 static json_t *embedding_json(const float *v, int n, bool base64)
 {
     if (base64) {
@@ -34,7 +36,7 @@ static json_t *embedding_json(const float *v, int n, bool base64)
     }
     json_t *a = json_array();
     for (int k = 0; a && k < n; k++)
-        if (json_array_append_new(a, json_real(v[k]))) {
+        if (json_array_append_new(a, isfinite(v[k]) ? json_real(v[k]) : json_null())) {
             json_decref(a);
             return NULL;
         }
