@@ -43,6 +43,7 @@ struct app {
     struct index *index;       /* collections (SQLite under --data + search mirrors) */
     struct workq *index_work;  /* index commits and searches run here */
     struct workq *background;  /* checkpoint loads and reembed jobs; shutdown joins it */
+    struct workq *replies;     /* infer requests' callbacks (answers) run here */
     struct jobs *jobs;         /* reembed jobs */
     time_t started_at;
 };

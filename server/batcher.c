@@ -38,6 +38,7 @@ struct batcher {
     struct batcher_stats st;
     batch_observer_fn observer;
     void *observer_user;
+    struct workq *replies;        /* kept for infer.c; the batcher never submits to it */
 
     /* Worker-only scratch, grown as needed. */
     struct batch_job **jobs;      /* [max_batch] */
@@ -282,6 +283,16 @@ void batcher_set_observer(struct batcher *b, batch_observer_fn fn, void *user)
 {
     b->observer = fn;
     b->observer_user = user;
+}
+
+void batcher_set_replies(struct batcher *b, struct workq *q)
+{
+    b->replies = q;
+}
+
+struct workq *batcher_replies(const struct batcher *b)
+{
+    return b->replies;
 }
 
 struct batcher *batcher_create(int max_batch, int max_delay_ms, int max_queue, char *err,

@@ -27,6 +27,11 @@
  * job's batch runs; a job whose client has gone is dropped there (counted in
  * the stats) instead of being computed for nobody.
  *
+ * Replies: the worker only scatters and calls the jobs' callbacks, which are
+ * short. A request made of jobs (infer.h) finishes on the reply pool set with
+ * batcher_set_replies, so building its answer (large JSON, safetensors) never
+ * holds up the next forward.
+ *
  * Submission never blocks: it enqueues or fails at once. */
 #ifndef FRANCA_BATCHER_H
 #define FRANCA_BATCHER_H
@@ -130,6 +135,14 @@ int batcher_submit_many(struct batcher *b, struct batch_job *jobs, int n, char *
 typedef void (*batch_observer_fn)(struct batch_job *const *jobs, int B, double infer_seconds,
                                   void *user);
 void batcher_set_observer(struct batcher *b, batch_observer_fn fn, void *user);
+
+/* The pool (workq.h) on which infer requests run their done callbacks, off
+ * the worker; the batcher only keeps it for infer.c. NULL (the default): they
+ * run on the worker. Set it before the first submit; it must outlive the last
+ * request (free it after the batcher). */
+struct workq;
+void batcher_set_replies(struct batcher *b, struct workq *q);
+struct workq *batcher_replies(const struct batcher *b);
 
 /* Images queued and not yet running. */
 int batcher_queue_depth(struct batcher *b);

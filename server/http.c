@@ -1766,7 +1766,8 @@ static void on_log(void *cls, const char *fmt, va_list ap)
     if (sscanf(buf, "Error processing request (HTTP response code is %d", &status) == 1 &&
         status >= 400 && status <= 599 && status != 500)
         answer_mhd_error(srv, status);
-    if (atomic_load(&srv->starting)) snprintf(srv->start_log, sizeof srv->start_log, "%s", buf);
+    if (atomic_load(&srv->starting)) /* cut to fit */
+        snprintf(srv->start_log, sizeof srv->start_log, "%.*s", (int)sizeof srv->start_log - 1, buf);
     if (!srv->quiet) fprintf(stderr, "http: libmicrohttpd: %s\n", buf);
 }
 

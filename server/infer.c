@@ -7,6 +7,7 @@
 
 #include "errors.h"
 #include "vit.h"
+#include "workq.h"
 
 uint64_t infer_tokens(const struct model_entry *entry, int n, int H, int W)
 {
@@ -98,7 +99,22 @@ void infer_set_cancel(struct infer_request *r, infer_cancel_fn fn, void *arg)
     r->cancel_arg = arg;
 }
 
-/* Records one image's outcome; the last one calls the request's callback. */
+static void run_done(void *arg)
+{
+    struct infer_request *r = arg;
+    r->done(r, r->status, r->status == BATCH_OK ? NULL : r->err, r->user);
+}
+
+/* Hands the finished request to the reply pool. Its queue is bounded (memory),
+ * so when it is full the reply is built right here instead: a slower batcher
+ * is the back-pressure, and no answer is lost. */
+static void deliver(struct infer_request *r)
+{
+    struct workq *q = batcher_replies(r->batcher);
+    if (!q || workq_submit(q, run_done, r)) run_done(r);
+}
+
+/* Records one image's outcome; the last one delivers the request's callback. */
 static void finish_one(struct infer_request *r, int status, const char *err)
 {
     pthread_mutex_lock(r->lock);
@@ -108,7 +124,7 @@ static void finish_one(struct infer_request *r, int status, const char *err)
     }
     const int last = --r->pending == 0;
     pthread_mutex_unlock(r->lock);
-    if (last) r->done(r, r->status, r->status == BATCH_OK ? NULL : r->err, r->user);
+    if (last) deliver(r);
 }
 
 static void job_done(struct batch_job *job, int status, const char *err, void *user)

@@ -2,7 +2,7 @@
  * through the batcher (possibly in batches shared with other requests), with one
  * callback when every image is done. Routes admit and allocate the request
  * (infer_new), fill the inputs, submit, and build their answer from the outputs
- * in the callback. */
+ * in the callback, which runs off the batcher's worker (see infer_done_fn). */
 #ifndef FRANCA_INFER_H
 #define FRANCA_INFER_H
 
@@ -16,8 +16,11 @@
 
 struct infer_request;
 
-/* Called once, from a batcher worker. status: BATCH_OK, or the first failure's
- * code (BATCH_ERR, BATCH_CANCELLED) and message. */
+/* Called once, on the batcher's reply pool (batcher_set_replies), never on its
+ * worker while the pool takes work; without a pool, or when its queue is full
+ * or stopping, on the thread that finished the last image (the worker, or the
+ * submitter), so that no answer is ever lost. status: BATCH_OK, or the first
+ * failure's code (BATCH_ERR, BATCH_CANCELLED) and message. */
 typedef void (*infer_done_fn)(struct infer_request *r, int status, const char *err, void *user);
 
 /* True once nobody waits for the request's answer (e.g. its client went away).

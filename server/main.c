@@ -263,10 +263,14 @@ static void app_free(struct app *app, struct http_router *router)
     /* Loads and reembeds wait for inference, so they end before the batcher. */
     atomic_store(&drain_step, "waiting for model loads and reembed jobs");
     workq_free(app->background);
-    atomic_store(&drain_step, "finishing index work");
-    workq_free(app->index_work);
     atomic_store(&drain_step, "finishing queued inference");
     batcher_free(app->batcher);
+    atomic_store(&drain_step, "finishing replies");
+    workq_free(app->replies); /* after the batcher: its last requests finish here */
+    /* Last: an index request's embedding, answered on a reply thread, queues
+     * its commit or search here. */
+    atomic_store(&drain_step, "finishing index work");
+    workq_free(app->index_work);
     atomic_store(&drain_step, "closing the index");
     index_close(app->index);
     jobs_free(app->jobs);
@@ -344,6 +348,9 @@ int main(int argc, char **argv)
      * (e.g. two loads of one name, one answered 409); more wait in the queue. */
     if (!(app.background = workq_create(BACKGROUND_THREADS, BACKGROUND_QUEUE, err, sizeof err)))
         return fail_free(&app, router, err);
+    /* As many reply builders as HTTP threads; a full queue builds on the batcher (infer.c). */
+    if (!(app.replies = workq_create(o.http_threads, 4096, err, sizeof err))) return fail_free(&app, router, err);
+    batcher_set_replies(app.batcher, app.replies);
     if (!(app.jobs = jobs_create())) return fail_free(&app, router, "out of memory");
 
     if (!(router = http_router_new()) || routes_register(router, &app, err, sizeof err))

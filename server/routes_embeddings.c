@@ -1,5 +1,6 @@
 /* POST /v1/embeddings, OpenAI-compatible: the CLS embedding of each input image
  * at `dimensions` (prefix, then L2-normalised). */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,11 +10,10 @@
 #include "base64.h"
 #include "datauri.h"
 #include "errors.h"
-#include "images.h"
 #include "infer.h"
 #include "matryoshka.h"
+#include "request_images.h"
 #include "vit.h"
-#include "clock.h"
 
 struct embed_ctx {
     struct http_request *req;
@@ -22,39 +22,68 @@ struct embed_ctx {
     bool base64;
 };
 
+/* One embedding as a JSON value: an array of numbers (a non-finite one, which
+ * only a broken checkpoint yields, as null, like /v1/features) or a base64
+ * string of little-endian f32. NULL when out of memory. */
+static json_t *embedding_json(const float *v, int n, bool base64)
+{
+    if (base64) {
+        size_t len;
+        char *b = base64_encode_f32le(v, n, &len);
+        json_t *s = b ? json_stringn(b, len) : NULL;
+        free(b);
+        return s;
+    }
+    json_t *a = json_array();
+    for (int k = 0; a && k < n; k++)
+        if (json_array_append_new(a, isfinite(v[k]) ? json_real(v[k]) : json_null())) {
+            json_decref(a);
+            return NULL;
+        }
+    return a;
+}
+
+/* The "data" array of the answer, or NULL when out of memory: a partial list
+ * must never go out as a 200. */
+static json_t *embeddings_data(const struct embed_ctx *ctx, const struct infer_request *r)
+{
+    const int Wd = ctx->dimensions;
+    float *cut = malloc(sizeof(float) * Wd);
+    json_t *data = cut ? json_array() : NULL;
+    for (int i = 0; data && i < r->n; i++) {
+        matryoshka_cut(r->cls + (size_t)i * r->D, 1, r->D, Wd, true, cut);
+        json_t *emb = embedding_json(cut, Wd, ctx->base64);
+        json_t *item = emb ? json_pack("{s:s, s:i, s:o}", "object", "embedding", "index", i,
+                                       "embedding", emb)
+                           : NULL;
+        if (!item || json_array_append_new(data, item)) {
+            json_decref(data);
+            data = NULL;
+        }
+    }
+    free(cut);
+    return data;
+}
+
 static void embed_done(struct infer_request *r, int status, const char *err, void *user)
 {
     struct embed_ctx *ctx = user;
     struct http_request *req = ctx->req;
+    json_t *data = status == BATCH_OK ? embeddings_data(ctx, r) : NULL;
+    const json_int_t tokens = (json_int_t)r->n * r->N;
+    json_t *body = data ? json_pack("{s:s, s:o, s:s, s:s, s:{s:I, s:I}}", "object", "list",
+                                    "data", data, "model", r->entry->name, "fingerprint",
+                                    r->entry->fingerprint, "usage", "prompt_tokens", tokens,
+                                    "total_tokens", tokens)
+                        : NULL;
     if (status != BATCH_OK) {
         reply_batch_error(req, status, err);
+    } else if (!body) {
+        http_reply_error(req, 500, NULL, "out of memory while writing the answer");
     } else {
-        const int Wd = ctx->dimensions;
-        float *cut = malloc(sizeof(float) * Wd);
-        json_t *data = json_array();
-        for (int i = 0; cut && i < r->n; i++) {
-            matryoshka_cut(r->cls + (size_t)i * r->D, 1, r->D, Wd, true, cut);
-            json_t *emb;
-            if (ctx->base64) {
-                size_t len;
-                char *b = base64_encode_f32le(cut, Wd, &len);
-                emb = b ? json_stringn(b, len) : NULL;
-                free(b);
-            } else {
-                emb = json_array();
-                for (int k = 0; k < Wd; k++) json_array_append_new(emb, json_real(cut[k]));
-            }
-            json_array_append_new(data, json_pack("{s:s, s:i, s:o*}", "object", "embedding",
-                                                  "index", i, "embedding", emb));
-        }
-        free(cut);
-        const json_int_t tokens = (json_int_t)r->n * r->N;
         http_add_header(req, "X-Model-Fingerprint", r->entry->fingerprint);
-    http_add_header(req, "X-Model-Precision", r->entry->precision);
-        http_reply_json(req, 200, json_pack("{s:s, s:o, s:s, s:s, s:{s:I, s:I}}", "object", "list",
-                                            "data", data, "model", r->entry->name,
-                                            "fingerprint", r->entry->fingerprint, "usage",
-                                            "prompt_tokens", tokens, "total_tokens", tokens));
+        http_add_header(req, "X-Model-Precision", r->entry->precision);
+        http_reply_json(req, 200, body);
     }
     free(ctx);
     infer_free(r);
@@ -124,7 +153,7 @@ static void embeddings(struct http_request *req, void *user)
         json_decref(j);
         return;
     }
-    const int S = image_input_side(cfg, 0);
+    const int S = request_image_side(cfg, 0);
     struct infer_request *r;
     rc = infer_new(&r, app->batcher, e, n, S, S, false, false, err, sizeof err);
     if (rc != BATCH_OK) {
@@ -137,7 +166,6 @@ static void embeddings(struct http_request *req, void *user)
         uint8_t *bytes;
         size_t len;
         enum datauri_media media;
-        const double t0 = clock_now_s();
         enum datauri_status st = datauri_decode(json_string_value(s), json_string_length(s),
                                                 app->limits.max_body_bytes, &bytes, &len, &media,
                                                 err, sizeof err);
@@ -147,8 +175,9 @@ static void embeddings(struct http_request *req, void *user)
             json_decref(j);
             return;
         }
-        rc = image_prepare(bytes, len, cfg, 0, app->limits.max_image_pixels,
-                           r->input + (size_t)i * 3 * S * S, err, sizeof err);
+        rc = request_image_prepare(bytes, len, cfg, 0, app->limits.max_image_pixels,
+                                   app->metrics, r->input + (size_t)i * 3 * S * S, err,
+                                   sizeof err);
         free(bytes);
         if (rc) {
             http_reply_errorf(req, 422, NULL, "input[%d]: %s", i, err);
@@ -156,7 +185,6 @@ static void embeddings(struct http_request *req, void *user)
             json_decref(j);
             return;
         }
-        metrics_observe(app->metrics, HIST_DECODE_SECONDS, clock_now_s() - t0);
     }
     struct embed_ctx *ctx = malloc(sizeof(*ctx));
     if (!ctx) {

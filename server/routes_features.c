@@ -41,14 +41,13 @@
 #include "datauri.h"
 #include "ascii.h"
 #include "errors.h"
-#include "images.h"
 #include "infer.h"
 #include "matryoshka.h"
 #include "multipart.h"
 #include "options.h"
+#include "request_images.h"
 #include "safetensors.h"
 #include "vit.h"
-#include "clock.h"
 
 #define SAFETENSORS_TYPE "application/vnd.safetensors"
 
@@ -694,16 +693,14 @@ static void features(struct http_request *req, void *user)
     }
     const int prep_res = o->crop == CROP_SQUARE ? S : 0;
     for (int i = 0; i < p.n; i++) {
-        const double t0 = clock_now_s();
-        if (image_prepare(p.images[i].data, p.images[i].len, cfg, prep_res,
-                          app->limits.max_image_pixels, r->input + (size_t)i * 3 * S * S, err,
-                          sizeof err)) {
+        if (request_image_prepare(p.images[i].data, p.images[i].len, cfg, prep_res,
+                                  app->limits.max_image_pixels, app->metrics,
+                                  r->input + (size_t)i * 3 * S * S, err, sizeof err)) {
             fail(req, 422, "%s: %s", p.images[i].label, err);
             infer_free(r);
             parsed_free(&p);
             return;
         }
-        metrics_observe(app->metrics, HIST_DECODE_SECONDS, clock_now_s() - t0);
     }
     parsed_free(&p);
 

@@ -7,9 +7,9 @@
 
 #include "datauri.h"
 #include "errors.h"
-#include "images.h"
 #include "infer.h"
 #include "matryoshka.h"
+#include "request_images.h"
 #include "vit.h"
 
 struct coll *coll_or_reply(struct http_request *req, struct app *app)
@@ -152,7 +152,7 @@ static void embed_done(struct infer_request *r, int status, const char *err, voi
         snprintf(x->err, sizeof x->err, "%s", err ? err : "inference failed");
     }
     infer_free(r);
-    /* Off the batcher's thread: the caller commits or searches next. */
+    /* On a reply thread (infer.h): the caller commits or searches next. */
     if (workq_submit(x->app->index_work, embed_finish, x)) {
         x->status = BATCH_FULL;
         snprintf(x->err, sizeof x->err, "the index work queue is full");
@@ -198,7 +198,7 @@ int coll_embed(struct http_request *req, struct app *app, struct coll *c, struct
         model_entry_release(e);
         return -1;
     }
-    const int S = image_input_side(cfg, 0);
+    const int S = request_image_side(cfg, 0);
     struct infer_request *r;
     int rc = infer_new(&r, app->batcher, e, im->n, S, S, false, false, err, sizeof err);
     if (rc != BATCH_OK) {
@@ -206,8 +206,9 @@ int coll_embed(struct http_request *req, struct app *app, struct coll *c, struct
         return -1;
     }
     for (int i = 0; i < im->n; i++)
-        if (image_prepare(im->bytes[i], im->lens[i], cfg, 0, app->limits.max_image_pixels,
-                          r->input + (size_t)i * 3 * S * S, err, sizeof err)) {
+        if (request_image_prepare(im->bytes[i], im->lens[i], cfg, 0,
+                                  app->limits.max_image_pixels, app->metrics,
+                                  r->input + (size_t)i * 3 * S * S, err, sizeof err)) {
             http_reply_errorf(req, 422, NULL, "image %d: %s", i, err);
             infer_free(r);
             return -1;

@@ -14,10 +14,10 @@
 #include <unistd.h>
 
 #include "errors.h"
-#include "images.h"
 #include "index/reembed.h"
 #include "infer.h"
 #include "matryoshka.h"
+#include "request_images.h"
 #include "routes_index.h"
 #include "vit.h"
 
@@ -55,7 +55,7 @@ static int embed_page(void *user, const struct store_image_row *rows, size_t n, 
 {
     struct reembed *re = user;
     const struct model_config *cfg = vit_model_config(re->e->model);
-    const int S = image_input_side(cfg, 0);
+    const int S = request_image_side(cfg, 0);
     /* The token budget and the queue are busy only for a while: wait and retry
      * rather than fail the job (the batcher has no "space free" signal). */
     struct infer_request *r;
@@ -69,8 +69,9 @@ static int embed_page(void *user, const struct store_image_row *rows, size_t n, 
     if (rc != BATCH_OK) return -1;
     for (size_t i = 0; i < n; i++) {
         char why[256];
-        if (image_prepare(rows[i].image, rows[i].image_len, cfg, 0, re->app->limits.max_image_pixels,
-                          r->input + i * 3 * S * S, why, sizeof why)) {
+        if (request_image_prepare(rows[i].image, rows[i].image_len, cfg, 0,
+                                  re->app->limits.max_image_pixels, NULL,
+                                  r->input + i * 3 * S * S, why, sizeof why)) {
             set_err(err, errlen, "item row %lld: its stored image does not decode: %s",
                     (long long)rows[i].row_id, why);
             infer_free(r);

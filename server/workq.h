@@ -1,8 +1,9 @@
 /* A fixed pool of worker threads with a bounded queue, so that neither HTTP
- * threads nor batcher workers wait for slow work. The server keeps two: index
- * work (SQLite commits, searches over large mirrors) and background jobs
- * (checkpoint loads, reembeds), apart so that long jobs never starve searches;
- * shutdown joins both. */
+ * threads nor the batcher's worker wait for slow work. The server keeps three:
+ * index work (SQLite commits, searches over large mirrors), background jobs
+ * (checkpoint loads, reembeds: apart, so that long jobs never starve
+ * searches) and replies (infer requests' callbacks, batcher.h); shutdown
+ * joins them all. */
 #ifndef FRANCA_WORKQ_H
 #define FRANCA_WORKQ_H
 

@@ -1,7 +1,8 @@
 /* Unit tests of the model registry (refcounts, hot swap, busy/last/unknown
  * codes, failed swaps, a FIFO refused without blocking) and the dynamic
  * batcher (gathering, per-key batches, queue limit, all-or-nothing submits,
- * the token budget, dropping cancelled jobs, drain on shutdown), including a
+ * the token budget, dropping cancelled jobs, drain on shutdown, requests
+ * finishing on the reply pool off the batcher's worker), including a
  * hot swap under concurrent load whose every result is checked against a
  * direct forward of the model that the result's entry names. CHECK is only
  * called from the main thread. */
@@ -26,6 +27,7 @@
 #include "registry.h"
 #include "sha256.h"
 #include "vit.h"
+#include "workq.h"
 #include "clock.h"
 
 enum { D = 32, S = 56, NIN = 8, H2 = 28, W2 = 42 };
@@ -680,6 +682,7 @@ struct ireq {
     char err[ERR_LEN];
     float cls[NIN][D];
     int n;
+    pthread_t thread;   /* where the callback ran */
 };
 
 static void ireq_done(struct infer_request *r, int status, const char *err, void *user)
@@ -689,6 +692,7 @@ static void ireq_done(struct infer_request *r, int status, const char *err, void
     memcpy(q->cls, r->cls, sizeof(float) * D * (size_t)r->n);
     q->status = status;
     q->calls++;
+    q->thread = pthread_self();
     snprintf(q->err, sizeof q->err, "%s", err ? err : "");  /* err lives in r */
     infer_free(r);
     q->w.finished++;
@@ -878,6 +882,77 @@ static void test_cancel(struct model_entry *e)
     waiter_destroy(&w);
 }
 
+/* The observer runs on the batcher's worker: it notes which thread that is. */
+static void note_worker(struct batch_job *const *jobs, int B, double infer_seconds, void *user)
+{
+    (void)jobs, (void)B, (void)infer_seconds;
+    *(pthread_t *)user = pthread_self();
+}
+
+/* A reply-pool task that holds its thread until the gate opens. */
+struct gate {
+    struct waiter w;    /* finished: tasks that entered */
+    bool open;
+};
+
+static void gate_task(void *arg)
+{
+    struct gate *g = arg;
+    pthread_mutex_lock(&g->w.lock);
+    g->w.finished++;
+    pthread_cond_broadcast(&g->w.cond);
+    while (!g->open) pthread_cond_wait(&g->w.cond, &g->w.lock);
+    pthread_mutex_unlock(&g->w.lock);
+}
+
+/* A request's callback (where routes build their answers) runs on the reply
+ * pool, not on the batcher's worker; with the pool's queue full it runs on the
+ * worker rather than being lost. */
+static void test_reply_pool(struct model_entry *e)
+{
+    char err[ERR_LEN];
+    struct batcher *b = batcher_create(8, 0, 16, err, sizeof err);
+    struct workq *replies = workq_create(1, 1, err, sizeof err);
+    CHECK(b && replies, "%s", err);
+    pthread_t worker = pthread_self();
+    batcher_set_observer(b, note_worker, &worker);
+    batcher_set_replies(b, replies);
+
+    struct ireq q = {0};
+    waiter_init(&q.w);
+    struct infer_request *r;
+    CHECK(ireq_new(&r, b, e, 2, err, sizeof err) == BATCH_OK, "%s", err);
+    CHECK(infer_submit(r, ireq_done, &q, err, sizeof err) == BATCH_OK, "%s", err);
+    CHECK(waiter_wait(&q.w, 1, 30) == 1 && q.status == BATCH_OK, "ran: %s", q.err);
+    CHECK(!pthread_equal(worker, pthread_self()), "the observer saw the worker");
+    CHECK(!pthread_equal(q.thread, worker) && !pthread_equal(q.thread, pthread_self()),
+          "the callback ran on the reply pool");
+    CHECK(matches(q.cls[0], ref_cls[0][0], D, 2) && matches(q.cls[1], ref_cls[0][1], D, 2),
+          "results through the pool");
+
+    /* Its one thread held, its one slot taken: the queue is full. */
+    struct gate g = {0};
+    waiter_init(&g.w);
+    CHECK(workq_submit(replies, gate_task, &g) == 0 && waiter_wait(&g.w, 1, 30) == 1,
+          "the reply thread is held");
+    CHECK(workq_submit(replies, gate_task, &g) == 0 && workq_submit(replies, gate_task, &g) == -1,
+          "the reply queue is full");
+    CHECK(ireq_new(&r, b, e, 1, err, sizeof err) == BATCH_OK, "%s", err);
+    CHECK(infer_submit(r, ireq_done, &q, err, sizeof err) == BATCH_OK, "%s", err);
+    CHECK(waiter_wait(&q.w, 2, 30) == 2 && q.status == BATCH_OK && q.calls == 2,
+          "answered with the queue full: %s", q.err);
+    CHECK(pthread_equal(q.thread, worker), "on the worker, since the pool could take nothing");
+    pthread_mutex_lock(&g.w.lock);
+    g.open = true;
+    pthread_cond_broadcast(&g.w.cond);
+    pthread_mutex_unlock(&g.w.lock);
+    batcher_free(b);
+    workq_free(replies);  /* after the batcher, as the server does */
+    CHECK(g.w.finished == 2, "the held tasks ran too");
+    waiter_destroy(&g.w);
+    waiter_destroy(&q.w);
+}
+
 static void test_admission(void)
 {
     char err[ERR_LEN];
@@ -890,6 +965,7 @@ static void test_admission(void)
     test_infer_admission(e);
     test_all_or_nothing(e);
     test_cancel(e);
+    test_reply_pool(e);
     model_entry_release(e);
     registry_free(reg);
 }
