@@ -71,16 +71,17 @@ int routes_jobs_register(struct http_router *r, struct app *app, char *err, size
 
 /* The JSON object body of a request (a new reference); otherwise replies 415
  * or 400 and returns NULL. */
-json_t *json_body(struct http_request *req);
+json_t *route_json_body(struct http_request *req);
 /* Acquires the named model (NULL: the default) for a request; otherwise replies
  * 503 while models load, 404 for an unknown name, and returns NULL. */
-struct model_entry *acquire_or_reply(struct http_request *req, struct app *app, const char *name);
+struct model_entry *route_acquire_model(struct http_request *req, struct app *app,
+                                        const char *name);
 /* Replies with the registry's error for name (404 unknown, 400 malformed...). */
-void reply_registry_error(struct http_request *req, int rc, const char *msg);
+void route_reply_registry_error(struct http_request *req, int rc, const char *msg);
 /* Replies with the batcher's refusal (429 with Retry-After, 413, 503, 500). */
-void reply_batch_error(struct http_request *req, int rc, const char *msg);
-/* For infer_set_cancel(r, request_abandoned, req): true once nobody waits for
+void route_reply_batch_error(struct http_request *req, int rc, const char *msg);
+/* For infer_set_cancel(r, route_abandoned, req): true once nobody waits for
  * req's answer (http_client_gone). */
-bool request_abandoned(void *req);
+bool route_abandoned(void *req);
 
 #endif

@@ -164,16 +164,3 @@ enum datauri_status datauri_decode(const char *s, size_t len, size_t max_bytes, 
     if (media) *media = declared;
     return DATAURI_OK;
 }
-
-int datauri_http_status(enum datauri_status st)
-{
-    switch (st) {
-    case DATAURI_OK: return 200;
-    case DATAURI_MALFORMED: return 400;
-    case DATAURI_URL: return 422;
-    case DATAURI_UNSUPPORTED_TYPE: return 415;
-    case DATAURI_TOO_LARGE: return 413;
-    case DATAURI_NOMEM: return 500;
-    }
-    return 500;
-}

@@ -41,7 +41,4 @@ enum datauri_status datauri_decode(const char *s, size_t len, size_t max_bytes, 
                                    size_t *out_len, enum datauri_media *media, char *err,
                                    size_t errlen);
 
-/* The HTTP status a route answers for st (200 for DATAURI_OK). */
-int datauri_http_status(enum datauri_status st);
-
 #endif

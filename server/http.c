@@ -21,6 +21,7 @@
  * MHD_resume_connection is called with no lock held. */
 #include "http.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <microhttpd.h>
@@ -410,7 +411,9 @@ struct http_request {
 
 static void server_unref(struct http_server *srv)
 {
-    if (atomic_fetch_sub(&srv->refs, 1) != 1) return;
+    const int prev = atomic_fetch_sub(&srv->refs, 1);
+    assert(prev > 0);
+    if (prev != 1) return;
     pthread_mutex_destroy(&srv->watch_lock);
     if (srv->wake[0] >= 0) close(srv->wake[0]);
     if (srv->wake[1] >= 0) close(srv->wake[1]);
@@ -447,12 +450,17 @@ static void request_free(struct http_request *req)
 
 void http_request_ref(struct http_request *req)
 {
-    atomic_fetch_add(&req->refs, 1);
+    const int prev = atomic_fetch_add(&req->refs, 1);
+    assert(prev > 0); /* only a holder may take another reference */
+    (void)prev;
 }
 
 void http_request_unref(struct http_request *req)
 {
-    if (req && atomic_fetch_sub(&req->refs, 1) == 1) request_free(req);
+    if (!req) return;
+    const int prev = atomic_fetch_sub(&req->refs, 1);
+    assert(prev > 0);
+    if (prev == 1) request_free(req);
 }
 
 /* srv->lock held. */
@@ -626,7 +634,7 @@ const char *http_error_type(int status)
 }
 
 /* A JSON string of s; bytes >= 0x80 become '?' when s is not valid UTF-8. */
-static json_t *json_string_lossy(const char *s)
+static json_t *lossy_string(const char *s)
 {
     json_t *j = json_string(s);
     if (j) return j;
@@ -644,8 +652,8 @@ static char *error_body(int status, const char *type, const char *message)
 {
     json_t *inner = json_object();
     json_t *root = json_object();
-    if (inner && root && json_object_set_new(inner, "message", json_string_lossy(message)) == 0 &&
-        json_object_set_new(inner, "type", json_string_lossy(type)) == 0 &&
+    if (inner && root && json_object_set_new(inner, "message", lossy_string(message)) == 0 &&
+        json_object_set_new(inner, "type", lossy_string(type)) == 0 &&
         json_object_set_new(inner, "code", json_integer(status)) == 0 &&
         json_object_set(root, "error", inner) == 0) {
         char *s = json_dumps(root, JSON_COMPACT);

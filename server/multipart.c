@@ -167,16 +167,6 @@ const struct multipart_part *multipart_find(const struct multipart_part *parts, 
     return NULL;
 }
 
-int multipart_http_status(int rc)
-{
-    switch (rc) {
-    case MULTIPART_OK: return 200;
-    case MULTIPART_MALFORMED: return 400;
-    case MULTIPART_TOO_MANY: return 413;
-    default: return 500;
-    }
-}
-
 enum delim_kind { DELIM_NONE, DELIM_OPEN, DELIM_CLOSE, DELIM_TRUNCATED };
 
 /* Classifies what follows a delimiter match that ends at body[p]: padding and a

@@ -60,7 +60,4 @@ void multipart_free(struct multipart_part *parts, size_t n);
 const struct multipart_part *multipart_find(const struct multipart_part *parts, size_t n,
                                             const char *name);
 
-/* The HTTP status for a multipart_* return code (200 for MULTIPART_OK). */
-int multipart_http_status(int rc);
-
 #endif

@@ -145,7 +145,7 @@ static int finish(const struct feature_options *o, char *err, size_t errlen)
 
 /* ---- JSON ---- */
 
-static const char *json_type_name(const json_t *v)
+static const char *type_name_of(const json_t *v)
 {
     switch (json_typeof(v)) {
     case JSON_OBJECT: return "an object";
@@ -162,7 +162,7 @@ static const char *json_type_name(const json_t *v)
 
 static int wrong_type(const char *key, const char *want, const json_t *v, char *err, size_t errlen)
 {
-    return set_err(err, errlen, "option '%s' must be %s, got %s", key, want, json_type_name(v));
+    return set_err(err, errlen, "option '%s' must be %s, got %s", key, want, type_name_of(v));
 }
 
 static int apply_json_key(struct feature_options *o, int key, const json_t *v, char *err,
@@ -183,7 +183,7 @@ static int apply_json_key(struct feature_options *o, int key, const json_t *v, c
             const json_t *e = json_array_get(v, i);
             if (!json_is_integer(e))
                 return set_err(err, errlen, "option 'widths' must be an integer or an array of "
-                               "integers, got %s at index %zu", json_type_name(e), i);
+                               "integers, got %s at index %zu", type_name_of(e), i);
             const int rc = add_width(o, json_integer_value(e), err, errlen);
             if (rc != OPTIONS_OK) return rc;
         }
@@ -224,7 +224,7 @@ int options_from_json_value(const json_t *obj, const char *const *skip_keys,
     options_defaults(o);
     if (!obj || !json_is_object(obj))
         return set_err(err, errlen, "options must be a JSON object, got %s",
-                       obj ? json_type_name(obj) : "nothing");
+                       obj ? type_name_of(obj) : "nothing");
     json_t *mobj = (json_t *)obj; /* jansson's iteration API is not const */
     for (void *it = json_object_iter(mobj); it; it = json_object_iter_next(mobj, it)) {
         const char *k = json_object_iter_key(it);
@@ -512,14 +512,4 @@ int options_effective_widths(const struct feature_options *o, const struct model
     const int n = o->n_widths > OPTIONS_MAX_WIDTHS ? OPTIONS_MAX_WIDTHS : o->n_widths;
     memcpy(out, o->widths, (size_t)n * sizeof out[0]);
     return n;
-}
-
-int options_http_status(int rc)
-{
-    switch (rc) {
-    case OPTIONS_OK: return 200;
-    case OPTIONS_MALFORMED: return 400;
-    case OPTIONS_INVALID: return 422;
-    default: return 500;
-    }
 }

@@ -91,7 +91,4 @@ int options_check_model(const struct feature_options *o, const struct model_conf
 int options_effective_widths(const struct feature_options *o, const struct model_config *cfg,
                              int out[OPTIONS_MAX_WIDTHS]);
 
-/* The HTTP status for an options_* return code (200 for OPTIONS_OK). */
-int options_http_status(int rc);
-
 #endif

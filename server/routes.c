@@ -5,6 +5,7 @@
 
 #include "app.h"
 #include "errors.h"
+#include "route_status.h"
 
 static bool is_data_path(const char *path)
 {
@@ -40,7 +41,7 @@ int routes_register(struct http_router *r, struct app *app, char *err, size_t er
     return 0;
 }
 
-json_t *json_body(struct http_request *req)
+json_t *route_json_body(struct http_request *req)
 {
     /* JSON bodies only; curl's default form type is tolerated, since curl -d
      * sends it for any body. */
@@ -63,7 +64,8 @@ json_t *json_body(struct http_request *req)
     return j;
 }
 
-struct model_entry *acquire_or_reply(struct http_request *req, struct app *app, const char *name)
+struct model_entry *route_acquire_model(struct http_request *req, struct app *app,
+                                        const char *name)
 {
     if (!atomic_load(&app->ready)) {
         http_add_header(req, "Retry-After", "2");
@@ -74,41 +76,29 @@ struct model_entry *acquire_or_reply(struct http_request *req, struct app *app, 
     char err[256];
     const int rc = registry_acquire(app->registry, name, &e, err, sizeof err);
     if (rc) {
-        reply_registry_error(req, rc, err);
+        route_reply_registry_error(req, rc, err);
         return NULL;
     }
     return e;
 }
 
-void reply_registry_error(struct http_request *req, int rc, const char *msg)
+void route_reply_registry_error(struct http_request *req, int rc, const char *msg)
 {
-    int status = 500;
-    switch (rc) {
-    case REGISTRY_NOT_FOUND: status = 404; break;
-    case REGISTRY_BUSY:
-    case REGISTRY_LAST: status = 409; break;
-    case REGISTRY_INVALID: status = 400; break;
-    case REGISTRY_ERR: status = 422; break;
-    }
-    http_reply_error(req, status, NULL, msg);
+    http_reply_error(req, route_status_registry(rc), NULL, msg);
 }
 
-void reply_batch_error(struct http_request *req, int rc, const char *msg)
+void route_reply_batch_error(struct http_request *req, int rc, const char *msg)
 {
-    switch (rc) {
-    case BATCH_FULL:
+    if (rc == BATCH_FULL) {
         http_add_header(req, "Retry-After", "1");
-        http_reply_error(req, 429, NULL, msg ? msg : "the inference queue is full; retry later");
-        break;
-    case BATCH_TOO_LARGE: http_reply_error(req, 413, NULL, msg); break;
-    case BATCH_SHUTDOWN: http_reply_error(req, 503, NULL, "the server is shutting down"); break;
-    /* Nobody reads it: the client has gone (or was answered 503 at shutdown). */
-    case BATCH_CANCELLED: http_reply_error(req, 503, NULL, msg); break;
-    default: http_reply_error(req, 500, NULL, msg); break;
+        if (!msg) msg = "the inference queue is full; retry later";
+    } else if (rc == BATCH_SHUTDOWN) {
+        msg = "the server is shutting down";
     }
+    http_reply_error(req, route_status_batch(rc), NULL, msg);
 }
 
-bool request_abandoned(void *req)
+bool route_abandoned(void *req)
 {
     return http_client_gone(req);
 }

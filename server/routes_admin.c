@@ -69,7 +69,7 @@ static void swap_run(void *arg)
     struct model_entry *e;
     const int rc = registry_load(job->app->registry, job->name, job->path, &e, err, sizeof err);
     if (rc) {
-        reply_registry_error(job->req, rc, err);
+        route_reply_registry_error(job->req, rc, err);
     } else {
         http_reply_json(job->req, 200, json_pack("{s:s, s:s, s:s, s:f, s:f}", "id", e->name,
                                                  "fingerprint", e->fingerprint, "loaded_at",
@@ -136,7 +136,7 @@ static void unload_model(struct http_request *req, void *user)
     if (!authorised(req, app)) return;
     char err[ERR_LEN];
     const int rc = registry_unload(app->registry, http_param(req, "name"), err, sizeof err);
-    if (rc) reply_registry_error(req, rc, err);
+    if (rc) route_reply_registry_error(req, rc, err);
     else http_reply_json(req, 200, json_pack("{s:s, s:b}", "id", http_param(req, "name"), "unloaded", 1));
 }
 

@@ -15,14 +15,14 @@
 static void create_collection(struct http_request *req, void *user)
 {
     struct app *app = user;
-    json_t *j = json_body(req);
+    json_t *j = route_json_body(req);
     if (!j) return;
     json_t *name = json_object_get(j, "name"), *model = json_object_get(j, "model");
     json_t *width = json_object_get(j, "width"), *metric = json_object_get(j, "metric");
     json_t *keep = json_object_get(j, "store_images");
     struct collection_info in = {0};
     const char *why = NULL;
-    if (!json_is_string(name) || !collection_name_valid(json_string_value(name)))
+    if (!json_is_string(name) || !route_collection_name_valid(json_string_value(name)))
         why = "'name' is required: 1 to 127 characters of A-Z a-z 0-9 . _ -, not starting with '.'";
     else if (model && !json_is_null(model) && !json_is_string(model))
         why = "'model' must be a string";
@@ -35,8 +35,7 @@ static void create_collection(struct http_request *req, void *user)
         why = "'store_images' must be a boolean";
     if (why) {
         http_reply_error(req, 400, NULL, why);
-        json_decref(j);
-        return;
+        goto done;
     }
     snprintf(in.name, sizeof in.name, "%s", json_string_value(name));
     in.store_images = json_is_true(keep);
@@ -49,16 +48,14 @@ static void create_collection(struct http_request *req, void *user)
     if (!atomic_load(&app->ready)) {
         http_add_header(req, "Retry-After", "2");
         http_reply_error(req, 503, NULL, "models are still loading");
-        json_decref(j);
-        return;
+        goto done;
     }
     struct model_entry *e = NULL;
     char err[ERR_LEN];
     const int arc = registry_acquire(app->registry, model_name, &e, err, sizeof err);
     if (arc && (model_name || arc != REGISTRY_NOT_FOUND)) {
-        reply_registry_error(req, arc, err);
-        json_decref(j);
-        return;
+        route_reply_registry_error(req, arc, err);
+        goto done;
     }
     int D = STORE_WIDTH_MAX;
     if (e) {
@@ -77,19 +74,20 @@ static void create_collection(struct http_request *req, void *user)
             http_reply_errorf(req, w < 1 ? 400 : 422, NULL,
                               "'width' %lld is outside 1..%d (the width of model '%s')", (long long)w,
                               D, in.model);
-        json_decref(j);
-        return;
+        goto done;
     }
     in.width = w;
-    json_decref(j);
     struct coll *c;
     const int rc = index_create(app->index, &in, &c, err, sizeof err);
     if (rc) {
-        reply_store_error(req, rc, rc == STORE_EXISTS ? "a collection with this name exists" : err);
-        return;
+        route_reply_store_error(req, rc,
+                                rc == STORE_EXISTS ? "a collection with this name exists" : err);
+        goto done;
     }
-    http_reply_json(req, 201, coll_json(c));
+    http_reply_json(req, 201, route_coll_json(c));
     coll_release(c);
+done:
+    json_decref(j);
 }
 
 static void list_collections(struct http_request *req, void *user)
@@ -104,7 +102,7 @@ static void list_collections(struct http_request *req, void *user)
     }
     json_t *arr = json_array();
     for (size_t i = 0; i < n; i++) {
-        json_array_append_new(arr, coll_json(cs[i]));
+        json_array_append_new(arr, route_coll_json(cs[i]));
         coll_release(cs[i]);
     }
     free(cs);
@@ -113,9 +111,9 @@ static void list_collections(struct http_request *req, void *user)
 
 static void get_collection(struct http_request *req, void *user)
 {
-    struct coll *c = coll_or_reply(req, user);
+    struct coll *c = route_coll(req, user);
     if (!c) return;
-    http_reply_json(req, 200, coll_json(c));
+    http_reply_json(req, 200, route_coll_json(c));
     coll_release(c);
 }
 
@@ -126,7 +124,7 @@ static void delete_collection(struct http_request *req, void *user)
     char err[ERR_LEN];
     const int rc = index_drop(app->index, name, err, sizeof err);
     if (rc) {
-        reply_store_error(req, rc, err);
+        route_reply_store_error(req, rc, err);
         return;
     }
     http_reply_json(req, 200, json_pack("{s:s}", "deleted", name));
@@ -145,7 +143,7 @@ struct insert_ctx {
     char **meta_text;           /* the same as compact JSON text, for SQLite */
     float *vecs;                /* [n, width] */
     int *image_of;              /* item -> index in im, or -1 */
-    struct coll_images im;
+    struct route_images im;
     char (*ids)[STORE_ID_MAX];
 };
 
@@ -159,7 +157,7 @@ static void insert_free(struct insert_ctx *x)
     free(x->vecs);
     free(x->image_of);
     free(x->ids);
-    coll_images_free(&x->im);
+    route_images_free(&x->im);
     json_decref(x->body);
     coll_release(x->c);
     free(x);
@@ -179,7 +177,7 @@ static void insert_commit(void *arg)
     char err[ERR_LEN];
     const int rc = coll_insert(x->c, x->items, x->meta, x->n, x->ids, err, sizeof err);
     if (rc) {
-        reply_store_error(x->req, rc, err);
+        route_reply_store_error(x->req, rc, err);
     } else {
         for (size_t i = 0; i < x->n; i++) x->meta[i] = NULL; /* the index owns them now */
         json_t *ids = json_array();
@@ -193,7 +191,7 @@ static void insert_embedded(void *user, int status, const char *err)
 {
     struct insert_ctx *x = user;
     if (status != BATCH_OK) {
-        reply_batch_error(x->req, status, err);
+        route_reply_batch_error(x->req, status, err);
         insert_free(x);
         return;
     }
@@ -254,7 +252,7 @@ static int parse_items(struct http_request *req, struct insert_ctx *x, json_t **
             snprintf(why, sizeof why, "'image' must be a base64 string or a data URI");
         } else if (vector) {
             char vw[256];
-            if (json_to_vector(vector, (int)w, true, x->vecs + i * w, vw, sizeof vw))
+            if (route_vector_from_json(vector, (int)w, true, x->vecs + i * w, vw, sizeof vw))
                 snprintf(why, sizeof why, "'vector' %s", vw);
         }
         if (why[0]) {
@@ -292,7 +290,7 @@ static void insert_items(struct http_request *req, void *user)
     }
     x->req = req;
     x->app = app;
-    if (!(x->body = json_body(req)) || !(x->c = coll_or_reply(req, app))) {
+    if (!(x->body = route_json_body(req)) || !(x->c = route_coll(req, app))) {
         insert_free(x);
         return;
     }
@@ -301,8 +299,8 @@ static void insert_items(struct http_request *req, void *user)
     const int n_images = parse_items(req, x, &image_strings, &where);
     int rc = n_images < 0 ? -1 : 0;
     if (n_images > 0)
-        rc = coll_images_decode(req, app, image_strings, (const char *const *)where, n_images,
-                                &x->im);
+        rc = route_images_decode(req, app, image_strings, (const char *const *)where, n_images,
+                                 &x->im);
     for (size_t i = 0; where && i < x->n; i++) free(where[i]);
     free(where);
     free(image_strings);
@@ -312,22 +310,22 @@ static void insert_items(struct http_request *req, void *user)
     }
     http_defer(req);
     if (n_images > 0) {
-        if (coll_embed(req, app, x->c, &x->im, insert_embedded, x)) insert_free(x);
-    } else if (index_submit(req, app, insert_commit, x)) {
+        if (route_coll_embed(req, app, x->c, &x->im, insert_embedded, x)) insert_free(x);
+    } else if (route_index_submit(req, app, insert_commit, x)) {
         insert_free(x);
     }
 }
 
 static void get_item(struct http_request *req, void *user)
 {
-    struct coll *c = coll_or_reply(req, user);
+    struct coll *c = route_coll(req, user);
     if (!c) return;
     const char *id = http_param(req, "id");
     struct item_out it;
     char err[ERR_LEN];
     const int rc = store_item_get(coll_store(c), coll_id(c), id, &it, err, sizeof err);
     if (rc) {
-        reply_store_error(req, rc, err);
+        route_reply_store_error(req, rc, err);
         coll_release(c);
         return;
     }
@@ -343,13 +341,13 @@ static void get_item(struct http_request *req, void *user)
 
 static void delete_item(struct http_request *req, void *user)
 {
-    struct coll *c = coll_or_reply(req, user);
+    struct coll *c = route_coll(req, user);
     if (!c) return;
     const char *id = http_param(req, "id");
     char err[ERR_LEN];
     const int rc = coll_delete(c, id, err, sizeof err);
     if (rc)
-        reply_store_error(req, rc, err);
+        route_reply_store_error(req, rc, err);
     else
         http_reply_json(req, 200, json_pack("{s:s}", "deleted", id));
     coll_release(c);

@@ -13,6 +13,7 @@
 #include "infer.h"
 #include "matryoshka.h"
 #include "request_images.h"
+#include "route_status.h"
 #include "vit.h"
 
 struct embed_ctx {
@@ -77,7 +78,7 @@ static void embed_done(struct infer_request *r, int status, const char *err, voi
                                     "total_tokens", tokens)
                         : NULL;
     if (status != BATCH_OK) {
-        reply_batch_error(req, status, err);
+        route_reply_batch_error(req, status, err);
     } else if (!body) {
         http_reply_error(req, 500, NULL, "out of memory while writing the answer");
     } else {
@@ -92,7 +93,7 @@ static void embed_done(struct infer_request *r, int status, const char *err, voi
 /* Validates the request body; on failure replies and returns NULL. */
 static json_t *parse_body(struct http_request *req, const struct app *app)
 {
-    json_t *j = json_body(req);
+    json_t *j = route_json_body(req);
     if (!j) return NULL;
     json_t *input = json_object_get(j, "input");
     const size_t n = json_is_array(input) ? json_array_size(input) : 1;
@@ -136,7 +137,7 @@ static void embeddings(struct http_request *req, void *user)
 
     char err[ERR_LEN];
     int rc;
-    struct model_entry *e = acquire_or_reply(req, app, model);
+    struct model_entry *e = route_acquire_model(req, app, model);
     if (!e) {
         json_decref(j);
         return;
@@ -157,7 +158,7 @@ static void embeddings(struct http_request *req, void *user)
     struct infer_request *r;
     rc = infer_new(&r, app->batcher, e, n, S, S, false, false, err, sizeof err);
     if (rc != BATCH_OK) {
-        reply_batch_error(req, rc, err);
+        route_reply_batch_error(req, rc, err);
         json_decref(j);
         return;
     }
@@ -170,7 +171,7 @@ static void embeddings(struct http_request *req, void *user)
                                                 app->limits.max_body_bytes, &bytes, &len, &media,
                                                 err, sizeof err);
         if (st != DATAURI_OK) {
-            http_reply_errorf(req, datauri_http_status(st), NULL, "input[%d]: %s", i, err);
+            http_reply_errorf(req, route_status_datauri(st), NULL, "input[%d]: %s", i, err);
             infer_free(r);
             json_decref(j);
             return;
@@ -196,11 +197,11 @@ static void embeddings(struct http_request *req, void *user)
     *ctx = (struct embed_ctx){.req = req, .app = app, .dimensions = (int)want,
                               .base64 = fmt && !strcmp(fmt, "base64")};
     json_decref(j);
-    infer_set_cancel(r, request_abandoned, req);
+    infer_set_cancel(r, route_abandoned, req);
     http_defer(req);
     rc = infer_submit(r, embed_done, ctx, err, sizeof err);
     if (rc) {
-        reply_batch_error(req, rc, err);
+        route_reply_batch_error(req, rc, err);
         free(ctx);
         infer_free(r);
     }

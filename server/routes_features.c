@@ -46,6 +46,7 @@
 #include "multipart.h"
 #include "options.h"
 #include "request_images.h"
+#include "route_status.h"
 #include "safetensors.h"
 #include "vit.h"
 
@@ -145,7 +146,7 @@ static int query_options(struct http_request *req, struct feature_options *o)
 {
     char err[ERR_LEN];
     const int rc = options_from_query(http_query_string(req), o, err, sizeof err);
-    if (rc != OPTIONS_OK) return fail(req, options_http_status(rc), "%s", err);
+    if (rc != OPTIONS_OK) return fail(req, route_status_options(rc), "%s", err);
     return 0;
 }
 
@@ -188,7 +189,7 @@ static int parse_multipart(struct http_request *req, const struct app *app, cons
     if (rc == MULTIPART_TOO_MANY)
         return fail(req, 413, "more than %zu multipart parts: at most %d images per request, plus "
                     "an 'options' part", max_parts, app->limits.max_images);
-    if (rc != MULTIPART_OK) return fail(req, multipart_http_status(rc), "%s", err);
+    if (rc != MULTIPART_OK) return fail(req, route_status_multipart(rc), "%s", err);
 
     const struct multipart_part *opts = NULL;
     size_t n = 0;
@@ -214,7 +215,7 @@ static int parse_multipart(struct http_request *req, const struct app *app, cons
         const int orc = options_from_json((const char *)opts->data, opts->len, &p->opt, err,
                                           sizeof err);
         if (orc != OPTIONS_OK)
-            return fail(req, options_http_status(orc), "'options' part: %s", err);
+            return fail(req, route_status_options(orc), "'options' part: %s", err);
     } else if (query_options(req, &p->opt)) {
         return -1;
     }
@@ -281,7 +282,7 @@ static int parse_json(struct http_request *req, const struct app *app, struct pa
         if (has_query(req)) return both_option_sources(req, "the JSON body");
         static const char *const skip[] = {"images", "image", NULL};
         const int orc = options_from_json_value(p->json, skip, &p->opt, err, sizeof err);
-        if (orc != OPTIONS_OK) return fail(req, options_http_status(orc), "%s", err);
+        if (orc != OPTIONS_OK) return fail(req, route_status_options(orc), "%s", err);
     } else if (query_options(req, &p->opt)) {
         return -1;
     }
@@ -297,7 +298,7 @@ static int parse_json(struct http_request *req, const struct app *app, struct pa
         const enum datauri_status st =
             datauri_decode(json_string_value(s), json_string_length(s), app->limits.max_body_bytes,
                            &im->owned, &im->len, NULL, err, sizeof err);
-        if (st != DATAURI_OK) return fail(req, datauri_http_status(st), "%s: %s", im->label, err);
+        if (st != DATAURI_OK) return fail(req, route_status_datauri(st), "%s: %s", im->label, err);
         im->data = im->owned;
     }
     return 0;
@@ -587,7 +588,7 @@ static void features_done(struct infer_request *r, int status, const char *err, 
 {
     struct feat_ctx *c = user;
     if (status != BATCH_OK) {
-        reply_batch_error(c->req, status, err);
+        route_reply_batch_error(c->req, status, err);
     } else {
         struct out_tensor t[MAX_OUT];
         const int nt = compute_outputs(c, r, t);
@@ -617,7 +618,7 @@ static void features(struct http_request *req, void *user)
         return;
     }
     const struct feature_options *o = &p.opt;
-    struct model_entry *e = acquire_or_reply(req, app, o->model[0] ? o->model : NULL);
+    struct model_entry *e = route_acquire_model(req, app, o->model[0] ? o->model : NULL);
     if (!e) {
         parsed_free(&p);
         return;
@@ -633,7 +634,7 @@ static void features(struct http_request *req, void *user)
         rc = OPTIONS_INVALID;
     }
     if (rc != OPTIONS_OK) {
-        http_reply_error(req, options_http_status(rc), NULL, err);
+        http_reply_error(req, route_status_options(rc), NULL, err);
         model_entry_release(e);
         parsed_free(&p);
         return;
@@ -687,7 +688,7 @@ static void features(struct http_request *req, void *user)
     rc = infer_new(&r, app->batcher, e, p.n, S, S, tokens && !o->rasa, tokens && o->rasa, err,
                    sizeof err);
     if (rc != BATCH_OK) {
-        reply_batch_error(req, rc, err);
+        route_reply_batch_error(req, rc, err);
         parsed_free(&p);
         return;
     }
@@ -711,11 +712,11 @@ static void features(struct http_request *req, void *user)
         return;
     }
     *ctx = c;
-    infer_set_cancel(r, request_abandoned, req);
+    infer_set_cancel(r, route_abandoned, req);
     http_defer(req);
     rc = infer_submit(r, features_done, ctx, err, sizeof err);
     if (rc) {
-        reply_batch_error(req, rc, err);
+        route_reply_batch_error(req, rc, err);
         free(ctx);
         infer_free(r);
     }

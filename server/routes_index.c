@@ -10,9 +10,10 @@
 #include "infer.h"
 #include "matryoshka.h"
 #include "request_images.h"
+#include "route_status.h"
 #include "vit.h"
 
-struct coll *coll_or_reply(struct http_request *req, struct app *app)
+struct coll *route_coll(struct http_request *req, struct app *app)
 {
     const char *name = http_param(req, "name");
     struct coll *c = name ? index_acquire(app->index, name) : NULL;
@@ -24,19 +25,12 @@ struct coll *coll_or_reply(struct http_request *req, struct app *app)
     return c;
 }
 
-void reply_store_error(struct http_request *req, int rc, const char *msg)
+void route_reply_store_error(struct http_request *req, int rc, const char *msg)
 {
-    int status = 500;
-    switch (rc) {
-    case STORE_NOT_FOUND: status = 404; break;
-    case STORE_EXISTS:
-    case STORE_CONFLICT: status = 409; break;
-    case STORE_INVALID: status = 400; break;
-    }
-    http_reply_error(req, status, NULL, msg);
+    http_reply_error(req, route_status_store(rc), NULL, msg);
 }
 
-json_t *coll_json(struct coll *c)
+json_t *route_coll_json(struct coll *c)
 {
     char err[ERR_LEN], job[COLL_JOB_ID_MAX];
     struct collection_info info;
@@ -57,7 +51,7 @@ json_t *coll_json(struct coll *c)
     return o;
 }
 
-bool collection_name_valid(const char *name)
+bool route_collection_name_valid(const char *name)
 {
     if (!name || !name[0] || name[0] == '.' || strlen(name) >= STORE_NAME_MAX) return false;
     for (const char *p = name; *p; p++) {
@@ -69,7 +63,7 @@ bool collection_name_valid(const char *name)
     return true;
 }
 
-int json_to_vector(const json_t *v, int dim, bool exact, float *out, char *why, size_t len)
+int route_vector_from_json(const json_t *v, int dim, bool exact, float *out, char *why, size_t len)
 {
     if (!json_is_array(v)) return set_err(why, len, "must be an array of numbers");
     const size_t n = json_array_size(v);
@@ -88,10 +82,10 @@ int json_to_vector(const json_t *v, int dim, bool exact, float *out, char *why, 
     return 0;
 }
 
-int coll_images_decode(struct http_request *req, struct app *app, json_t *const *strings,
-                       const char *const *where, int n, struct coll_images *out)
+int route_images_decode(struct http_request *req, struct app *app, json_t *const *strings,
+                        const char *const *where, int n, struct route_images *out)
 {
-    *out = (struct coll_images){.n = n};
+    *out = (struct route_images){.n = n};
     out->bytes = calloc((size_t)n, sizeof *out->bytes);
     out->lens = calloc((size_t)n, sizeof *out->lens);
     if (!out->bytes || !out->lens) {
@@ -105,27 +99,27 @@ int coll_images_decode(struct http_request *req, struct app *app, json_t *const 
                            app->limits.max_body_bytes, &out->bytes[i], &out->lens[i], NULL, err,
                            sizeof err);
         if (st != DATAURI_OK) {
-            http_reply_errorf(req, datauri_http_status(st), NULL, "%s: %s", where[i], err);
+            http_reply_errorf(req, route_status_datauri(st), NULL, "%s: %s", where[i], err);
             return -1;
         }
     }
     return 0;
 }
 
-void coll_images_free(struct coll_images *im)
+void route_images_free(struct route_images *im)
 {
     for (int i = 0; im->bytes && i < im->n; i++) free(im->bytes[i]);
     free(im->bytes);
     free(im->lens);
     free(im->vectors);
-    *im = (struct coll_images){0};
+    *im = (struct route_images){0};
 }
 
 struct embed_ctx {
     struct app *app;
-    struct coll_images *im;
+    struct route_images *im;
     int width;
-    coll_embed_done done;
+    route_embed_done_fn done;
     void *user;
     int status;
     char err[ERR_LEN];
@@ -160,8 +154,8 @@ static void embed_done(struct infer_request *r, int status, const char *err, voi
     }
 }
 
-int coll_embed(struct http_request *req, struct app *app, struct coll *c, struct coll_images *im,
-               coll_embed_done done, void *user)
+int route_coll_embed(struct http_request *req, struct app *app, struct coll *c,
+                     struct route_images *im, route_embed_done_fn done, void *user)
 {
     char err[ERR_LEN];
     struct collection_info info;
@@ -202,7 +196,7 @@ int coll_embed(struct http_request *req, struct app *app, struct coll *c, struct
     struct infer_request *r;
     int rc = infer_new(&r, app->batcher, e, im->n, S, S, false, false, err, sizeof err);
     if (rc != BATCH_OK) {
-        reply_batch_error(req, rc, err);
+        route_reply_batch_error(req, rc, err);
         return -1;
     }
     for (int i = 0; i < im->n; i++)
@@ -221,10 +215,10 @@ int coll_embed(struct http_request *req, struct app *app, struct coll *c, struct
     }
     *x = (struct embed_ctx){.app = app, .im = im, .width = (int)info.width, .done = done,
                             .user = user};
-    infer_set_cancel(r, request_abandoned, req);
+    infer_set_cancel(r, route_abandoned, req);
     rc = infer_submit(r, embed_done, x, err, sizeof err);
     if (rc) {
-        reply_batch_error(req, rc, err);
+        route_reply_batch_error(req, rc, err);
         free(x);
         infer_free(r);
         return -1;
@@ -232,7 +226,7 @@ int coll_embed(struct http_request *req, struct app *app, struct coll *c, struct
     return 0;
 }
 
-int index_submit(struct http_request *req, struct app *app, workq_fn fn, void *arg)
+int route_index_submit(struct http_request *req, struct app *app, workq_fn fn, void *arg)
 {
     if (workq_submit(app->index_work, fn, arg)) {
         http_add_header(req, "Retry-After", "1");

@@ -130,7 +130,7 @@ static void reembed_job(void *arg)
 static void reembed(struct http_request *req, void *user)
 {
     struct app *app = user;
-    struct coll *c = coll_or_reply(req, app);
+    struct coll *c = route_coll(req, app);
     if (!c) return;
     char err[ERR_LEN];
     struct model_entry *e = NULL;
@@ -162,7 +162,7 @@ static void reembed(struct http_request *req, void *user)
                      : set_err_code(err, sizeof err, STORE_ERR, "out of memory");
         if (rc) {
             if (job) jobs_discard(app->jobs, job);
-            reply_store_error(req, rc, err);
+            route_reply_store_error(req, rc, err);
             free(re);
         } else {
             *re = (struct reembed){.app = app, .c = c, .e = e, .job = job, .total = with};

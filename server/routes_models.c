@@ -67,7 +67,7 @@ static void get_model(struct http_request *req, void *user)
     struct app *app = user;
     const char *name = http_param(req, "name");
     char def[REGISTRY_NAME_MAX];
-    struct model_entry *e = acquire_or_reply(req, app, name);
+    struct model_entry *e = route_acquire_model(req, app, name);
     if (!e) return;
     registry_default_name(app->registry, def, sizeof def);
     json_t *j = model_json(app, e, !strcmp(def, e->name));

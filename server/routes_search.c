@@ -21,7 +21,7 @@ struct search_ctx {
     const char **ids;        /* [nq]: borrowed from the body; NULL for other queries */
     int *image;              /* [nq]: index in im, or -1 */
     float *qv;               /* [nq, w] */
-    struct coll_images im;
+    struct route_images im;
 };
 
 static void search_free(struct search_ctx *x)
@@ -30,7 +30,7 @@ static void search_free(struct search_ctx *x)
     free(x->ids);
     free(x->image);
     free(x->qv);
-    coll_images_free(&x->im);
+    route_images_free(&x->im);
     json_decref(x->body);
     coll_release(x->c);
     free(x);
@@ -61,7 +61,7 @@ static void search_run(void *arg)
     struct query_result res;
     const int rc = query_run(x->c, &x->q, &res, err, sizeof err);
     if (rc) {
-        reply_store_error(x->req, rc, err);
+        route_reply_store_error(x->req, rc, err);
         search_free(x);
         return;
     }
@@ -89,7 +89,7 @@ static void search_embedded(void *user, int status, const char *err)
 {
     struct search_ctx *x = user;
     if (status != BATCH_OK) {
-        reply_batch_error(x->req, status, err);
+        route_reply_batch_error(x->req, status, err);
         search_free(x);
         return;
     }
@@ -156,7 +156,7 @@ static int parse_query(struct search_ctx *x, json_t *o, int i, json_t **image, c
         return set_err(why, len, "needs exactly one of 'image', 'vector' and 'id'");
     if (vec) {
         char vw[256];
-        if (json_to_vector(vec, x->q.w, false, x->qv + (size_t)i * x->q.w, vw, sizeof vw))
+        if (route_vector_from_json(vec, x->q.w, false, x->qv + (size_t)i * x->q.w, vw, sizeof vw))
             return set_err(why, len, "'vector' %s", vw);
     } else if (id) {
         if (!json_is_string(id) || !json_string_length(id))
@@ -179,7 +179,7 @@ static void search(struct http_request *req, void *user)
     }
     x->req = req;
     x->app = app;
-    if (!(x->body = json_body(req)) || !(x->c = coll_or_reply(req, app))) {
+    if (!(x->body = route_json_body(req)) || !(x->c = route_coll(req, app))) {
         search_free(x);
         return;
     }
@@ -245,7 +245,7 @@ static void search(struct http_request *req, void *user)
         rc = -1;
     }
     if (!rc && n_images > 0)
-        rc = coll_images_decode(req, app, images, (const char *const *)where, n_images, &x->im);
+        rc = route_images_decode(req, app, images, (const char *const *)where, n_images, &x->im);
     for (int i = 0; where && i < n_images; i++) free(where[i]);
     free(where);
     free(images);
@@ -255,8 +255,8 @@ static void search(struct http_request *req, void *user)
     }
     http_defer(req);
     if (n_images > 0) {
-        if (coll_embed(req, app, x->c, &x->im, search_embedded, x)) search_free(x);
-    } else if (index_submit(req, app, search_run, x)) {
+        if (route_coll_embed(req, app, x->c, &x->im, search_embedded, x)) search_free(x);
+    } else if (route_index_submit(req, app, search_run, x)) {
         search_free(x);
     }
 }

@@ -2,6 +2,7 @@
  * collections.h for the locking rules. */
 #include "index/collections.h"
 
+#include <assert.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -80,9 +81,20 @@ static struct coll *coll_new(struct index *ix, const struct collection_info *inf
     return c;
 }
 
+/* A new reference to c, whose holder already has one. */
+static void coll_retain(struct coll *c)
+{
+    const long prev = atomic_fetch_add(&c->refs, 1);
+    assert(prev > 0);
+    (void)prev;
+}
+
 void coll_release(struct coll *c)
 {
-    if (!c || atomic_fetch_sub(&c->refs, 1) != 1) return;
+    if (!c) return;
+    const long prev = atomic_fetch_sub(&c->refs, 1);
+    assert(prev > 0); /* a release without a matching acquire */
+    if (prev != 1) return;
     mirror_free(c->mirror);
     pthread_mutex_destroy(&c->write_mu);
     pthread_rwlock_destroy(&c->swap);
@@ -172,7 +184,7 @@ int index_create(struct index *ix, const struct collection_info *in, struct coll
         }
     }
     if (!rc) {
-        atomic_fetch_add(&c->refs, 1);
+        coll_retain(c);
         *out = c;
     }
     pthread_mutex_unlock(&ix->mu);
@@ -185,7 +197,7 @@ struct coll *index_acquire(struct index *ix, const char *name)
     pthread_mutex_lock(&ix->mu);
     for (size_t i = 0; i < ix->n && !found; i++)
         if (!strcmp(ix->colls[i]->info.name, name)) found = ix->colls[i];
-    if (found) atomic_fetch_add(&found->refs, 1);
+    if (found) coll_retain(found);
     pthread_mutex_unlock(&ix->mu);
     return found;
 }
@@ -198,7 +210,7 @@ int index_list(struct index *ix, struct coll ***out, size_t *n, char *err, size_
     if (*out)
         for (size_t i = 0; i < ix->n; i++) {
             (*out)[i] = ix->colls[i];
-            atomic_fetch_add(&ix->colls[i]->refs, 1);
+            coll_retain(ix->colls[i]);
         }
     pthread_mutex_unlock(&ix->mu);
     if (!*out) return set_err_code(err, errlen, STORE_ERR, "index: out of memory");
@@ -318,6 +330,7 @@ int coll_begin_job(struct coll *c, const char *job_id, char *err, size_t errlen)
 void coll_end_job(struct coll *c)
 {
     pthread_mutex_lock(&c->write_mu);
+    assert(c->job[0]); /* only the job that coll_begin_job admitted ends it */
     c->job[0] = '\0';
     pthread_mutex_unlock(&c->write_mu);
 }

@@ -5,12 +5,16 @@
 #include <string.h>
 
 #include "base64.h"
+#include "batcher.h"
 #include "check.h"
 #include "datauri.h"
 #include "errors.h"
+#include "index/store.h"
 #include "model_config.h"
 #include "multipart.h"
 #include "options.h"
+#include "registry.h"
+#include "route_status.h"
 #include "vit.h"
 
 static char err[ERR_LEN];
@@ -307,11 +311,11 @@ static void test_datauri(void)
     st = datauri_decode(NULL, 0, 0, &o, &n, NULL, err, sizeof err);
     CHECK(st == DATAURI_MALFORMED, "NULL input");
 
-    CHECK(datauri_http_status(DATAURI_OK) == 200 && datauri_http_status(DATAURI_MALFORMED) == 400 &&
-              datauri_http_status(DATAURI_URL) == 422 &&
-              datauri_http_status(DATAURI_UNSUPPORTED_TYPE) == 415 &&
-              datauri_http_status(DATAURI_TOO_LARGE) == 413 &&
-              datauri_http_status(DATAURI_NOMEM) == 500,
+    CHECK(route_status_datauri(DATAURI_OK) == 200 && route_status_datauri(DATAURI_MALFORMED) == 400 &&
+              route_status_datauri(DATAURI_URL) == 422 &&
+              route_status_datauri(DATAURI_UNSUPPORTED_TYPE) == 415 &&
+              route_status_datauri(DATAURI_TOO_LARGE) == 413 &&
+              route_status_datauri(DATAURI_NOMEM) == 500,
           "datauri HTTP statuses");
 }
 
@@ -590,10 +594,10 @@ static void test_multipart_hostile(void)
     rc = mp(three, strlen(three), "b", 2);
     CHECK(rc == MULTIPART_TOO_MANY && mp_parts == NULL && has(err, "more than 2 parts"),
           "too many parts: rc %d %s", rc, err);
-    CHECK(multipart_http_status(rc) == 413, "too many parts is 413");
-    CHECK(multipart_http_status(MULTIPART_MALFORMED) == 400 &&
-              multipart_http_status(MULTIPART_OK) == 200 &&
-              multipart_http_status(MULTIPART_NOMEM) == 500,
+    CHECK(route_status_multipart(rc) == 413, "too many parts is 413");
+    CHECK(route_status_multipart(MULTIPART_MALFORMED) == 400 &&
+              route_status_multipart(MULTIPART_OK) == 200 &&
+              route_status_multipart(MULTIPART_NOMEM) == 500,
           "multipart statuses");
 
     /* A header block over the limit, and one just under it. */
@@ -868,9 +872,9 @@ static void test_options_model(void)
     options_check_model(&o, &cfg, err, sizeof err);
     CHECK(has(err, "24, 48, 96, 192, 384") && has(err, "1 to 384") && has(err, "franca-vits14"),
           "the message lists the trained widths: %s", err);
-    CHECK(options_http_status(OPTIONS_INVALID) == 422 &&
-              options_http_status(OPTIONS_MALFORMED) == 400 &&
-              options_http_status(OPTIONS_OK) == 200 && options_http_status(OPTIONS_NOMEM) == 500,
+    CHECK(route_status_options(OPTIONS_INVALID) == 422 &&
+              route_status_options(OPTIONS_MALFORMED) == 400 &&
+              route_status_options(OPTIONS_OK) == 200 && route_status_options(OPTIONS_NOMEM) == 500,
           "options statuses");
 
     /* The largest resolution and RASA on a model that has it. */
@@ -898,6 +902,26 @@ static void test_options_model(void)
           "below one patch: %s", err);
 }
 
+/* The statuses of the registry's, the batcher's and the store's codes (the
+ * parsers' are checked with their tests above). */
+static void test_route_statuses(void)
+{
+    CHECK(route_status_registry(REGISTRY_NOT_FOUND) == 404 &&
+              route_status_registry(REGISTRY_BUSY) == 409 &&
+              route_status_registry(REGISTRY_LAST) == 409 &&
+              route_status_registry(REGISTRY_INVALID) == 400 &&
+              route_status_registry(REGISTRY_ERR) == 422,
+          "registry statuses");
+    CHECK(route_status_batch(BATCH_FULL) == 429 && route_status_batch(BATCH_TOO_LARGE) == 413 &&
+              route_status_batch(BATCH_SHUTDOWN) == 503 &&
+              route_status_batch(BATCH_CANCELLED) == 503 && route_status_batch(BATCH_ERR) == 500,
+          "batcher statuses");
+    CHECK(route_status_store(STORE_NOT_FOUND) == 404 && route_status_store(STORE_EXISTS) == 409 &&
+              route_status_store(STORE_CONFLICT) == 409 &&
+              route_status_store(STORE_INVALID) == 400 && route_status_store(STORE_ERR) == 500,
+          "store statuses");
+}
+
 int main(void)
 {
     test_base64_rfc4648();
@@ -911,5 +935,6 @@ int main(void)
     test_options_json();
     test_options_query();
     test_options_model();
+    test_route_statuses();
     return check_summary();
 }
