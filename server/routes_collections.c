@@ -133,22 +133,19 @@ static void delete_collection(struct http_request *req, void *user)
 /* ---- items ---------------------------------------------------------------- */
 
 struct insert_ctx {
-    struct http_request *req;
-    struct app *app;
-    struct coll *c;
-    json_t *body;               /* keeps the id strings alive */
+    struct route_index_req base; /* first; its body keeps the id strings alive */
     size_t n;
     struct item_in *items;
     json_t **meta;              /* parsed metadata per item, or NULL */
     char **meta_text;           /* the same as compact JSON text, for SQLite */
     float *vecs;                /* [n, width] */
-    int *image_of;              /* item -> index in im, or -1 */
-    struct route_images im;
+    int *image_of;              /* item -> index in base.im, or -1 */
     char (*ids)[STORE_ID_MAX];
 };
 
-static void insert_free(struct insert_ctx *x)
+static void insert_free(void *ctx)
 {
+    struct insert_ctx *x = ctx;
     for (size_t i = 0; x->meta && i < x->n; i++) json_decref(x->meta[i]);
     for (size_t i = 0; x->meta_text && i < x->n; i++) free(x->meta_text[i]);
     free(x->meta);
@@ -157,63 +154,50 @@ static void insert_free(struct insert_ctx *x)
     free(x->vecs);
     free(x->image_of);
     free(x->ids);
-    route_images_free(&x->im);
-    json_decref(x->body);
-    coll_release(x->c);
+    route_index_end(&x->base);
     free(x);
 }
 
 static void insert_commit(void *arg)
 {
     struct insert_ctx *x = arg;
-    const size_t w = (size_t)coll_width(x->c);
+    const size_t w = (size_t)coll_width(x->base.c);
     for (size_t i = 0; i < x->n; i++) {
         const int k = x->image_of[i];
         if (k < 0) continue;
-        memcpy(x->vecs + i * w, x->im.vectors + (size_t)k * w, w * sizeof *x->vecs);
-        x->items[i].image = x->im.bytes[k];
-        x->items[i].image_len = x->im.lens[k];
+        memcpy(x->vecs + i * w, x->base.im.vectors + (size_t)k * w, w * sizeof *x->vecs);
+        x->items[i].image = x->base.im.bytes[k];
+        x->items[i].image_len = x->base.im.lens[k];
     }
     char err[ERR_LEN];
-    const int rc = coll_insert(x->c, x->items, x->meta, x->n, x->ids, err, sizeof err);
+    const int rc = coll_insert(x->base.c, x->items, x->meta, x->n, x->ids, err, sizeof err);
     if (rc) {
-        route_reply_store_error(x->req, rc, err);
+        route_reply_store_error(x->base.req, rc, err);
     } else {
         for (size_t i = 0; i < x->n; i++) x->meta[i] = NULL; /* the index owns them now */
         json_t *ids = json_array();
         for (size_t i = 0; i < x->n; i++) json_array_append_new(ids, json_string(x->ids[i]));
-        http_reply_json(x->req, 200, json_pack("{s:o}", "ids", ids));
+        http_reply_json(x->base.req, 200, json_pack("{s:o}", "ids", ids));
     }
     insert_free(x);
-}
-
-static void insert_embedded(void *user, int status, const char *err)
-{
-    struct insert_ctx *x = user;
-    if (status != BATCH_OK) {
-        route_reply_batch_error(x->req, status, err);
-        insert_free(x);
-        return;
-    }
-    insert_commit(x);
 }
 
 /* Checks the items of an insert and fills x; replies 400/413 and returns -1. */
 static int parse_items(struct http_request *req, struct insert_ctx *x, json_t ***image_strings,
                        char ***where)
 {
-    json_t *items = json_object_get(x->body, "items");
+    json_t *items = json_object_get(x->base.body, "items");
     if (!json_is_array(items) || json_array_size(items) == 0) {
         http_reply_error(req, 400, NULL, "'items' must be a non-empty array of items");
         return -1;
     }
     const size_t n = json_array_size(items);
-    if (n > (size_t)x->app->limits.max_insert_items) {
+    if (n > (size_t)x->base.app->limits.max_insert_items) {
         http_reply_errorf(req, 413, NULL, "%zu items in one request; the limit is %d", n,
-                          x->app->limits.max_insert_items);
+                          x->base.app->limits.max_insert_items);
         return -1;
     }
-    const size_t w = (size_t)coll_width(x->c);
+    const size_t w = (size_t)coll_width(x->base.c);
     x->n = n;
     x->items = calloc(n, sizeof *x->items);
     x->meta = calloc(n, sizeof *x->meta);
@@ -283,24 +267,15 @@ static int parse_items(struct http_request *req, struct insert_ctx *x, json_t **
 static void insert_items(struct http_request *req, void *user)
 {
     struct app *app = user;
-    struct insert_ctx *x = calloc(1, sizeof *x);
-    if (!x) {
-        http_reply_error(req, 500, NULL, "out of memory");
-        return;
-    }
-    x->req = req;
-    x->app = app;
-    if (!(x->body = route_json_body(req)) || !(x->c = route_coll(req, app))) {
-        insert_free(x);
-        return;
-    }
+    struct insert_ctx *x = route_index_begin(req, app, sizeof *x, insert_commit, insert_free);
+    if (!x) return;
     json_t **image_strings = NULL;
     char **where = NULL;
     const int n_images = parse_items(req, x, &image_strings, &where);
     int rc = n_images < 0 ? -1 : 0;
     if (n_images > 0)
         rc = route_images_decode(req, app, image_strings, (const char *const *)where, n_images,
-                                 &x->im);
+                                 &x->base.im);
     for (size_t i = 0; where && i < x->n; i++) free(where[i]);
     free(where);
     free(image_strings);
@@ -308,12 +283,7 @@ static void insert_items(struct http_request *req, void *user)
         insert_free(x);
         return;
     }
-    http_defer(req);
-    if (n_images > 0) {
-        if (route_coll_embed(req, app, x->c, &x->im, insert_embedded, x)) insert_free(x);
-    } else if (route_index_submit(req, app, insert_commit, x)) {
-        insert_free(x);
-    }
+    route_index_start(&x->base);
 }
 
 static void get_item(struct http_request *req, void *user)

@@ -137,11 +137,10 @@ static void embeddings(struct http_request *req, void *user)
 
     char err[ERR_LEN];
     int rc;
+    struct infer_request *r = NULL;
+    struct embed_ctx *ctx = NULL;
     struct model_entry *e = route_acquire_model(req, app, model);
-    if (!e) {
-        json_decref(j);
-        return;
-    }
+    if (!e) goto done;
     const struct model_config *cfg = vit_model_config(e->model);
     const json_int_t want = dims && json_is_integer(dims) ? json_integer_value(dims) : cfg->embed_dim;
     if (want < 1 || want > cfg->embed_dim) {
@@ -151,16 +150,13 @@ static void embeddings(struct http_request *req, void *user)
         http_reply_errorf(req, 422, NULL, "'dimensions' %lld is out of range 1..%d for model '%s' "
                           "(trained Matryoshka widths: %s)", (long long)want, cfg->embed_dim, e->name, list);
         model_entry_release(e);
-        json_decref(j);
-        return;
+        goto done;
     }
     const int S = request_image_side(cfg, 0);
-    struct infer_request *r;
-    rc = infer_new(&r, app->batcher, e, n, S, S, false, false, err, sizeof err);
+    rc = infer_new(&r, app->batcher, e, n, S, S, false, false, err, sizeof err); /* takes e */
     if (rc != BATCH_OK) {
         route_reply_batch_error(req, rc, err);
-        json_decref(j);
-        return;
+        goto done;
     }
     for (int i = 0; i < n; i++) {
         json_t *s = json_is_array(input) ? json_array_get(input, i) : input;
@@ -172,9 +168,7 @@ static void embeddings(struct http_request *req, void *user)
                                                 err, sizeof err);
         if (st != DATAURI_OK) {
             http_reply_errorf(req, route_status_datauri(st), NULL, "input[%d]: %s", i, err);
-            infer_free(r);
-            json_decref(j);
-            return;
+            goto done;
         }
         rc = request_image_prepare(bytes, len, cfg, 0, app->limits.max_image_pixels,
                                    app->metrics, r->input + (size_t)i * 3 * S * S, err,
@@ -182,29 +176,28 @@ static void embeddings(struct http_request *req, void *user)
         free(bytes);
         if (rc) {
             http_reply_errorf(req, 422, NULL, "input[%d]: %s", i, err);
-            infer_free(r);
-            json_decref(j);
-            return;
+            goto done;
         }
     }
-    struct embed_ctx *ctx = malloc(sizeof(*ctx));
-    if (!ctx) {
+    if (!(ctx = malloc(sizeof(*ctx)))) {
         http_reply_error(req, 500, NULL, "out of memory");
-        infer_free(r);
-        json_decref(j);
-        return;
+        goto done;
     }
     *ctx = (struct embed_ctx){.req = req, .app = app, .dimensions = (int)want,
                               .base64 = fmt && !strcmp(fmt, "base64")};
-    json_decref(j);
     infer_set_cancel(r, route_abandoned, req);
     http_defer(req);
     rc = infer_submit(r, embed_done, ctx, err, sizeof err);
     if (rc) {
         route_reply_batch_error(req, rc, err);
-        free(ctx);
-        infer_free(r);
+        goto done;
     }
+    r = NULL; /* embed_done owns the request and ctx now */
+    ctx = NULL;
+done:
+    free(ctx);
+    if (r) infer_free(r);
+    json_decref(j);
 }
 
 int routes_embeddings_register(struct http_router *r, struct app *app, char *err, size_t errlen)

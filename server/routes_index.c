@@ -115,11 +115,15 @@ void route_images_free(struct route_images *im)
     *im = (struct route_images){0};
 }
 
+/* Called once on the index work queue: status BATCH_OK with im->vectors
+ * filled, or the batcher's code and message. */
+typedef void (*embed_done_fn)(void *user, int status, const char *err);
+
 struct embed_ctx {
     struct app *app;
     struct route_images *im;
     int width;
-    route_embed_done_fn done;
+    embed_done_fn done;
     void *user;
     int status;
     char err[ERR_LEN];
@@ -154,8 +158,13 @@ static void embed_done(struct infer_request *r, int status, const char *err, voi
     }
 }
 
-int route_coll_embed(struct http_request *req, struct app *app, struct coll *c,
-                     struct route_images *im, route_embed_done_fn done, void *user)
+/* Embeds im with the collection's model at its width; done runs once, on the
+ * index work queue. Replies and returns -1 when that cannot start: 409 when
+ * the model's checkpoint is not the one that embedded the collection (naming
+ * both fingerprints) or the model is gone, 422 for an undecodable image,
+ * 429/503 from the batcher. */
+static int coll_embed(struct http_request *req, struct app *app, struct coll *c,
+                      struct route_images *im, embed_done_fn done, void *user)
 {
     char err[ERR_LEN];
     struct collection_info info;
@@ -226,7 +235,8 @@ int route_coll_embed(struct http_request *req, struct app *app, struct coll *c,
     return 0;
 }
 
-int route_index_submit(struct http_request *req, struct app *app, workq_fn fn, void *arg)
+/* Queues fn on the index work queue; replies 429 when it is full (-1). */
+static int index_submit(struct http_request *req, struct app *app, workq_fn fn, void *arg)
 {
     if (workq_submit(app->index_work, fn, arg)) {
         http_add_header(req, "Retry-After", "1");
@@ -234,4 +244,48 @@ int route_index_submit(struct http_request *req, struct app *app, workq_fn fn, v
         return -1;
     }
     return 0;
+}
+
+void *route_index_begin(struct http_request *req, struct app *app, size_t size, workq_fn run,
+                        void (*release)(void *ctx))
+{
+    struct route_index_req *r = calloc(1, size);
+    if (!r) {
+        http_reply_error(req, 500, NULL, "out of memory");
+        return NULL;
+    }
+    *r = (struct route_index_req){.req = req, .app = app, .run = run, .release = release};
+    if (!(r->body = route_json_body(req)) || !(r->c = route_coll(req, app))) {
+        release(r);
+        return NULL;
+    }
+    return r;
+}
+
+void route_index_end(struct route_index_req *r)
+{
+    route_images_free(&r->im);
+    json_decref(r->body);
+    coll_release(r->c);
+}
+
+static void embedded(void *user, int status, const char *err)
+{
+    struct route_index_req *r = user;
+    if (status != BATCH_OK) {
+        route_reply_batch_error(r->req, status, err);
+        r->release(r);
+        return;
+    }
+    r->run(r);
+}
+
+void route_index_start(struct route_index_req *r)
+{
+    http_defer(r->req);
+    if (r->im.n > 0) {
+        if (coll_embed(r->req, r->app, r->c, &r->im, embedded, r)) r->release(r);
+    } else if (index_submit(r->req, r->app, r->run, r)) {
+        r->release(r);
+    }
 }

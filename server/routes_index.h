@@ -37,18 +37,29 @@ int route_images_decode(struct http_request *req, struct app *app, json_t *const
                         const char *const *where, int n, struct route_images *out);
 void route_images_free(struct route_images *im);
 
-/* Called once on a work-queue thread: status BATCH_OK with im->vectors filled,
- * or the batcher's code and message. */
-typedef void (*route_embed_done_fn)(void *user, int status, const char *err);
-/* Embeds im with the collection's model at its width. Replies and returns -1
- * when that cannot start: 409 when the model's checkpoint is not the one that
- * embedded the collection (naming both fingerprints) or the model is gone,
- * 422 for an undecodable image, 429/503 from the batcher. On 0, done runs. The
- * caller has called http_defer before. */
-int route_coll_embed(struct http_request *req, struct app *app, struct coll *c,
-                     struct route_images *im, route_embed_done_fn done, void *user);
+/* What every index request (an insert, a search) shares. A route's context
+ * begins with it: the request, its body and collection, its images, and the
+ * work that answers once those are embedded. */
+struct route_index_req {
+    struct http_request *req;
+    struct app *app;
+    json_t *body;                 /* the JSON object (keeps borrowed strings alive) */
+    struct coll *c;               /* the {name} collection, acquired */
+    struct route_images im;       /* images to embed before run, possibly none */
+    workq_fn run;                 /* answers, on the index work queue; gets the context */
+    void (*release)(void *ctx);   /* frees the whole context (route_index_end for this part) */
+};
 
-/* Queues fn on the index work queue; replies 429 when it is full (-1). */
-int route_index_submit(struct http_request *req, struct app *app, workq_fn fn, void *arg);
+/* A zeroed context of size bytes that begins with a struct route_index_req,
+ * holding the request's JSON body and {name} collection; otherwise replies
+ * and returns NULL. */
+void *route_index_begin(struct http_request *req, struct app *app, size_t size, workq_fn run,
+                        void (*release)(void *ctx));
+/* Frees the shared part: body, collection, images. */
+void route_index_end(struct route_index_req *r);
+/* Defers the request, embeds r->im with the collection's model when it holds
+ * images, then runs r->run on the index work queue. When that cannot start or
+ * the embedding fails, answers (409, 422, 429, 503...) and releases. */
+void route_index_start(struct route_index_req *r);
 
 #endif

@@ -11,28 +11,23 @@
 #include "routes_index.h"
 
 struct search_ctx {
-    struct http_request *req;
-    struct app *app;
-    struct coll *c;
-    json_t *body;
+    struct route_index_req base; /* first: the request, body, collection, images */
     bool batch;
     struct index_query q;    /* ids and vectors point into the fields below */
     struct filter *filter;
     const char **ids;        /* [nq]: borrowed from the body; NULL for other queries */
-    int *image;              /* [nq]: index in im, or -1 */
+    int *image;              /* [nq]: index in base.im, or -1 */
     float *qv;               /* [nq, w] */
-    struct route_images im;
 };
 
-static void search_free(struct search_ctx *x)
+static void search_free(void *ctx)
 {
+    struct search_ctx *x = ctx;
     filter_free(x->filter);
     free(x->ids);
     free(x->image);
     free(x->qv);
-    route_images_free(&x->im);
-    json_decref(x->body);
-    coll_release(x->c);
+    route_index_end(&x->base);
     free(x);
 }
 
@@ -52,16 +47,16 @@ static json_t *hit_json(const struct query_hit *h, bool with_metadata)
 static void search_run(void *arg)
 {
     struct search_ctx *x = arg;
-    const int width = (int)coll_width(x->c);
+    const int width = (int)coll_width(x->base.c);
     for (int i = 0; i < x->q.nq; i++) /* embedded images as queries */
         if (x->image[i] >= 0)
-            memcpy(x->qv + (size_t)i * x->q.w, x->im.vectors + (size_t)x->image[i] * width,
+            memcpy(x->qv + (size_t)i * x->q.w, x->base.im.vectors + (size_t)x->image[i] * width,
                    (size_t)x->q.w * sizeof *x->qv);
     char err[ERR_LEN] = "";
     struct query_result res;
-    const int rc = query_run(x->c, &x->q, &res, err, sizeof err);
+    const int rc = query_run(x->base.c, &x->q, &res, err, sizeof err);
     if (rc) {
-        route_reply_store_error(x->req, rc, err);
+        route_reply_store_error(x->base.req, rc, err);
         search_free(x);
         return;
     }
@@ -81,19 +76,8 @@ static void search_run(void *arg)
         json_decref(batch);
     }
     query_result_free(&res);
-    http_reply_json(x->req, 200, answer);
+    http_reply_json(x->base.req, 200, answer);
     search_free(x);
-}
-
-static void search_embedded(void *user, int status, const char *err)
-{
-    struct search_ctx *x = user;
-    if (status != BATCH_OK) {
-        route_reply_batch_error(x->req, status, err);
-        search_free(x);
-        return;
-    }
-    search_run(x);
 }
 
 /* Reads an optional integer field within lo..hi (def when absent). */
@@ -114,25 +98,25 @@ static int int_field(json_t *o, const char *key, long long lo, long long hi, lon
 /* The options shared by the single and the batch form. */
 static int parse_options(struct search_ctx *x, char *why, size_t len)
 {
-    const int width = (int)coll_width(x->c);
-    if (int_field(x->body, "k", 1, SEARCH_K_MAX, 10, &x->q.k, why, len) ||
-        int_field(x->body, "width", 1, width, width, &x->q.w, why, len))
+    const int width = (int)coll_width(x->base.c);
+    if (int_field(x->base.body, "k", 1, SEARCH_K_MAX, 10, &x->q.k, why, len) ||
+        int_field(x->base.body, "width", 1, width, width, &x->q.w, why, len))
         return -1;
-    json_t *funnel = json_object_get(x->body, "funnel");
+    json_t *funnel = json_object_get(x->base.body, "funnel");
     if (funnel && !json_is_null(funnel)) {
         if (!json_is_object(funnel)) return set_err(why, len, "'funnel' must be an object");
         int fw, cand;
-        query_funnel_defaults(x->c, x->q.k, x->q.w, &fw, &cand);
+        query_funnel_defaults(x->base.c, x->q.k, x->q.w, &fw, &cand);
         char fwhy[ERR_LEN];
         if (int_field(funnel, "width", 1, x->q.w, fw, &x->q.funnel_width, fwhy, sizeof fwhy) ||
             int_field(funnel, "candidates", 1, QUERY_FUNNEL_MAX_CANDIDATES, cand,
                       &x->q.candidates, fwhy, sizeof fwhy))
             return set_err(why, len, "funnel: %s", fwhy);
     }
-    json_t *filter = json_object_get(x->body, "filter");
+    json_t *filter = json_object_get(x->base.body, "filter");
     if (filter && !json_is_null(filter) && filter_compile(filter, &x->filter, why, len)) return -1;
     x->q.filter = x->filter;
-    json_t *include = json_object_get(x->body, "include"), *v;
+    json_t *include = json_object_get(x->base.body, "include"), *v;
     size_t i;
     if (include && !json_is_null(include) && !json_is_array(include))
         return set_err(why, len, "'include' must be an array of \"metadata\" and \"vector\"");
@@ -172,19 +156,10 @@ static int parse_query(struct search_ctx *x, json_t *o, int i, json_t **image, c
 static void search(struct http_request *req, void *user)
 {
     struct app *app = user;
-    struct search_ctx *x = calloc(1, sizeof *x);
-    if (!x) {
-        http_reply_error(req, 500, NULL, "out of memory");
-        return;
-    }
-    x->req = req;
-    x->app = app;
-    if (!(x->body = route_json_body(req)) || !(x->c = route_coll(req, app))) {
-        search_free(x);
-        return;
-    }
+    struct search_ctx *x = route_index_begin(req, app, sizeof *x, search_run, search_free);
+    if (!x) return;
     char why[ERR_LEN] = "";
-    json_t *queries = json_object_get(x->body, "queries");
+    json_t *queries = json_object_get(x->base.body, "queries");
     x->batch = queries != NULL;
     if (parse_options(x, why, sizeof why)) {
         http_reply_error(req, 400, NULL, why);
@@ -196,8 +171,8 @@ static void search(struct http_request *req, void *user)
         search_free(x);
         return;
     }
-    if (x->batch && (json_object_get(x->body, "vector") || json_object_get(x->body, "image") ||
-                     json_object_get(x->body, "id"))) {
+    if (x->batch && (json_object_get(x->base.body, "vector") || json_object_get(x->base.body, "image") ||
+                     json_object_get(x->base.body, "id"))) {
         http_reply_error(req, 400, NULL, "give either 'queries' (the batch form) or one of "
                          "'image', 'vector' and 'id', not both");
         search_free(x);
@@ -226,7 +201,7 @@ static void search(struct http_request *req, void *user)
     for (int i = 0; !rc && i < nq; i++) {
         json_t *image = NULL;
         x->image[i] = -1;
-        if (parse_query(x, x->batch ? json_array_get(queries, (size_t)i) : x->body, i, &image,
+        if (parse_query(x, x->batch ? json_array_get(queries, (size_t)i) : x->base.body, i, &image,
                         why, sizeof why)) {
             if (x->batch) http_reply_errorf(req, 400, NULL, "queries[%d] %s", i, why);
             else http_reply_errorf(req, 400, NULL, "search %s", why);
@@ -245,7 +220,8 @@ static void search(struct http_request *req, void *user)
         rc = -1;
     }
     if (!rc && n_images > 0)
-        rc = route_images_decode(req, app, images, (const char *const *)where, n_images, &x->im);
+        rc = route_images_decode(req, app, images, (const char *const *)where, n_images,
+                                 &x->base.im);
     for (int i = 0; where && i < n_images; i++) free(where[i]);
     free(where);
     free(images);
@@ -253,12 +229,7 @@ static void search(struct http_request *req, void *user)
         search_free(x);
         return;
     }
-    http_defer(req);
-    if (n_images > 0) {
-        if (route_coll_embed(req, app, x->c, &x->im, search_embedded, x)) search_free(x);
-    } else if (route_index_submit(req, app, search_run, x)) {
-        search_free(x);
-    }
+    route_index_start(&x->base);
 }
 
 int routes_search_register(struct http_router *r, struct app *app, char *err, size_t errlen)

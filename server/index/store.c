@@ -614,65 +614,6 @@ out:
     return ret;
 }
 
-int store_item_get(struct index_store *s, int64_t collection_id, const char *external_id,
-                   struct item_out *out, char *err, size_t errlen)
-{
-    memset(out, 0, sizeof *out);
-    if (!external_id) return set_err_code(err, errlen, STORE_INVALID, "no item id");
-    pthread_mutex_lock(&s->mu);
-    sqlite3_stmt *st = NULL;
-    int ret = STORE_ERR;
-    if (exec_const(s, "BEGIN", err, errlen)) goto out;
-    int64_t width;
-    if ((ret = collection_shape(s, collection_id, &width, NULL, err, errlen))) goto out;
-    ret = STORE_ERR;
-    if (prepare(s,
-                "SELECT id, external_id, metadata, vector, image FROM items"
-                " WHERE collection_id = ?1 AND external_id = ?2",
-                &st, err, errlen))
-        goto out;
-    sqlite3_bind_int64(st, 1, collection_id);
-    sqlite3_bind_text(st, 2, external_id, -1, SQLITE_STATIC);
-    int rc = sqlite3_step(st);
-    if (rc == SQLITE_DONE) {
-        ret = fail_code(STORE_NOT_FOUND, err, errlen, "no item with id", external_id);
-        goto out;
-    }
-    if (rc != SQLITE_ROW) {
-        db_fail(s, err, errlen, "get item");
-        goto out;
-    }
-    out->row_id = sqlite3_column_int64(st, 0);
-    copy_col(out->external_id, sizeof out->external_id, st, 1);
-    const unsigned char *meta = sqlite3_column_text(st, 2);
-    if (meta && !(out->metadata = strdup((const char *)meta))) goto oom;
-    const void *vec = sqlite3_column_blob(st, 3);
-    size_t vbytes = (size_t)sqlite3_column_bytes(st, 3);
-    if (vbytes != (size_t)width * sizeof(float)) {
-        set_err(err, errlen, "index store: item has %zu vector bytes, expected %lld", vbytes,
-                (long long)width * 4);
-        goto out;
-    }
-    if (!(out->vector = malloc(vbytes))) goto oom;
-    memcpy(out->vector, vec, vbytes);
-    out->dim = (size_t)width;
-    if (sqlite3_column_type(st, 4) == SQLITE_BLOB) {
-        const void *img = sqlite3_column_blob(st, 4);
-        size_t ilen = (size_t)sqlite3_column_bytes(st, 4);
-        if (!(out->image = malloc(ilen ? ilen : 1))) goto oom;
-        if (ilen) memcpy(out->image, img, ilen);
-        out->image_len = ilen;
-    }
-    ret = 0;
-    goto out;
-oom:
-    set_err(err, errlen, "index store: out of memory");
-out:
-    end_locked(s, st, true); /* read-only transaction: ending it either way is the same */
-    if (ret) store_item_free(out);
-    return ret;
-}
-
 void store_item_free(struct item_out *out)
 {
     if (!out) return;
@@ -685,8 +626,9 @@ void store_item_free(struct item_out *out)
     out->dim = out->image_len = 0;
 }
 
-/* Fills out from a row of (id, external_id, metadata, vector); 0 or -1 (memory). */
-static int read_item(sqlite3_stmt *st, size_t width, struct item_out *out)
+/* Fills out from a row of (id, external_id, metadata, vector[, image]) whose
+ * vector has width floats; 0 or -1 (memory). */
+static int read_item(sqlite3_stmt *st, size_t width, bool with_image, struct item_out *out)
 {
     out->row_id = sqlite3_column_int64(st, 0);
     copy_col(out->external_id, sizeof out->external_id, st, 1);
@@ -695,12 +637,19 @@ static int read_item(sqlite3_stmt *st, size_t width, struct item_out *out)
     if (!(out->vector = malloc(width * sizeof *out->vector))) return -1;
     memcpy(out->vector, sqlite3_column_blob(st, 3), width * sizeof *out->vector);
     out->dim = width;
+    if (with_image && sqlite3_column_type(st, 4) == SQLITE_BLOB) {
+        const size_t ilen = (size_t)sqlite3_column_bytes(st, 4);
+        if (!(out->image = malloc(ilen ? ilen : 1))) return -1;
+        if (ilen) memcpy(out->image, sqlite3_column_blob(st, 4), ilen);
+        out->image_len = ilen;
+    }
     return 0;
 }
 
-int store_items_get_many(struct index_store *s, int64_t collection_id,
-                         const char *const *external_ids, size_t n, struct item_out *out,
-                         char *err, size_t errlen)
+/* store_item_get and store_items_get_many: n items by external id in one read
+ * transaction with one prepared statement; an absent id leaves out[i] zeroed. */
+static int items_get(struct index_store *s, int64_t collection_id, const char *const *external_ids,
+                     size_t n, bool with_image, struct item_out *out, char *err, size_t errlen)
 {
     memset(out, 0, n * sizeof *out);
     pthread_mutex_lock(&s->mu);
@@ -711,8 +660,10 @@ int store_items_get_many(struct index_store *s, int64_t collection_id,
     if ((ret = collection_shape(s, collection_id, &width, NULL, err, errlen))) goto out;
     ret = STORE_ERR;
     if (prepare(s,
-                "SELECT id, external_id, metadata, vector FROM items"
-                " WHERE collection_id = ?1 AND external_id = ?2",
+                with_image ? "SELECT id, external_id, metadata, vector, image FROM items"
+                             " WHERE collection_id = ?1 AND external_id = ?2"
+                           : "SELECT id, external_id, metadata, vector FROM items"
+                             " WHERE collection_id = ?1 AND external_id = ?2",
                 &st, err, errlen))
         goto out;
     sqlite3_bind_int64(st, 1, collection_id);
@@ -731,15 +682,36 @@ int store_items_get_many(struct index_store *s, int64_t collection_id,
                     (long long)width * 4);
             goto out;
         }
-        if (read_item(st, (size_t)width, &out[i])) {
+        if (read_item(st, (size_t)width, with_image, &out[i])) {
             set_err(err, errlen, "index store: out of memory");
             goto out;
         }
     }
     ret = 0;
 out:
-    end_locked(s, st, true); /* read-only transaction */
+    end_locked(s, st, true); /* read-only transaction: ending it either way is the same */
     return ret;
+}
+
+int store_item_get(struct index_store *s, int64_t collection_id, const char *external_id,
+                   struct item_out *out, char *err, size_t errlen)
+{
+    if (!external_id) {
+        memset(out, 0, sizeof *out);
+        return set_err_code(err, errlen, STORE_INVALID, "no item id");
+    }
+    int ret = items_get(s, collection_id, &external_id, 1, true, out, err, errlen);
+    if (!ret && !out->vector)
+        ret = fail_code(STORE_NOT_FOUND, err, errlen, "no item with id", external_id);
+    if (ret) store_item_free(out);
+    return ret;
+}
+
+int store_items_get_many(struct index_store *s, int64_t collection_id,
+                         const char *const *external_ids, size_t n, struct item_out *out,
+                         char *err, size_t errlen)
+{
+    return items_get(s, collection_id, external_ids, n, false, out, err, errlen);
 }
 
 int store_items_delete(struct index_store *s, int64_t collection_id,

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "rm_rf.h"
 #include "index/store.h"
 
 #define W 8
@@ -37,21 +38,6 @@ static struct collection_info coll(const char *name, int64_t width, enum store_m
     c.metric = m;
     c.store_images = 1;
     return c;
-}
-
-static void rm_rf(const char *dir)
-{
-    DIR *d = opendir(dir);
-    if (!d) return;
-    struct dirent *e;
-    char p[4096];
-    while ((e = readdir(d))) {
-        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-        unlink(p);
-    }
-    closedir(d);
-    rmdir(dir);
 }
 
 /* --- scan collection ------------------------------------------------------- */
