@@ -3,6 +3,7 @@
  * libpng / libjpeg. */
 #include "check.h"
 #include "image.h"
+#include "image_encode.h"
 
 #include <setjmp.h>
 #include <stdio.h>
@@ -982,8 +983,52 @@ static void test_jpeg_bad(void)
     free(rgb);
 }
 
+/* The encoder's PNGs decode back to the same pixels; bad sizes are refused. */
+static void test_png_encode(void)
+{
+    char err[512];
+    enum { W = 37, H = 11 };
+    uint8_t rgb[H][W][3], gray[H][W];
+    for (int y = 0; y < H; y++)
+        for (int x = 0; x < W; x++) {
+            for (int c = 0; c < 3; c++) rgb[y][x][c] = (uint8_t)(x * 7 + y * 13 + c * 91);
+            gray[y][x] = (uint8_t)(x * y);
+        }
+    for (int channels = 1; channels <= 3; channels += 2) {
+        uint8_t *png;
+        size_t len;
+        const uint8_t *src = channels == 3 ? &rgb[0][0][0] : &gray[0][0];
+        CHECK(image_png_encode(src, W, H, channels, &png, &len, err, sizeof err) == 0 && len > 8,
+              "encode %d channels: %s", channels, err);
+        struct image_decode_opts o;
+        image_decode_opts_default(&o);
+        struct image_rgb8 img = {0};
+        CHECK(image_decode(png, len, &o, &img, err, sizeof err) == 0 && img.width == W &&
+                  img.height == H,
+              "decode what was encoded: %s", err);
+        int diff = 0;
+        for (int y = 0; img.data && y < H; y++)
+            for (int x = 0; x < W; x++)
+                for (int c = 0; c < 3; c++)
+                    diff += img.data[(y * W + x) * 3 + c] !=
+                            (channels == 3 ? rgb[y][x][c] : gray[y][x]);
+        CHECK(img.data && diff == 0, "%d channels round trip: %d bytes differ", channels, diff);
+        image_free(&img);
+        free(png);
+    }
+    uint8_t *png = (uint8_t *)1;
+    size_t len = 1;
+    CHECK(image_png_encode(&gray[0][0], 0, H, 1, &png, &len, err, sizeof err) == -1 && !png &&
+              !len && strstr(err, "size"),
+          "zero width refused: %s", err);
+    CHECK(image_png_encode(&gray[0][0], W, H, 4, &png, &len, err, sizeof err) == -1 &&
+              strstr(err, "channels"),
+          "4 channels refused: %s", err);
+}
+
 int main(void)
 {
+    test_png_encode();
     test_png_rgb();
     test_png_gray();
     test_png_gray_alpha();
