@@ -9,6 +9,7 @@
 #include "base64.h"
 #include "datauri.h"
 #include "errors.h"
+#include "route_status.h"
 
 static void roundtrip(const uint8_t *bytes, size_t n)
 {
@@ -42,7 +43,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     } else if (out || n) {
         abort();
     }
-    if (datauri_http_status(st) < 200) abort();
+    if (route_status_datauri(st) < 200) abort();
 
     st = datauri_decode(s, size, limit, &out, &n, NULL, err, sizeof err);
     if (st == DATAURI_OK) {
