@@ -323,6 +323,31 @@ static void delete_item(struct http_request *req, void *user)
     coll_release(c);
 }
 
+/* The stored source image of an item (collections with store_images), as it
+ * was sent: JPEG or PNG, told apart by their magic bytes. */
+static void get_item_image(struct http_request *req, void *user)
+{
+    struct coll *c = route_coll(req, user);
+    if (!c) return;
+    const char *id = http_param(req, "id");
+    struct item_out it;
+    char err[ERR_LEN];
+    const int rc = store_item_get(coll_store(c), coll_id(c), id, &it, err, sizeof err);
+    if (rc) {
+        route_reply_store_error(req, rc, err);
+    } else if (!it.image) {
+        http_reply_errorf(req, 404, NULL, "item '%s' has no stored image (the collection keeps "
+                          "images only when created with \"store_images\": true)", it.external_id);
+    } else {
+        const bool png = it.image_len >= 8 && !memcmp(it.image, "\x89PNG", 4);
+        http_add_header(req, "Cache-Control", "private, max-age=60");
+        http_reply_take(req, 200, png ? "image/png" : "image/jpeg", it.image, it.image_len, NULL);
+        it.image = NULL; /* the reply owns it */
+    }
+    store_item_free(&it);
+    coll_release(c);
+}
+
 int routes_collections_register(struct http_router *r, struct app *app, char *err, size_t errlen)
 {
     static const struct {
@@ -335,6 +360,7 @@ int routes_collections_register(struct http_router *r, struct app *app, char *er
         {"DELETE", "/v1/collections/{name}", delete_collection},
         {"POST", "/v1/collections/{name}/items", insert_items},
         {"GET", "/v1/collections/{name}/items/{id}", get_item},
+        {"GET", "/v1/collections/{name}/items/{id}/image", get_item_image},
         {"DELETE", "/v1/collections/{name}/items/{id}", delete_item},
     };
     for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++)
