@@ -35,6 +35,7 @@ struct app {
     struct metrics *metrics;
     struct app_limits limits;
     const char *models_dir;    /* --models-dir (admin loads only from here), or NULL */
+    const char *data_dir;      /* --data: the index and its snapshots */
     struct auth_keys admin_keys; /* --admin-token-file; none: admin routes answer 404 */
     struct auth_keys api_keys;   /* --api-key-file; none: the /v1 routes are open */
     const char *device;        /* --device as given: "cpu", "cuda" or "auto" */

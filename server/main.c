@@ -24,6 +24,7 @@
 #include "app.h"
 #include "errors.h"
 #include "index/search.h"
+#include "index/snapshot.h"
 #include "infer.h"
 #include "vit.h"
 
@@ -40,6 +41,9 @@ static const char usage_text[] =
     "  --host HOST             address to bind (default 127.0.0.1)\n"
     "  --port PORT             port (default 8080; 0 picks a free one)\n"
     "  --data DIR              index and state directory (default ./data)\n"
+    "  --restore FILE          start from a snapshot (POST /admin/snapshot wrote it under\n"
+    "                          DIR/snapshots/): it replaces DIR/index.sqlite3, which is kept\n"
+    "                          beside it as index.sqlite3.before-restore-TIME\n"
     "  --device D              cpu, cuda or auto (default auto: cuda when a GPU is usable)\n"
     "  --precision P           fp32, bf16 or auto (default auto: bf16 on CUDA and on CPUs\n"
     "                          with AMX or AVX512-BF16, else fp32); bf16 multiplies in bf16\n"
@@ -71,6 +75,7 @@ struct options {
     const char *names[MAX_MODELS], *paths[MAX_MODELS];
     int n_models;
     const char *models_dir, *host, *data, *device, *precision, *token_file, *api_key_file;
+    const char *restore;
     int port, max_batch, max_delay_ms, max_body_mb, max_images, max_queue, threads, http_threads;
     int index_threads, max_insert_items, header_timeout, max_connections, max_conn_per_ip;
     int drain_seconds;
@@ -99,11 +104,13 @@ static int parse_options(int argc, char **argv, struct options *o)
 {
     enum { O_MODEL = 256, O_MODELS_DIR, O_HOST, O_PORT, O_DATA, O_DEVICE, O_TOKEN, O_BATCH,
            O_DELAY, O_BODY, O_PIXELS, O_IMAGES, O_QUEUE, O_THREADS, O_HTTP, O_INDEX_THREADS, O_INSERT_ITEMS, O_API_KEYS, O_HELP,
-           O_HEADER_TIMEOUT, O_MAX_CONN, O_MAX_CONN_IP, O_INFLIGHT, O_DRAIN, O_PRECISION };
+           O_HEADER_TIMEOUT, O_MAX_CONN, O_MAX_CONN_IP, O_INFLIGHT, O_DRAIN, O_PRECISION,
+           O_RESTORE };
     static const struct option lo[] = {
         {"model", required_argument, 0, O_MODEL}, {"models-dir", required_argument, 0, O_MODELS_DIR},
         {"host", required_argument, 0, O_HOST}, {"port", required_argument, 0, O_PORT},
         {"data", required_argument, 0, O_DATA}, {"device", required_argument, 0, O_DEVICE},
+        {"restore", required_argument, 0, O_RESTORE},
         {"precision", required_argument, 0, O_PRECISION},
         {"admin-token-file", required_argument, 0, O_TOKEN},
         {"api-key-file", required_argument, 0, O_API_KEYS},
@@ -169,6 +176,7 @@ static int parse_options(int argc, char **argv, struct options *o)
         case O_MODELS_DIR: o->models_dir = optarg; break;
         case O_HOST: o->host = optarg; break;
         case O_DATA: o->data = optarg; break;
+        case O_RESTORE: o->restore = optarg; break;
         case O_TOKEN: o->token_file = optarg; break;
         case O_API_KEYS: o->api_key_file = optarg; break;
         case O_DEVICE:
@@ -313,6 +321,7 @@ int main(int argc, char **argv)
     static struct app app;
     app.device = o.device;
     app.models_dir = o.models_dir;
+    app.data_dir = o.data;
     app.started_at = time(NULL);
     app.limits = (struct app_limits){
         .max_body_bytes = (size_t)o.max_body_mb << 20, .max_image_pixels = (size_t)o.max_pixels,
@@ -341,6 +350,11 @@ int main(int argc, char **argv)
         return fail_free(&app, router, err);
     batcher_set_observer(app.batcher, on_batch, app.metrics);
     batcher_set_token_budget(app.batcher, (uint64_t)o.max_inflight_tokens);
+    if (o.restore) {
+        if (snapshot_restore(o.data, o.restore, err, sizeof err)) return fail_free(&app, router, err);
+        fprintf(stderr, "restored the index from %s (the database it replaced is kept beside it)\n",
+                o.restore);
+    }
     if (index_open(&app.index, o.data, err, sizeof err)) return fail_free(&app, router, err);
     if (!(app.index_work = workq_create(o.index_threads, 4096, err, sizeof err))) return fail_free(&app, router, err);
     /* Background jobs get their own few threads: a long reembed or a model load

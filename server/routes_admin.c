@@ -1,7 +1,9 @@
 /* Admin routes (bearer token, checked by auth.c):
  *   POST   /admin/models/{name}  {"checkpoint": "relative/path.safetensors"}
  *          loads from --models-dir only, warms up, swaps atomically;
- *   DELETE /admin/models/{name}  unloads any model but the last.
+ *   DELETE /admin/models/{name}  unloads any model but the last;
+ *   POST   /admin/snapshot       a consistent copy of the index under
+ *          DATA/snapshots/ (index/snapshot.h), taken while serving.
  * Without --admin-token-file the routes answer 404, as if absent. */
 #include <limits.h>
 #include <stdio.h>
@@ -11,6 +13,7 @@
 
 #include "app.h"
 #include "errors.h"
+#include "index/snapshot.h"
 
 /* Replies 404/401/403 and returns false unless the request carries the token. */
 static bool authorised(struct http_request *req, const struct app *app)
@@ -140,8 +143,50 @@ static void unload_model(struct http_request *req, void *user)
     else http_reply_json(req, 200, json_pack("{s:s, s:b}", "id", http_param(req, "name"), "unloaded", 1));
 }
 
+/* On the background queue: a large index takes a while to copy. */
+struct snapshot_job {
+    struct http_request *req; /* referenced until answered */
+    const char *data_dir;
+};
+
+static void snapshot_run(void *arg)
+{
+    struct snapshot_job *job = arg;
+    struct http_request *req = job->req;
+    struct snapshot_info s;
+    char err[ERR_LEN];
+    if (snapshot_write(job->data_dir, &s, err, sizeof err))
+        http_reply_error(req, 500, NULL, err);
+    else
+        http_reply_json(req, 201, json_pack("{s:s, s:I, s:f}", "path", s.path, "bytes",
+                                            (json_int_t)s.bytes, "seconds", s.seconds));
+    http_request_unref(req);
+    free(job);
+}
+
+static void snapshot(struct http_request *req, void *user)
+{
+    struct app *app = user;
+    if (!authorised(req, app)) return;
+    struct snapshot_job *job = malloc(sizeof *job);
+    if (!job) {
+        http_reply_error(req, 500, NULL, "out of memory");
+        return;
+    }
+    *job = (struct snapshot_job){.req = req, .data_dir = app->data_dir};
+    http_request_ref(req);
+    http_defer(req);
+    if (workq_submit(app->background, snapshot_run, job)) {
+        http_reply_error(req, 503, NULL, "the background work queue is full or shutting down");
+        http_request_unref(req);
+        free(job);
+    }
+}
+
 int routes_admin_register(struct http_router *r, struct app *app, char *err, size_t errlen)
 {
-    if (route_add(r, app, "POST", "/admin/models/{name}", load_model, err, errlen)) return -1;
+    if (route_add(r, app, "POST", "/admin/models/{name}", load_model, err, errlen) ||
+        route_add(r, app, "POST", "/admin/snapshot", snapshot, err, errlen))
+        return -1;
     return route_add(r, app, "DELETE", "/admin/models/{name}", unload_model, err, errlen);
 }
