@@ -158,13 +158,14 @@ static int make_fixtures(void)
         snprintf(fps[k], 65, "%s", vit_model_fingerprint(m));
         struct vit_workspace *ws = NULL;
         for (int i = 0; i < NIN; i++) {
-            struct vit_outputs o = {ref_cls[k][i], ref_patch[k][i], ref_rasa[k][i]};
+            struct vit_outputs o = {.cls = ref_cls[k][i], .patch = ref_patch[k][i],
+                                    .patch_rasa = ref_rasa[k][i]};
             if (vit_forward(m, &ws, inputs[i], 1, S, S, &o, err, sizeof err)) {
                 fprintf(stderr, "forward: %s\n", err);
                 return -1;
             }
             if (k == 0) {
-                struct vit_outputs o2 = {ref_cls2[i], NULL, NULL};
+                struct vit_outputs o2 = {.cls = ref_cls2[i]};
                 if (vit_forward(m, &ws, inputs2[i], 1, H2, W2, &o2, err, sizeof err)) {
                     fprintf(stderr, "forward: %s\n", err);
                     return -1;
@@ -336,7 +337,7 @@ static void test_registry_basic(void)
     CHECK(registry_acquire(reg, "a", &e2, err, sizeof err) == REGISTRY_NOT_FOUND, "a gone");
     float cls[D];
     struct vit_workspace *ws = NULL;
-    struct vit_outputs o = {cls, NULL, NULL};
+    struct vit_outputs o = {.cls = cls};
     CHECK(vit_forward(e->model, &ws, inputs[0], 1, S, S, &o, err, sizeof err) == 0 &&
           memcmp(cls, ref_cls[0][0], sizeof cls) == 0, "held entry after unload");
     vit_workspace_free(ws);
