@@ -104,7 +104,7 @@ static void scatter_layers(const struct batcher *b, struct batch_job *j, int i, 
     }
 }
 
-/* Runs one gathered batch (all jobs share entry, H, W) and completes its jobs.
+/* Runs one gathered batch (all jobs share entry, H, W and layers) and completes its jobs.
  * Called without the lock. */
 static void run_batch(struct batcher *b, struct batch_job **jobs, int B)
 {
