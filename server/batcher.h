@@ -1,5 +1,5 @@
 /* Dynamic batching: images from concurrent requests are gathered into one
- * vit_forward per (model entry, H, W).
+ * vit_forward per (model entry, H, W, intermediate layers).
  *
  * One worker thread per batcher takes the oldest queued job, then gathers the
  * queued jobs with the same key (entry, H, W, and the same intermediate layers
