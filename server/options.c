@@ -548,8 +548,30 @@ static void list_widths(const struct model_config *cfg, char *buf, size_t cap)
     if (nw == 0) snprintf(buf, cap, "%d", cfg->embed_dim);
 }
 
+static int resolve_layer(int l, int depth)
+{
+    return l < 0 ? depth + l : l;
+}
+
+/* Each layer a block of the model, and no block named twice once resolved. */
 static int check_layers(const struct feature_options *o, const struct model_config *cfg,
-                        const char *mname, char *err, size_t errlen);
+                        const char *mname, char *err, size_t errlen)
+{
+    const int depth = cfg->depth;
+    for (int i = 0; i < o->n_layers; i++) {
+        const int l = resolve_layer(o->layers[i], depth);
+        if (l < 0 || l >= depth)
+            return set_err_code(err, errlen, OPTIONS_INVALID, "option 'layers': block %d is out "
+                                "of range: %s has depth %d (blocks 0 to %d, or -%d to -1)",
+                                o->layers[i], mname, depth, depth - 1, depth);
+        for (int j = 0; j < i; j++)
+            if (resolve_layer(o->layers[j], depth) == l)
+                return set_err_code(err, errlen, OPTIONS_INVALID, "option 'layers': %d and %d "
+                                    "are the same block of %s (depth %d)", o->layers[j],
+                                    o->layers[i], mname, depth);
+    }
+    return OPTIONS_OK;
+}
 
 int options_check_model(const struct feature_options *o, const struct model_config *cfg,
                         char *err, size_t errlen)
@@ -586,31 +608,6 @@ int options_check_model(const struct feature_options *o, const struct model_conf
         return set_err_code(err, errlen, OPTIONS_INVALID, "option 'rasa' is not available: %s has no RASA layers",
                        mname);
     return check_layers(o, cfg, mname, err, errlen);
-}
-
-static int resolve_layer(int l, int depth)
-{
-    return l < 0 ? depth + l : l;
-}
-
-/* Each layer a block of the model, and no block named twice once resolved. */
-static int check_layers(const struct feature_options *o, const struct model_config *cfg,
-                        const char *mname, char *err, size_t errlen)
-{
-    const int depth = cfg->depth;
-    for (int i = 0; i < o->n_layers; i++) {
-        const int l = resolve_layer(o->layers[i], depth);
-        if (l < 0 || l >= depth)
-            return set_err_code(err, errlen, OPTIONS_INVALID, "option 'layers': block %d is out "
-                                "of range: %s has depth %d (blocks 0 to %d, or -%d to -1)",
-                                o->layers[i], mname, depth, depth - 1, depth);
-        for (int j = 0; j < i; j++)
-            if (resolve_layer(o->layers[j], depth) == l)
-                return set_err_code(err, errlen, OPTIONS_INVALID, "option 'layers': %d and %d "
-                                    "are the same block of %s (depth %d)", o->layers[j],
-                                    o->layers[i], mname, depth);
-    }
-    return OPTIONS_OK;
 }
 
 int options_effective_layers(const struct feature_options *o, const struct model_config *cfg,
