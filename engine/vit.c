@@ -382,6 +382,48 @@ static int block_forward(const struct model_config *c, const struct vit_block_we
     return 0;
 }
 
+/* The requested intermediate layers exist in the model. */
+static int check_layers(const struct model_config *c, const struct vit_outputs *out, char *err,
+                        size_t errlen)
+{
+    if (out->n_layers < 0 || out->n_layers > VIT_MAX_LAYERS || (out->n_layers && !out->layers))
+        return set_err(err, errlen, "%d intermediate layers asked for: 0 to %d are allowed",
+                       out->n_layers, VIT_MAX_LAYERS);
+    for (int k = 0; k < out->n_layers; k++)
+        if (out->layers[k] < 0 || out->layers[k] >= c->depth)
+            return set_err(err, errlen, "layer %d is out of range: model '%s' has %d blocks "
+                           "(0 to %d)", out->layers[k], c->name, c->depth, c->depth - 1);
+    return 0;
+}
+
+/* rows tokens of the residual stream into dst, through the final LayerNorm or as they are. */
+static void layer_rows(const struct model_config *c, const struct vit_weights *w, bool norm,
+                       float *dst, const float *src, size_t rows)
+{
+    if (norm) layernorm_forward(dst, src, w->norm_w, w->norm_b, rows, c->embed_dim, c->norm_eps);
+    else memcpy(dst, src, sizeof(float) * rows * c->embed_dim);
+}
+
+/* Copies the residual stream after block l into each output slot that lists
+ * it (a block listed twice fills both). */
+static void capture_layer(const struct model_config *c, const struct vit_weights *w,
+                          const struct vit_workspace *ws, const struct vit_outputs *out, int l,
+                          int B, int T, int N)
+{
+    const size_t D = c->embed_dim, R = c->register_tokens;
+    for (int k = 0; k < out->n_layers; k++) {
+        if (out->layers[k] != l) continue;
+        for (int b = 0; b < B; b++) {
+            const float *xb = ws->x + (size_t)b * T * D;
+            const size_t slot = (size_t)k * B + b;
+            if (out->layer_cls) layer_rows(c, w, out->layer_norm, out->layer_cls + slot * D, xb, 1);
+            if (out->layer_patch)
+                layer_rows(c, w, out->layer_norm, out->layer_patch + slot * N * D,
+                           xb + (1 + R) * D, (size_t)N);
+        }
+    }
+}
+
 /* The CUDA path: patches land in patch (or patch_rasa); RASA runs here on the host. */
 static int forward_cuda(struct vit_model *m, struct vit_workspace **wsp, const float *pos,
                         const float *x, int B, int H, int W, const struct vit_outputs *out,
@@ -392,6 +434,11 @@ static int forward_cuda(struct vit_model *m, struct vit_workspace **wsp, const f
         return set_err(err, errlen, "out of memory");
     const size_t tok = (size_t)B * (H / c->patch_size) * (W / c->patch_size) * c->embed_dim;
     float *patch = out->patch ? out->patch : out->patch_rasa;
+    /* The CUDA forward keeps its residual stream on the device and returns
+     * only the final tokens. */
+    if (out->n_layers)
+        return set_err(err, errlen, "intermediate layers are not implemented on CUDA: run the "
+                       "model on the CPU for them");
     if (cuda_forward(m->cuda, &(*wsp)->cuda, pos, x, B, H, W, out->cls, patch, err, errlen))
         return -1;
     if (out->patch_rasa) {
@@ -411,6 +458,7 @@ int vit_forward(struct vit_model *m, struct vit_workspace **wsp, const float *x,
     if (vit_check_resolution(m, H, W, err, errlen)) return -1;
     if (out->patch_rasa && !m->rasa_units)
         return set_err(err, errlen, "model '%s' has no RASA tensors", c->name);
+    if (check_layers(c, out, err, errlen)) return -1;
 
     const int P = c->patch_size, D = c->embed_dim, R = c->register_tokens;
     const int gh = H / P, gw = W / P, N = gh * gw, T = 1 + R + N;
@@ -438,6 +486,7 @@ int vit_forward(struct vit_model *m, struct vit_workspace **wsp, const float *x,
                                        last ? w->norm_b : w->blocks[l + 1].norm1_b, last};
         if (block_forward(c, &w->blocks[l], &m->packed[l], ws, B, T, &next, err, errlen))
             return -1;
+        capture_layer(c, w, ws, out, l, B, T, N);
     }
     for (int b = 0; b < B; b++) {
         const float *xb = ws->xn + (size_t)b * T * D;

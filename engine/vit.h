@@ -37,7 +37,17 @@ struct vit_outputs {
     float *cls;         /* [B, D]: final-LayerNorm CLS, or NULL */
     float *patch;       /* [B, N, D]: final-LayerNorm patch tokens, or NULL */
     float *patch_rasa;  /* [B, N, D]: RASA-cleaned patch tokens, or NULL (needs RASA tensors) */
+    /* Intermediate layers (DINOv2's get_intermediate_layers): the residual
+     * stream after each listed block, from the same forward. Registers are
+     * left out of the patch tokens; RASA never applies to them. */
+    int n_layers;       /* 0: none; at most VIT_MAX_LAYERS */
+    const int *layers;  /* [n_layers] block indices, 0..depth-1 */
+    bool layer_norm;    /* apply the final LayerNorm to them (the reference's norm=True) */
+    float *layer_cls;   /* [n_layers, B, D]: CLS after each listed block, or NULL */
+    float *layer_patch; /* [n_layers, B, N, D]: patch tokens after each listed block, or NULL */
 };
+
+#define VIT_MAX_LAYERS 64
 
 /* x: [B, 3, H, W] normalised float32. Buffers in out are caller-owned. The
  * workspace pointer is (re)allocated when (B, H, W) grows beyond what it holds. */

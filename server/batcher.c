@@ -31,9 +31,9 @@ struct batcher {
 
     /* The key the worker is gathering for while it waits, and how many queued
      * jobs have it; submit counts matching jobs and wakes the worker when the
-     * batch is full. wait_entry is NULL when the worker is not gathering. */
-    const struct model_entry *wait_entry;
-    int wait_H, wait_W, wait_count;
+     * batch is full. wait_key is NULL when the worker is not gathering. */
+    const struct batch_job *wait_key;   /* the oldest job: queued while it is the key */
+    int wait_count;
 
     struct batcher_stats st;
     batch_observer_fn observer;
@@ -43,8 +43,8 @@ struct batcher {
     /* Worker-only scratch, grown as needed. */
     struct batch_job **jobs;      /* [max_batch] */
     struct batch_job **gone;      /* [max_batch]: the batch's cancelled jobs */
-    float *in, *cls, *patch, *rasa;
-    size_t in_cap, cls_cap, patch_cap, rasa_cap;  /* floats */
+    float *in, *cls, *patch, *rasa, *lcls, *lpatch;
+    size_t in_cap, cls_cap, patch_cap, rasa_cap, lcls_cap, lpatch_cap;  /* floats */
 };
 
 static struct timespec to_timespec(double t)
@@ -60,9 +60,17 @@ static struct timespec to_timespec(double t)
     return ts;
 }
 
-static bool same_key(const struct batch_job *j, const struct model_entry *e, int H, int W)
+static bool same_layers(const struct batch_job *a, const struct batch_job *k)
 {
-    return j->entry == e && j->H == H && j->W == W;
+    if (a->n_layers != k->n_layers) return false;
+    if (!a->n_layers) return true;
+    return a->layer_norm == k->layer_norm &&
+           !memcmp(a->layers, k->layers, sizeof(int) * (size_t)a->n_layers);
+}
+
+static bool same_key(const struct batch_job *j, const struct batch_job *k)
+{
+    return j->entry == k->entry && j->H == k->H && j->W == k->W && same_layers(j, k);
 }
 
 /* Grows a scratch buffer to at least n floats. */
@@ -84,7 +92,19 @@ static void drop(float **buf, size_t *cap)
 
 /* ------------------------------------------------------------------ run -- */
 
-/* Runs one gathered batch (all jobs share entry, H, W) and completes its jobs.
+/* Job i's rows of the batch's layer outputs ([L, B, ...]) into its own [L, ...]. */
+static void scatter_layers(const struct batcher *b, struct batch_job *j, int i, int B, size_t L,
+                           size_t tok, size_t D)
+{
+    for (size_t k = 0; k < L; k++) {
+        const size_t slot = k * (size_t)B + (size_t)i;
+        if (j->layer_cls) memcpy(j->layer_cls + k * D, b->lcls + slot * D, sizeof(float) * D);
+        if (j->layer_patch)
+            memcpy(j->layer_patch + k * tok, b->lpatch + slot * tok, sizeof(float) * tok);
+    }
+}
+
+/* Runs one gathered batch (all jobs share entry, H, W and layers) and completes its jobs.
  * Called without the lock. */
 static void run_batch(struct batcher *b, struct batch_job **jobs, int B)
 {
@@ -99,12 +119,16 @@ static void run_batch(struct batcher *b, struct batch_job **jobs, int B)
                                (1 + (size_t)c->register_tokens + (S / P) * (S / P));
     const size_t img = (size_t)3 * H * W;
 
-    bool want_cls = false, want_patch = false, want_rasa = false;
+    bool want_cls = false, want_patch = false, want_rasa = false, want_lcls = false,
+         want_lpatch = false;
     for (int i = 0; i < B; i++) {
         want_cls |= jobs[i]->cls != NULL;
         want_patch |= jobs[i]->patch != NULL;
         want_rasa |= jobs[i]->patch_rasa != NULL;
+        want_lcls |= jobs[i]->layer_cls != NULL;
+        want_lpatch |= jobs[i]->layer_patch != NULL;
     }
+    const size_t L = (size_t)jobs[0]->n_layers; /* the same list for the whole batch */
 
     char msg[ERR_LEN] = "";
     int rc = 0;
@@ -113,12 +137,18 @@ static void run_batch(struct batcher *b, struct batch_job **jobs, int B)
 
     /* A single job runs straight from and into its own buffers. */
     const float *x = jobs[0]->input;
-    struct vit_outputs out = {jobs[0]->cls, jobs[0]->patch, jobs[0]->patch_rasa};
+    struct vit_outputs out = {
+        .cls = jobs[0]->cls, .patch = jobs[0]->patch, .patch_rasa = jobs[0]->patch_rasa,
+        .n_layers = (int)L, .layers = jobs[0]->layers, .layer_norm = jobs[0]->layer_norm,
+        .layer_cls = jobs[0]->layer_cls, .layer_patch = jobs[0]->layer_patch,
+    };
     if (B > 1) {
         if (ensure(&b->in, &b->in_cap, img * B) ||
             (want_cls && ensure(&b->cls, &b->cls_cap, (size_t)B * D)) ||
             (want_patch && ensure(&b->patch, &b->patch_cap, (size_t)B * N * D)) ||
-            (want_rasa && ensure(&b->rasa, &b->rasa_cap, (size_t)B * N * D))) {
+            (want_rasa && ensure(&b->rasa, &b->rasa_cap, (size_t)B * N * D)) ||
+            (want_lcls && ensure(&b->lcls, &b->lcls_cap, L * B * D)) ||
+            (want_lpatch && ensure(&b->lpatch, &b->lpatch_cap, L * B * N * D))) {
             rc = set_err(msg, sizeof msg, "out of memory for a batch of %d images at %dx%d",
                          B, H, W);
         } else {
@@ -128,6 +158,8 @@ static void run_batch(struct batcher *b, struct batch_job **jobs, int B)
             out.cls = want_cls ? b->cls : NULL;
             out.patch = want_patch ? b->patch : NULL;
             out.patch_rasa = want_rasa ? b->rasa : NULL;
+            out.layer_cls = want_lcls ? b->lcls : NULL;
+            out.layer_patch = want_lpatch ? b->lpatch : NULL;
         }
     }
 
@@ -152,6 +184,7 @@ static void run_batch(struct batcher *b, struct batch_job **jobs, int B)
                 memcpy(j->patch, b->patch + (size_t)i * N * D, sizeof(float) * N * D);
             if (j->patch_rasa)
                 memcpy(j->patch_rasa, b->rasa + (size_t)i * N * D, sizeof(float) * N * D);
+            scatter_layers(b, j, i, B, L, N * D, D);
         }
     }
     /* Do not keep scratch grown by an unusually large batch. */
@@ -160,6 +193,8 @@ static void run_batch(struct batcher *b, struct batch_job **jobs, int B)
         drop(&b->cls, &b->cls_cap);
         drop(&b->patch, &b->patch_cap);
         drop(&b->rasa, &b->rasa_cap);
+        drop(&b->lcls, &b->lcls_cap);
+        drop(&b->lpatch, &b->lpatch_cap);
     }
 
     pthread_mutex_lock(&b->lock);
@@ -233,28 +268,24 @@ static void *worker_main(void *arg)
         /* Gather for the oldest job's key until the batch is full, the delay
          * since that job's submission is over, or shutdown asks to drain. */
         const struct batch_job *first = b->head;
-        const struct model_entry *key_e = first->entry;
-        const int key_H = first->H, key_W = first->W;
         int count = 0;
-        for (const struct batch_job *j = first; j; j = j->next_)
-            count += same_key(j, key_e, key_H, key_W);
-        b->wait_entry = key_e;
-        b->wait_H = key_H;
-        b->wait_W = key_W;
+        for (const struct batch_job *j = first; j; j = j->next_) count += same_key(j, first);
+        b->wait_key = first;
         b->wait_count = count;
         const struct timespec deadline = to_timespec(first->submitted_ + b->max_delay_ms * 1e-3);
         while (!b->shutdown && b->wait_count < b->max_batch) {
             const int w = pthread_cond_timedwait(&b->wake, &b->lock, &deadline);
             if (w == ETIMEDOUT) break;
         }
-        b->wait_entry = NULL;
+        b->wait_key = NULL;
 
-        /* Unlink up to max_batch jobs of that key, oldest first. */
+        /* Unlink up to max_batch jobs of that key, oldest first (first lives
+         * on until its callback, after the batch ran). */
         int B = 0;
         struct batch_job *prev = NULL;
         for (struct batch_job *j = b->head, *next; j && B < b->max_batch; j = next) {
             next = j->next_;
-            if (!same_key(j, key_e, key_H, key_W)) {
+            if (!same_key(j, first)) {
                 prev = j;
                 continue;
             }
@@ -352,16 +383,32 @@ struct batcher *batcher_create(int max_batch, int max_delay_ms, int max_queue, c
     return b;
 }
 
+/* Layers: a list when any layer output is asked for, each a block of the model. */
+static int validate_layers(const struct batch_job *job, int depth, char *err, size_t errlen)
+{
+    const bool outputs = job->layer_cls || job->layer_patch;
+    if (job->n_layers < 0 || job->n_layers > VIT_MAX_LAYERS || outputs != (job->n_layers > 0) ||
+        (job->n_layers && !job->layers))
+        return set_err(err, errlen, "batch job with %d layers, %s layer outputs", job->n_layers,
+                       outputs ? "with" : "without");
+    for (int k = 0; k < job->n_layers; k++)
+        if (job->layers[k] < 0 || job->layers[k] >= depth)
+            return set_err(err, errlen, "layer %d is out of range: model '%s' has depth %d",
+                           job->layers[k], job->entry->name, depth);
+    return 0;
+}
+
 /* A job the batcher can run: a model, an input, a callback, an output, a
  * resolution the model takes. */
 static int validate(const struct batch_job *job, char *err, size_t errlen)
 {
     if (!job || !job->entry || !job->entry->model || !job->input || !job->done)
         return set_err(err, errlen, "batch job without model, input or callback");
-    if (!job->cls && !job->patch && !job->patch_rasa)
+    if (!job->cls && !job->patch && !job->patch_rasa && !job->layer_cls && !job->layer_patch)
         return set_err(err, errlen, "batch job asks for no output");
     const struct vit_model *m = job->entry->model;
     if (vit_check_resolution(m, job->H, job->W, err, errlen)) return BATCH_ERR;
+    if (validate_layers(job, vit_model_config(m)->depth, err, errlen)) return BATCH_ERR;
     if (job->patch_rasa && vit_model_config(m)->rasa_layers <= 0)
         return set_err(err, errlen, "model '%s' has no RASA tensors", job->entry->name);
     return BATCH_OK;
@@ -382,7 +429,7 @@ static bool enqueue_locked(struct batcher *b, struct batch_job *job, double now)
     b->tail = job;
     b->depth++;
     bool batch_full = false;
-    if (b->wait_entry && same_key(job, b->wait_entry, b->wait_H, b->wait_W))
+    if (b->wait_key && same_key(job, b->wait_key))
         batch_full = ++b->wait_count >= b->max_batch;
     return was_empty || batch_full;
 }
@@ -521,6 +568,8 @@ void batcher_free(struct batcher *b)
     free(b->cls);
     free(b->patch);
     free(b->rasa);
+    free(b->lcls);
+    free(b->lpatch);
     free(b->jobs);
     free(b->gone);
     free(b);

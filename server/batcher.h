@@ -1,8 +1,9 @@
 /* Dynamic batching: images from concurrent requests are gathered into one
- * vit_forward per (model entry, H, W).
+ * vit_forward per (model entry, H, W, intermediate layers).
  *
  * One worker thread per batcher takes the oldest queued job, then gathers the
- * queued jobs with the same key (entry, H, W) in arrival order, up to max_batch,
+ * queued jobs with the same key (entry, H, W, and the same intermediate layers
+ * with the same norm) in arrival order, up to max_batch,
  * waiting at most max_delay_ms after that oldest job was submitted for more to
  * arrive. Jobs of other keys stay queued for the next batch, and the next batch
  * again starts from the oldest job, so nothing starves. The worker copies the
@@ -66,6 +67,13 @@ struct batch_job {
     float *cls;                 /* [D] or NULL: final-norm CLS */
     float *patch;               /* [N, D] or NULL: final-norm patch tokens, N = (H/P)(W/P) */
     float *patch_rasa;          /* [N, D] or NULL: RASA-cleaned patch tokens */
+    /* Intermediate layers (vit_outputs): only jobs with the same list and norm
+     * share a batch, so one forward serves each batch's single list. */
+    int n_layers;               /* 0: none; at most VIT_MAX_LAYERS */
+    const int *layers;          /* [n_layers] block indices 0..depth-1; read until done */
+    bool layer_norm;
+    float *layer_cls;           /* [n_layers, D] or NULL: CLS after each listed block */
+    float *layer_patch;         /* [n_layers, N, D] or NULL: patch tokens after each block */
     batch_done_fn done;         /* called exactly once, from the worker thread, after a
                                    successful submit; status BATCH_OK, or BATCH_ERR or
                                    BATCH_CANCELLED with a one-line message. The callback

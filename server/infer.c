@@ -29,12 +29,54 @@ size_t infer_bytes_per_token(const struct model_entry *entry)
     return sizeof(float) * (input + acts + ffn + outputs);
 }
 
+/* The budget tokens the layers' patch outputs are worth in memory; their CLS
+ * rows (one per image) are left out as the final CLS is. */
+static uint64_t layer_tokens(const struct model_entry *entry, int n, int H, int W,
+                             const struct infer_outputs *want)
+{
+    if (!want->layer_patch || want->n_layers <= 0) return 0;
+    const struct model_config *c = vit_model_config(entry->model);
+    const uint64_t P = (uint64_t)c->patch_size;
+    const uint64_t patches = (uint64_t)n * ((uint64_t)H / P) * ((uint64_t)W / P);
+    const uint64_t bytes = patches * (uint64_t)want->n_layers * 3 * (uint64_t)c->embed_dim *
+                           sizeof(float);
+    const uint64_t per = infer_bytes_per_token(entry);
+    return (bytes + per - 1) / per;
+}
+
+static int alloc_layers(struct infer_request *r, const struct infer_outputs *want)
+{
+    r->n_layers = want->n_layers;
+    r->layer_norm = want->layer_norm;
+    if (want->n_layers > 0) memcpy(r->layers, want->layers, sizeof(int) * want->n_layers);
+    const size_t L = (size_t)want->n_layers, n = (size_t)r->n;
+    if (L && want->layer_cls && !(r->layer_cls = malloc(sizeof(float) * n * L * r->D))) return -1;
+    if (L && want->layer_patch &&
+        !(r->layer_patch = malloc(sizeof(float) * n * L * r->N * r->D)))
+        return -1;
+    return 0;
+}
+
 int infer_new(struct infer_request **out, struct batcher *b, struct model_entry *entry, int n,
               int H, int W, bool patch, bool patch_rasa, char *err, size_t errlen)
 {
+    const struct infer_outputs want = {.patch = patch, .patch_rasa = patch_rasa};
+    return infer_new_outputs(out, b, entry, n, H, W, &want, err, errlen);
+}
+
+int infer_new_outputs(struct infer_request **out, struct batcher *b, struct model_entry *entry,
+                      int n, int H, int W, const struct infer_outputs *want, char *err,
+                      size_t errlen)
+{
     *out = NULL;
+    const bool patch = want->patch, patch_rasa = want->patch_rasa;
+    if (want->n_layers < 0 || want->n_layers > INFER_MAX_LAYERS) {
+        model_entry_release(entry);
+        return set_err(err, errlen, "%d layers asked for: at most %d", want->n_layers,
+                       INFER_MAX_LAYERS);
+    }
     /* Admission first: a refused request costs no allocation and no decode. */
-    const uint64_t tokens = infer_tokens(entry, n, H, W);
+    const uint64_t tokens = infer_tokens(entry, n, H, W) + layer_tokens(entry, n, H, W, want);
     const int admitted = batcher_admit(b, tokens, err, errlen);
     if (admitted != BATCH_OK) {
         model_entry_release(entry);
@@ -67,7 +109,8 @@ int infer_new(struct infer_request **out, struct batcher *b, struct model_entry 
     r->jobs = calloc(n, sizeof(*r->jobs));
     if (patch) r->patch = malloc(sizeof(float) * tok);
     if (patch_rasa) r->patch_rasa = malloc(sizeof(float) * tok);
-    if (!r->input || !r->cls || !r->jobs || (patch && !r->patch) || (patch_rasa && !r->patch_rasa)) {
+    if (!r->input || !r->cls || !r->jobs || (patch && !r->patch) ||
+        (patch_rasa && !r->patch_rasa) || alloc_layers(r, want)) {
         infer_free(r);
         return set_err(err, errlen, "out of memory for %d images of %dx%d", n, H, W);
     }
@@ -83,6 +126,8 @@ void infer_free(struct infer_request *r)
     free(r->cls);
     free(r->patch);
     free(r->patch_rasa);
+    free(r->layer_cls);
+    free(r->layer_patch);
     free(r->jobs);
     if (r->lock) {
         pthread_mutex_destroy(r->lock);
@@ -160,6 +205,12 @@ int infer_submit(struct infer_request *r, infer_done_fn done, void *user, char *
         j->cls = r->cls + (size_t)r->D * i;
         j->patch = r->patch ? r->patch + tok * i : NULL;
         j->patch_rasa = r->patch_rasa ? r->patch_rasa + tok * i : NULL;
+        const size_t L = (size_t)r->n_layers;
+        j->n_layers = r->n_layers;
+        j->layers = r->layers;
+        j->layer_norm = r->layer_norm;
+        j->layer_cls = r->layer_cls ? r->layer_cls + L * r->D * i : NULL;
+        j->layer_patch = r->layer_patch ? r->layer_patch + L * tok * i : NULL;
         j->done = job_done;
         j->user = r;
         j->cancelled = job_cancelled;

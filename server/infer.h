@@ -16,6 +16,17 @@
 
 struct infer_request;
 
+#define INFER_MAX_LAYERS 16
+
+/* What a request asks of the forward beside the CLS tokens (always computed). */
+struct infer_outputs {
+    bool patch, patch_rasa;
+    int n_layers;               /* intermediate blocks, 0..INFER_MAX_LAYERS */
+    const int *layers;          /* [n_layers] block indices 0..depth-1 (copied) */
+    bool layer_norm;            /* the final LayerNorm on their tokens */
+    bool layer_cls, layer_patch; /* which of their tokens */
+};
+
 /* Called once, on the batcher's reply pool (batcher_set_replies), never on its
  * worker while the pool takes work; without a pool, or when its queue is full
  * or stopping, on the thread that finished the last image (the worker, or the
@@ -34,6 +45,11 @@ struct infer_request {
     float *cls;                 /* [n, D] */
     float *patch;               /* [n, N, D] or NULL */
     float *patch_rasa;          /* [n, N, D] or NULL */
+    int n_layers;               /* intermediate blocks (infer_outputs), 0 for none */
+    int layers[INFER_MAX_LAYERS];
+    bool layer_norm;
+    float *layer_cls;           /* [n, n_layers, D] or NULL: image-major, as the jobs fill it */
+    float *layer_patch;         /* [n, n_layers, N, D] or NULL */
     /* Private. */
     struct batcher *batcher;
     uint64_t tokens;            /* admitted against the batcher's budget until infer_free */
@@ -66,6 +82,13 @@ size_t infer_bytes_per_token(const struct model_entry *entry);
  * whole budget), BATCH_SHUTDOWN (503), BATCH_ERR (500: out of memory). */
 int infer_new(struct infer_request **out, struct batcher *b, struct model_entry *entry, int n,
               int H, int W, bool patch, bool patch_rasa, char *err, size_t errlen);
+
+/* The same with intermediate layers. Their patch tokens are charged to the
+ * budget too: each patch token's L x D outputs (request copy, batch copy, one
+ * cut) as the tokens that memory is worth at infer_bytes_per_token. */
+int infer_new_outputs(struct infer_request **out, struct batcher *b, struct model_entry *entry,
+                      int n, int H, int W, const struct infer_outputs *want, char *err,
+                      size_t errlen);
 
 /* Optional, before infer_submit: images not started when fn(arg) turns true
  * are dropped, and done reports BATCH_CANCELLED. */

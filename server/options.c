@@ -22,14 +22,18 @@ enum key_id {
     K_RESOLUTION,
     K_CROP,
     K_DTYPE,
+    K_LAYERS,
+    K_NORM,
     K_COUNT
 };
 
 static const char *const key_names[K_COUNT] = {
     "model", "widths", "cls", "patch", "pooled", "rasa", "normalize", "resolution", "crop", "dtype",
+    "layers", "norm",
 };
 
-#define KNOWN_KEYS "model, widths, cls, patch, pooled, rasa, normalize, resolution, crop, dtype"
+#define KNOWN_KEYS \
+    "model, widths, cls, patch, pooled, rasa, normalize, resolution, crop, dtype, layers, norm"
 
 static int key_lookup(const char *k, size_t n)
 {
@@ -45,6 +49,7 @@ void options_defaults(struct feature_options *o)
     o->normalize = true;
     o->crop = CROP_CENTER;
     o->dtype = DTYPE_F32;
+    o->norm = true;
 }
 
 /* ---- typed setters shared by both parsers ---- */
@@ -79,6 +84,32 @@ static int add_width(struct feature_options *o, long long w, char *err, size_t e
         if (o->widths[i] == (int)w)
             return set_err_code(err, errlen, OPTIONS_INVALID, "option 'widths' lists %lld twice", w);
     o->widths[o->n_widths++] = (int)w;
+    return OPTIONS_OK;
+}
+
+static int add_layer(struct feature_options *o, long long l, char *err, size_t errlen)
+{
+    /* The range is checked against the model's depth (options_check_model). */
+    if (l < -VIT_MAX_LAYERS * 1024 || l > VIT_MAX_LAYERS * 1024)
+        return set_err_code(err, errlen, OPTIONS_INVALID, "option 'layers' lists block %lld: "
+                            "blocks are 0 to the model's depth - 1, or -depth to -1", l);
+    if (o->n_layers >= OPTIONS_MAX_LAYERS)
+        return set_err_code(err, errlen, OPTIONS_INVALID, "option 'layers' has more than %d "
+                            "blocks", OPTIONS_MAX_LAYERS);
+    for (int i = 0; i < o->n_layers; i++)
+        if (o->layers[i] == (int)l)
+            return set_err_code(err, errlen, OPTIONS_INVALID, "option 'layers' lists %lld twice", l);
+    o->layers[o->n_layers++] = (int)l;
+    return OPTIONS_OK;
+}
+
+/* An integer n: the last n blocks, oldest first (-n .. -1), as DINOv2 takes them. */
+static int set_last_layers(struct feature_options *o, long long n, char *err, size_t errlen)
+{
+    if (n < 1 || n > OPTIONS_MAX_LAYERS)
+        return set_err_code(err, errlen, OPTIONS_INVALID, "option 'layers' is %lld: an integer "
+                            "asks for the last n blocks, 1 to %d", n, OPTIONS_MAX_LAYERS);
+    for (int i = (int)n; i >= 1; i--) o->layers[o->n_layers++] = -i;
     return OPTIONS_OK;
 }
 
@@ -128,6 +159,7 @@ static bool *bool_slot(struct feature_options *o, int key)
     case K_POOLED: return &o->pooled;
     case K_RASA: return &o->rasa;
     case K_NORMALIZE: return &o->normalize;
+    case K_NORM: return &o->norm;
     default: return NULL;
     }
 }
@@ -140,6 +172,9 @@ static int finish(const struct feature_options *o, char *err, size_t errlen)
     if (o->rasa && !o->patch && !o->pooled)
         return set_err_code(err, errlen, OPTIONS_INVALID, "option 'rasa' cleans patch tokens: set patch or pooled to "
                        "true as well");
+    if (o->n_layers && !o->cls && !o->patch)
+        return set_err_code(err, errlen, OPTIONS_INVALID, "option 'layers' gives each block's "
+                            "cls and patch tokens: set cls or patch to true as well");
     return OPTIONS_OK;
 }
 
@@ -165,6 +200,24 @@ static int wrong_type(const char *key, const char *want, const json_t *v, char *
     return set_err(err, errlen, "option '%s' must be %s, got %s", key, want, type_name_of(v));
 }
 
+static int json_layers(struct feature_options *o, const json_t *v, char *err, size_t errlen)
+{
+    if (json_is_integer(v)) return set_last_layers(o, json_integer_value(v), err, errlen);
+    if (!json_is_array(v))
+        return wrong_type("layers", "an integer or an array of integers", v, err, errlen);
+    if (json_array_size(v) == 0)
+        return set_err_code(err, errlen, OPTIONS_INVALID, "option 'layers' is an empty array");
+    for (size_t i = 0; i < json_array_size(v); i++) {
+        const json_t *e = json_array_get(v, i);
+        if (!json_is_integer(e))
+            return set_err(err, errlen, "option 'layers' must be an integer or an array of "
+                           "integers, got %s at index %zu", type_name_of(e), i);
+        const int rc = add_layer(o, json_integer_value(e), err, errlen);
+        if (rc != OPTIONS_OK) return rc;
+    }
+    return OPTIONS_OK;
+}
+
 static int apply_json_key(struct feature_options *o, int key, const json_t *v, char *err,
                           size_t errlen)
 {
@@ -188,11 +241,14 @@ static int apply_json_key(struct feature_options *o, int key, const json_t *v, c
             if (rc != OPTIONS_OK) return rc;
         }
         return OPTIONS_OK;
+    case K_LAYERS:
+        return json_layers(o, v, err, errlen);
     case K_CLS:
     case K_PATCH:
     case K_POOLED:
     case K_RASA:
     case K_NORMALIZE:
+    case K_NORM:
         if (!json_is_boolean(v)) return wrong_type(name, "a boolean", v, err, errlen);
         *bool_slot(o, key) = json_is_true(v);
         return OPTIONS_OK;
@@ -294,6 +350,46 @@ static int query_int(const char *key, const char *s, size_t n, long long *v, cha
     return set_err(err, errlen, "option '%s' must be an integer, got '%s'", key, t);
 }
 
+typedef int (*add_int_fn)(struct feature_options *o, long long v, char *err, size_t errlen);
+
+/* A comma-separated list of integers, each handed to add. */
+static int query_ints(struct feature_options *o, const char *name, const char *v, size_t vn,
+                      add_int_fn add, char *err, size_t errlen)
+{
+    size_t b = 0;
+    while (b <= vn) {
+        size_t e = b;
+        while (e < vn && v[e] != ',') e++;
+        size_t ib = b, ie = e;
+        while (ib < ie && ascii_blank(v[ib])) ib++;
+        while (ie > ib && ascii_blank(v[ie - 1])) ie--;
+        if (ib == ie) return set_err(err, errlen, "query parameter '%s' has an empty item", name);
+        long long iv = 0;
+        int rc = query_int(name, v + ib, ie - ib, &iv, err, errlen);
+        if (rc == OPTIONS_OK) rc = add(o, iv, err, errlen);
+        if (rc != OPTIONS_OK) return rc;
+        b = e + 1;
+    }
+    return OPTIONS_OK;
+}
+
+/* "n" (the last n blocks, as a JSON integer), "i,j,..." or "[i,...]" (indices,
+ * the brackets letting one index be told from n). */
+static int query_layers(struct feature_options *o, const char *v, size_t vn, char *err,
+                        size_t errlen)
+{
+    while (vn > 0 && ascii_blank(*v)) v++, vn--;
+    while (vn > 0 && ascii_blank(v[vn - 1])) vn--;
+    if (vn >= 2 && v[0] == '[' && v[vn - 1] == ']')
+        return query_ints(o, "layers", v + 1, vn - 2, add_layer, err, errlen);
+    if (vn > 0 && (v[0] == '[' || v[vn - 1] == ']'))
+        return set_err(err, errlen, "query parameter 'layers' has an unmatched bracket");
+    if (memchr(v, ',', vn)) return query_ints(o, "layers", v, vn, add_layer, err, errlen);
+    long long n = 0;
+    const int rc = query_int("layers", v, vn, &n, err, errlen);
+    return rc == OPTIONS_OK ? set_last_layers(o, n, err, errlen) : rc;
+}
+
 /* One decoded key and value (lengths given: they may hold NUL bytes). */
 static int apply_pair(struct feature_options *o, unsigned *seen, const char *k, size_t kn,
                       const char *v, size_t vn, bool has_value, char *err, size_t errlen)
@@ -315,29 +411,16 @@ static int apply_pair(struct feature_options *o, unsigned *seen, const char *k, 
     switch (key) {
     case K_MODEL:
         return set_model(o, v, vn, err, errlen);
-    case K_WIDTHS: {
-        size_t b = 0;
-        while (b <= vn) {
-            size_t e = b;
-            while (e < vn && v[e] != ',') e++;
-            size_t ib = b, ie = e;
-            while (ib < ie && ascii_blank(v[ib])) ib++;
-            while (ie > ib && ascii_blank(v[ie - 1])) ie--;
-            if (ib == ie)
-                return set_err(err, errlen, "query parameter 'widths' has an empty item");
-            rc = query_int(name, v + ib, ie - ib, &iv, err, errlen);
-            if (rc != OPTIONS_OK) return rc;
-            rc = add_width(o, iv, err, errlen);
-            if (rc != OPTIONS_OK) return rc;
-            b = e + 1;
-        }
-        return OPTIONS_OK;
-    }
+    case K_WIDTHS:
+        return query_ints(o, name, v, vn, add_width, err, errlen);
+    case K_LAYERS:
+        return query_layers(o, v, vn, err, errlen);
     case K_CLS:
     case K_PATCH:
     case K_POOLED:
     case K_RASA:
-    case K_NORMALIZE: {
+    case K_NORMALIZE:
+    case K_NORM: {
         bool *slot = bool_slot(o, key);
         if (ascii_ieq(v, vn, "true") || ascii_ieq(v, vn, "1")) {
             *slot = true;
@@ -465,6 +548,31 @@ static void list_widths(const struct model_config *cfg, char *buf, size_t cap)
     if (nw == 0) snprintf(buf, cap, "%d", cfg->embed_dim);
 }
 
+static int resolve_layer(int l, int depth)
+{
+    return l < 0 ? depth + l : l;
+}
+
+/* Each layer a block of the model, and no block named twice once resolved. */
+static int check_layers(const struct feature_options *o, const struct model_config *cfg,
+                        const char *mname, char *err, size_t errlen)
+{
+    const int depth = cfg->depth;
+    for (int i = 0; i < o->n_layers; i++) {
+        const int l = resolve_layer(o->layers[i], depth);
+        if (l < 0 || l >= depth)
+            return set_err_code(err, errlen, OPTIONS_INVALID, "option 'layers': block %d is out "
+                                "of range: %s has depth %d (blocks 0 to %d, or -%d to -1)",
+                                o->layers[i], mname, depth, depth - 1, depth);
+        for (int j = 0; j < i; j++)
+            if (resolve_layer(o->layers[j], depth) == l)
+                return set_err_code(err, errlen, OPTIONS_INVALID, "option 'layers': %d and %d "
+                                    "are the same block of %s (depth %d)", o->layers[j],
+                                    o->layers[i], mname, depth);
+    }
+    return OPTIONS_OK;
+}
+
 int options_check_model(const struct feature_options *o, const struct model_config *cfg,
                         char *err, size_t errlen)
 {
@@ -499,7 +607,15 @@ int options_check_model(const struct feature_options *o, const struct model_conf
     if (o->rasa && cfg->rasa_layers <= 0)
         return set_err_code(err, errlen, OPTIONS_INVALID, "option 'rasa' is not available: %s has no RASA layers",
                        mname);
-    return OPTIONS_OK;
+    return check_layers(o, cfg, mname, err, errlen);
+}
+
+int options_effective_layers(const struct feature_options *o, const struct model_config *cfg,
+                             int out[OPTIONS_MAX_LAYERS])
+{
+    const int n = o->n_layers > OPTIONS_MAX_LAYERS ? OPTIONS_MAX_LAYERS : o->n_layers;
+    for (int i = 0; i < n; i++) out[i] = resolve_layer(o->layers[i], cfg->depth);
+    return n;
 }
 
 int options_effective_widths(const struct feature_options *o, const struct model_config *cfg,

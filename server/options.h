@@ -18,14 +18,23 @@
  *   crop        "center" (default: eval preprocessing, resize + centre crop)
  *               or "square" (resize the whole image to R x R)
  *   dtype       "f32" (default) or "f16": the element type of binary outputs
+ *   layers      intermediate blocks, as DINOv2's get_intermediate_layers(n): an
+ *               integer n (1..16) for the last n blocks, or an array of 1..16
+ *               distinct block indices (0-based; negative counts from the last,
+ *               -1 is the last block); query: "4" (last 4), "-1,-4" or "[3]"
+ *               (indices). Per block i (0-based after resolving negatives):
+ *               layer{i}_cls when cls is set, layer{i}_patch when patch is set,
+ *               at each width, normalize applied as to the others; no RASA
+ *   norm        boolean, default true: the final LayerNorm on the layers' tokens
  * Query-string booleans are true/false/1/0 (any case); JSON booleans are JSON
  * true/false only. null is a wrong type like any other.
  *
  * Return codes: OPTIONS_MALFORMED (400) for bad syntax, unknown or duplicate
  * keys and wrong types (including enum strings that are none of the allowed
  * values); OPTIONS_INVALID (422) for well-typed values out of range (widths,
- * resolution, no output requested, rasa without patch/pooled, or against the
- * model in options_check_model). Messages name the key. */
+ * resolution, no output requested, rasa without patch/pooled, layers without
+ * cls/patch or out of range, or against the model in options_check_model).
+ * Messages name the key. */
 #ifndef FRANCA_SERVER_OPTIONS_H
 #define FRANCA_SERVER_OPTIONS_H
 
@@ -41,6 +50,7 @@
 #define OPTIONS_NOMEM (-3)     /* 500 */
 
 #define OPTIONS_MAX_WIDTHS 16
+#define OPTIONS_MAX_LAYERS 16
 
 enum crop_mode { CROP_CENTER = 0, CROP_SQUARE = 1 };
 enum out_dtype { DTYPE_F32 = 0, DTYPE_F16 = 1 };
@@ -53,10 +63,13 @@ struct feature_options {
     int resolution;             /* 0 = the model's default */
     enum crop_mode crop;
     enum out_dtype dtype;
+    int layers[OPTIONS_MAX_LAYERS]; /* block indices as given: negative counts from the last */
+    int n_layers;               /* 0 = no intermediate layers */
+    bool norm;                  /* the final LayerNorm on the layers' tokens */
 };
 
 /* The defaults: default model, full width, cls, normalize, model resolution,
- * centre crop, f32. */
+ * centre crop, f32, no layers, norm. */
 void options_defaults(struct feature_options *o);
 
 /* Parses json[0..len) (a JSON object) into *o, starting from the defaults. */
@@ -81,8 +94,9 @@ int options_from_pairs(const char *const *keys, const char *const *values, size_
 
 /* Checks *o against a model: each width in 1..D (the message lists the model's
  * trained widths), resolution a multiple of the patch size and at most
- * VIT_MAX_SIDE, rasa only when the model has RASA layers. Returns OPTIONS_OK or
- * OPTIONS_INVALID. */
+ * VIT_MAX_SIDE, rasa only when the model has RASA layers, each layer a block of
+ * the model (the message names its depth) and no block twice (e.g. 11 and -1
+ * of 12). Returns OPTIONS_OK or OPTIONS_INVALID. */
 int options_check_model(const struct feature_options *o, const struct model_config *cfg,
                         char *err, size_t errlen);
 
@@ -90,5 +104,10 @@ int options_check_model(const struct feature_options *o, const struct model_conf
  * Returns how many were written (at most OPTIONS_MAX_WIDTHS). */
 int options_effective_widths(const struct feature_options *o, const struct model_config *cfg,
                              int out[OPTIONS_MAX_WIDTHS]);
+
+/* The layers as 0-based block indices of cfg, in the order given; call after
+ * options_check_model. Returns how many were written. */
+int options_effective_layers(const struct feature_options *o, const struct model_config *cfg,
+                             int out[OPTIONS_MAX_LAYERS]);
 
 #endif

@@ -20,6 +20,14 @@
  * after the cut when normalize is set. With rasa, patch and pooled come from the
  * RASA-cleaned tokens.
  *
+ * Intermediate layers (option layers; norm): per block i, 0-based after
+ * resolving negative indices, layer{i}_cls.w{W} [B, W] when cls is set and
+ * layer{i}_patch.w{W} [B, N, W] when patch is set, in the order the blocks were
+ * given, cut and normalised as the others (never RASA-cleaned); in JSON each
+ * data item holds them under "layer{i}_cls" and "layer{i}_patch" keyed by
+ * width like "cls" and "patch". One forward serves them all. CUDA models do
+ * not return them (422).
+ *
  * Size: a request holds at most max_images x the default resolution's patch
  * tokens (one image at any resolution always fits); past that 413. Its tokens
  * are then admitted against the server's budget (batcher.h): 429 while the
@@ -325,6 +333,8 @@ struct feat_ctx {
     struct http_request *req;
     struct app *app;
     bool want[OUT_KINDS];
+    int layers[OPTIONS_MAX_LAYERS];  /* 0-based blocks, as in the request */
+    int n_layers;
     bool rasa, normalize, binary;
     enum out_dtype dtype;
     int widths[OPTIONS_MAX_WIDTHS];
@@ -333,7 +343,8 @@ struct feat_ctx {
 };
 
 struct out_tensor {
-    char name[32];        /* "patch.w768" */
+    char name[40];        /* "patch.w768", "layer11_patch.w768" */
+    char group[24];       /* the JSON key of its kind: "patch", "layer11_patch" */
     enum out_kind kind;
     int width;
     int ndim;
@@ -341,7 +352,8 @@ struct out_tensor {
     float *data;
 };
 
-#define MAX_OUT (OUT_KINDS * OPTIONS_MAX_WIDTHS)
+#define MAX_OUT ((OUT_KINDS + 2 * OPTIONS_MAX_LAYERS) * OPTIONS_MAX_WIDTHS)
+_Static_assert(OPTIONS_MAX_LAYERS <= INFER_MAX_LAYERS, "every allowed layer fits a request");
 
 static void free_tensors(struct out_tensor *t, int n)
 {
@@ -369,43 +381,87 @@ static float *mean_tokens(const float *tok, int n, int N, int D)
     return mean;
 }
 
-/* Cuts every requested output; kind-major, then in the order of the widths.
+/* One kind of output (cut at every width): rows per image read from src,
+ * images stride floats apart. */
+struct out_group {
+    char key[24];
+    enum out_kind kind;
+    const float *src;
+    size_t stride;
+};
+
+/* Cuts one group at every width into out; returns how many tensors, -1 when out of memory. */
+static int cut_group(const struct feat_ctx *c, const struct infer_request *r,
+                     const struct out_group *g, struct out_tensor *out)
+{
+    const int n = r->n, N = r->N, D = r->D;
+    const int per = g->kind == OUT_PATCH ? N : 1;
+    for (int w = 0; w < c->n_widths; w++) {
+        const int W = c->widths[w];
+        struct out_tensor *t = &out[w];
+        *t = (struct out_tensor){.kind = g->kind, .width = W, .shape = {n, per, W}};
+        snprintf(t->name, sizeof t->name, "%.23s.w%d", g->key, W);
+        snprintf(t->group, sizeof t->group, "%.23s", g->key);
+        if (!(t->data = malloc(sizeof(float) * n * per * W))) {
+            free_tensors(out, w);
+            return -1;
+        }
+        for (int i = 0; i < n; i++)
+            matryoshka_cut(g->src + g->stride * i, per, D, W, c->normalize,
+                           t->data + (size_t)i * per * W);
+        t->ndim = g->kind == OUT_PATCH ? 3 : 2;
+        if (t->ndim == 2) t->shape[1] = W;
+    }
+    return c->n_widths;
+}
+
+/* The groups asked for: cls, patch, pooled, then each layer's cls and patch. */
+static int list_groups(const struct feat_ctx *c, const struct infer_request *r,
+                       const float *mean, struct out_group *g)
+{
+    const size_t N = (size_t)r->N, D = (size_t)r->D, L = (size_t)r->n_layers;
+    const float *tok = c->rasa ? r->patch_rasa : r->patch;
+    const float *src[OUT_KINDS] = {r->cls, tok, mean};
+    const size_t stride[OUT_KINDS] = {D, N * D, D};
+    int ng = 0;
+    for (int k = 0; k < OUT_KINDS; k++) {
+        if (!c->want[k]) continue;
+        g[ng] = (struct out_group){.kind = (enum out_kind)k, .src = src[k], .stride = stride[k]};
+        snprintf(g[ng++].key, sizeof g[0].key, "%s", kind_names[k]);
+    }
+    for (size_t l = 0; l < L; l++)
+        for (int k = OUT_CLS; k <= OUT_PATCH; k++) {
+            if (!c->want[k]) continue;
+            struct out_group *o = &g[ng++];
+            *o = k == OUT_CLS
+                     ? (struct out_group){.kind = OUT_CLS, .src = r->layer_cls + l * D,
+                                          .stride = L * D}
+                     : (struct out_group){.kind = OUT_PATCH, .src = r->layer_patch + l * N * D,
+                                          .stride = L * N * D};
+            snprintf(o->key, sizeof o->key, "layer%d_%s", c->layers[l], kind_names[k]);
+        }
+    return ng;
+}
+
+/* Cuts every requested output; group-major, then in the order of the widths.
  * Returns the number of tensors, or -1 when out of memory. */
 static int compute_outputs(const struct feat_ctx *c, const struct infer_request *r,
                            struct out_tensor *out)
 {
-    const int n = r->n, N = r->N, D = r->D;
     const float *tok = c->rasa ? r->patch_rasa : r->patch;
     float *mean = NULL;
-    if (c->want[OUT_POOLED] && !(mean = mean_tokens(tok, n, N, D))) return -1;
+    if (c->want[OUT_POOLED] && !(mean = mean_tokens(tok, r->n, r->N, r->D))) return -1;
+    struct out_group g[OUT_KINDS + 2 * OPTIONS_MAX_LAYERS];
+    const int ng = list_groups(c, r, mean, g);
     int nt = 0;
-    for (int k = 0; k < OUT_KINDS; k++) {
-        if (!c->want[k]) continue;
-        for (int w = 0; w < c->n_widths; w++) {
-            const int W = c->widths[w];
-            struct out_tensor *t = &out[nt];
-            *t = (struct out_tensor){.kind = (enum out_kind)k, .width = W};
-            snprintf(t->name, sizeof t->name, "%s.w%d", kind_names[k], W);
-            const size_t rows = k == OUT_PATCH ? (size_t)n * N : (size_t)n;
-            t->data = malloc(sizeof(float) * rows * W);
-            if (!t->data) {
-                free(mean);
-                free_tensors(out, nt);
-                return -1;
-            }
-            nt++;
-            const float *src = k == OUT_CLS ? r->cls : k == OUT_PATCH ? tok : mean;
-            matryoshka_cut(src, (int)rows, D, W, c->normalize, t->data);
-            t->shape[0] = n;
-            if (k == OUT_PATCH) {
-                t->ndim = 3;
-                t->shape[1] = N;
-                t->shape[2] = W;
-            } else {
-                t->ndim = 2;
-                t->shape[1] = W;
-            }
+    for (int i = 0; i < ng; i++) {
+        const int m = cut_group(c, r, &g[i], out + nt);
+        if (m < 0) {
+            free_tensors(out, nt);
+            nt = -1;
+            break;
         }
+        nt += m;
     }
     free(mean);
     return nt;
@@ -512,29 +568,24 @@ static void reply_json(const struct feat_ctx *c, const struct infer_request *r,
     const int N = r->N;
     for (int i = 0; i < r->n && !b.oom; i++) {
         sb_printf(&b, "%s{\"index\":%d", i ? "," : "", i);
-        for (int k = 0; k < OUT_KINDS; k++) {
-            if (!c->want[k]) continue;
-            sb_printf(&b, ",\"%s\":{", kind_names[k]);
-            bool first = true;
-            for (int j = 0; j < nt; j++) {
-                if (t[j].kind != (enum out_kind)k) continue;
-                const int W = t[j].width;
-                sb_printf(&b, "%s\"%d\":", first ? "" : ",", W);
-                first = false;
-                if (k == OUT_PATCH) {
-                    sb_puts(&b, "[");
-                    for (int p = 0; p < N && !b.oom; p++) {
-                        if (p) sb_puts(&b, ",");
-                        sb_floats(&b, t[j].data + ((size_t)i * N + p) * W, W);
-                    }
-                    sb_puts(&b, "]");
-                } else {
-                    sb_floats(&b, t[j].data + (size_t)i * W, W);
+        /* Tensors come group by group: each group is one object keyed by width. */
+        for (int j = 0; j < nt; j++) {
+            const bool first = j == 0 || strcmp(t[j].group, t[j - 1].group) != 0;
+            if (first) sb_printf(&b, "%s,\"%s\":{", j ? "}" : "", t[j].group);
+            const int W = t[j].width;
+            sb_printf(&b, "%s\"%d\":", first ? "" : ",", W);
+            if (t[j].kind == OUT_PATCH) {
+                sb_puts(&b, "[");
+                for (int p = 0; p < N && !b.oom; p++) {
+                    if (p) sb_puts(&b, ",");
+                    sb_floats(&b, t[j].data + ((size_t)i * N + p) * W, W);
                 }
+                sb_puts(&b, "]");
+            } else {
+                sb_floats(&b, t[j].data + (size_t)i * W, W);
             }
-            sb_puts(&b, "}");
         }
-        sb_puts(&b, "}");
+        sb_puts(&b, nt ? "}}" : "}");
     }
     sb_puts(&b, "]}");
     if (b.oom) {
@@ -590,8 +641,8 @@ static void features_done(struct infer_request *r, int status, const char *err, 
     if (status != BATCH_OK) {
         route_reply_batch_error(c->req, status, err);
     } else {
-        struct out_tensor t[MAX_OUT];
-        const int nt = compute_outputs(c, r, t);
+        struct out_tensor *t = malloc(sizeof *t * MAX_OUT);
+        const int nt = t ? compute_outputs(c, r, t) : -1;
         if (nt < 0) {
             http_reply_error(c->req, 500, NULL, "out of memory while cutting the features");
         } else {
@@ -601,6 +652,7 @@ static void features_done(struct infer_request *r, int status, const char *err, 
                 reply_json(c, r, t, nt);
             free_tensors(t, nt);
         }
+        free(t);
     }
     free(c);
     infer_free(r);
@@ -633,6 +685,11 @@ static void features(struct http_request *req, void *user)
                  crop, crop);
         rc = OPTIONS_INVALID;
     }
+    if (rc == OPTIONS_OK && o->n_layers && vit_model_device(e->model) == VIT_DEVICE_CUDA) {
+        snprintf(err, sizeof err, "option 'layers' is not available: model '%s' runs on CUDA, "
+                 "whose forward returns only the final tokens", e->name);
+        rc = OPTIONS_INVALID;
+    }
     if (rc != OPTIONS_OK) {
         http_reply_error(req, route_status_options(rc), NULL, err);
         model_entry_release(e);
@@ -646,6 +703,7 @@ static void features(struct http_request *req, void *user)
     c.want[OUT_PATCH] = o->patch;
     c.want[OUT_POOLED] = o->pooled;
     c.n_widths = options_effective_widths(o, cfg, c.widths);
+    c.n_layers = options_effective_layers(o, cfg, c.layers);
     const int S = o->crop == CROP_SQUARE && o->resolution ? o->resolution : crop;
     const int P = cfg->patch_size;
     c.grid_h = c.grid_w = S / P;
@@ -654,13 +712,14 @@ static void features(struct http_request *req, void *user)
     if (!c.binary) {
         uint64_t sum_w = 0;
         for (int i = 0; i < c.n_widths; i++) sum_w += (uint64_t)c.widths[i];
-        const uint64_t per_image = (o->cls ? sum_w : 0) + (o->patch ? N * sum_w : 0) +
-                                   (o->pooled ? sum_w : 0);
+        /* Each layer adds a cls and a patch output like the final ones. */
+        const uint64_t per_image = (uint64_t)(1 + c.n_layers) * ((o->cls ? sum_w : 0) +
+                                   (o->patch ? N * sum_w : 0)) + (o->pooled ? sum_w : 0);
         const uint64_t floats = per_image * (uint64_t)p.n;
         if (floats > app->limits.max_json_floats) {
             fail(req, 413, "the answer would hold %llu numbers, over the %zu allowed in JSON: ask "
                  "for the binary form with 'Accept: " SAFETENSORS_TYPE "' (safetensors, f32 or "
-                 "f16), or request fewer images, widths or patch outputs",
+                 "f16), or request fewer images, widths, layers or patch outputs",
                  (unsigned long long)floats, app->limits.max_json_floats);
             model_entry_release(e);
             parsed_free(&p);
@@ -684,9 +743,13 @@ static void features(struct http_request *req, void *user)
     }
 
     const bool tokens = o->patch || o->pooled;
+    const struct infer_outputs want = {
+        .patch = tokens && !o->rasa, .patch_rasa = tokens && o->rasa,
+        .n_layers = c.n_layers, .layers = c.layers, .layer_norm = o->norm,
+        .layer_cls = o->cls, .layer_patch = o->patch,
+    };
     struct infer_request *r;
-    rc = infer_new(&r, app->batcher, e, p.n, S, S, tokens && !o->rasa, tokens && o->rasa, err,
-                   sizeof err);
+    rc = infer_new_outputs(&r, app->batcher, e, p.n, S, S, &want, err, sizeof err);
     if (rc != BATCH_OK) {
         route_reply_batch_error(req, rc, err);
         parsed_free(&p);

@@ -45,7 +45,7 @@ int knn_features(struct vit_model *m, const struct idx_images *im, int n, float 
             rc = set_err(err, errlen, "k-NN: preprocessing failed");
             break;
         }
-        struct vit_outputs o = {out + (size_t)s * D, NULL, NULL};
+        struct vit_outputs o = {.cls = out + (size_t)s * D};
         rc = vit_forward(m, &ws, x, nb, C, C, &o, err, errlen);
     }
     vit_workspace_free(ws);

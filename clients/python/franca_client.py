@@ -148,9 +148,10 @@ def _features_from_json(resp):
     """The JSON answer of /v1/features -> the tensors the binary answer holds."""
     data = resp["data"]
     tensors = {}
-    for kind in ("cls", "patch", "pooled"):
-        if not data or kind not in data[0]:
-            continue
+    # The final outputs first, then each layer's, in the answer's order.
+    kinds = [k for k in ("cls", "patch", "pooled") if data and k in data[0]]
+    kinds += [k for k in (data[0] if data else ()) if k.startswith("layer")]
+    for kind in kinds:
         for w in data[0][kind]:
             rows = [item[kind][w] for item in data]
             tensors[f"{kind}.w{w}"] = np.asarray(rows, dtype=np.float32) if np is not None else rows
@@ -241,14 +242,17 @@ class FrancaClient:
 
     def features(self, images, widths=None, cls=True, patch=False, pooled=False, rasa=False,
                  normalize=True, resolution=None, crop=None, model=None, binary=True, dtype="f32",
-                 raw=False):
+                 raw=False, layers=None, norm=None):
         """Native features of images (paths or bytes), sent as multipart/form-data.
         widths: an int or a list (default: the model's full width). Returns a
         Features dict: "cls.w{W}" [n, W], "patch.w{W}" [n, N, W], "pooled.w{W}"
         [n, W] for the requested outputs, and .metadata (model, fingerprint,
         grid_height, grid_width, patch_size). binary=True asks for the safetensors
         answer (dtype "f32" or "f16"); binary=False for JSON. raw=True returns the
-        response body (bytes for binary, else the parsed JSON)."""
+        response body (bytes for binary, else the parsed JSON). layers: an int n
+        (the last n blocks) or a list of block indices (negative from the last)
+        adds "layer{i}_cls.w{W}" and "layer{i}_patch.w{W}" (as cls and patch ask);
+        norm=False leaves out the final LayerNorm on them."""
         opts = {"cls": cls, "patch": patch, "pooled": pooled, "rasa": rasa, "normalize": normalize}
         if widths is not None:
             opts["widths"] = [int(widths)] if isinstance(widths, int) else [int(w) for w in widths]
@@ -258,6 +262,10 @@ class FrancaClient:
             opts["crop"] = crop
         if model is not None:
             opts["model"] = model
+        if layers is not None:
+            opts["layers"] = int(layers) if isinstance(layers, int) else [int(i) for i in layers]
+        if norm is not None:
+            opts["norm"] = bool(norm)
         if binary:
             opts["dtype"] = dtype
         fields = []

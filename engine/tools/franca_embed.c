@@ -2,7 +2,7 @@
  * features as safetensors; or measure steady-state throughput (--bench).
  * Contract (fixed; scripts depend on it):
  *   franca-embed --model CKPT [--device cpu|cuda|auto] [--precision fp32|bf16]
- *                [--resolution R] [--width W]...
+ *                [--resolution R] [--width W]... [--layer I]... [--no-layer-norm]
  *                [--rasa] (--input-npy X.npy | IMAGE...) --out OUT.safetensors
  *   franca-embed --model CKPT --bench [--device D] [--precision P] [--batch B] [--resolution R]
  *                [--iters N] [--threads T]
@@ -29,7 +29,7 @@
 
 static const char usage_text[] =
     "usage: franca-embed --model CKPT [--device cpu|cuda|auto] [--precision fp32|bf16|auto]\n"
-    "                    [--resolution R] [--width W]...\n"
+    "                    [--resolution R] [--width W]... [--layer I]... [--no-layer-norm]\n"
     "                    [--rasa] [--batch B] [--threads T] (--input-npy X.npy | IMAGE...)\n"
     "                    --out OUT.safetensors\n"
     "       franca-embed --model CKPT --bench [--device D] [--precision P] [--batch B]\n"
@@ -45,6 +45,12 @@ static const char usage_text[] =
     "                     with --bench: input side (default: the crop size)\n"
     "  --width W          also write cls_w{W}: the first W CLS features, L2-normalised\n"
     "                     (repeatable; 1 <= W <= embed_dim)\n"
+    "  --layer I          also write layer{I}_cls [B,D] and layer{I}_patch [B,N,D]: the\n"
+    "                     tokens after block I (0-based; negative counts from the last, -1\n"
+    "                     is the last block; the name holds the 0-based index), through\n"
+    "                     the final LayerNorm as DINOv2's get_intermediate_layers(norm=True)\n"
+    "                     (repeatable; registers left out)\n"
+    "  --no-layer-norm    write the --layer tokens without the final LayerNorm\n"
     "  --rasa             also write patch_rasa (needs RASA tensors in the checkpoint)\n"
     "  --input-npy X.npy  float32 C-order [B,3,H,W], already normalised\n"
     "  --alpha MODE       PNG alpha: drop (default, as PIL convert('RGB')), black, white\n"
@@ -55,14 +61,16 @@ static const char usage_text[] =
     "  --iters N          timed iterations for --bench (default 10, after 2 warm-up)\n"
     "\n"
     "Writes float32 tensors: cls [B,D] (final-norm CLS), patch [B,N,D], patch_rasa [B,N,D],\n"
-    "cls_w{W} [B,W].\n";
+    "cls_w{W} [B,W], layer{I}_cls [B,D], layer{I}_patch [B,N,D].\n";
 
 struct args {
     const char *model, *out, *input_npy, *device, *precision;
     int resolution, batch, iters, threads;
     int widths[MAX_WIDTHS * 4];
     int n_widths;
-    bool rasa, bench;
+    int layers[VIT_MAX_LAYERS]; /* as given: negative counts from the last block */
+    int n_layers;
+    bool rasa, bench, no_layer_norm;
     enum image_alpha alpha;
     size_t max_pixels;
     char **images;
@@ -94,7 +102,7 @@ static bool parse_int(const char *s, long lo, long hi, int *out)
 static int parse_args(int argc, char **argv, struct args *a)
 {
     enum { O_MODEL = 256, O_OUT, O_NPY, O_DEVICE, O_RES, O_WIDTH, O_RASA, O_BENCH, O_BATCH,
-           O_ITERS, O_THREADS, O_ALPHA, O_MAXPIX, O_PRECISION, O_HELP };
+           O_ITERS, O_THREADS, O_ALPHA, O_MAXPIX, O_PRECISION, O_HELP, O_LAYER, O_NO_LNORM };
     static const struct option opts[] = {
         {"model", required_argument, 0, O_MODEL},     {"out", required_argument, 0, O_OUT},
         {"input-npy", required_argument, 0, O_NPY},   {"device", required_argument, 0, O_DEVICE},
@@ -104,6 +112,7 @@ static int parse_args(int argc, char **argv, struct args *a)
         {"threads", required_argument, 0, O_THREADS}, {"alpha", required_argument, 0, O_ALPHA},
         {"max-pixels", required_argument, 0, O_MAXPIX}, {"help", no_argument, 0, O_HELP},
         {"precision", required_argument, 0, O_PRECISION},
+        {"layer", required_argument, 0, O_LAYER}, {"no-layer-norm", no_argument, 0, O_NO_LNORM},
         {0, 0, 0, 0}};
     memset(a, 0, sizeof(*a));
     a->device = "cpu";
@@ -132,6 +141,13 @@ static int parse_args(int argc, char **argv, struct args *a)
             for (int i = 0; i < a->n_widths; i++) seen |= a->widths[i] == v;
             if (!seen) a->widths[a->n_widths++] = v;
             break;
+        case O_LAYER:
+            if (!parse_int(optarg, -VIT_MAX_LAYERS * 64, VIT_MAX_LAYERS * 64, &v))
+                return usage_error("--layer needs an integer block index");
+            if (a->n_layers == VIT_MAX_LAYERS) return usage_error("too many --layer flags");
+            a->layers[a->n_layers++] = v;
+            break;
+        case O_NO_LNORM: a->no_layer_norm = true; break;
         case O_BATCH:
             if (!parse_int(optarg, 1, 4096, &a->batch)) return usage_error("--batch needs an integer in 1..4096");
             break;
@@ -233,9 +249,53 @@ static float *load_images(const struct args *a, const struct model_config *cfg, 
     return x;
 }
 
+/* The --layer outputs: blocks[k] (0-based, distinct) into cls [L, B, D] and patch [L, B, N, D]. */
+struct layer_out {
+    int blocks[VIT_MAX_LAYERS];
+    int n;
+    float *cls, *patch;
+};
+
+/* Resolves the --layer indices against the model's depth; a block named
+ * twice (e.g. 11 and -1 of 12) is written once. */
+static int resolve_layers(const struct args *a, const struct model_config *cfg,
+                          struct layer_out *lo, char *err, size_t errlen)
+{
+    lo->n = 0;
+    for (int i = 0; i < a->n_layers; i++) {
+        const int l = a->layers[i] < 0 ? cfg->depth + a->layers[i] : a->layers[i];
+        if (l < 0 || l >= cfg->depth)
+            return set_err(err, errlen, "--layer %d is out of range: the model has %d blocks "
+                           "(0 to %d, or -%d to -1)", a->layers[i], cfg->depth, cfg->depth - 1,
+                           cfg->depth);
+        bool seen = false;
+        for (int k = 0; k < lo->n; k++) seen |= lo->blocks[k] == l;
+        if (!seen) lo->blocks[lo->n++] = l;
+    }
+    return 0;
+}
+
+static int write_layers(struct st_writer *w, const struct layer_out *lo, int B, int N, int D,
+                        char *err, size_t errlen)
+{
+    const int64_t cls_shape[2] = {B, D}, tok_shape[3] = {B, N, D};
+    int rc = 0;
+    for (int k = 0; !rc && k < lo->n; k++) {
+        char name[48];
+        snprintf(name, sizeof name, "layer%d_cls", lo->blocks[k]);
+        rc = st_writer_add_f32(w, name, ST_F32, lo->cls + (size_t)k * B * D, 2, cls_shape, err,
+                               errlen);
+        snprintf(name, sizeof name, "layer%d_patch", lo->blocks[k]);
+        if (!rc)
+            rc = st_writer_add_f32(w, name, ST_F32, lo->patch + (size_t)k * B * N * D, 3,
+                                   tok_shape, err, errlen);
+    }
+    return rc;
+}
+
 static int write_outputs(const struct args *a, const struct vit_model *m, int B, int H, int W,
                          const float *cls, const float *patch, const float *patch_rasa,
-                         char *err, size_t errlen)
+                         const struct layer_out *lo, char *err, size_t errlen)
 {
     const struct model_config *cfg = vit_model_config(m);
     const int D = cfg->embed_dim, N = (H / cfg->patch_size) * (W / cfg->patch_size);
@@ -260,6 +320,7 @@ static int write_outputs(const struct args *a, const struct vit_model *m, int B,
         const int64_t shape[2] = {B, Wd};
         rc = st_writer_add_f32(w, name, ST_F32, cuts[i], 2, shape, err, errlen);
     }
+    if (!rc) rc = write_layers(w, lo, B, N, D, err, errlen);
     char num[32];
     if (!rc) rc = st_writer_set_metadata(w, "model", cfg->name, err, errlen);
     if (!rc) rc = st_writer_set_metadata(w, "fingerprint", vit_model_fingerprint(m), err, errlen);
@@ -289,6 +350,8 @@ static int run_embed(const struct args *a, struct vit_model *m, char *err, size_
                        "--rasa FILE_rasa.pth)", a->model);
     if (a->resolution && vit_check_resolution(m, a->resolution, a->resolution, err, errlen))
         return -1;
+    struct layer_out lo = {0};
+    if (resolve_layers(a, cfg, &lo, err, errlen)) return -1;
 
     int B, H, W;
     float *x;
@@ -323,27 +386,43 @@ static int run_embed(const struct args *a, struct vit_model *m, char *err, size_
     float *cls = malloc(sizeof(float) * B * D);
     float *patch = malloc(sizeof(float) * B * tok);
     float *patch_rasa = a->rasa ? malloc(sizeof(float) * B * tok) : NULL;
+    const int chunk = a->batch ? a->batch : 8;
+    const size_t L = (size_t)lo.n, cb = (size_t)(chunk < B ? chunk : B);
+    /* Per chunk the forward writes [L, nb, ...]; the rows are then moved to [L, B, ...]. */
+    float *lc = L ? malloc(sizeof(float) * L * cb * D) : NULL;
+    float *lp = L ? malloc(sizeof(float) * L * cb * tok) : NULL;
+    lo.cls = L ? malloc(sizeof(float) * L * B * D) : NULL;
+    lo.patch = L ? malloc(sizeof(float) * L * B * tok) : NULL;
     int rc = 0;
-    if (!cls || !patch || (a->rasa && !patch_rasa))
+    if (!cls || !patch || (a->rasa && !patch_rasa) || (L && (!lc || !lp || !lo.cls || !lo.patch)))
         rc = set_err(err, errlen, "out of memory for the outputs of %d images", B);
     struct vit_workspace *ws = NULL;
-    const int chunk = a->batch ? a->batch : 8;
     for (int b0 = 0; !rc && b0 < B; b0 += chunk) {
         const int nb = B - b0 < chunk ? B - b0 : chunk;
         const struct vit_outputs out = {
             .cls = cls + (size_t)b0 * D,
             .patch = patch + (size_t)b0 * tok,
             .patch_rasa = patch_rasa ? patch_rasa + (size_t)b0 * tok : NULL,
+            .n_layers = lo.n, .layers = lo.blocks, .layer_norm = !a->no_layer_norm,
+            .layer_cls = lc, .layer_patch = lp,
         };
         rc = vit_forward(m, &ws, x + (size_t)b0 * 3 * H * W, nb, H, W, &out, err, errlen);
+        for (size_t k = 0; !rc && k < L; k++) {
+            memcpy(lo.cls + (k * B + b0) * D, lc + k * nb * D, sizeof(float) * nb * D);
+            memcpy(lo.patch + (k * B + b0) * tok, lp + k * nb * tok, sizeof(float) * nb * tok);
+        }
     }
     vit_workspace_free(ws);
     if (a->input_npy) npy_free(&arr);
     else free(x);
-    if (!rc) rc = write_outputs(a, m, B, H, W, cls, patch, patch_rasa, err, errlen);
+    if (!rc) rc = write_outputs(a, m, B, H, W, cls, patch, patch_rasa, &lo, err, errlen);
     free(cls);
     free(patch);
     free(patch_rasa);
+    free(lc);
+    free(lp);
+    free(lo.cls);
+    free(lo.patch);
     return rc;
 }
 

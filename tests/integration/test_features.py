@@ -83,7 +83,8 @@ def tensors_of(resp):
     """A JSON answer -> dict name -> float32 array, as the binary answer names them."""
     out = {}
     data = resp["data"]
-    for kind in ("cls", "patch", "pooled"):
+    kinds = ["cls", "patch", "pooled"] + [k for k in data[0] if k.startswith("layer")]
+    for kind in kinds:
         if kind in data[0]:
             for w in data[0][kind]:
                 out[f"{kind}.w{w}"] = np.array([d[kind][w] for d in data], dtype=np.float32)
@@ -123,6 +124,7 @@ def embed_reference(ckpt, tmp, name, extra):
 
 
 TMP = [None]
+LAYERS = {}  # franca-embed's layer outputs: "norm" and "raw" (--no-layer-norm)
 
 
 def main():
@@ -135,6 +137,9 @@ def main():
                     "--out", ck_plain], check=True, capture_output=True)
     ref = embed_reference(ck, tmp, "ref", ["--rasa"])
     ref112 = embed_reference(ck, tmp, "ref112", ["--resolution", "112"])
+    # Both blocks of the tiny model, with and without the final norm.
+    LAYERS["norm"] = embed_reference(ck, tmp, "refl", ["--layer", "0", "--layer", "-1"])
+    LAYERS["raw"] = embed_reference(ck, tmp, "reflraw", ["--layer", "1", "--layer", "0", "--no-layer-norm"])
 
     # A batch's composition changes the last bits of a forward (GEMM blocking), so
     # the server that compares the request forms exactly runs every image alone
@@ -146,6 +151,7 @@ def main():
                                  "--data", os.path.join(tmp, "data"), "--max-body-mb", "8",
                                  "--max-images", "8", "--max-batch", "1"]))
         run_checks(servers[0][1], ref, ref112)
+        layer_checks(servers[0][1])
         servers.append(ts.start(["--model", "tiny=" + ck, "--data", os.path.join(tmp, "data2"),
                                  "--max-batch", "16", "--max-delay-ms", "50"]))
         batched(servers[1][1], ref)
@@ -275,6 +281,56 @@ def run_checks(port, ref, ref112):
     check(client.health()["status"] == "ok", "server healthy after bad input")
 
 
+def layer_checks(port):
+    """layers and norm: names, shapes and values against franca-embed --layer, in
+    JSON, safetensors and the query form."""
+    refl, raw = LAYERS["norm"], LAYERS["raw"]
+    opts = {"widths": [16, 64], "patch": True, "layers": [0, -1]}
+    st, hdrs, body = post_multipart(port, IMAGES, opts)
+    if not ok_json("layers [0, -1]", st, hdrs, body):
+        return
+    t = tensors_of(body)
+    names = sorted(f"{k}.w{w}" for k in ("cls", "patch", "layer0_cls", "layer0_patch", "layer1_cls",
+                                         "layer1_patch") for w in (16, 64))
+    check(sorted(t) == names and t["layer0_cls.w16"].shape == (4, 16)
+          and t["layer1_patch.w64"].shape == (4, 256, 64), f"layers [0, -1]: outputs and shapes {sorted(t)}")
+    if sorted(t) != names:
+        return
+    check(list(body["data"][0])[-4:] == ["layer0_cls", "layer0_patch", "layer1_cls", "layer1_patch"],
+          "JSON: each block's cls and patch after the final outputs, in the order given")
+    for i in (0, 1):
+        for w in (16, 64):
+            d = max(maxdiff(t[f"layer{i}_cls.w{w}"], l2n(refl[f"layer{i}_cls"][..., :w])),
+                    maxdiff(t[f"layer{i}_patch.w{w}"], l2n(refl[f"layer{i}_patch"][..., :w])))
+            check(d < 1e-5, f"layer{i} at width {w} equals franca-embed --layer, cut and normalised (max diff {d:.2e})")
+    check(same({k: t[k] for k in ("layer1_cls.w64", "layer1_patch.w64")},
+               {"layer1_cls.w64": t["cls.w64"], "layer1_patch.w64": t["patch.w64"]}),
+          "the last block through the norm is the final output")
+    st, hdrs, blob = post_multipart(port, IMAGES, opts, accept=ST)
+    check(st == 200 and isinstance(blob, bytes) and same(parse_safetensors(blob)[0], t),
+          "layers: the safetensors answer holds the same tensors as the JSON one")
+    client = FrancaClient(f"http://127.0.0.1:{port}")
+    for binary in (True, False):
+        f = client.features(IMAGES, widths=[16, 64], patch=True, layers=[0, -1], binary=binary)
+        check(same(dict(f), t), f"Python client layers (binary={binary}) equals the JSON answer")
+    st, hdrs, body = post_multipart(port, IMAGES, {"layers": 2, "norm": False, "normalize": False, "patch": True})
+    if ok_json("layers 2, norm false", st, hdrs, body):
+        t = tensors_of(body)
+        d = max(maxdiff(t[f"layer{i}_{k}.w64"], raw[f"layer{i}_{k}"]) for i in (0, 1) for k in ("cls", "patch"))
+        check(d < 1e-5, f"layers 2 (the last two), norm false: franca-embed --no-layer-norm (max diff {d:.2e})")
+        check(maxdiff(t["layer1_cls.w64"], t["cls.w64"]) > 1e-3, "norm false differs from the final output")
+    data = image_bytes(IMAGES[0])
+    st, hdrs, body = post(port, data, mime(data), "?layers=-1,-2&cls=false&patch=true&norm=false&normalize=false")
+    if ok_json("query layers=-1,-2", st, hdrs, body):
+        t = tensors_of(body)
+        check(list(body["data"][0])[1:] == ["patch", "layer1_patch", "layer0_patch"]
+              and maxdiff(t["layer0_patch.w64"], raw["layer0_patch"][:1]) < 1e-5,
+              f"query form: cls false leaves the layers' cls out, blocks in the order given {list(body['data'][0])}")
+    st, hdrs, body = post(port, data, mime(data), "?layers=%5B0%5D")
+    if ok_json("query layers=[0]", st, hdrs, body):
+        check(sorted(tensors_of(body)) == ["cls.w64", "layer0_cls.w64"], "query [0]: one block by index")
+
+
 def batched(port, ref):
     """Concurrent requests with different outputs share batches; each answer
     still equals franca-embed's."""
@@ -289,6 +345,15 @@ def batched(port, ref):
                  {"patch.w64": ref["patch_rasa"]}),
         "all": ({"patch": True, "pooled": True}, {"cls.w64": ref["cls_w64"], "patch.w64": p64,
                                                  "pooled.w64": l2n(ref["patch"].astype(np.float64).mean(axis=1))}),
+        "layers": ({"widths": 16, "patch": True, "layers": [0]},
+                   {"cls.w16": ref["cls_w16"], "patch.w16": l2n(ref["patch"][..., :16]),
+                    "layer0_cls.w16": l2n(LAYERS["norm"]["layer0_cls"][..., :16]),
+                    "layer0_patch.w16": l2n(LAYERS["norm"]["layer0_patch"][..., :16])}),
+        "layers-raw": ({"layers": [0], "norm": False, "normalize": False},
+                       {"cls.w64": ref["cls"], "layer0_cls.w64": LAYERS["raw"]["layer0_cls"]}),
+        "layers-2": ({"layers": 2, "normalize": False},
+                     {"cls.w64": ref["cls"], "layer0_cls.w64": LAYERS["norm"]["layer0_cls"],
+                      "layer1_cls.w64": LAYERS["norm"]["layer1_cls"]}),
     }
     results = {}
 
@@ -349,6 +414,23 @@ def errors(port):
         ("width 0", json.dumps({"images": [b64], "widths": [0]}).encode(), "application/json", "", 422, "4, 8, 16, 32, 64"),
         ("no output requested", png, "image/png", "?cls=false", 422, None),
         ("rasa without patch or pooled", png, "image/png", "?rasa=true", 422, None),
+        ("layer out of range", json.dumps({"images": [b64], "layers": [2]}).encode(), "application/json", "", 422,
+         "depth 2"),
+        ("negative layer out of range", png, "image/png", "?layers=-3,0", 422, "depth 2"),
+        ("last n blocks past the depth", png, "image/png", "?layers=3", 422, "depth 2"),
+        ("the same block twice", json.dumps({"images": [b64], "layers": [1, -1]}).encode(), "application/json", "", 422,
+         "same block"),
+        ("non-integer layer", json.dumps({"images": [b64], "layers": [0.5]}).encode(), "application/json", "", 400,
+         "layers"),
+        ("layer as a string", json.dumps({"images": [b64], "layers": "1"}).encode(), "application/json", "", 400,
+         "layers"),
+        ("non-integer layer (query)", png, "image/png", "?layers=one", 400, "layers"),
+        ("norm not a boolean", json.dumps({"images": [b64], "norm": "yes"}).encode(), "application/json", "", 400,
+         "norm"),
+        ("layers without cls or patch", png, "image/png", "?layers=1&cls=false&pooled=true", 422, "layers"),
+        ("layers count against the JSON size", json.dumps({"images": [b64], "patch": True, "layers": 2, "crop": "square",
+                                                          "widths": [16, 32, 64], "resolution": 1792}).encode(),
+         "application/json", "", 413, "would hold %d numbers" % (3 * 112 * (1 + 128 * 128))),
         ("rasa on a model without RASA", json.dumps({"images": [b64], "model": "plain", "rasa": True, "patch": True}).encode(), "application/json", "", 422, "RASA"),
         ("resolution not a multiple of the patch size", png, "image/png", "?crop=square&resolution=100", 422, "98"),
         ("crop center at another resolution", png, "image/png", "?resolution=112", 422, "square"),

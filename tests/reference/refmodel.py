@@ -310,13 +310,29 @@ class RefViT(torch.nn.Module):
         t = t + self.pos_embed_for(H, W).to(self.dtype)
         if self.R:
             t = torch.cat([t[:, :1], self.reg.expand(B, -1, -1), t[:, 1:]], dim=1)
+        blocks = []  # the residual stream after each block, for get_intermediate_layers
         for b in self.blocks:
             y = self._attn(b, F.layer_norm(t, (D,), b["norm1.weight"], b["norm1.bias"], self.eps))
             t = t + (b["ls1.gamma"] * y if self.cfg["layerscale"] else y)
             y = self._ffn(b, F.layer_norm(t, (D,), b["norm2.weight"], b["norm2.bias"], self.eps))
             t = t + (b["ls2.gamma"] * y if self.cfg["layerscale"] else y)
+            blocks.append(t)
         xn = F.layer_norm(t, (D,), self.norm_w, self.norm_b, self.eps)
-        return {"cls": xn[:, 0], "reg": xn[:, 1:1 + self.R], "patch": xn[:, 1 + self.R:], "prenorm": t}
+        return {"cls": xn[:, 0], "reg": xn[:, 1:1 + self.R], "patch": xn[:, 1 + self.R:], "prenorm": t,
+                "blocks": blocks}
+
+    @torch.no_grad()
+    def get_intermediate_layers(self, x, n=1, norm=True):
+        """DINOv2's get_intermediate_layers(x, n, reshape=False, return_class_token=True, norm):
+        n an int (the last n blocks) or a list of block indices; [(patch, cls)] per block in
+        ascending block order, registers dropped, each through the final norm when norm."""
+        blocks = self.forward_features(x)["blocks"]
+        total = len(blocks)
+        take = range(total - n, total) if isinstance(n, int) else n
+        outs = [blocks[i] for i in range(total) if i in take]
+        if norm:
+            outs = [F.layer_norm(o, (self.D,), self.norm_w, self.norm_b, self.eps) for o in outs]
+        return [(o[:, 1 + self.R:], o[:, 0]) for o in outs]
 
     def forward(self, x):
         return self.forward_features(x)["cls"]

@@ -58,6 +58,10 @@ def main():
     check(one_line_error(run("--model", ckpt, "--device", "tpu", img[0], "--out", out), 2, "--device"),
           "unknown device: exit 2")
     check(run("--help").returncode == 0 and "--input-npy" in run("--help").stdout, "--help: exit 0")
+    check("--layer I" in run("--help").stdout and "--no-layer-norm" in run("--help").stdout,
+          "--help documents --layer and --no-layer-norm")
+    check(one_line_error(run("--model", ckpt, "--layer", "last", img[0], "--out", out), 2, "--layer"),
+          "non-numeric --layer: exit 2")
 
     # Other errors: exit 1 with one line.
     check(one_line_error(run("--model", os.path.join(tmp, "none.safetensors"), img[0], "--out", out), 1,
@@ -81,6 +85,10 @@ def main():
           "--device cuda without a CUDA engine: exit 1")
     check(one_line_error(run("--model", ckpt, img[0], "--out", os.path.join(tmp, "no/such/dir/o.st")), 1,
                          "o.st"), "unwritable output: exit 1")
+    check(one_line_error(run("--model", ckpt, "--layer", "2", img[0], "--out", out), 1, "2 blocks"),
+          "--layer past the depth: exit 1 naming the depth")
+    check(one_line_error(run("--model", ckpt, "--layer", "-3", img[0], "--out", out), 1, "-2 to -1"),
+          "--layer -3 of 2 blocks: exit 1")
     check(not os.path.exists(out), "no output written by failed runs")
 
     # Images with the checkpoint's eval preprocessing (224 crop -> 16x16 patches).
@@ -102,6 +110,17 @@ def main():
     t1, _ = read_safetensors(out1)
     check(np.abs(t1["cls"] - t["cls"]).max() < 1e-5 and np.abs(t1["patch"] - t["patch"]).max() < 1e-5,
           "--batch 1 equals batch 3")
+
+    # Intermediate layers: -1 and 1 are one block (written once), named by its index.
+    p = run("--model", ckpt, "--batch", "2", "--layer", "0", "--layer", "-1", "--layer", "1", *img,
+            "--out", out1)
+    tl, _ = read_safetensors(out1)
+    check(p.returncode == 0 and sorted(tl) == ["cls", "layer0_cls", "layer0_patch", "layer1_cls", "layer1_patch",
+                                               "patch"], f"--layer 0 -1 1: tensors {sorted(tl)}")
+    check(tl.get("layer0_cls", np.zeros(0)).shape == (3, 64) and tl.get("layer0_patch", np.zeros(0)).shape
+          == (3, 256, 64), "layer{i}_cls [B,D] and layer{i}_patch [B,N,D]")
+    check(np.abs(tl.get("layer1_patch", 0) - t["patch"]).max() < 1e-5,
+          "the last block through the norm is the final patch output, across chunks of 2")
 
     # Dense mode: R x R resize.
     p = run("--model", ckpt, "--resolution", "112", img[0], "--out", out)

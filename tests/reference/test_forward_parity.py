@@ -5,7 +5,9 @@ Also checks the reference itself against independent numpy re-derivations of
 docs/model.md (§3 pos-embed interpolation, a naive per-head forward, the RASA operator).
 
 Tolerance: max|a - ref| / max|ref| <= 1e-4 for cls, patch, patch_rasa and cls_w{W} with
---precision fp32; with bf16 products, <= 3e-2 and every row's cosine >= 0.999. Run at each
+--precision fp32; with bf16 products, <= 3e-2 and every row's cosine >= 0.999. The same for
+franca-embed --layer (layer{i}_cls, layer{i}_patch, with and without the final norm) against
+RefViT.get_intermediate_layers. Run at each
 kernel level the CPU offers (ONEDNN_MAX_CPU_ISA set for franca-embed only): bf16 at AMX and
 AVX512-BF16, fp32 at AVX-512 and AVX2.
 Env: FRANCA_EMBED, FRANCA_SOURCE_ROOT (see refmodel), FRANCA_DEVICE (default cpu).
@@ -307,6 +309,61 @@ def parity_case(label, cfg, sd, shapes, widths=(), rasa_sd=None, dtype="f32", co
                         precision, dt)
 
 
+def layer_parity(label, cfg, sd, shape, layers, variants=FP32):
+    """franca-embed --layer (negative indices too), with and without the final norm, against
+    the reference's get_intermediate_layers: layer{i}_cls and layer{i}_patch per block."""
+    pth, model = p(label + ".pth"), p(label + ".safetensors")
+    rm.save_pth(pth, sd, wrap="teacher")
+    r = rm.convert(pth, model, check=False)
+    if not C.check("%s: convert" % label, r.returncode == 0, r.stderr.strip()):
+        return
+    B, H, W = shape
+    x = np.random.default_rng(7).standard_normal((B, 3, H, W)).astype(np.float32)
+    depth, D = cfg["depth"], cfg["embed_dim"]
+    N = (H // cfg["patch_size"]) * (W // cfg["patch_size"])
+    blocks = sorted({i % depth for i in layers})
+    xin, out = p("xl.npy"), p("outl.safetensors")
+    rm.write_npy(xin, x)
+    ref = rm.RefViT(cfg, sd)
+    for norm in (True, False):
+        want = dict(zip(blocks, ref.get_intermediate_layers(x, blocks, norm=norm)))
+        for precision, isa in variants:
+            name = "%s layers %s norm=%s %s%s" % (label, list(layers), norm, precision,
+                                                  " " + isa if isa else "")
+            args = ["--model", model, "--precision", precision, "--input-npy", xin, "--out", out,
+                    "--batch", "2"]
+            for i in layers:
+                args += ["--layer", str(i)]
+            if not norm:
+                args.append("--no-layer-norm")
+            t0 = time.time()
+            r = rm.run_embed(args, check=False, isa=isa)
+            dt = time.time() - t0
+            if not C.check("%s: franca-embed exit 0" % name, r.returncode == 0, r.stderr.strip()[-500:]):
+                continue
+            got, _ = rm.read_safetensors(out)
+            extra = sorted(k for k in got if k.startswith("layer") and int(k[5:].split("_")[0]) not in blocks)
+            C.check("%s: one tensor pair per distinct block" % name, not extra, "extra %s" % extra)
+            for i in blocks:
+                patch, cls = want[i]
+                for key, val, shp in (("layer%d_cls" % i, cls, (B, D)), ("layer%d_patch" % i, patch, (B, N, D))):
+                    if key not in got or tuple(got[key].shape) != shp:
+                        C.check("%s: %s" % (name, key), False, "missing or misshapen (has %s)" % sorted(got))
+                        continue
+                    compare("%s: %s" % (name, key), got[key], val.numpy(), precision, dt)
+    # The last block through the norm is the final output.
+    r = rm.run_embed(["--model", model, "--precision", "fp32", "--input-npy", xin, "--out", out,
+                      "--layer", "-1"], check=False)
+    got = rm.read_safetensors(out)[0] if r.returncode == 0 else {}
+    last = depth - 1
+    C.check("%s: layer%d (norm) equals cls and patch" % (label, last),
+            "cls" in got and np.array_equal(got.get("layer%d_cls" % last), got["cls"]) and
+            np.array_equal(got.get("layer%d_patch" % last), got["patch"]), r.stderr.strip()[-300:])
+    r = rm.run_embed(["--model", model, "--input-npy", xin, "--out", out, "--layer", str(depth)], check=False)
+    C.check("%s: --layer %d (out of range) fails naming the depth" % (label, depth),
+            r.returncode == 1 and ("has %d blocks" % depth) in r.stderr, r.stderr.strip()[-300:])
+
+
 def check_isa_caps(model):
     """ONEDNN_MAX_CPU_ISA reaches franca-embed: its bench names the level it computes with."""
     names = {"AVX512_CORE_AMX": "amx", "AVX512_CORE_BF16": "avx512_bf16", "AVX512_CORE": "avx512",
@@ -368,6 +425,12 @@ def main():
                     [(2, 224, 224), (1, 518, 518)], widths=(64, 384), rasa_sd=rm.make_rasa(384, 8, seed=8),
                     variants=variants)
         check_isa_caps(p("small-swiglu.safetensors"))
+
+        # Intermediate layers: first, middle, last, negative; registers; bf16 where offered.
+        layer_parity("layers-swiglu", small, small_sd, (3, 56, 70), (0, 1, -1, -3))
+        mlp_r4 = rm.make_config(128, 4, 2, ffn="mlp", grid=4, registers=4)
+        layer_parity("layers-mlp-reg4", mlp_r4, rm.make_state_dict(mlp_r4, seed=9, ls_init=0.5),
+                     (2, 56, 56), (0, 2, -1, -2), variants=FP32 + tuple(v for v in variants if v[0] == "bf16"))
 
         # (f) bf16 checkpoint vs the reference with bf16-rounded weights.
         parity_case("small-bf16", small, small_sd, [(1, 56, 56), (3, 70, 84)], widths=(32,),

@@ -467,7 +467,7 @@ static void test_backbone(void)
     CHECK(vit_model_from_checkpoint(&ck, &m, err, sizeof err) == 0, "model: %s", err);
     float cls[4 * 8], patch[4 * 9 * 8];
     struct vit_workspace *ws = NULL;
-    struct vit_outputs out = { cls, patch, NULL };
+    struct vit_outputs out = {.cls = cls, .patch = patch};
     CHECK(vit_forward(m, &ws, bimg, 4, 6, 6, &out, err, sizeof err) == 0, "forward: %s", err);
     float worst = 0.0f;
     for (int b = 0; b < 4; b++) {

@@ -158,13 +158,14 @@ static int make_fixtures(void)
         snprintf(fps[k], 65, "%s", vit_model_fingerprint(m));
         struct vit_workspace *ws = NULL;
         for (int i = 0; i < NIN; i++) {
-            struct vit_outputs o = {ref_cls[k][i], ref_patch[k][i], ref_rasa[k][i]};
+            struct vit_outputs o = {.cls = ref_cls[k][i], .patch = ref_patch[k][i],
+                                    .patch_rasa = ref_rasa[k][i]};
             if (vit_forward(m, &ws, inputs[i], 1, S, S, &o, err, sizeof err)) {
                 fprintf(stderr, "forward: %s\n", err);
                 return -1;
             }
             if (k == 0) {
-                struct vit_outputs o2 = {ref_cls2[i], NULL, NULL};
+                struct vit_outputs o2 = {.cls = ref_cls2[i]};
                 if (vit_forward(m, &ws, inputs2[i], 1, H2, W2, &o2, err, sizeof err)) {
                     fprintf(stderr, "forward: %s\n", err);
                     return -1;
@@ -336,7 +337,7 @@ static void test_registry_basic(void)
     CHECK(registry_acquire(reg, "a", &e2, err, sizeof err) == REGISTRY_NOT_FOUND, "a gone");
     float cls[D];
     struct vit_workspace *ws = NULL;
-    struct vit_outputs o = {cls, NULL, NULL};
+    struct vit_outputs o = {.cls = cls};
     CHECK(vit_forward(e->model, &ws, inputs[0], 1, S, S, &o, err, sizeof err) == 0 &&
           memcmp(cls, ref_cls[0][0], sizeof cls) == 0, "held entry after unload");
     vit_workspace_free(ws);
@@ -1089,6 +1090,67 @@ static void test_hot_swap_under_load(void)
     registry_free(reg);
 }
 
+struct ljob {
+    struct tjob t;                 /* first: the callback casts back */
+    float lcls[2 * D], lpatch[2 * NP * D];
+};
+
+/* Jobs with other layer lists or norms are not batched together; each gets
+ * the rows a forward of its image alone gives. */
+static void test_batching_layers(void)
+{
+    char err[ERR_LEN];
+    struct registry *reg;
+    registry_create(&reg, "cpu", "fp32", err, sizeof err);
+    CHECK(registry_load(reg, "a", path_a, NULL, err, sizeof err) == REGISTRY_OK, "%s", err);
+    struct model_entry *e;
+    registry_acquire(reg, "a", &e, err, sizeof err);
+    struct batcher *b = batcher_create(8, 50, 64, err, sizeof err);
+    static const int lists[3][2] = {{1, 0}, {0, 1}, {0, 1}};
+    static struct ljob jobs[NIN];
+    struct waiter w;
+    waiter_init(&w);
+    for (int i = 0; i < NIN; i++) {
+        struct ljob *j = &jobs[i];
+        const int kind = i % 4; /* 0: [1, 0]; 1: [0, 1]; 2: [0, 1] without norm; 3: none */
+        tjob_setup(&j->t, e, S, S, inputs[i], true, false, false, &w);
+        if (kind < 3) {
+            j->t.job.n_layers = 2;
+            j->t.job.layers = lists[kind];
+            j->t.job.layer_norm = kind != 2;
+            j->t.job.layer_cls = j->lcls;
+            j->t.job.layer_patch = i < 4 ? j->lpatch : NULL; /* a batch asks for the union */
+        }
+        CHECK(batcher_submit(b, &j->t.job, err, sizeof err) == BATCH_OK, "%s", err);
+    }
+    CHECK(waiter_wait(&w, NIN, 30) == NIN, "all layer jobs done");
+    int bad = 0, maxb = 0;
+    struct vit_workspace *ws = NULL;
+    for (int i = 0; i < NIN; i++) {
+        const struct batch_job *j = &jobs[i].t.job;
+        float lcls[2 * D], lpatch[2 * NP * D];
+        const struct vit_outputs ref = {.n_layers = j->n_layers, .layers = j->layers,
+                                        .layer_norm = j->layer_norm, .layer_cls = lcls,
+                                        .layer_patch = lpatch};
+        if (j->batch_size > maxb) maxb = j->batch_size;
+        bad += jobs[i].t.status != BATCH_OK || j->batch_size > 2;
+        if (!j->n_layers) continue;
+        bad += vit_forward(e->model, &ws, inputs[i], 1, S, S, &ref, err, sizeof err) != 0;
+        bad += !matches(jobs[i].lcls, lcls, 2 * D, j->batch_size);
+        if (j->layer_patch) bad += !matches(jobs[i].lpatch, lpatch, 2 * NP * D, j->batch_size);
+    }
+    vit_workspace_free(ws);
+    CHECK(bad == 0 && maxb == 2, "layer jobs: one batch per list and norm, rows match (%d bad, "
+          "largest batch %d)", bad, maxb);
+    jobs[0].t.job.layers = (const int[]){2, 0};
+    CHECK(batcher_submit(b, &jobs[0].t.job, err, sizeof err) == BATCH_ERR &&
+              strstr(err, "depth 2"), "a block past the depth is refused at submit: %s", err);
+    batcher_free(b);
+    waiter_destroy(&w);
+    model_entry_release(e);
+    registry_free(reg);
+}
+
 int main(void)
 {
     const char *t = getenv("TMPDIR");
@@ -1107,6 +1169,7 @@ int main(void)
     test_busy();
     test_fifo_checkpoint();
     test_batching();
+    test_batching_layers();
     test_admission();
     test_hot_swap_under_load();
     char cmd[400];

@@ -902,6 +902,78 @@ static void test_options_model(void)
           "below one patch: %s", err);
 }
 
+/* layers and norm: both forms, both parsers, and the check against the depth. */
+static void test_options_layers(void)
+{
+    struct model_config cfg;
+    model_config_defaults(&cfg, 384, 12);
+    snprintf(cfg.name, sizeof cfg.name, "franca-vits14");
+    struct feature_options o;
+    int l[OPTIONS_MAX_LAYERS];
+    CHECK(oj("{}", &o) == OPTIONS_OK && o.n_layers == 0 && o.norm, "defaults: no layers, norm");
+    CHECK(oj("{\"layers\": 4, \"norm\": false}", &o) == OPTIONS_OK && !o.norm &&
+              options_check_model(&o, &cfg, err, sizeof err) == OPTIONS_OK &&
+              options_effective_layers(&o, &cfg, l) == 4 && l[0] == 8 && l[3] == 11,
+          "an integer n: the last n blocks, oldest first: %s", err);
+    CHECK(oj("{\"layers\": [0, -1, 5], \"patch\": true}", &o) == OPTIONS_OK &&
+              options_check_model(&o, &cfg, err, sizeof err) == OPTIONS_OK &&
+              options_effective_layers(&o, &cfg, l) == 3 && l[0] == 0 && l[1] == 11 && l[2] == 5,
+          "indices in the order given, negative from the last: %s", err);
+    CHECK(oq("layers=-1,-4&norm=0", &o) == OPTIONS_OK && o.n_layers == 2 && !o.norm &&
+              options_effective_layers(&o, &cfg, l) == 2 && l[0] == 11 && l[1] == 8,
+          "query list: %s", err);
+    CHECK(oq("layers=2", &o) == OPTIONS_OK && options_effective_layers(&o, &cfg, l) == 2 &&
+              l[0] == 10 && l[1] == 11, "query integer: the last n: %s", err);
+    CHECK(oq("layers=%5B3%5D", &o) == OPTIONS_OK && options_effective_layers(&o, &cfg, l) == 1 &&
+              l[0] == 3, "query [i]: one index: %s", err);
+    struct {
+        const char *in;
+        bool query;
+        int rc;
+        const char *msg;
+    } bad[] = {
+        {"{\"layers\": \"4\"}", false, OPTIONS_MALFORMED, "'layers' must be an integer or an array"},
+        {"{\"layers\": [1.5]}", false, OPTIONS_MALFORMED, "a number with a fraction"},
+        {"{\"layers\": 2.0}", false, OPTIONS_MALFORMED, "'layers' must be an integer"},
+        {"{\"layers\": []}", false, OPTIONS_INVALID, "empty array"},
+        {"{\"layers\": 0}", false, OPTIONS_INVALID, "last n blocks, 1 to 16"},
+        {"{\"layers\": 17}", false, OPTIONS_INVALID, "last n blocks, 1 to 16"},
+        {"{\"layers\": [1, 1]}", false, OPTIONS_INVALID, "lists 1 twice"},
+        {"{\"layers\": [0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16]}", false, OPTIONS_INVALID,
+         "more than 16"},
+        {"{\"norm\": 1}", false, OPTIONS_MALFORMED, "'norm' must be a boolean"},
+        {"{\"layers\": 2, \"cls\": false, \"pooled\": true}", false, OPTIONS_INVALID,
+         "set cls or patch"},
+        {"layers=x", true, OPTIONS_MALFORMED, "'layers' must be an integer, got 'x'"},
+        {"layers=1,a", true, OPTIONS_MALFORMED, "must be an integer"},
+        {"layers=1,,2", true, OPTIONS_MALFORMED, "empty item"},
+        {"layers=[1", true, OPTIONS_MALFORMED, "unmatched bracket"},
+        {"layers=[]", true, OPTIONS_MALFORMED, "empty item"},
+        {"layers=1&layers=2", true, OPTIONS_MALFORMED, "given twice"},
+        {"layers=0", true, OPTIONS_INVALID, "last n blocks"},
+        {"norm=maybe", true, OPTIONS_MALFORMED, "'norm' must be true, false"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        err[0] = '\0';
+        const int rc = bad[i].query ? oq(bad[i].in, &o) : oj(bad[i].in, &o);
+        CHECK(rc == bad[i].rc && has(err, bad[i].msg), "bad layers %zu '%s': rc %d, err '%s'", i,
+              bad[i].in, rc, err);
+    }
+    const char *range[][2] = {
+        {"{\"layers\": [12]}", "block 12 is out of range: franca-vits14 has depth 12"},
+        {"{\"layers\": [-13]}", "block -13 is out of range"},
+        {"{\"layers\": 13}", "has depth 12 (blocks 0 to 11, or -12 to -1)"},
+        {"{\"layers\": [11, -1]}", "11 and -1 are the same block"},
+    };
+    for (size_t i = 0; i < sizeof range / sizeof range[0]; i++) {
+        const int parsed = oj(range[i][0], &o);
+        err[0] = '\0';
+        const int rc = parsed == OPTIONS_OK ? options_check_model(&o, &cfg, err, sizeof err) : parsed;
+        CHECK(rc == OPTIONS_INVALID && has(err, range[i][1]), "layers vs depth %zu: rc %d, err '%s'",
+              i, rc, err);
+    }
+}
+
 /* The statuses of the registry's, the batcher's and the store's codes (the
  * parsers' are checked with their tests above). */
 static void test_route_statuses(void)
@@ -935,6 +1007,7 @@ int main(void)
     test_options_json();
     test_options_query();
     test_options_model();
+    test_options_layers();
     test_route_statuses();
     return check_summary();
 }

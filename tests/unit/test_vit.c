@@ -45,6 +45,58 @@ static float *fresh_cls(struct vit_model *m, const float *x, int B, int H, int W
     return cls;
 }
 
+/* Layer outputs of m on x ([L, B, ...]) for the blocks in layers. */
+static void run_layers(struct vit_model *m, const float *x, int B, const int *layers, int L,
+                       bool norm, float *cls, float *patch, float *lcls, float *lpatch)
+{
+    struct vit_outputs out = {.cls = cls, .patch = patch, .n_layers = L, .layers = layers,
+                              .layer_norm = norm, .layer_cls = lcls, .layer_patch = lpatch};
+    struct vit_workspace *ws = NULL;
+    char err[ERR_LEN];
+    CHECK(vit_forward(m, &ws, x, B, 56, 56, &out, err, sizeof err) == 0, "layers: %s", err);
+    vit_workspace_free(ws);
+}
+
+/* Intermediate layers: the last one through the norm is the final output; a
+ * batch gives each image what it gets alone; bad lists are refused. */
+static void test_layers(struct vit_model *m)
+{
+    const int D = vit_model_config(m)->embed_dim, N = 16, B = 2, L = 3;
+    const int layers[3] = {1, 0, 1};
+    const size_t tok = (size_t)N * D;
+    float *x = input(B, 56, 56), *cls = malloc(sizeof(float) * B * D);
+    float *patch = malloc(sizeof(float) * B * tok), *lcls = malloc(sizeof(float) * L * B * D);
+    float *lpatch = malloc(sizeof(float) * L * B * tok), *one = malloc(sizeof(float) * L * tok);
+    float *onec = malloc(sizeof(float) * L * D);
+    for (int norm = 1; norm >= 0; norm--) {
+        run_layers(m, x, B, layers, L, norm, cls, patch, lcls, lpatch);
+        if (norm)
+            CHECK(max_abs_diff(lcls, cls, (size_t)B * D) == 0.0f &&
+                      max_abs_diff(lpatch, patch, B * tok) == 0.0f,
+                  "the last block through the norm is the final output");
+        else
+            CHECK(max_abs_diff(lcls, cls, (size_t)B * D) > 1e-3f, "norm false: the raw stream");
+        CHECK(max_abs_diff(lcls + 2 * B * D, lcls, (size_t)B * D) == 0.0f &&
+                  max_abs_diff(lpatch + 2 * B * tok, lpatch, B * tok) == 0.0f,
+              "a block listed twice fills both slots");
+        run_layers(m, x + 3 * 56 * 56, 1, layers, L, norm, cls, patch, onec, one);
+        for (int k = 0; k < L; k++)
+            CHECK(max_abs_diff(onec + k * D, lcls + ((size_t)k * B + 1) * D, D) < 1e-5f &&
+                      max_abs_diff(one + k * tok, lpatch + ((size_t)k * B + 1) * tok, tok) < 1e-5f,
+                  "norm %d slot %d: image 1 of the batch matches it alone", norm, k);
+    }
+    char err[ERR_LEN];
+    struct vit_workspace *ws = NULL;
+    const int beyond[1] = {2};
+    struct vit_outputs bad = {.cls = cls, .n_layers = 1, .layers = beyond, .layer_cls = lcls};
+    CHECK(vit_forward(m, &ws, x, 1, 56, 56, &bad, err, sizeof err) == -1 &&
+              strstr(err, "has 2 blocks"), "block past the depth refused: %s", err);
+    bad.layers = NULL;
+    CHECK(vit_forward(m, &ws, x, 1, 56, 56, &bad, err, sizeof err) == -1, "no list refused");
+    vit_workspace_free(ws);
+    free(x); free(cls); free(patch); free(lcls); free(lpatch); free(one); free(onec);
+}
+
 int main(void)
 {
     struct vit_model *narrow = make_model(32, 2, FFN_SWIGLU, 1);
@@ -84,6 +136,8 @@ int main(void)
     CHECK(vit_check_resolution(wide, 1806, 14, err, sizeof err) == -1, "side above the limit refused");
     vit_workspace_free(ws);
     free(x);
+    test_layers(mlp);
+    test_layers(narrow);
     vit_model_free(narrow);
     vit_model_free(wide);
     vit_model_free(mlp);
