@@ -10,6 +10,9 @@
 #include "index/query.h"
 #include "routes_index.h"
 
+/* Hits in one answer at most (queries x k): 100,000 hits of JSON are ~10 MB. */
+#define SEARCH_HITS_MAX 100000
+
 struct search_ctx {
     struct route_index_req base; /* first: the request, body, collection, images */
     bool batch;
@@ -182,6 +185,13 @@ static void search(struct http_request *req, void *user)
     if (x->batch && json_array_size(queries) > (size_t)app->limits.max_search_queries) {
         http_reply_errorf(req, 413, NULL, "%zu queries in one request; the limit is %d",
                           json_array_size(queries), app->limits.max_search_queries);
+        search_free(x);
+        return;
+    }
+    if ((long long)nq * x->q.k > SEARCH_HITS_MAX) {
+        http_reply_errorf(req, 413, NULL, "%d queries x k %d = %lld hits in one answer; the limit "
+                          "is %d: ask for fewer queries per request", nq, x->q.k,
+                          (long long)nq * x->q.k, SEARCH_HITS_MAX);
         search_free(x);
         return;
     }

@@ -31,7 +31,7 @@
 
 #include "index/mirror.h"
 
-#define SEARCH_K_MAX 1000
+#define SEARCH_K_MAX 10000
 
 struct search_hit {
     int64_t row_id;          /* store row id */

@@ -367,7 +367,7 @@ static void test_small_cases(void)
 
     /* Refused arguments. */
     const struct { int q, w, k, shortlist; const char *what; } badargs[] = {
-        {1, W, 0, 10, "k 0"},       {1, W, 1001, 10, "k 1001"}, {1, W + 1, 5, 10, "w > width"},
+        {1, W, 0, 10, "k 0"},       {1, W, SEARCH_K_MAX + 1, 10, "k > max"}, {1, W + 1, 5, 10, "w > width"},
         {1, 0, 5, 10, "w 0"},       {0, W, 5, 10, "q 0"},       {1, W, 5, 0, "shortlist 0"},
     };
     for (size_t i = 0; i < sizeof badargs / sizeof badargs[0]; i++) {
@@ -443,6 +443,30 @@ static void test_concurrency(struct index_mirror *m, const float *queries)
     CHECK(mirror_count(m) == N, "count after churn %zu", mirror_count(m));
 }
 
+/* k at its largest (more than the collection holds): every row, in the
+ * brute force's order, for two queries at once. */
+static void test_largest_k(const float *queries)
+{
+    struct index_mirror *m = build(STORE_METRIC_COSINE, data);
+    struct search_hit *hits = malloc(2 * (size_t)SEARCH_K_MAX * sizeof *hits);
+    static struct ref refs[N];
+    char err[ERR_LEN];
+    int n_out = -1;
+    mirror_read_lock(m);
+    CHECK(search_exact(m, queries, 2, W, SEARCH_K_MAX, NULL, hits, &n_out, err, sizeof err) == 0 &&
+              n_out == N,
+          "k = %d on %d rows: %d hits (%s)", SEARCH_K_MAX, N, n_out, err);
+    for (int qi = 0; qi < 2 && n_out == N; qi++) {
+        const int nr = brute(STORE_METRIC_COSINE, data, queries + qi * W, W, NULL, refs);
+        CHECK(compare(hits + (size_t)qi * SEARCH_K_MAX, n_out, refs, nr, SEARCH_K_MAX,
+                      "largest k") == 0,
+              "k = %d equals the brute force, query %d", SEARCH_K_MAX, qi);
+    }
+    mirror_read_unlock(m);
+    free(hits);
+    mirror_free(m);
+}
+
 int main(void)
 {
     data = malloc((size_t)N * W * sizeof *data);
@@ -461,6 +485,7 @@ int main(void)
     test_mirror_basics();
     test_small_cases();
     test_payloads();
+    test_largest_k(queries);
 
     const int nrq = 100;
     float *rq = malloc((size_t)nrq * W * sizeof *rq);
