@@ -6,6 +6,7 @@
     vecs = c.embed(["cat.jpg", "dog.png"], width=192)     # list of lists (or numpy array)
     f = c.features(["cat.jpg"], widths=[96, 384], patch=True, pooled=True)
     f["patch.w384"].shape, f.metadata["grid_height"]      # (1, 256, 384), 16
+    png = c.pca(["cat.jpg", "dog.png"], threshold=0.3)      # PCA picture (bytes)
     c.swap("default", "franca_vitb14.safetensors", token="...")
 
     # the vector index
@@ -70,6 +71,17 @@ def _image_data_uri(image):
 
 def _image_bytes(image):
     return bytes(image) if isinstance(image, (bytes, bytearray)) else open(image, "rb").read()
+
+
+def _image_fields(images):
+    """Multipart fields of images (paths or bytes), each named "images"."""
+    fields = []
+    for i, img in enumerate(images):
+        data = _image_bytes(img)
+        ctype = "image/png" if data[:8] == b"\x89PNG\r\n\x1a\n" else "image/jpeg"
+        fname = os.path.basename(img) if isinstance(img, str) else f"image{i}"
+        fields.append(("images", fname, ctype, data))
+    return fields
 
 
 def _multipart(fields):
@@ -260,12 +272,7 @@ class FrancaClient:
             opts["model"] = model
         if binary:
             opts["dtype"] = dtype
-        fields = []
-        for i, img in enumerate(images):
-            data = _image_bytes(img)
-            ctype = "image/png" if data[:8] == b"\x89PNG\r\n\x1a\n" else "image/jpeg"
-            fname = os.path.basename(img) if isinstance(img, str) else f"image{i}"
-            fields.append(("images", fname, ctype, data))
+        fields = _image_fields(images)
         fields.append(("options", None, "application/json", json.dumps(opts).encode()))
         body, ctype = _multipart(fields)
         headers = {"Content-Type": ctype}
@@ -282,6 +289,32 @@ class FrancaClient:
                 return resp
             tensors, meta = _features_from_json(resp)
         return Features(tensors, _feature_metadata(meta))
+
+    def pca(self, images, widths=None, threshold=None, refit=False, rasa=False, upsample=None,
+            resolution=None, crop=None, model=None, format="png"):
+        """PCA pictures of images (paths or bytes), sent as multipart/form-data:
+        the first three principal components of the patch tokens (one basis for
+        all images) at each width (default: every trained width). format "png"
+        returns the PNG bytes (a column per width, a row per image); "json"
+        the parsed answer (per width: components, explained_variance, mean,
+        projections). threshold in [0, 1] blacks out the background; refit
+        refits on the foreground."""
+        opts = {"format": format}
+        if widths is not None:
+            opts["widths"] = [int(widths)] if isinstance(widths, int) else [int(w) for w in widths]
+        for key, val in (("threshold", threshold), ("upsample", upsample),
+                         ("resolution", resolution), ("crop", crop), ("model", model)):
+            if val is not None:
+                opts[key] = val
+        if refit:
+            opts["refit"] = True
+        if rasa:
+            opts["rasa"] = True
+        fields = _image_fields(images)
+        fields.append(("options", None, "application/json", json.dumps(opts).encode()))
+        body, ctype = _multipart(fields)
+        _, _, payload = self.request("POST", "/v1/pca", body, {"Content-Type": ctype})
+        return json.loads(payload) if format == "json" else payload
 
     def swap(self, name, checkpoint, token=None):
         """Loads checkpoint (relative to the server's --models-dir) as model name."""

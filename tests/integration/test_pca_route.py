@@ -20,6 +20,7 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import test_server as ts  # noqa: E402
 from test_features import multipart, image_fields, image_bytes, data_uri  # noqa: E402
+from franca_client import FrancaClient, FrancaError  # noqa: E402
 from harness import Checks, stop_server  # noqa: E402
 
 ROUTE = "/v1/pca"
@@ -193,7 +194,26 @@ def run_checks(port):
     if ok_json("rasa", st, hdrs, body):
         compare_fit("rasa", body["widths"][0], features_tokens(port, [W], rasa=True)[W].reshape(-1, W))
 
+    client(port, trained)
     errors(port, trained)
+
+
+def client(port, trained):
+    """The Python client's pca method: the route's answers, errors raised."""
+    c = FrancaClient(f"http://127.0.0.1:{port}")
+    ans = c.pca(IMAGES, widths=trained[-1], threshold=0.4, refit=True, format="json")
+    st, _, want = post_json(port, {"images": [data_uri(p) for p in IMAGES], "widths": [trained[-1]],
+                                   "threshold": 0.4, "refit": True, "format": "json"})
+    check(st == 200 and ans["widths"] == want["widths"], "client pca(format='json') = the route's JSON")
+    png = c.pca(IMAGES, upsample="bilinear")
+    img = Image.open(io.BytesIO(png))
+    check(img.size == (224 * len(trained), img.size[1]) and img.size[1] > 2 * 224,
+          f"client pca(): a PNG of every trained width ({img.size})")
+    try:
+        c.pca(IMAGES, widths=[trained[0] + 1])
+        check(False, "client pca: an untrained width raises")
+    except FrancaError as e:
+        check(e.status == 422, f"client pca: an untrained width raises FrancaError 422 ({e.status})")
 
 
 def errors(port, trained):
