@@ -80,17 +80,15 @@ static long url_decode(const char *s, size_t n, char *out)
     return (long)o;
 }
 
-/* Moves the route's keys out of the query string qs into in->extra (values as
- * strings) and leaves the rest, undecoded, in rest (room for strlen(qs) + 1).
- * Malformed escapes in other keys are left for options.c to report. */
-static int split_query(struct http_request *req, const char *qs, const char *const *extra_keys,
-                       struct image_inputs *in, char *rest)
+int image_inputs_split_query(const char *qs, const char *const *extra_keys, json_t *extra,
+                             char *rest, char *err, size_t errlen)
 {
     const size_t n = strlen(qs);
     char *buf = malloc(n + 1);
-    if (!buf) return fail(req, 500, "out of memory");
+    if (!buf) return set_err_code(err, errlen, -2, "out of memory");
     size_t r = 0;
-    for (size_t i = qs[0] == '?' ? 1 : 0; i < n;) {
+    int rc = 0;
+    for (size_t i = qs[0] == '?' ? 1 : 0; i < n && !rc;) {
         const char *amp = memchr(qs + i, '&', n - i);
         const size_t se = amp ? (size_t)(amp - qs) : n;
         const char *eq = memchr(qs + i, '=', se - i);
@@ -100,22 +98,14 @@ static int split_query(struct http_request *req, const char *qs, const char *con
             char key[64];
             printable_copy(buf, (size_t)kl, key, sizeof key);
             const long vl = eq ? url_decode(qs + ke + 1, se - ke - 1, buf) : 0;
-            if (vl < 0) {
-                free(buf);
-                return fail(req, 400, "malformed percent-encoding in query parameter '%s'", key);
-            }
-            if (json_object_get(in->extra, key)) {
-                free(buf);
-                return fail(req, 400, "query parameter '%s' is given twice", key);
-            }
-            if (!eq || vl == 0) {
-                free(buf);
-                return fail(req, 400, "query parameter '%s' has no value", key);
-            }
-            if (json_object_set_new(in->extra, key, json_stringn(buf, (size_t)vl))) {
-                free(buf);
-                return fail(req, 400, "query parameter '%s' is not valid UTF-8", key);
-            }
+            if (vl < 0)
+                rc = set_err(err, errlen, "malformed percent-encoding in query parameter '%s'", key);
+            else if (json_object_get(extra, key))
+                rc = set_err(err, errlen, "query parameter '%s' is given twice", key);
+            else if (!eq || vl == 0)
+                rc = set_err(err, errlen, "query parameter '%s' has no value", key);
+            else if (json_object_set_new(extra, key, json_stringn(buf, (size_t)vl)))
+                rc = set_err(err, errlen, "query parameter '%s' is not valid UTF-8", key);
         } else if (se > i) {
             if (r) rest[r++] = '&';
             memcpy(rest + r, qs + i, se - i);
@@ -125,7 +115,7 @@ static int split_query(struct http_request *req, const char *qs, const char *con
     }
     rest[r] = '\0';
     free(buf);
-    return 0;
+    return rc;
 }
 
 /* Options from the query string; the caller has checked that the body has none. */
@@ -138,9 +128,10 @@ static int query_options(struct http_request *req, const char *const *extra_keys
     if (qs && extra_keys) {
         rest = malloc(strlen(qs) + 1);
         if (!rest) return fail(req, 500, "out of memory");
-        if (split_query(req, qs, extra_keys, in, rest)) {
+        const int src = image_inputs_split_query(qs, extra_keys, in->extra, rest, err, sizeof err);
+        if (src) {
             free(rest);
-            return -1;
+            return fail(req, src == -2 ? 500 : 400, "%s", err);
         }
         in->extra_from_query = true;
         qs = rest;

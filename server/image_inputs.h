@@ -53,4 +53,12 @@ int image_inputs_parse(struct http_request *req, const struct app_limits *limits
 
 void image_inputs_free(struct image_inputs *in);
 
+/* Moves the keys of extra_keys out of the query string qs (a leading '?'
+ * skipped) into the object extra, percent-decoded, values as JSON strings, and
+ * copies the other pairs, undecoded, to rest (room for strlen(qs) + 1 bytes;
+ * options.c reports their faults). Returns 0; -1 (400: a bad escape, a key
+ * twice or without a value, invalid UTF-8) or -2 (out of memory) with err. */
+int image_inputs_split_query(const char *qs, const char *const *extra_keys, json_t *extra,
+                             char *rest, char *err, size_t errlen);
+
 #endif

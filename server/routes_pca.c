@@ -32,104 +32,24 @@
 #include <string.h>
 
 #include "app.h"
-#include "ascii.h"
 #include "errors.h"
 #include "image_inputs.h"
 #include "infer.h"
 #include "matryoshka.h"
 #include "pca.h"
+#include "pca_options.h"
 #include "pca_picture.h"
 #include "request_images.h"
 #include "route_status.h"
 #include "vit.h"
 
-struct pca_opts {
-    bool rasa, refit, json, bilinear, has_threshold;
-    double threshold;
-};
-
-static const char *const pca_keys[] = {"rasa", "threshold", "refit", "upsample", "format",
-                                       "cls", "patch", "pooled", "normalize", "dtype", NULL};
-
 struct pca_ctx {
     struct http_request *req;
-    struct pca_opts o;
+    struct pca_options o;
     int widths[OPTIONS_MAX_WIDTHS];
     int n_widths;
     int grid, side, patch_size;
 };
-
-/* A boolean from JSON, or from a query string's true/false/1/0. */
-static int opt_bool(const json_t *v, bool query, const char *key, bool *out, char *err,
-                    size_t errlen)
-{
-    if (query) {
-        const char *s = json_string_value(v);
-        const size_t n = json_string_length(v);
-        if (ascii_ieq(s, n, "true") || ascii_ieq(s, n, "1")) *out = true;
-        else if (ascii_ieq(s, n, "false") || ascii_ieq(s, n, "0")) *out = false;
-        else return set_err_code(err, errlen, OPTIONS_MALFORMED, "option '%s' must be true, false, "
-                                 "1 or 0", key);
-        return OPTIONS_OK;
-    }
-    if (!json_is_boolean(v))
-        return set_err_code(err, errlen, OPTIONS_MALFORMED, "option '%s' must be a boolean", key);
-    *out = json_is_true(v);
-    return OPTIONS_OK;
-}
-
-/* One of two strings: *second is set when v is b. */
-static int opt_choice(const json_t *v, const char *key, const char *a, const char *b, bool *second,
-                      char *err, size_t errlen)
-{
-    const char *s = json_string_value(v);
-    if (s && strcmp(s, a) == 0) *second = false;
-    else if (s && strcmp(s, b) == 0) *second = true;
-    else return set_err_code(err, errlen, OPTIONS_MALFORMED, "option '%s' must be \"%s\" or \"%s\"",
-                             key, a, b);
-    return OPTIONS_OK;
-}
-
-/* This route's keys from image_inputs.extra. */
-static int parse_pca_opts(const json_t *extra, bool query, struct pca_opts *o, char *err,
-                          size_t errlen)
-{
-    memset(o, 0, sizeof *o);
-    const char *key;
-    json_t *v;
-    int rc = OPTIONS_OK;
-    json_object_foreach((json_t *)extra, key, v) {
-        if (!strcmp(key, "rasa")) {
-            rc = opt_bool(v, query, key, &o->rasa, err, errlen);
-        } else if (!strcmp(key, "refit")) {
-            rc = opt_bool(v, query, key, &o->refit, err, errlen);
-        } else if (!strcmp(key, "upsample")) {
-            rc = opt_choice(v, key, "nearest", "bilinear", &o->bilinear, err, errlen);
-        } else if (!strcmp(key, "format")) {
-            rc = opt_choice(v, key, "png", "json", &o->json, err, errlen);
-        } else if (!strcmp(key, "threshold")) {
-            char *end = NULL;
-            if (query) o->threshold = strtod(json_string_value(v), &end);
-            if (query ? *end != '\0' || end == json_string_value(v) : !json_is_number(v))
-                return set_err_code(err, errlen, OPTIONS_MALFORMED, "option 'threshold' must be "
-                                    "a number");
-            if (!query) o->threshold = json_number_value(v);
-            if (!(o->threshold >= 0 && o->threshold <= 1))
-                return set_err_code(err, errlen, OPTIONS_INVALID, "option 'threshold' must be in "
-                                    "[0, 1] (the first component scaled to 0..1)");
-            o->has_threshold = true;
-        } else {
-            return set_err_code(err, errlen, OPTIONS_MALFORMED, "option '%s' does not apply to "
-                                "/v1/pca (its options: model, widths, resolution, crop, rasa, "
-                                "threshold, refit, upsample, format)", key);
-        }
-        if (rc != OPTIONS_OK) return rc;
-    }
-    if (o->refit && !o->has_threshold)
-        return set_err_code(err, errlen, OPTIONS_INVALID, "option 'refit' needs a 'threshold' "
-                            "(it refits on the foreground)");
-    return OPTIONS_OK;
-}
 
 /* The widths against the model: trained widths only; none given: all of them. */
 static int pca_widths(const struct feature_options *f, const struct model_config *cfg, int *out,
@@ -183,7 +103,7 @@ static void width_out_free(struct width_out *w)
 }
 
 /* Fit, threshold, refit and colours for one width of tokens X [M, W]. */
-static int compute_width(const struct pca_opts *o, float *X, size_t M, int W,
+static int compute_width(const struct pca_options *o, float *X, size_t M, int W,
                          struct width_out *out, char *err, size_t errlen)
 {
     memset(out, 0, sizeof *out);
@@ -354,7 +274,7 @@ static int plan(struct http_request *req, const struct app *app, const struct im
 {
     char err[ERR_LEN];
     const struct feature_options *f = &in->opt;
-    int rc = parse_pca_opts(in->extra, in->extra_from_query, &c->o, err, sizeof err);
+    int rc = pca_options_parse(in->extra, in->extra_from_query, &c->o, err, sizeof err);
     if (rc == OPTIONS_OK) rc = options_check_model(f, cfg, err, sizeof err);
     if (rc == OPTIONS_OK && c->o.rasa && cfg->rasa_layers <= 0)
         rc = set_err_code(err, sizeof err, OPTIONS_INVALID, "option 'rasa' is not available: "
@@ -372,7 +292,7 @@ static int plan(struct http_request *req, const struct app *app, const struct im
         http_reply_error(req, route_status_options(rc), NULL, err);
         return -1;
     }
-    if (!in->extra || !json_object_get(in->extra, "format"))
+    if (!c->o.has_format)
         c->o.json = accept_json(http_header(req, "Accept"));
     c->req = req;
     c->side = f->crop == CROP_SQUARE && f->resolution ? f->resolution : crop;
@@ -407,7 +327,7 @@ static void pca_route(struct http_request *req, void *user)
     struct app *app = user;
     struct image_inputs in;
     char err[ERR_LEN];
-    if (image_inputs_parse(req, &app->limits, pca_keys, &in)) {
+    if (image_inputs_parse(req, &app->limits, pca_option_keys, &in)) {
         image_inputs_free(&in);
         return;
     }
