@@ -139,6 +139,67 @@ out:
     free(P);
 }
 
+/* A slowly decaying spectrum (variances (j + 1)^-0.5 along the axes), as
+ * ViT patch tokens have: the slow case of subspace iteration; times it. */
+static void slow_spectrum(size_t M, int W)
+{
+    float *X = malloc(sizeof(float) * M * W);
+    for (size_t i = 0; i < M; i++)
+        for (int j = 0; j < W; j++) X[i * W + j] = (float)(urand() * 3.4641 * pow(j + 1, -0.25));
+    struct pca_fit f;
+    char err[256];
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    const int rc = pca_fit(X, M, W, 3, &f, err, sizeof err);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    CHECK(rc == 0, "slow W=%d: %s", W, err);
+    if (!rc) {
+        printf("pca_fit M=%zu W=%d, slow spectrum: %.1f ms, %d subspace iterations\n", M, W,
+               (t1.tv_sec - t0.tv_sec) * 1e3 + (t1.tv_nsec - t0.tv_nsec) / 1e6, f.iterations);
+        CHECK(f.variance[0] >= f.variance[1] && f.variance[1] >= f.variance[2],
+              "slow W=%d: variances descending", W);
+        pca_fit_free(&f);
+    }
+    free(X);
+}
+
+/* The eigensolver alone on C = H diag(lam) H, H = I - 2 v v^T a Householder
+ * reflection (eigenvectors e_i - 2 v v_i, built in O(n^2)), lam_j =
+ * (j + 1)^-0.5: checked, and timed. */
+static void timed_eigen(int n)
+{
+    double *C = malloc(sizeof(double) * (size_t)n * n), *v = malloc(sizeof(double) * n);
+    double *vecs = malloc(sizeof(double) * 3 * n), vals[3], nn = 0;
+    for (int i = 0; i < n; i++) {
+        v[i] = urand();
+        nn += v[i] * v[i];
+    }
+    for (int i = 0; i < n; i++) v[i] /= sqrt(nn);
+    /* (H D H)_ij = D_i d_ij - 2 v_i v_j (D_i + D_j) + 4 v_i v_j (v^T D v). */
+    double vdv = 0;
+    for (int i = 0; i < n; i++) vdv += v[i] * v[i] * pow(i + 1, -0.5);
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < n; j++)
+            C[(size_t)i * n + j] = (i == j ? pow(i + 1, -0.5) : 0) -
+                                   2 * v[i] * v[j] * (pow(i + 1, -0.5) + pow(j + 1, -0.5)) +
+                                   4 * v[i] * v[j] * vdv;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    const int it = pca_top_eigen(C, n, 3, vals, vecs);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    for (int c = 0; c < 3; c++) {
+        CHECK(fabs(vals[c] - pow(c + 1, -0.5)) < 1e-8, "eigen n=%d: value %d %.12g", n, c, vals[c]);
+        double cs = 0;
+        for (int r = 0; r < n; r++) cs += vecs[(size_t)c * n + r] * ((r == c) - 2 * v[r] * v[c]);
+        CHECK(fabs(cs) > 1 - 1e-8, "eigen n=%d: vector %d |cos| %.12f", n, c, fabs(cs));
+    }
+    printf("pca_top_eigen n=%d, spectrum (j+1)^-0.5: %.1f ms, %d iterations\n", n,
+           (t1.tv_sec - t0.tv_sec) * 1e3 + (t1.tv_nsec - t0.tv_nsec) / 1e6, it);
+    free(C);
+    free(v);
+    free(vecs);
+}
+
 int main(void)
 {
     known_spectrum(12);  /* Jacobi on the whole matrix */
@@ -148,6 +209,12 @@ int main(void)
     planted(500, 96, false);
     planted(2000, 384, true);
     planted(2000, 768, true);
+    timed_eigen(384);
+    timed_eigen(768);
+    timed_eigen(1024);
+    slow_spectrum(2000, 384);
+    slow_spectrum(2000, 768);
+    slow_spectrum(2000, 1024);
 
     /* Degenerate input: identical rows have no variance; still unit vectors. */
     float same[4 * 40];
