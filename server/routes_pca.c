@@ -13,7 +13,8 @@
  *   refit      boolean, default false (needs threshold): refit the PCA on the
  *              foreground patches alone, as the DINOv2 PCA script does, and
  *              colour the foreground from that fit (with fewer than 2
- *              foreground patches the first fit is kept)
+ *              foreground patches the first fit is kept); the background's
+ *              projections are then 0
  *   upsample   "nearest" (default: each patch a P x P block) or "bilinear"
  *   format     "png" (default; also without the option unless Accept asks for
  *              application/json and not image/png) or "json"
@@ -51,22 +52,25 @@ struct pca_ctx {
     int grid, side, patch_size;
 };
 
-/* The widths against the model: trained widths only; none given: all of them. */
+/* The widths against the model: trained widths only; none given: all of them
+ * (but those under 3 features, which cannot give 3 components). */
 static int pca_widths(const struct feature_options *f, const struct model_config *cfg, int *out,
                       char *err, size_t errlen)
 {
     if (f->n_widths == 0) {
-        if (cfg->n_widths == 0) {
-            out[0] = cfg->embed_dim;
-            return 1;
-        }
-        memcpy(out, cfg->widths, sizeof(int) * (size_t)cfg->n_widths);
-        return cfg->n_widths;
+        int n = 0;
+        for (int j = 0; j < cfg->n_widths; j++)
+            if (cfg->widths[j] >= 3) out[n++] = cfg->widths[j];
+        if (n == 0) out[n++] = cfg->embed_dim;
+        return n;
     }
     for (int i = 0; i < f->n_widths; i++) {
         bool trained = cfg->n_widths == 0 && f->widths[i] == cfg->embed_dim;
         for (int j = 0; j < cfg->n_widths; j++) trained |= cfg->widths[j] == f->widths[i];
-        if (!trained || f->widths[i] < 3) {
+        if (trained && f->widths[i] < 3)
+            return set_err_code(err, errlen, OPTIONS_INVALID, "width %d has fewer features than "
+                                "the 3 components drawn", f->widths[i]);
+        if (!trained) {
             char list[MAX_WIDTHS * 12] = "";
             for (int j = 0; j < cfg->n_widths; j++)
                 snprintf(list + strlen(list), sizeof list - strlen(list), "%s%d", j ? ", " : "",
@@ -124,10 +128,11 @@ static int compute_width(const struct pca_options *o, float *X, size_t M, int W,
         for (size_t i = 0; i < M; i++) {
             const double t = hi > lo ? (out->proj[i * 3] - lo) / (double)(hi - lo) : 0;
             out->fg[i] = t >= o->threshold;
-            if (out->fg[i]) memmove(X + n_fg++ * W, X + i * W, sizeof(float) * W);
+            /* For a refit, X is compacted to the foreground rows, in order. */
+            if (out->fg[i] && o->refit) memmove(X + n_fg * W, X + i * W, sizeof(float) * W);
+            n_fg += out->fg[i];
         }
-        /* X now starts with the foreground rows (in order); the projections of
-         * every patch stay from the first fit unless refit. */
+        /* Without refit every patch keeps its projection on the first fit. */
         if (o->refit && n_fg >= 2) {
             struct pca_fit second;
             if (pca_fit(X, n_fg, W, 3, &second, err, errlen)) return -1;
