@@ -26,6 +26,8 @@ environment variable):
     python3 clients/python/franca_client.py [--url URL] features IMAGE... [--width W]... [--patch]
         [--pooled] [--rasa] [--no-cls] [--no-normalize] [--resolution R] [--crop center|square]
         [--model M] [--f16] [--out FILE.npz]
+    python3 clients/python/franca_client.py [--url URL] pca IMAGE... [--width W]... [--threshold T]
+        [--refit] [--rasa] [--bilinear] [--model M] --out FILE.png
     python3 clients/python/franca_client.py [--url URL] models
     python3 clients/python/franca_client.py [--url URL] swap NAME CHECKPOINT --token-file F
     python3 clients/python/franca_client.py [--url URL] collections [list | show NAME | delete NAME |
@@ -508,6 +510,15 @@ def main(argv=None):
     f.add_argument("--model")
     f.add_argument("--f16", action="store_true", help="transfer float16")
     f.add_argument("--out", help="write the tensors to FILE.npz (needs numpy); else print shapes")
+    pc = sub.add_parser("pca", help="PCA picture of images' patch tokens (saved as PNG)")
+    pc.add_argument("images", nargs="+")
+    pc.add_argument("--width", type=int, action="append", help="trained width (repeatable; default all)")
+    pc.add_argument("--threshold", type=float, help="background below this (0..1, first component)")
+    pc.add_argument("--refit", action="store_true", help="refit on the foreground")
+    pc.add_argument("--rasa", action="store_true", help="RASA-cleaned tokens")
+    pc.add_argument("--bilinear", action="store_true", help="bilinear upsampling")
+    pc.add_argument("--model")
+    pc.add_argument("--out", required=True, help="the PNG file")
     sub.add_parser("models", help="list the loaded models")
     s = sub.add_parser("swap", help="hot-swap a model from the server's --models-dir")
     s.add_argument("name")
@@ -563,6 +574,12 @@ def main(argv=None):
                 np.savez(args.out, **res)
             shapes = {k: (list(v.shape) if np is not None else len(v)) for k, v in res.items()}
             print(json.dumps({"metadata": res.metadata, "tensors": shapes, "out": args.out}))
+        elif args.cmd == "pca":
+            png = c.pca(args.images, widths=args.width, threshold=args.threshold, refit=args.refit,
+                        rasa=args.rasa, upsample="bilinear" if args.bilinear else None, model=args.model)
+            with open(args.out, "wb") as out:
+                out.write(png)
+            print(json.dumps({"out": args.out, "bytes": len(png)}))
         elif args.cmd == "models":
             print(json.dumps(c.models(), indent=1))
         elif args.cmd == "collections":

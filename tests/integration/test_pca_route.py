@@ -209,6 +209,14 @@ def client(port, trained):
     img = Image.open(io.BytesIO(png))
     check(img.size == (224 * len(trained), img.size[1]) and img.size[1] > 2 * 224,
           f"client pca(): a PNG of every trained width ({img.size})")
+    out = os.path.join(os.path.dirname(ts.SERVER), "..", "pca_cli.png")
+    r = subprocess.run([sys.executable, os.path.join(ts.ROOT, "clients", "python", "franca_client.py"),
+                        "--url", f"http://127.0.0.1:{port}", "pca", *IMAGES, "--threshold", "0.3",
+                        "--out", out], capture_output=True, text=True)
+    check(r.returncode == 0 and open(out, "rb").read()[:8] == b"\x89PNG\r\n\x1a\n",
+          f"client CLI: pca --out writes a PNG ({r.returncode} {r.stderr[-200:]})")
+    if os.path.exists(out):
+        os.remove(out)
     try:
         c.pca(IMAGES, widths=[trained[0] + 1])
         check(False, "client pca: an untrained width raises")
