@@ -53,12 +53,18 @@ static const uint8_t *glyph(char ch)
 #define GLYPH_H 7
 #define PAD 3
 
+/* The pixel width of n characters at scale (one blank column between). */
+static int caption_width(int n, int scale)
+{
+    return (n * (GLYPH_W + 1) - 1) * scale;
+}
+
 /* Draws text in white, centred in the columns [x0, x0 + w) of the caption
  * rows of pix (stride bytes per row), clipped to those columns. */
 static void draw_caption(uint8_t *pix, size_t stride, int x0, int w, int scale, const char *text)
 {
     const int n = (int)strlen(text), adv = (GLYPH_W + 1) * scale;
-    const int tw = n * adv - scale;
+    const int tw = caption_width(n, scale);
     int x = x0 + (w - tw) / 2;
     if (x < x0) x = x0;
     for (int k = 0; k < n; k++, x += adv) {
@@ -112,8 +118,15 @@ int pca_picture_png(const uint8_t *const *tiles, const int *widths, int n_widths
 {
     if (n_widths < 1 || n_images < 1 || grid < 1 || side < grid)
         return set_err(err, errlen, "pca picture: bad sizes");
-    /* Twice the font size where the widest caption fits a tile. */
-    const int scale = (GLYPH_W + 1) * 2 * 6 <= side ? 2 : 1;
+    /* Twice the font size where every caption fits its tile; a caption too
+     * wide even at 1x (small inputs) drops its "d=". */
+    int longest = 0;
+    for (int w = 0; w < n_widths; w++) {
+        char text[24];
+        const int n = snprintf(text, sizeof text, "d=%d", widths[w]);
+        if (n > longest) longest = n;
+    }
+    const int scale = caption_width(longest, 2) <= side ? 2 : 1;
     const int cap_h = GLYPH_H * scale + 2 * PAD;
     const size_t W = (size_t)side * n_widths, H = (size_t)cap_h + (size_t)side * n_images;
     const size_t stride = W * 3;
@@ -121,8 +134,9 @@ int pca_picture_png(const uint8_t *const *tiles, const int *widths, int n_widths
     if (!pix) return set_err(err, errlen, "pca picture: out of memory for %zux%zu pixels", W, H);
     for (int w = 0; w < n_widths; w++) {
         char text[24];
-        snprintf(text, sizeof text, "d=%d", widths[w]);
-        draw_caption(pix, stride, w * side, side, scale, text);
+        const int n = snprintf(text, sizeof text, "d=%d", widths[w]);
+        const bool fits = caption_width(n, scale) <= side;
+        draw_caption(pix, stride, w * side, side, scale, fits ? text : text + 2);
         for (int i = 0; i < n_images; i++)
             upsample(tiles[w] + (size_t)i * grid * grid * 3, grid, side, bilinear,
                      pix + ((size_t)cap_h + (size_t)i * side) * stride + (size_t)w * side * 3,

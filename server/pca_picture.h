@@ -17,7 +17,8 @@ void pca_picture_colours(const float *proj, const uint8_t *fg, size_t M, uint8_t
 /* The picture: tiles[w] is width w's colours [n_images, grid, grid, 3]; each
  * tile is upsampled to side x side (nearest: each patch a P x P block;
  * bilinear: half-pixel centres, edges clamped, as torch's align_corners=False).
- * Above the tiles, a caption row "d=<width>" per column. Returns 0 with a
+ * Above the tiles, a caption row "d=<width>" per column (just the width
+ * where a tile is too narrow for it). Returns 0 with a
  * malloc'd PNG in *png, or -1 with a message. */
 int pca_picture_png(const uint8_t *const *tiles, const int *widths, int n_widths, int n_images,
                     int grid, int side, bool bilinear, uint8_t **png, size_t *len, char *err,
