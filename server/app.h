@@ -65,6 +65,7 @@ int routes_ops_register(struct http_router *r, struct app *app, char *err, size_
 int routes_models_register(struct http_router *r, struct app *app, char *err, size_t errlen);
 int routes_embeddings_register(struct http_router *r, struct app *app, char *err, size_t errlen);
 int routes_features_register(struct http_router *r, struct app *app, char *err, size_t errlen);
+int routes_pca_register(struct http_router *r, struct app *app, char *err, size_t errlen);
 int routes_admin_register(struct http_router *r, struct app *app, char *err, size_t errlen);
 int routes_collections_register(struct http_router *r, struct app *app, char *err, size_t errlen);
 int routes_search_register(struct http_router *r, struct app *app, char *err, size_t errlen);

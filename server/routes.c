@@ -34,6 +34,7 @@ int routes_register(struct http_router *r, struct app *app, char *err, size_t er
     if (routes_models_register(r, app, err, errlen)) return -1;
     if (routes_embeddings_register(r, app, err, errlen)) return -1;
     if (routes_features_register(r, app, err, errlen)) return -1;
+    if (routes_pca_register(r, app, err, errlen)) return -1;
     if (routes_admin_register(r, app, err, errlen)) return -1;
     if (routes_collections_register(r, app, err, errlen)) return -1;
     if (routes_search_register(r, app, err, errlen)) return -1;

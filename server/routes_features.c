@@ -1,14 +1,8 @@
 /* POST /v1/features, native: CLS, patch tokens and pooled patch tokens of images
  * at several Matryoshka widths from one forward pass.
  *
- * Request forms (the options are those of server/options.h):
- *   multipart/form-data     image parts (any name but "options"; several allowed)
- *                           and an optional "options" part holding a JSON object
- *   image/jpeg, image/png   the raw image as the body; options in the query string
- *   application/json        {"images": [base64 or data URI, ...]} or {"image": "..."},
- *                           options as further keys of the same object
- * With multipart and JSON bodies the options may instead come from the query
- * string, but not from both places at once (400).
+ * Request forms: those of server/image_inputs.h (the options are those of
+ * server/options.h).
  *
  * Preprocessing: crop "center" is the checkpoint's eval preprocessing (resize +
  * centre crop), so resolution must be 0 or the crop size; crop "square" resizes
@@ -46,12 +40,11 @@
 #include <time.h>
 
 #include "app.h"
-#include "datauri.h"
 #include "ascii.h"
 #include "errors.h"
+#include "image_inputs.h"
 #include "infer.h"
 #include "matryoshka.h"
-#include "multipart.h"
 #include "options.h"
 #include "request_images.h"
 #include "route_status.h"
@@ -61,17 +54,6 @@
 #define SAFETENSORS_TYPE "application/vnd.safetensors"
 
 /* ---- small helpers ---- */
-
-/* The media type of a Content-Type value (before any ';', blanks trimmed) is
- * the lowercase type want. */
-static bool media_is(const char *ct, const char *want)
-{
-    if (!ct) return false;
-    while (ascii_blank(*ct)) ct++;
-    size_t n = strcspn(ct, ";");
-    while (n > 0 && ascii_blank(ct[n - 1])) n--;
-    return ascii_ieq(ct, n, want);
-}
 
 /* Accept lists application/vnd.safetensors (exactly; not through a wildcard)
  * with a q-value above 0. */
@@ -120,208 +102,6 @@ static int fail(struct http_request *req, int status, const char *fmt, ...)
     va_end(ap);
     http_reply_error(req, status, NULL, msg);
     return -1;
-}
-
-/* ---- request parsing ---- */
-
-struct image_in {
-    const uint8_t *data;
-    size_t len;
-    uint8_t *owned;       /* decoded base64 (freed with the request), or NULL */
-    char label[96];       /* for messages: "images[2]", "part 1 ('image')", "body" */
-};
-
-struct parsed {
-    struct feature_options opt;
-    struct image_in *images;
-    int n;
-    struct multipart_part *parts;  /* multipart: the parts, pointing into the body */
-    size_t n_parts;
-    json_t *json;                  /* JSON body */
-};
-
-static void parsed_free(struct parsed *p)
-{
-    for (int i = 0; p->images && i < p->n; i++) free(p->images[i].owned);
-    free(p->images);
-    multipart_free(p->parts, p->n_parts);
-    json_decref(p->json);
-    memset(p, 0, sizeof *p);
-}
-
-/* Options from the query string; the caller has checked that the body has none. */
-static int query_options(struct http_request *req, struct feature_options *o)
-{
-    char err[ERR_LEN];
-    const int rc = options_from_query(http_query_string(req), o, err, sizeof err);
-    if (rc != OPTIONS_OK) return fail(req, route_status_options(rc), "%s", err);
-    return 0;
-}
-
-static bool has_query(struct http_request *req)
-{
-    const char *qs = http_query_string(req);
-    return qs && qs[0] != '\0';
-}
-
-static int both_option_sources(struct http_request *req, const char *where)
-{
-    return fail(req, 400, "options are given both in the query string and in %s: use one place",
-                where);
-}
-
-static int too_many_images(struct http_request *req, const struct app *app, size_t n)
-{
-    return fail(req, 413, "%zu images in one request; the limit is %d", n, app->limits.max_images);
-}
-
-static int alloc_images(struct http_request *req, struct parsed *p, size_t n)
-{
-    p->images = calloc(n, sizeof *p->images);
-    if (!p->images) return fail(req, 500, "out of memory");
-    return 0;
-}
-
-static int parse_multipart(struct http_request *req, const struct app *app, const char *ct,
-                           struct parsed *p)
-{
-    char err[ERR_LEN], boundary[MULTIPART_BOUNDARY_MAX + 1];
-    if (multipart_boundary_from_content_type(ct, boundary, sizeof boundary, err, sizeof err))
-        return fail(req, 400, "%s", err);
-    size_t len;
-    const char *body = http_body(req, &len);
-    /* One part more than the images allowed leaves room for "options". */
-    const size_t max_parts = (size_t)app->limits.max_images + 1;
-    const int rc = multipart_parse((const uint8_t *)body, len, boundary, &p->parts, &p->n_parts,
-                                   max_parts, err, sizeof err);
-    if (rc == MULTIPART_TOO_MANY)
-        return fail(req, 413, "more than %zu multipart parts: at most %d images per request, plus "
-                    "an 'options' part", max_parts, app->limits.max_images);
-    if (rc != MULTIPART_OK) return fail(req, route_status_multipart(rc), "%s", err);
-
-    const struct multipart_part *opts = NULL;
-    size_t n = 0;
-    for (size_t i = 0; i < p->n_parts; i++) {
-        const struct multipart_part *part = &p->parts[i];
-        if (strcmp(part->name, "options") == 0) {
-            if (opts) return fail(req, 400, "more than one 'options' part");
-            opts = part;
-        } else if (part->len == 0) {
-            return fail(req, 400, "multipart part %zu ('%.40s') is empty: expected image bytes", i,
-                        part->name);
-        } else {
-            n++;
-        }
-    }
-    if (n == 0)
-        return fail(req, 400, "no images: send one or more image parts (e.g. name=\"image\") "
-                    "beside an optional 'options' part");
-    if (n > (size_t)app->limits.max_images) return too_many_images(req, app, n);
-
-    if (opts) {
-        if (has_query(req)) return both_option_sources(req, "the 'options' part");
-        const int orc = options_from_json((const char *)opts->data, opts->len, &p->opt, err,
-                                          sizeof err);
-        if (orc != OPTIONS_OK)
-            return fail(req, route_status_options(orc), "'options' part: %s", err);
-    } else if (query_options(req, &p->opt)) {
-        return -1;
-    }
-
-    if (alloc_images(req, p, n)) return -1;
-    for (size_t i = 0; i < p->n_parts; i++) {
-        const struct multipart_part *part = &p->parts[i];
-        if (part == opts) continue;
-        struct image_in *im = &p->images[p->n++];
-        im->data = part->data;
-        im->len = part->len;
-        snprintf(im->label, sizeof im->label, "part %zu ('%.40s')", i, part->name);
-    }
-    return 0;
-}
-
-static int parse_raw(struct http_request *req, struct parsed *p)
-{
-    size_t len;
-    const char *body = http_body(req, &len);
-    if (len == 0) return fail(req, 400, "the body is empty: send the image bytes");
-    if (query_options(req, &p->opt)) return -1;
-    if (alloc_images(req, p, 1)) return -1;
-    p->images[0].data = (const uint8_t *)body;
-    p->images[0].len = len;
-    snprintf(p->images[0].label, sizeof p->images[0].label, "body");
-    p->n = 1;
-    return 0;
-}
-
-static int parse_json(struct http_request *req, const struct app *app, struct parsed *p)
-{
-    size_t len;
-    const char *body = http_body(req, &len);
-    json_error_t je;
-    p->json = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
-    if (!p->json) return fail(req, 400, "body is not valid JSON: %s", je.text);
-    if (!json_is_object(p->json)) return fail(req, 400, "body must be a JSON object");
-    json_t *images = json_object_get(p->json, "images"), *image = json_object_get(p->json, "image");
-    if (images && image) return fail(req, 400, "give 'images' or 'image', not both");
-    json_t *list = images ? images : image;
-    if (!list)
-        return fail(req, 400, "no images: 'images' must be an array of base64 images or "
-                    "data:image/...;base64, URIs");
-    const char *key = images ? "images" : "image";
-    size_t n;
-    if (json_is_string(list)) {
-        n = 1;
-    } else if (images && json_is_array(list)) {
-        n = json_array_size(list);
-        if (n == 0) return fail(req, 400, "'images' is an empty array");
-        for (size_t i = 0; i < n; i++)
-            if (!json_is_string(json_array_get(list, i)))
-                return fail(req, 400, "every element of 'images' must be a string (element %zu "
-                            "is not)", i);
-    } else {
-        return fail(req, 400, images ? "'images' must be an array of strings"
-                                     : "'image' must be a string");
-    }
-    if (n > (size_t)app->limits.max_images) return too_many_images(req, app, n);
-
-    char err[ERR_LEN];
-    if (json_object_size(p->json) > 1) {
-        if (has_query(req)) return both_option_sources(req, "the JSON body");
-        static const char *const skip[] = {"images", "image", NULL};
-        const int orc = options_from_json_value(p->json, skip, &p->opt, err, sizeof err);
-        if (orc != OPTIONS_OK) return fail(req, route_status_options(orc), "%s", err);
-    } else if (query_options(req, &p->opt)) {
-        return -1;
-    }
-
-    if (alloc_images(req, p, n)) return -1;
-    for (size_t i = 0; i < n; i++) {
-        const json_t *s = json_is_array(list) ? json_array_get(list, i) : list;
-        struct image_in *im = &p->images[p->n++];
-        if (json_is_array(list))
-            snprintf(im->label, sizeof im->label, "%s[%zu]", key, i);
-        else
-            snprintf(im->label, sizeof im->label, "%s", key);
-        const enum datauri_status st =
-            datauri_decode(json_string_value(s), json_string_length(s), app->limits.max_body_bytes,
-                           &im->owned, &im->len, NULL, err, sizeof err);
-        if (st != DATAURI_OK) return fail(req, route_status_datauri(st), "%s: %s", im->label, err);
-        im->data = im->owned;
-    }
-    return 0;
-}
-
-/* Fills *p from the request, or replies and returns -1. */
-static int parse_request(struct http_request *req, const struct app *app, struct parsed *p)
-{
-    const char *ct = http_header(req, "Content-Type");
-    if (media_is(ct, "multipart/form-data")) return parse_multipart(req, app, ct, p);
-    if (media_is(ct, "image/jpeg") || media_is(ct, "image/jpg") || media_is(ct, "image/png"))
-        return parse_raw(req, p);
-    if (media_is(ct, "application/json")) return parse_json(req, app, p);
-    return fail(req, 415, "Content-Type must be multipart/form-data, image/jpeg, image/png or "
-                "application/json, got '%.80s'", ct ? ct : "(none)");
 }
 
 /* ---- outputs ---- */
@@ -663,16 +443,16 @@ static void features_done(struct infer_request *r, int status, const char *err, 
 static void features(struct http_request *req, void *user)
 {
     struct app *app = user;
-    struct parsed p = {0};
+    struct image_inputs p;
     char err[ERR_LEN];
-    if (parse_request(req, app, &p)) {
-        parsed_free(&p);
+    if (image_inputs_parse(req, &app->limits, NULL, &p)) {
+        image_inputs_free(&p);
         return;
     }
     const struct feature_options *o = &p.opt;
     struct model_entry *e = route_acquire_model(req, app, o->model[0] ? o->model : NULL);
     if (!e) {
-        parsed_free(&p);
+        image_inputs_free(&p);
         return;
     }
     const struct model_config *cfg = vit_model_config(e->model);
@@ -693,7 +473,7 @@ static void features(struct http_request *req, void *user)
     if (rc != OPTIONS_OK) {
         http_reply_error(req, route_status_options(rc), NULL, err);
         model_entry_release(e);
-        parsed_free(&p);
+        image_inputs_free(&p);
         return;
     }
 
@@ -722,7 +502,7 @@ static void features(struct http_request *req, void *user)
                  "f16), or request fewer images, widths, layers or patch outputs",
                  (unsigned long long)floats, app->limits.max_json_floats);
             model_entry_release(e);
-            parsed_free(&p);
+            image_inputs_free(&p);
             return;
         }
     }
@@ -738,7 +518,7 @@ static void features(struct http_request *req, void *user)
              (unsigned long long)((uint64_t)p.n * N), (unsigned long long)token_cap,
              app->limits.max_images, crop, crop);
         model_entry_release(e);
-        parsed_free(&p);
+        image_inputs_free(&p);
         return;
     }
 
@@ -752,7 +532,7 @@ static void features(struct http_request *req, void *user)
     rc = infer_new_outputs(&r, app->batcher, e, p.n, S, S, &want, err, sizeof err);
     if (rc != BATCH_OK) {
         route_reply_batch_error(req, rc, err);
-        parsed_free(&p);
+        image_inputs_free(&p);
         return;
     }
     const int prep_res = o->crop == CROP_SQUARE ? S : 0;
@@ -762,11 +542,11 @@ static void features(struct http_request *req, void *user)
                                   r->input + (size_t)i * 3 * S * S, err, sizeof err)) {
             fail(req, 422, "%s: %s", p.images[i].label, err);
             infer_free(r);
-            parsed_free(&p);
+            image_inputs_free(&p);
             return;
         }
     }
-    parsed_free(&p);
+    image_inputs_free(&p);
 
     struct feat_ctx *ctx = malloc(sizeof *ctx);
     if (!ctx) {

@@ -6,6 +6,7 @@
     vecs = c.embed(["cat.jpg", "dog.png"], width=192)     # list of lists (or numpy array)
     f = c.features(["cat.jpg"], widths=[96, 384], patch=True, pooled=True)
     f["patch.w384"].shape, f.metadata["grid_height"]      # (1, 256, 384), 16
+    png = c.pca(["cat.jpg", "dog.png"], threshold=0.3)      # PCA picture (bytes)
     c.swap("default", "franca_vitb14.safetensors", token="...")
 
     # the vector index
@@ -25,6 +26,8 @@ environment variable):
     python3 clients/python/franca_client.py [--url URL] features IMAGE... [--width W]... [--patch]
         [--pooled] [--rasa] [--no-cls] [--no-normalize] [--resolution R] [--crop center|square]
         [--model M] [--f16] [--out FILE.npz]
+    python3 clients/python/franca_client.py [--url URL] pca IMAGE... [--width W]... [--threshold T]
+        [--refit] [--rasa] [--bilinear] [--model M] --out FILE.png
     python3 clients/python/franca_client.py [--url URL] models
     python3 clients/python/franca_client.py [--url URL] swap NAME CHECKPOINT --token-file F
     python3 clients/python/franca_client.py [--url URL] collections [list | show NAME | delete NAME |
@@ -70,6 +73,17 @@ def _image_data_uri(image):
 
 def _image_bytes(image):
     return bytes(image) if isinstance(image, (bytes, bytearray)) else open(image, "rb").read()
+
+
+def _image_fields(images):
+    """Multipart fields of images (paths or bytes), each named "images"."""
+    fields = []
+    for i, img in enumerate(images):
+        data = _image_bytes(img)
+        ctype = "image/png" if data[:8] == b"\x89PNG\r\n\x1a\n" else "image/jpeg"
+        fname = os.path.basename(img) if isinstance(img, str) else f"image{i}"
+        fields.append(("images", fname, ctype, data))
+    return fields
 
 
 def _multipart(fields):
@@ -268,12 +282,7 @@ class FrancaClient:
             opts["norm"] = bool(norm)
         if binary:
             opts["dtype"] = dtype
-        fields = []
-        for i, img in enumerate(images):
-            data = _image_bytes(img)
-            ctype = "image/png" if data[:8] == b"\x89PNG\r\n\x1a\n" else "image/jpeg"
-            fname = os.path.basename(img) if isinstance(img, str) else f"image{i}"
-            fields.append(("images", fname, ctype, data))
+        fields = _image_fields(images)
         fields.append(("options", None, "application/json", json.dumps(opts).encode()))
         body, ctype = _multipart(fields)
         headers = {"Content-Type": ctype}
@@ -290,6 +299,32 @@ class FrancaClient:
                 return resp
             tensors, meta = _features_from_json(resp)
         return Features(tensors, _feature_metadata(meta))
+
+    def pca(self, images, widths=None, threshold=None, refit=False, rasa=False, upsample=None,
+            resolution=None, crop=None, model=None, format="png"):
+        """PCA pictures of images (paths or bytes), sent as multipart/form-data:
+        the first three principal components of the patch tokens (one basis for
+        all images) at each width (default: every trained width). format "png"
+        returns the PNG bytes (a column per width, a row per image); "json"
+        the parsed answer (per width: components, explained_variance, mean,
+        projections). threshold in [0, 1] blacks out the background; refit
+        refits on the foreground."""
+        opts = {"format": format}
+        if widths is not None:
+            opts["widths"] = [int(widths)] if isinstance(widths, int) else [int(w) for w in widths]
+        for key, val in (("threshold", threshold), ("upsample", upsample),
+                         ("resolution", resolution), ("crop", crop), ("model", model)):
+            if val is not None:
+                opts[key] = val
+        if refit:
+            opts["refit"] = True
+        if rasa:
+            opts["rasa"] = True
+        fields = _image_fields(images)
+        fields.append(("options", None, "application/json", json.dumps(opts).encode()))
+        body, ctype = _multipart(fields)
+        _, _, payload = self.request("POST", "/v1/pca", body, {"Content-Type": ctype})
+        return json.loads(payload) if format == "json" else payload
 
     def swap(self, name, checkpoint, token=None):
         """Loads checkpoint (relative to the server's --models-dir) as model name."""
@@ -483,6 +518,15 @@ def main(argv=None):
     f.add_argument("--model")
     f.add_argument("--f16", action="store_true", help="transfer float16")
     f.add_argument("--out", help="write the tensors to FILE.npz (needs numpy); else print shapes")
+    pc = sub.add_parser("pca", help="PCA picture of images' patch tokens (saved as PNG)")
+    pc.add_argument("images", nargs="+")
+    pc.add_argument("--width", type=int, action="append", help="trained width (repeatable; default all)")
+    pc.add_argument("--threshold", type=float, help="background below this (0..1, first component)")
+    pc.add_argument("--refit", action="store_true", help="refit on the foreground")
+    pc.add_argument("--rasa", action="store_true", help="RASA-cleaned tokens")
+    pc.add_argument("--bilinear", action="store_true", help="bilinear upsampling")
+    pc.add_argument("--model")
+    pc.add_argument("--out", required=True, help="the PNG file")
     sub.add_parser("models", help="list the loaded models")
     s = sub.add_parser("swap", help="hot-swap a model from the server's --models-dir")
     s.add_argument("name")
@@ -538,6 +582,12 @@ def main(argv=None):
                 np.savez(args.out, **res)
             shapes = {k: (list(v.shape) if np is not None else len(v)) for k, v in res.items()}
             print(json.dumps({"metadata": res.metadata, "tensors": shapes, "out": args.out}))
+        elif args.cmd == "pca":
+            png = c.pca(args.images, widths=args.width, threshold=args.threshold, refit=args.refit,
+                        rasa=args.rasa, upsample="bilinear" if args.bilinear else None, model=args.model)
+            with open(args.out, "wb") as out:
+                out.write(png)
+            print(json.dumps({"out": args.out, "bytes": len(png)}))
         elif args.cmd == "models":
             print(json.dumps(c.models(), indent=1))
         elif args.cmd == "collections":

@@ -227,7 +227,7 @@ def main():
     t0 = time.monotonic()
     try:
         counts = schemathesis(port, tmp, "with-token", ["--header", f"Authorization: Bearer {TOKEN}"])
-        for op in ("POST /v1/embeddings", "POST /v1/features", "POST /admin/models/{name}",
+        for op in ("POST /v1/embeddings", "POST /v1/features", "POST /v1/pca", "POST /admin/models/{name}",
                    "POST /v1/collections", "POST /v1/collections/{name}/items",
                    "POST /v1/collections/{name}/search"):
             check(any(st.startswith("2") for st in counts.get(op, {})), f"fuzzing reached {op} answering 2xx")
@@ -375,8 +375,8 @@ def _before_call(context, case, kwargs):
             body["checkpoint"] = rng.choice(CHECKPOINTS)
     elif path.startswith("/v1/collections/") and isinstance(body, dict):
         _index_body(path, body, rng, (case.path_parameters or {}).get("name"))
-    elif path in ("/v1/embeddings", "/v1/features"):
-        if path == "/v1/features" and isinstance(body, dict):
+    elif path in ("/v1/embeddings", "/v1/features", "/v1/pca"):
+        if path != "/v1/embeddings" and isinstance(body, dict):
             # Options in the query and in the body, or image beside images, are 400 by design:
             # keep a few such cases, make most reach further.
             if "image" in body and "images" in body and rng.random() < 0.8:
