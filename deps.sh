@@ -10,6 +10,7 @@ packages=(
   libsqlite3-dev libmicrohttpd-dev zlib1g-dev libdnnl-dev
   python3 python3-numpy python3-torch python3-torchvision python3-pil python3-skimage
   python3-jsonschema python3-venv python3-faiss curl
+  libopenmpi-dev openmpi-bin
   dataset-fashion-mnist
 )
 
