@@ -33,8 +33,10 @@ CONFIGS = {
 
 
 def run(train, cfg_path, out, ranks, threads, steps):
+    # yield_when_idle: a rank waiting in a collective gives its core back
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), OMPI_ALLOW_RUN_AS_ROOT="1",
-               OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMPI_MCA_btl_vader_single_copy_mechanism="none")
+               OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMPI_MCA_btl_vader_single_copy_mechanism="none",
+               OMPI_MCA_mpi_yield_when_idle="1")
     cmd = ["mpirun", "--allow-run-as-root", "--oversubscribe", "--bind-to", "none", "-n", str(ranks),
            train, "--config", cfg_path, "--out", out, "--steps", str(steps)]
     p = subprocess.run(cmd, capture_output=True, text=True, env=env)
