@@ -2,6 +2,7 @@
 (a) 2 ranks x half batch == 1 rank x full batch after 5 steps (losses, and the
     state tensor by tensor: student, teacher, AdamW moments) within float32
     reduction tolerance; mpirun -n 1 == the plain single-process run, byte for byte;
+    the same losses with a single masked crop per step and with none;
 (b) a run of 2 ranks resumed by 1 process continues (step count, finite losses);
 (c) a rank that dies at step 4 makes the job exit non-zero with a message, and
     the last checkpoint rank 0 wrote is whole (franca-train export loads it);
@@ -128,6 +129,21 @@ def main():
             bad.append(f"{name} {err:.2e}")
     check(not bad, f"{len(s1)} state tensors equal within float32 reduction tolerance "
           f"(worst rel diff {worst:.2e}) {bad[:5]}")
+
+    # (a') one masked crop per step (one rank has none: it still joins the iBOT
+    # Sinkhorn-Knopp) and none at all (no rank runs iBOT)
+    for prob, what in (("0.07", "one masked crop per step"), ("0", "no masked crop")):
+        tag = "p" + prob.replace(".", "")
+        q1 = train("--config", cfg_path, "--out", out(tag + "1"), "--steps", "3", "--mask_sample_prob", prob)
+        q2 = train("--config", cfg_path, "--out", out(tag + "2"), "--steps", "3", "--mask_sample_prob", prob,
+                   ranks=2)
+        ok = q1.returncode == 0 and q2.returncode == 0
+        m1, m2 = (losses(out(tag + "1")), losses(out(tag + "2"))) if ok else ([], [])
+        worst = max((abs(a[k] - b[k]) / max(abs(a[k]), 1e-6) for a, b in zip(m1, m2)
+                     for k in ("loss", "ibot")), default=1.0)
+        check(ok and len(m1) == len(m2) == 3 and worst < 1e-4 and
+              ((m1[0]["ibot"] > 0) == (prob != "0")),
+              f"{what}: 2 ranks == 1 rank (rc {q1.returncode}, {q2.returncode}; max rel diff {worst:.2e})")
 
     # (b) 2 ranks with KoLeo and drop path, stopped at 3, resumed by 1 process to 5
     pb = train("--config", cfg_path, "--out", out("b"), "--stop_at", "3", "--koleo_weight", "0.1",
