@@ -45,19 +45,14 @@ int comm_init(struct comm *c, int *argc, char ***argv, char *err, size_t errlen)
 {
     const char *want = getenv("FRANCA_TRAIN_COMM");
     const int launched = comm_launcher_size();
+    if (want && want[0] && strcmp(want, "mpi") && strcmp(want, "nccl"))
+        return set_err(err, errlen, "FRANCA_TRAIN_COMM must be mpi or nccl, got '%s'", want);
     if (want && !strcmp(want, "nccl")) return comm_nccl_init(c, argc, argv, err, errlen);
-    if (want && want[0] && strcmp(want, "mpi") && strcmp(want, "single"))
-        return set_err(err, errlen, "FRANCA_TRAIN_COMM must be single, mpi or nccl, got '%s'", want);
-    if ((want && !strcmp(want, "mpi")) || (launched > 0 && !(want && !strcmp(want, "single")))) {
-        if (comm_mpi_init(c, argc, argv, err, errlen) == 0) return 0;
-        /* Without MPI, R copies would each train on the whole batch and race on
-         * the run directory: refuse. */
-        if (launched > 1) return -1;
-        if (launched == 0) return -1;
-        /* one rank under a launcher: same as a plain run */
-        return comm_single_init(c);
-    }
-    return comm_single_init(c);
+    if (!launched && !(want && want[0])) return comm_single_init(c);
+    if (comm_mpi_init(c, argc, argv, err, errlen) == 0) return 0;
+    /* Without MPI, R copies would each train on the whole batch and race on the
+     * run directory: refuse. One rank under a launcher is a plain run. */
+    return launched == 1 && !(want && want[0]) ? comm_single_init(c) : -1;
 }
 
 void comm_abort(struct comm *c, int code, const char *msg)

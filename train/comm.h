@@ -34,9 +34,9 @@ struct comm {
     size_t bytes_reduced;   /* payload bytes passed to the allreduces (benchmarks) */
 };
 
-/* Picks the backend: under an MPI launcher (comm_launcher_size() > 0) MPI, or NCCL
- * when FRANCA_TRAIN_COMM=nccl; else single. Under a launcher without MPI built in,
- * fails (-1 with err) instead of running R independent copies. */
+/* Picks the backend: FRANCA_TRAIN_COMM=nccl or mpi, else MPI under an MPI launcher
+ * (comm_launcher_size() > 0), else single. Under a launcher of more than one rank
+ * without MPI built in, fails (-1 with err) instead of running R independent copies. */
 int comm_init(struct comm *c, int *argc, char ***argv, char *err, size_t errlen);
 /* The job size an MPI launcher announces in the environment (Open MPI, PMI, PMIx,
  * Slurm's PMI), or 0 when not launched by one. */
