@@ -602,7 +602,17 @@ static int cmd_train(int argc, char **argv, struct comm *comm)
     }
     if (resume && state_load(resume, objective_params(r.obj), r.opt, err, sizeof err) < 0)
         goto fail;
-    if (R > 1) objective_set_comm(r.obj, comm);
+    if (R > 1) {
+        objective_set_comm(r.obj, comm);
+        /* Replicas start from rank 0's weights (student and teacher), as DDP does:
+         * every rank builds or loads the same ones; one broadcast at start makes
+         * sure of it. */
+        struct param_list *pl = objective_params(r.obj);
+        for (int i = 0; i < pl->n; i++) {
+            comm_broadcast(comm, pl->p[i].w, pl->p[i].n * sizeof(float), 0);
+            if (pl->p[i].t) comm_broadcast(comm, pl->p[i].t, pl->p[i].n * sizeof(float), 0);
+        }
+    }
     if (rank != 0) {
         /* the log is rank 0's */
         r.log = fopen("/dev/null", "w");
