@@ -44,7 +44,8 @@
 /* rng stream of the objective's random choices (drop path) for micro-batch s */
 #define OBJECTIVE_STREAM (UINT64_C(3) << 61)
 /* Gradients are all-reduced in buckets of this many floats (4 MiB): few enough
- * calls for the many small tensors, and bounded staging memory. */
+ * calls for the many small tensors, and bounded staging memory.
+ * FRANCA_TRAIN_BUCKET_FLOATS overrides it (tests: many buckets on a tiny model). */
 #define GRAD_BUCKET_FLOATS ((size_t)1 << 20)
 
 static void usage(FILE *f)
@@ -247,6 +248,7 @@ struct run {
     FILE *log;
     struct comm *comm;
     float *bucket;          /* gradient bucket (data parallel) */
+    size_t bucket_cap;      /* its floats */
 };
 
 static int mkdir_p1(const char *dir, char *err, size_t errlen)
@@ -286,16 +288,16 @@ static int run_knn(struct run *r, int64_t step, char *err, size_t errlen)
 }
 
 /* Averages the gradients over the ranks: the params' g packed into buckets of
- * GRAD_BUCKET_FLOATS, each summed with one all-reduce, then scaled by 1/R. A
+ * cap floats, each summed with one all-reduce, then scaled by 1/R. A
  * tensor larger than a bucket is reduced in place on its own. */
-static void allreduce_grads(struct comm *c, struct param_list *pl, float *bucket)
+static void allreduce_grads(struct comm *c, struct param_list *pl, float *bucket, size_t cap)
 {
     const float s = 1.0f / (float)comm_size(c);
     int first = 0;
     size_t used = 0;
     for (int i = 0; i <= pl->n; i++) {
         const size_t n = i < pl->n ? pl->p[i].n : 0;
-        if (used && (i == pl->n || used + n > GRAD_BUCKET_FLOATS)) {
+        if (used && (i == pl->n || used + n > cap)) {
             comm_allreduce_sum_f32(c, bucket, used);
             size_t off = 0;
             for (int j = first; j < i; j++) {
@@ -307,7 +309,7 @@ static void allreduce_grads(struct comm *c, struct param_list *pl, float *bucket
         }
         if (i == pl->n) break;
         if (!used) first = i;
-        if (n > GRAD_BUCKET_FLOATS) {
+        if (n > cap) {
             float *g = pl->p[i].g;
             comm_allreduce_sum_f32(c, g, n);
             for (size_t k = 0; k < n; k++) g[k] *= s;
@@ -370,7 +372,9 @@ static int train(struct run *r, int64_t step0, char *err, size_t errlen)
         /* train_config checked B % R == 0 */
         lc.shard_n = B / R;
         lc.shard_begin = rank * lc.shard_n;
-        r->bucket = malloc(GRAD_BUCKET_FLOATS * sizeof(float));
+        const char *bf = getenv("FRANCA_TRAIN_BUCKET_FLOATS");
+        r->bucket_cap = bf && atol(bf) > 0 ? (size_t)atol(bf) : GRAD_BUCKET_FLOATS;
+        r->bucket = malloc(r->bucket_cap * sizeof(float));
         if (!r->bucket) return set_err(err, errlen, "out of memory for the gradient bucket");
     }
     const int64_t die_at = test_exit_step(r->comm);
@@ -436,7 +440,7 @@ static int train(struct run *r, int64_t step0, char *err, size_t errlen)
         }
         /* after the whole backward pass: every micro-batch adds into the same
          * gradients, so none is final earlier */
-        if (R > 1) allreduce_grads(r->comm, pl, r->bucket);
+        if (R > 1) allreduce_grads(r->comm, pl, r->bucket, r->bucket_cap);
         if (c->clip_grad > 0 || getenv("FRANCA_TRAIN_DIAG")) {
             double gn[MOD_COUNT];
             for (int m = 0; m < MOD_COUNT; m++)

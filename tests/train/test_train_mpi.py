@@ -130,6 +130,14 @@ def main():
     check(not bad, f"{len(s1)} state tensors equal within float32 reduction tolerance "
           f"(worst rel diff {worst:.2e}) {bad[:5]}")
 
+    # the gradients in buckets of 1000 floats (many buckets, and tensors larger than
+    # one reduced alone) sum the same numbers: the same state, byte for byte
+    pk = train("--config", cfg_path, "--out", out("r2k"), ranks=2,
+               extra_env={"FRANCA_TRAIN_BUCKET_FLOATS": "1000"})
+    with open(out("r2/state.safetensors"), "rb") as f1, open(out("r2k/state.safetensors"), "rb") as f2:
+        check(pk.returncode == 0 and f1.read() == f2.read(),
+              f"buckets of 1000 floats == one bucket (byte-equal states; rc {pk.returncode})")
+
     # (a') one masked crop per step (one rank has none: it still joins the iBOT
     # Sinkhorn-Knopp) and none at all (no rank runs iBOT)
     for prob, what in (("0.07", "one masked crop per step"), ("0", "no masked crop")):
