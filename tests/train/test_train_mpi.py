@@ -8,7 +8,8 @@
     the last checkpoint rank 0 wrote is whole (franca-train export loads it);
 (d) a batch that does not split over the ranks and an unknown FRANCA_TRAIN_COMM
     are refused.
-Env: FRANCA_TRAIN, FRANCA_MPIRUN (default mpirun). Skips (exit 77) without mpirun."""
+Env: FRANCA_TRAIN, FRANCA_MPIRUN (default mpirun), FRANCA_TRAIN_TEST_NCCL=GPUS (the NCCL
+backend too, on a GPU machine with a CUDA build). Skips (exit 77) without mpirun."""
 import json
 import os
 import shutil
@@ -182,6 +183,26 @@ def main():
     pr = train("--resume", out("c"), "--steps", "5")
     check(pr.returncode == 0 and losses(out("c"))[-1]["step"] == 5,
           f"and resumes (rc {pr.returncode}: {pr.stderr.strip()[-200:]})")
+
+    # NCCL backend, only where asked (FRANCA_TRAIN_TEST_NCCL=GPUS on a GPU machine, a
+    # CUDA build): 1 rank equals the plain run byte for byte; with 2 GPUs, 2 NCCL ranks
+    # equal 2 MPI ranks within reduction tolerance.
+    gpus = int(os.environ.get("FRANCA_TRAIN_TEST_NCCL", "0") or 0)
+    if gpus >= 1:
+        nccl = {"FRANCA_TRAIN_COMM": "nccl"}
+        pn = train("--config", cfg_path, "--out", out("n1"), ranks=1, extra_env=nccl)
+        ok = pn.returncode == 0
+        if ok:
+            with open(out("single/state.safetensors"), "rb") as f1, open(out("n1/state.safetensors"), "rb") as f2:
+                ok = f1.read() == f2.read()
+        check(ok, f"NCCL, 1 rank == single process (rc {pn.returncode}: {pn.stderr.strip()[-300:]})")
+    if gpus >= 2:
+        pn = train("--config", cfg_path, "--out", out("n2"), ranks=2, extra_env=nccl)
+        ok = pn.returncode == 0
+        if ok:
+            a2, n2 = read_safetensors(out("r2/state.safetensors")), read_safetensors(out("n2/state.safetensors"))
+            ok = all(np.abs(a2[k] - n2[k]).max() <= 1e-5 * max(np.abs(a2[k]).max(), 1e-12) for k in a2)
+        check(ok, f"NCCL, 2 ranks == MPI, 2 ranks (rc {pn.returncode}: {pn.stderr.strip()[-300:]})")
 
     # (d) refusals
     pd = train("--config", cfg_path, "--out", out("d"), "--batch_size", "6", ranks=4)
