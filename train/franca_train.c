@@ -25,8 +25,8 @@
 #include <jansson.h>
 
 #include "chart.h"
-#include "comm.h"
 #include "checkpoint.h"
+#include "comm.h"
 #include "config.h"
 #include "dataset.h"
 #include "errors.h"
@@ -369,7 +369,7 @@ static int train(struct run *r, int64_t step0, char *err, size_t errlen)
     lc.B = B;
     const int R = comm_size(r->comm), rank = comm_rank(r->comm);
     if (R > 1) {
-        /* train_config checked B % R == 0 */
+        /* cmd_train checked B % R == 0 */
         lc.shard_n = B / R;
         lc.shard_begin = rank * lc.shard_n;
         const char *bf = getenv("FRANCA_TRAIN_BUCKET_FLOATS");
