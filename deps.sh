@@ -11,6 +11,7 @@ packages=(
   python3 python3-numpy python3-torch python3-torchvision python3-pil python3-skimage
   python3-jsonschema python3-venv python3-faiss curl
   chromium chromium-driver python3-selenium
+  libopenmpi-dev openmpi-bin
   dataset-fashion-mnist
 )
 

@@ -9,7 +9,11 @@
  *
  * Exit status: 0 success, 1 runtime failure (I/O, data, numerics), 2 bad
  * command line or configuration (precision bf16 on a CPU without AVX-512
- * included). */
+ * included).
+ *
+ * Data parallel: `mpirun -n R franca-train --config F --out DIR` (or --resume)
+ * trains one global batch split in R shards (docs/training.md); rank 0 writes
+ * the run directory. */
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -22,6 +26,7 @@
 
 #include "chart.h"
 #include "checkpoint.h"
+#include "comm.h"
 #include "config.h"
 #include "dataset.h"
 #include "errors.h"
@@ -38,6 +43,10 @@
 #define EXIT_USAGE 2
 /* rng stream of the objective's random choices (drop path) for micro-batch s */
 #define OBJECTIVE_STREAM (UINT64_C(3) << 61)
+/* Gradients are all-reduced in buckets of this many floats (4 MiB): few enough
+ * calls for the many small tensors, and bounded staging memory.
+ * FRANCA_TRAIN_BUCKET_FLOATS overrides it (tests: many buckets on a tiny model). */
+#define GRAD_BUCKET_FLOATS ((size_t)1 << 20)
 
 static void usage(FILE *f)
 {
@@ -237,6 +246,9 @@ struct run {
     struct loader *loader;
     char *dir, *log_path, *chart_path;
     FILE *log;
+    struct comm *comm;
+    float *bucket;          /* gradient bucket (data parallel) */
+    size_t bucket_cap;      /* its floats */
 };
 
 static int mkdir_p1(const char *dir, char *err, size_t errlen)
@@ -275,6 +287,51 @@ static int run_knn(struct run *r, int64_t step, char *err, size_t errlen)
     return 0;
 }
 
+/* Averages the gradients over the ranks: the params' g packed into buckets of
+ * cap floats, each summed with one all-reduce, then scaled by 1/R. A
+ * tensor larger than a bucket is reduced in place on its own. */
+static void allreduce_grads(struct comm *c, struct param_list *pl, float *bucket, size_t cap)
+{
+    const float s = 1.0f / (float)comm_size(c);
+    int first = 0;
+    size_t used = 0;
+    for (int i = 0; i <= pl->n; i++) {
+        const size_t n = i < pl->n ? pl->p[i].n : 0;
+        if (used && (i == pl->n || used + n > cap)) {
+            comm_allreduce_sum_f32(c, bucket, used);
+            size_t off = 0;
+            for (int j = first; j < i; j++) {
+                float *g = pl->p[j].g;
+                for (size_t k = 0; k < pl->p[j].n; k++) g[k] = bucket[off + k] * s;
+                off += pl->p[j].n;
+            }
+            used = 0;
+        }
+        if (i == pl->n) break;
+        if (!used) first = i;
+        if (n > cap) {
+            float *g = pl->p[i].g;
+            comm_allreduce_sum_f32(c, g, n);
+            for (size_t k = 0; k < n; k++) g[k] *= s;
+            first = i + 1;
+            continue;
+        }
+        memcpy(bucket + used, pl->p[i].g, n * sizeof(float));
+        used += n;
+    }
+}
+
+/* FRANCA_TRAIN_TEST_EXIT_AT=RANK:STEP (tests): rank RANK dies, without a word to
+ * MPI, when it starts step STEP (1-based), as a crashed process would. */
+static int64_t test_exit_step(const struct comm *c)
+{
+    const char *e = getenv("FRANCA_TRAIN_TEST_EXIT_AT");
+    int rank;
+    long long st;
+    if (e && sscanf(e, "%d:%lld", &rank, &st) == 2 && rank == comm_rank(c)) return st;
+    return -1;
+}
+
 static void fmt_eta(double s, char *buf, size_t n)
 {
     if (!isfinite(s) || s < 0) s = 0;
@@ -310,6 +367,18 @@ static int train(struct run *r, int64_t step0, char *err, size_t errlen)
     lc.mask.sample_prob = c->mask_sample_prob;
     lc.patch_size = c->patch_size;
     lc.B = B;
+    const int R = comm_size(r->comm), rank = comm_rank(r->comm);
+    if (R > 1) {
+        /* cmd_train checked B % R == 0 */
+        lc.shard_n = B / R;
+        lc.shard_begin = rank * lc.shard_n;
+        const char *bf = getenv("FRANCA_TRAIN_BUCKET_FLOATS");
+        r->bucket_cap = bf && atol(bf) > 0 ? (size_t)atol(bf) : GRAD_BUCKET_FLOATS;
+        r->bucket = malloc(r->bucket_cap * sizeof(float));
+        if (!r->bucket) return set_err(err, errlen, "out of memory for the gradient bucket");
+    }
+    const int64_t die_at = test_exit_step(r->comm);
+    const size_t bytes0 = r->comm ? r->comm->bytes_reduced : 0;
     lc.seed = (uint64_t)c->seed;
     lc.threads = c->threads;
     lc.prefetch = c->prefetch;
@@ -321,6 +390,12 @@ static int train(struct run *r, int64_t step0, char *err, size_t errlen)
     int64_t last_saved = step0, last_eval = -1;
     const int64_t end = c->stop_at > 0 && c->stop_at < c->steps ? c->stop_at : c->steps;
     for (int64_t step = step0; step < end; step++) {
+        if (step + 1 == die_at) {
+            fprintf(stderr, "franca-train: rank %d: FRANCA_TRAIN_TEST_EXIT_AT: exiting at step %lld\n",
+                    rank, (long long)die_at);
+            fflush(stderr);
+            _Exit(3);
+        }
         struct schedule_values sv;
         train_schedule_at(&sch, step, &sv);
         param_list_zero_grad(pl);
@@ -330,6 +405,11 @@ static int train(struct run *r, int64_t step0, char *err, size_t errlen)
             if (loader_next(r->loader, &b, err, errlen) < 0) return -1;
             struct rng orng;
             rng_fork(&base, OBJECTIVE_STREAM + (uint64_t)(step * accum + a), &orng);
+            if (rank > 0) {
+                /* drop path is drawn per rank over its shard, as in the reference */
+                struct rng shard = orng;
+                rng_fork(&shard, (uint64_t)rank, &orng);
+            }
             struct loss_terms lt;
             if (objective_step(r->obj, &b->cb, (float)sv.teacher_temp, &orng, &lt, err, errlen) < 0)
                 return -1;
@@ -339,6 +419,17 @@ static int train(struct run *r, int64_t step0, char *err, size_t errlen)
             sum.ibot += lt.ibot / accum;
             sum.koleo += lt.koleo / accum;
         }
+        if (R > 1) {
+            /* each term is a mean over the shard: the mean of the ranks' means is the
+             * global batch's (KoLeo, per rank as in the reference, excepted) */
+            double t[5] = {sum.total, sum.dino_local, sum.dino_global, sum.ibot, sum.koleo};
+            comm_allreduce_sum_f64(r->comm, t, 5);
+            sum.total = t[0] / R;
+            sum.dino_local = t[1] / R;
+            sum.dino_global = t[2] / R;
+            sum.ibot = t[3] / R;
+            sum.koleo = t[4] / R;
+        }
         if (!isfinite(sum.total))
             return set_err(err, errlen, "step %lld: the loss is not finite (%g); lower lr?",
                            (long long)step, sum.total);
@@ -347,6 +438,9 @@ static int train(struct run *r, int64_t step0, char *err, size_t errlen)
             for (int i = 0; i < pl->n; i++)
                 for (size_t k = 0; k < pl->p[i].n; k++) pl->p[i].g[k] *= s;
         }
+        /* after the whole backward pass: every micro-batch adds into the same
+         * gradients, so none is final earlier */
+        if (R > 1) allreduce_grads(r->comm, pl, r->bucket, r->bucket_cap);
         if (c->clip_grad > 0 || getenv("FRANCA_TRAIN_DIAG")) {
             double gn[MOD_COUNT];
             for (int m = 0; m < MOD_COUNT; m++)
@@ -381,7 +475,10 @@ static int train(struct run *r, int64_t step0, char *err, size_t errlen)
                     sum.koleo, sv.lr, sv.wd, sv.momentum, sv.teacher_temp, ips);
             fflush(r->log);
         }
-        if (c->checkpoint_every && done % c->checkpoint_every == 0 && done != end) {
+        if (done == step0 + 1 && R > 1)
+            printf("franca-train: %d ranks x %d samples, %zu bytes all-reduced per step and rank\n",
+                   R, B / R, r->comm->bytes_reduced - bytes0);
+        if (rank == 0 && c->checkpoint_every && done % c->checkpoint_every == 0 && done != end) {
             if (state_save(r->dir, c, done, pl, r->opt, err, errlen) < 0) return -1;
             last_saved = done;
         }
@@ -393,6 +490,7 @@ static int train(struct run *r, int64_t step0, char *err, size_t errlen)
     }
     loader_stop(r->loader);
     r->loader = NULL;
+    if (rank != 0) return 0;
     if (last_saved != end || step0 == end)
         if (state_save(r->dir, c, end > step0 ? end : step0, pl, r->opt, err, errlen) < 0)
             return -1;
@@ -411,14 +509,17 @@ static void run_free(struct run *r)
     if (r->log) fclose(r->log);
     free(r->log_path);
     free(r->chart_path);
+    free(r->bucket);
 }
 
-static int cmd_train(int argc, char **argv)
+static int cmd_train(int argc, char **argv, struct comm *comm)
 {
     const char *config = NULL, *out = NULL, *resume = NULL;
     char err[ERR_LEN];
     static struct run r;
     memset(&r, 0, sizeof r);
+    r.comm = comm;
+    const int R = comm_size(comm), rank = comm_rank(comm);
     train_config_defaults(&r.cfg);
     /* First pass: the mode flags; second: overrides (after the config file). */
     for (int i = 1; i < argc; i++) {
@@ -471,8 +572,15 @@ static int cmd_train(int argc, char **argv)
         return EXIT_USAGE;
     }
     struct train_config *c = &r.cfg;
+    if (c->batch_size % R) {
+        fprintf(stderr, "franca-train: batch_size %d does not split over %d ranks (it must be a "
+                "multiple of the rank count)\n", c->batch_size, R);
+        return EXIT_USAGE;
+    }
     int rc = 1;
-    if (mkdir_p1(r.dir, err, sizeof err) < 0) goto fail;
+    /* rank 0 owns the run directory; the others wait for it to exist */
+    if (rank == 0 && mkdir_p1(r.dir, err, sizeof err) < 0) goto fail;
+    if (R > 1) comm_barrier(comm);
     r.log_path = join(r.dir, "log.jsonl");
     r.chart_path = join(r.dir, "chart.png");
     if (!r.log_path || !r.chart_path) {
@@ -484,7 +592,7 @@ static int cmd_train(int argc, char **argv)
     } else if (dataset_open_folder(c->train_folder, &r.ds, err, sizeof err) < 0) {
         goto fail;
     }
-    if (c->knn_train_images[0]) {
+    if (c->knn_train_images[0] && rank == 0) {
         if (knn_data_load(&r.knn, c->knn_train_images, c->knn_train_labels, c->knn_test_images,
                           c->knn_test_labels, c->knn_train_max, c->knn_test_max, err,
                           sizeof err) < 0)
@@ -498,7 +606,21 @@ static int cmd_train(int argc, char **argv)
     }
     if (resume && state_load(resume, objective_params(r.obj), r.opt, err, sizeof err) < 0)
         goto fail;
-    if (!resume) {
+    if (R > 1) {
+        objective_set_comm(r.obj, comm);
+        /* Replicas start from rank 0's weights (student and teacher), as DDP does:
+         * every rank builds or loads the same ones; one broadcast at start makes
+         * sure of it. */
+        struct param_list *pl = objective_params(r.obj);
+        for (int i = 0; i < pl->n; i++) {
+            comm_broadcast(comm, pl->p[i].w, pl->p[i].n * sizeof(float), 0);
+            if (pl->p[i].t) comm_broadcast(comm, pl->p[i].t, pl->p[i].n * sizeof(float), 0);
+        }
+    }
+    if (rank != 0) {
+        /* the log is rank 0's */
+        r.log = fopen("/dev/null", "w");
+    } else if (!resume) {
         /* A fresh run starts a fresh log. */
         r.log = fopen(r.log_path, "w");
     } else {
@@ -508,7 +630,7 @@ static int cmd_train(int argc, char **argv)
         set_err(err, sizeof err, "%s: cannot open: %s", r.log_path, strerror(errno));
         goto fail;
     }
-    if (!resume) {
+    if (!resume && rank == 0) {
         char *cj = train_config_to_json(c);
         if (cj) {
             char *cp = join(r.dir, "config.json");
@@ -517,10 +639,10 @@ static int cmd_train(int argc, char **argv)
             free(cj);
         }
     }
-    printf("franca-train: %s, %zu parameters, %d images, batch %d x %d, steps %lld..%lld, "
+    printf("franca-train: %s, %zu parameters, %d images, batch %d x %d%s, steps %lld..%lld, "
            "precision %s (%s) -> %s\n",
            resume ? "resuming" : "training", param_list_count(objective_params(r.obj)), r.ds.n,
-           c->batch_size, c->grad_accum, (long long)step0, (long long)c->steps, c->precision,
+           c->batch_size, c->grad_accum, R > 1 ? " over MPI ranks" : "", (long long)step0, (long long)c->steps, c->precision,
            mm_isa_name(mm_isa()), r.dir);
     fflush(stdout);
     if (train(&r, step0, err, sizeof err) < 0) goto fail;
@@ -546,5 +668,19 @@ int main(int argc, char **argv)
     }
     if (!strcmp(argv[1], "knn")) return cmd_knn(argc, argv);
     if (!strcmp(argv[1], "export")) return cmd_export(argc, argv);
-    return cmd_train(argc, argv);
+    struct comm comm;
+    char err[ERR_LEN];
+    if (comm_init(&comm, NULL, NULL, err, sizeof err) < 0) {
+        fprintf(stderr, "franca-train: %s\n", err);
+        return 1;
+    }
+    /* rank 0 speaks for the job on stdout; errors stay on every rank's stderr */
+    if (comm.rank != 0 && !freopen("/dev/null", "w", stdout)) return 1;
+    int rc = cmd_train(argc, argv, &comm);
+    /* A runtime failure may be one rank's alone (its data, its disk) while the
+     * others wait in a collective: end them all. Usage errors (2) are the same on
+     * every rank, which all return. */
+    if (rc == 1 && comm.size > 1) comm_abort(&comm, 1, "training failed (message above)");
+    comm_finalize(&comm);
+    return rc;
 }

@@ -7,15 +7,21 @@
 
 #include "errors.h"
 
+static int shard_size(const struct loader_config *cfg)
+{
+    return cfg->shard_n > 0 ? cfg->shard_n : cfg->B;
+}
+
 int loader_batch_alloc(const struct loader_config *cfg, struct loader_batch *b)
 {
     memset(b, 0, sizeof *b);
-    const int B = cfg->B, G = cfg->aug.global_size, L = cfg->aug.local_size;
+    const int B = shard_size(cfg), G = cfg->aug.global_size, L = cfg->aug.local_size;
     const int gp = G / cfg->patch_size;
     b->global = malloc((size_t)2 * B * 3 * G * G * sizeof(float));
     b->local = malloc(((size_t)cfg->aug.n_local * B * 3 * L * L + 1) * sizeof(float));
     b->masks = malloc((size_t)2 * B * gp * gp);
-    if (!b->global || !b->local || !b->masks) {
+    if (B != cfg->B) b->masks_all = malloc((size_t)2 * cfg->B * gp * gp);
+    if (!b->global || !b->local || !b->masks || (B != cfg->B && !b->masks_all)) {
         loader_batch_free(b);
         return -1;
     }
@@ -34,6 +40,7 @@ void loader_batch_free(struct loader_batch *b)
     free(b->global);
     free(b->local);
     free(b->masks);
+    free(b->masks_all);
     memset(b, 0, sizeof *b);
 }
 
@@ -42,22 +49,34 @@ int loader_make_batch(const struct loader_config *cfg, int64_t step, struct load
 {
     struct rng base;
     rng_seed(&base, cfg->seed);
-    const int B = cfg->B;
-    for (int i = 0; i < B; i++) {
+    const int B = cfg->B, Bl = shard_size(cfg), b0 = cfg->shard_begin;
+    for (int i = 0; i < Bl; i++) {
         struct rng r;
-        rng_fork(&base, (uint64_t)step * (uint64_t)B + (uint64_t)i, &r);
+        rng_fork(&base, (uint64_t)step * (uint64_t)B + (uint64_t)(b0 + i), &r);
         const int idx = (int)rng_int(&r, 0, cfg->ds->n - 1);
         struct image_rgb8 img;
         if (dataset_get(cfg->ds, idx, &img, err, errlen) < 0) return -1;
-        int rc = augment_sample(&cfg->aug, &img, &r, i, B, b->global, b->local, err, errlen);
+        int rc = augment_sample(&cfg->aug, &img, &r, i, Bl, b->global, b->local, err, errlen);
         image_free(&img);
         if (rc < 0) return -1;
     }
     struct rng mr;
     rng_fork(&base, LOADER_MASK_STREAM + (uint64_t)step, &mr);
     const int gp = cfg->aug.global_size / cfg->patch_size;
-    b->n_masked = collate_masks(&mr, &cfg->mask, 2 * B, gp, gp, b->masks, &b->upperbound);
+    uint8_t *dst = Bl == B ? b->masks : b->masks_all;
+    b->n_masked = collate_masks(&mr, &cfg->mask, 2 * B, gp, gp, dst, &b->upperbound);
     if (b->n_masked < 0) return set_err(err, errlen, "loader: bad masking parameters");
+    if (Bl != B) {
+        /* keep the shard's rows of both global crops (crop-major: c*B + b) */
+        const size_t np = (size_t)gp * gp;
+        b->n_masked = 0;
+        for (int c = 0; c < 2; c++)
+            for (int i = 0; i < Bl; i++) {
+                const uint8_t *src = b->masks_all + ((size_t)c * B + b0 + i) * np;
+                memcpy(b->masks + ((size_t)c * Bl + i) * np, src, np);
+                for (size_t k = 0; k < np; k++) b->n_masked += src[k] != 0;
+            }
+    }
     b->step = step;
     return 0;
 }
@@ -117,7 +136,8 @@ int loader_start(const struct loader_config *cfg, int64_t first_step, struct loa
 {
     *out = NULL;
     if (!cfg->ds || cfg->ds->n <= 0) return set_err(err, errlen, "loader: empty dataset");
-    if (cfg->B <= 0 || cfg->patch_size <= 0 || cfg->aug.global_size % cfg->patch_size)
+    if (cfg->B <= 0 || cfg->patch_size <= 0 || cfg->aug.global_size % cfg->patch_size ||
+        cfg->shard_begin < 0 || cfg->shard_n < 0 || cfg->shard_begin + shard_size(cfg) > cfg->B)
         return set_err(err, errlen, "loader: bad batch size or crop size");
     struct loader *l = calloc(1, sizeof *l);
     if (!l) return set_err(err, errlen, "out of memory");

@@ -2,7 +2,13 @@
  * training loop. The batch of step s is a pure function of (seed, s): sample b
  * uses rng_fork(seed_rng, s*B + b) to pick its image (uniformly, with
  * replacement) and draw its crops; the masks use the stream
- * LOADER_MASK_STREAM + s. Thread timing never changes a batch. */
+ * LOADER_MASK_STREAM + s. Thread timing never changes a batch.
+ *
+ * Data parallel: a rank loads samples shard_begin .. shard_begin + shard_n - 1 of
+ * each global batch of B. Sample b of the global batch still draws from
+ * rng_fork(seed_rng, s*B + b) and the masks are drawn for all 2B global crops
+ * before the shard's rows are kept, so the global batch, crops and masks are the
+ * same whatever the number of ranks (and equal to the single-process ones). */
 #ifndef FRANCA_TRAIN_LOADER_H
 #define FRANCA_TRAIN_LOADER_H
 
@@ -21,7 +27,9 @@ struct loader_config {
     struct augment_config aug;
     struct mask_params mask;
     int patch_size;
-    int B;
+    int B;            /* global batch */
+    int shard_begin;  /* first sample of this rank's shard */
+    int shard_n;      /* samples in the shard; 0: the whole batch */
     uint64_t seed;
     int threads;      /* worker threads (>= 1) */
     int prefetch;     /* batches held ahead (>= 1) */
@@ -32,6 +40,7 @@ struct loader_batch {
     struct crop_batch cb;     /* points into the buffers below */
     float *global, *local;
     uint8_t *masks;
+    uint8_t *masks_all;       /* sharded: the masks of all 2B global crops */
     int n_masked, upperbound;
 };
 

@@ -5,19 +5,33 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "comm.h"
+
 void sinkhorn_knopp(float *targets, const float *logits, int n, int K, float temp, int iters,
                     double *work)
+{
+    sinkhorn_knopp_comm(targets, logits, n, K, temp, iters, work, NULL);
+}
+
+void sinkhorn_knopp_comm(float *targets, const float *logits, int n, int K, float temp,
+                         int iters, double *work, struct comm *comm)
 {
     /* work is [n, K] (sample-major) followed by K doubles of per-prototype
      * scratch; "prototype rows" of Q are the columns of work, which are
      * reduced row by row so that every pass reads memory contiguously. */
     const double inv_t = 1.0 / (double)temp;
     double *col = work + (size_t)n * K;
-    for (int k = 0; k < K; k++) col[k] = logits[k];
+    const int dist = comm_size(comm) > 1;
+    for (int k = 0; k < K; k++) col[k] = n ? logits[k] : -INFINITY;
     for (int i = 1; i < n; i++) {
         const float *l = logits + (size_t)i * K;
         for (int k = 0; k < K; k++) col[k] = l[k] > col[k] ? l[k] : col[k];
     }
+    /* One shift per prototype on every rank: the sums below mix the ranks' rows. */
+    if (dist) comm_allreduce_max_f64(comm, col, (size_t)K);
+    double nd = n;
+    if (dist) comm_allreduce_sum_f64(comm, &nd, 1);
+    const double ntot = nd;
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < n; i++) {
         const float *l = logits + (size_t)i * K;
@@ -31,6 +45,7 @@ void sinkhorn_knopp(float *targets, const float *logits, int n, int K, float tem
             const double *q = work + (size_t)i * K;
             for (int k = 0; k < K; k++) col[k] += q[k];
         }
+        if (dist) comm_allreduce_sum_f64(comm, col, (size_t)K);
         for (int k = 0; k < K; k++) col[k] = 1.0 / (col[k] * K);
         /* then per sample: Q[:, i] /= sum_k Q[k, i]; Q /= n */
 #pragma omp parallel for schedule(static)
@@ -40,11 +55,11 @@ void sinkhorn_knopp(float *targets, const float *logits, int n, int K, float tem
                 q[k] *= col[k];
                 s += q[k];
             }
-            const double f = 1.0 / (s * n);
+            const double f = 1.0 / (s * ntot);
             for (int k = 0; k < K; k++) q[k] *= f;
         }
     }
-    for (size_t i = 0; i < (size_t)n * K; i++) targets[i] = (float)(work[i] * n);
+    for (size_t i = 0; i < (size_t)n * K; i++) targets[i] = (float)(work[i] * ntot);
 }
 
 double ce_row(float *ds, const float *s, const float *t1, const float *t2, int K, double w,

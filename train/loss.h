@@ -14,6 +14,15 @@
 void sinkhorn_knopp(float *targets, const float *logits, int n, int K, float temp, int iters,
                     double *work);
 
+struct comm;
+/* The same over the rows of every rank together, as the reference's distributed
+ * Sinkhorn-Knopp: the per-prototype max and sums are all-reduced (max, sum) and n
+ * is the total row count of all ranks, so each rank gets its rows of the targets
+ * of the concatenated logits. A rank may hold n = 0 rows (it still takes part).
+ * comm NULL or of size 1: exactly sinkhorn_knopp. */
+void sinkhorn_knopp_comm(float *targets, const float *logits, int n, int K, float temp,
+                         int iters, double *work, struct comm *comm);
+
 /* One student row against a target t1 (+ t2 when not NULL, as the sum of two
  * cross-entropies): returns w * sum_k -(t1 + t2)_k log softmax(s / tau)_k and
  * writes ds = d(that)/ds. */

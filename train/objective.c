@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "backbone.h"
+#include "comm.h"
 #include "errors.h"
 #include "grad_ops.h"
 #include "head.h"
@@ -28,6 +29,7 @@ struct objective {
     struct head_act *hd_s, *hd_t, *hi_s, *hi_t;
     objective_subset_fn hook;
     void *hook_ctx;
+    struct comm *comm;                       /* data parallel, or NULL */
     /* grow-only scratch */
     float *fbuf;
     size_t fbuf_cap;
@@ -46,6 +48,8 @@ void objective_set_drop_path_hook(struct objective *o, objective_subset_fn fn, v
     o->hook = fn;
     o->hook_ctx = ctx;
 }
+
+void objective_set_comm(struct objective *o, struct comm *comm) { o->comm = comm; }
 
 void objective_free(struct objective *o)
 {
@@ -316,6 +320,13 @@ int objective_step(struct objective *o, const struct crop_batch *bt, float teach
     }
 
     if (prod == MM_BF16) round_copies16(o);
+    /* Whether any rank has masked patches (the iBOT Sinkhorn-Knopp is collective). */
+    int ibot_any = nm > 0;
+    if (comm_size(o->comm) > 1) {
+        double g = nm;
+        comm_allreduce_sum_f64(o->comm, &g, 1);
+        ibot_any = g > 0;
+    }
 
     /* 1. Teacher: unmasked globals, no drop path; SK targets per level. */
     bb_forward(c, &o->tw, o->tw16, o->t_act, bt->global, NULL, NULL);
@@ -332,7 +343,8 @@ int objective_step(struct objective *o, const struct crop_batch *bt, float teach
         size_t off = 0;
         for (int j = 0; j < o->td.n_levels; j++) {
             const int K = o->td.lv[j].K;
-            sinkhorn_knopp(tgt_d + off, head_logits(o->hd_t, j), nG, K, teacher_temp, SK_ITERS, work);
+            sinkhorn_knopp_comm(tgt_d + off, head_logits(o->hd_t, j), nG, K, teacher_temp,
+                                SK_ITERS, work, o->comm);
             off += (size_t)nG * K;
         }
     }
@@ -341,9 +353,15 @@ int objective_step(struct objective *o, const struct crop_batch *bt, float teach
         size_t off = 0;
         for (int j = 0; j < o->ti.n_levels; j++) {
             const int K = o->ti.lv[j].K;
-            sinkhorn_knopp(tgt_i + off, head_logits(o->hi_t, j), nm, K, teacher_temp, SK_ITERS, work);
+            sinkhorn_knopp_comm(tgt_i + off, head_logits(o->hi_t, j), nm, K, teacher_temp,
+                                SK_ITERS, work, o->comm);
             off += (size_t)nm * K;
         }
+    } else if (ibot_any) {
+        /* no masked patch in this rank's shard: still take part in the reductions */
+        for (int j = 0; j < o->ti.n_levels; j++)
+            sinkhorn_knopp_comm(NULL, NULL, 0, o->ti.lv[j].K, teacher_temp, SK_ITERS, work,
+                                o->comm);
     }
 
     /* 2. Student: masked globals, then locals (shared weights, own drop-path subsets). */

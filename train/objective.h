@@ -106,6 +106,14 @@ const struct vit_weights *objective_teacher_backbone(const struct objective *o);
  * the pass and k = max(int(b (1 - drop_path)), 1); it writes the k kept sample
  * indices (distinct, in 0..b-1) to idx. With no hook (the default) the subset
  * is drawn from the rng given to objective_step. */
+/* Data parallel (comm.h): with a communicator of size > 1, each rank's batch is its
+ * shard of the global batch, and the Sinkhorn-Knopp targets (DINO and iBOT) are
+ * computed over the rows of all ranks, as the reference's distributed
+ * Sinkhorn-Knopp; KoLeo and drop path stay per rank, as in the reference. The
+ * caller averages the gradients over the ranks. NULL (the default): one process. */
+struct comm;
+void objective_set_comm(struct objective *o, struct comm *comm);
+
 typedef void (*objective_subset_fn)(void *ctx, int pass, int layer, int branch, int b, int k,
                                     int *idx);
 void objective_set_drop_path_hook(struct objective *o, objective_subset_fn fn, void *ctx);

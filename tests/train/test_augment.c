@@ -155,6 +155,39 @@ int main(void)
     int masked = 0;
     for (int i = 0; i < 2 * 4 * 16; i++) masked += ref[0].masks[i];
     CHECK(masked == ref[0].n_masked && masked > 0, "masks collated (%d)", masked);
+
+    /* Data parallel: the shards of 2 ranks (samples 0-1 and 2-3) hold exactly the
+     * rows of the whole batch's crops and masks (crop-major, c*B + b). */
+    {
+        const size_t gimg = (size_t)3 * 28 * 28, limg = (size_t)3 * 14 * 14, np = 16;
+        int shard_ok = 1, nm = 0;
+        for (int r = 0; r < 2; r++) {
+            struct loader_config sc = lc;
+            sc.shard_begin = 2 * r;
+            sc.shard_n = 2;
+            struct loader_batch sb;
+            CHECK(loader_batch_alloc(&sc, &sb) == 0, "alloc shard");
+            CHECK(loader_make_batch(&sc, 3, &sb, err, sizeof err) == 0, "make shard: %s", err);
+            shard_ok &= sb.cb.B == 2;
+            for (int c = 0; c < 2; c++)
+                for (int i = 0; i < 2; i++) {
+                    const size_t row = (size_t)c * 4 + 2 * r + i, srow = (size_t)c * 2 + i;
+                    shard_ok &= !memcmp(sb.global + srow * gimg, ref[1].global + row * gimg,
+                                        gimg * sizeof(float)) &&
+                                !memcmp(sb.local + srow * limg, ref[1].local + row * limg,
+                                        limg * sizeof(float)) &&
+                                !memcmp(sb.masks + srow * np, ref[1].masks + row * np, np);
+                }
+            nm += sb.n_masked;
+            loader_batch_free(&sb);
+        }
+        CHECK(shard_ok && nm == ref[1].n_masked, "2 shards == the whole batch (crops, masks, %d masked)", nm);
+        struct loader_config bad = lc;
+        bad.shard_begin = 3;
+        bad.shard_n = 2;
+        struct loader *L;
+        CHECK(loader_start(&bad, 0, &L, err, sizeof err) < 0, "a shard past the batch is refused");
+    }
     for (int s = 0; s < 6; s++) loader_batch_free(&ref[s]);
     dataset_free(&ds);
     image_free(&im);

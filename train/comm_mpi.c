@@ -1,0 +1,78 @@
+/* MPI backend of comm.h over MPI_COMM_WORLD. Errors keep MPI's default handler,
+ * MPI_ERRORS_ARE_FATAL: a failed collective (a dead peer) aborts the whole job. */
+#include "comm.h"
+
+#include <limits.h>
+#include <mpi.h>
+
+#include "errors.h"
+
+/* MPI counts are int: large buffers go in slices. */
+#define SLICE ((size_t)INT_MAX / 8)
+
+static void reduce(void *buf, size_t n, size_t esz, MPI_Datatype t, MPI_Op op)
+{
+    char *p = buf;
+    for (size_t off = 0; off < n; off += SLICE) {
+        const size_t k = n - off < SLICE ? n - off : SLICE;
+        MPI_Allreduce(MPI_IN_PLACE, p + off * esz, (int)k, t, op, MPI_COMM_WORLD);
+    }
+}
+
+static void m_sum_f32(struct comm *c, float *b, size_t n)
+{
+    (void)c;
+    reduce(b, n, sizeof *b, MPI_FLOAT, MPI_SUM);
+}
+static void m_sum_f64(struct comm *c, double *b, size_t n)
+{
+    (void)c;
+    reduce(b, n, sizeof *b, MPI_DOUBLE, MPI_SUM);
+}
+static void m_max_f64(struct comm *c, double *b, size_t n)
+{
+    (void)c;
+    reduce(b, n, sizeof *b, MPI_DOUBLE, MPI_MAX);
+}
+static void m_bcast(struct comm *c, void *b, size_t bytes, int root)
+{
+    (void)c;
+    char *p = b;
+    for (size_t off = 0; off < bytes; off += SLICE) {
+        const size_t k = bytes - off < SLICE ? bytes - off : SLICE;
+        MPI_Bcast(p + off, (int)k, MPI_BYTE, root, MPI_COMM_WORLD);
+    }
+}
+static void m_barrier(struct comm *c)
+{
+    (void)c;
+    MPI_Barrier(MPI_COMM_WORLD);
+}
+static void m_abort(struct comm *c, int code)
+{
+    (void)c;
+    MPI_Abort(MPI_COMM_WORLD, code);
+}
+static void m_finalize(struct comm *c)
+{
+    (void)c;
+    MPI_Finalize();
+}
+
+static const struct comm_ops mpi_ops = {
+    m_sum_f32, m_sum_f64, m_max_f64, m_bcast, m_barrier, m_abort, m_finalize,
+};
+
+int comm_mpi_init(struct comm *c, int *argc, char ***argv, char *err, size_t errlen)
+{
+    int provided = 0;
+    /* FUNNELED: only the training thread calls MPI (loader threads never do). */
+    if (MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS)
+        return set_err(err, errlen, "MPI_Init_thread failed");
+    comm_single_init(c);
+    c->ops = &mpi_ops;
+    c->kind = COMM_MPI;
+    MPI_Comm_rank(MPI_COMM_WORLD, &c->rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &c->size);
+    return 0;
+}
