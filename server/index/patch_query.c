@@ -136,6 +136,19 @@ static int query_vector(const struct patch_query *q, const float *qm, int gh, in
     return 0;
 }
 
+/* Eight running sums, so that the compiler may keep them in one vector register. */
+static float dot(const float *a, const float *b, int w)
+{
+    float acc[8] = {0};
+    int k = 0;
+    for (; k + 8 <= w; k += 8)
+        for (int j = 0; j < 8; j++) acc[j] += a[k + j] * b[k + j];
+    float s = 0;
+    for (; k < w; k++) s += a[k] * b[k];
+    for (int j = 0; j < 8; j++) s += acc[j];
+    return s;
+}
+
 /* Scores every item against nq query vectors and keeps the k best candidates. */
 static int score_all(const struct patch_mirror *pm, const struct patch_query *q, const float *qv,
                      int nq, struct topk *t, char *err, size_t errlen)
@@ -162,8 +175,12 @@ static int score_all(const struct patch_mirror *pm, const struct patch_query *q,
         patch_mirror_grid(pm, i, &gh, &gw);
         const size_t n = (size_t)gh * gw;
         patch_decode(patch_mirror_data(pm, i), n, w, patch_mirror_type(pm), dec);
-        mm_sgemm(false, true, (size_t)nq, n, (size_t)w, 1.0f, qv, (size_t)w, dec, (size_t)w,
-                 0.0f, s, n); /* s [nq, n] */
+        if (nq == 1) { /* one query patch: plain dots beat a GEMM call per item */
+            for (size_t p = 0; p < n; p++) s[p] = dot(qv, dec + p * (size_t)w, w);
+        } else {
+            mm_sgemm(false, true, (size_t)nq, n, (size_t)w, 1.0f, qv, (size_t)w, dec, (size_t)w,
+                     0.0f, s, n); /* s [nq, n] */
+        }
         if (q->mode != PATCH_QUERY_IMAGE) {
             for (size_t p = 0; p < n; p++)
                 topk_push(t, (struct cand){s[p], (uint32_t)i, (uint32_t)p});
