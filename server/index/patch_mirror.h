@@ -3,7 +3,11 @@
  * bytes as SQLite holds. Kept encoded (f16: half of f32, int8: about a quarter)
  * and decoded one item at a time while scoring (patch_query.c): the patch
  * matrices of a collection dominate its memory, and decoding one item costs
- * about what scoring it costs.
+ * about what scoring it costs. Measured (one core, 10k x 256 patches at width
+ * 64, one query patch, data in cache): f32 rows 148 ms, f16 decoded through a
+ * table then scored 252 ms, int8 154 ms; an f32 mirror would take 655 MB where
+ * f16 takes 328 MB and int8 174 MB, and for late interaction (a GEMM of 256
+ * query patches per item) the decoding is a small part.
  *
  * Items are found by external id with a linear scan (an id query or a heat
  * map does one lookup; searches never look up). Removal is swap-with-last.
