@@ -67,8 +67,10 @@ int route_patch_item_json(struct coll *c, const json_t *it, struct item_in *item
         return set_err(why, len, "'grid' must be [rows, columns]");
     const json_int_t gh = json_integer_value(json_array_get(grid, 0));
     const json_int_t gw = json_integer_value(json_array_get(grid, 1));
-    if (gh < 1 || gw < 1 || gh > STORE_GRID_MAX || gw > STORE_GRID_MAX)
-        return set_err(why, len, "'grid' rows and columns must be 1..%d", STORE_GRID_MAX);
+    if (gh < 1 || gw < 1 || gh > STORE_GRID_MAX || gw > STORE_GRID_MAX ||
+        gh * gw > STORE_PATCHES_MAX)
+        return set_err(why, len, "'grid' rows and columns must be 1..%d, with at most %d "
+                       "patches", STORE_GRID_MAX, STORE_PATCHES_MAX);
     const size_t n = (size_t)gh * (size_t)gw;
     if (!json_is_array(ps) || json_array_size(ps) != n)
         return set_err(why, len, "'patches' must be an array of %zu (grid %lldx%lld) vectors", n,

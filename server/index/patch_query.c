@@ -161,8 +161,12 @@ static int score_all(const struct patch_mirror *pm, const struct patch_query *q,
         patch_mirror_grid(pm, i, &gh, &gw);
         if ((size_t)gh * gw > max_n) max_n = (size_t)gh * gw;
     }
+    /* Query patches go QB at a time, so that the score block stays small
+     * (QB x 4096 floats at most: STORE_PATCHES_MAX). */
+    enum { QB = 256 };
+    const int qb = nq < QB ? nq : QB;
     float *dec = malloc(max_n * (size_t)w * sizeof *dec);
-    float *s = malloc(max_n * (size_t)nq * sizeof *s);
+    float *s = malloc(max_n * (size_t)qb * sizeof *s);
     float *best = malloc(max_n * sizeof *best);
     if (!dec || !s || !best) {
         free(dec);
@@ -175,29 +179,30 @@ static int score_all(const struct patch_mirror *pm, const struct patch_query *q,
         patch_mirror_grid(pm, i, &gh, &gw);
         const size_t n = (size_t)gh * gw;
         patch_decode(patch_mirror_data(pm, i), n, w, patch_mirror_type(pm), dec);
-        if (nq == 1) { /* one query patch: plain dots beat a GEMM call per item */
+        if (q->mode != PATCH_QUERY_IMAGE) { /* one query patch: plain dots, not a GEMM per item */
             for (size_t p = 0; p < n; p++) s[p] = dot(qv, dec + p * (size_t)w, w);
-        } else {
-            mm_sgemm(false, true, (size_t)nq, n, (size_t)w, 1.0f, qv, (size_t)w, dec, (size_t)w,
-                     0.0f, s, n); /* s [nq, n] */
-        }
-        if (q->mode != PATCH_QUERY_IMAGE) {
             for (size_t p = 0; p < n; p++)
                 topk_push(t, (struct cand){s[p], (uint32_t)i, (uint32_t)p});
             continue;
         }
-        /* Late interaction: sum over query patches of their best match. */
+        /* Late interaction: sum over query patches of their best match; best[p]
+         * is item patch p's best match with any query patch. */
         double sum = 0;
-        for (int a = 0; a < nq; a++) {
-            const float *row = s + (size_t)a * n;
-            float m = row[0];
-            for (size_t p = 1; p < n; p++) m = row[p] > m ? row[p] : m;
-            sum += m;
+        for (size_t p = 0; p < n; p++) best[p] = -INFINITY;
+        for (int a0 = 0; a0 < nq; a0 += qb) {
+            const int m_rows = nq - a0 < qb ? nq - a0 : qb;
+            mm_sgemm(false, true, (size_t)m_rows, n, (size_t)w, 1.0f, qv + (size_t)a0 * w,
+                     (size_t)w, dec, (size_t)w, 0.0f, s, n); /* s [m_rows, n] */
+            for (int a = 0; a < m_rows; a++) {
+                const float *row = s + (size_t)a * n;
+                float m = row[0];
+                for (size_t p = 0; p < n; p++) {
+                    m = row[p] > m ? row[p] : m;
+                    best[p] = row[p] > best[p] ? row[p] : best[p];
+                }
+                sum += m;
+            }
         }
-        for (size_t p = 0; p < n; p++) best[p] = s[p];
-        for (int a = 1; a < nq; a++)
-            for (size_t p = 0; p < n; p++)
-                if (s[(size_t)a * n + p] > best[p]) best[p] = s[(size_t)a * n + p];
         uint32_t bp = 0;
         for (size_t p = 1; p < n; p++)
             if (best[p] > best[bp]) bp = (uint32_t)p;

@@ -553,7 +553,8 @@ static int validate_item(const struct item_in *it, size_t i, int64_t width,
         const size_t want = (size_t)it->grid_h * (size_t)it->grid_w *
                             patch_vec_bytes((int)width, sh->type);
         if (!it->patches || it->grid_h < 1 || it->grid_w < 1 || it->grid_h > STORE_GRID_MAX ||
-            it->grid_w > STORE_GRID_MAX || it->patches_len != want)
+            it->grid_w > STORE_GRID_MAX || it->grid_h * it->grid_w > STORE_PATCHES_MAX ||
+            it->patches_len != want)
             return set_err_code(err, errlen, STORE_INVALID,
                                 "item %zu: a patch collection needs a %dx%d grid of patches"
                                 " (%zu bytes; got %zu)", i, it->grid_h, it->grid_w, want,

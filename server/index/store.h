@@ -49,7 +49,8 @@ enum store_metric { STORE_METRIC_COSINE = 0, STORE_METRIC_L2 = 1, STORE_METRIC_D
 /* What a collection indexes: one vector per item (its CLS embedding, or a
  * given vector), or every patch token of each item (patch_codec.h). */
 enum store_level { STORE_LEVEL_CLS = 0, STORE_LEVEL_PATCH = 1 };
-#define STORE_GRID_MAX 256   /* patch grids: 1..256 rows and columns */
+#define STORE_GRID_MAX 256   /* patch grids: 1..256 rows and columns, */
+#define STORE_PATCHES_MAX 4096 /* and at most 4096 patches (64 x 64) per item */
 
 /* "cosine", "l2", "dot"; NULL for an unknown value. */
 const char *store_metric_name(enum store_metric m);

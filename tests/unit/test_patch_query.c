@@ -252,6 +252,72 @@ static void test_refusals(struct index *ix, struct coll *c)
     coll_release(plain);
 }
 
+/* Late interaction with more query patches than one score block (256) and
+ * with a single query patch; a grid over STORE_PATCHES_MAX is refused. */
+static void test_big_grids(struct index *ix)
+{
+    enum { B = 3, G = 17, NP = G * G };
+    static float p[B][NP * W], d[B][NP * W];
+    static unsigned char enc[B][NP * W * 2];
+    const int grid[B][2] = {{G, G}, {1, 1}, {5, 7}};
+    struct collection_info in = {.name = "big", .width = W, .level = STORE_LEVEL_PATCH};
+    struct coll *c = NULL;
+    CHECK(index_create(ix, &in, &c, err, sizeof err) == 0, "create big: %s", err);
+    if (!c) return;
+    unsigned s = 5;
+    struct item_in items[B];
+    char ids[B][8], out[B][STORE_ID_MAX];
+    float mean[W] = {1};
+    for (int i = 0; i < B; i++) {
+        const int n = grid[i][0] * grid[i][1];
+        for (int q = 0; q < n; q++) {
+            for (int k = 0; k < W; k++) p[i][q * W + k] = next_float(&s);
+            normalise(p[i] + q * W, W);
+        }
+        patch_encode(p[i], (size_t)n, W, PATCH_F16, enc[i]);
+        patch_decode(enc[i], (size_t)n, W, PATCH_F16, d[i]);
+        snprintf(ids[i], sizeof ids[i], "b%d", i);
+        items[i] = (struct item_in){.external_id = ids[i], .vector = mean, .dim = W,
+                                    .patches = enc[i], .patches_len = (size_t)n * 2 * W,
+                                    .grid_h = grid[i][0], .grid_w = grid[i][1]};
+    }
+    CHECK(coll_insert(c, items, NULL, B, out, err, sizeof err) == 0, "insert big: %s", err);
+    for (int qi = 0; qi < 2; qi++) { /* queries: item 0 (289 patches), item 1 (one) */
+        struct patch_query q = {.mode = PATCH_QUERY_IMAGE, .k = B, .id = ids[qi]};
+        struct patch_result r;
+        CHECK(patch_query_run(c, &q, &r, err, sizeof err) == 0, "big late: %s", err);
+        const int nq = grid[qi][0] * grid[qi][1];
+        for (int j = 0; j < r.n; j++) {
+            const int i = r.hits[j].id[1] - '0', n = grid[i][0] * grid[i][1];
+            double sum = 0, best = -2;
+            int bp = 0;
+            for (int a = 0; a < nq; a++) {
+                double m = -2;
+                for (int t = 0; t < n; t++) {
+                    const double v = dot(d[qi] + a * W, d[i] + t * W);
+                    if (v > m) m = v;
+                    if (v > best) best = v, bp = t;
+                }
+                sum += m;
+            }
+            CHECK(fabs(r.hits[j].score - sum) < 1e-3 && r.hits[j].row == bp / grid[i][1] &&
+                      r.hits[j].col == bp % grid[i][1],
+                  "big late q%d hit %d (%s): %g (%d,%d) vs %g (%d,%d)", qi, j, r.hits[j].id,
+                  r.hits[j].score, r.hits[j].row, r.hits[j].col, sum, bp / grid[i][1],
+                  bp % grid[i][1]);
+        }
+        CHECK(r.n == B && !strcmp(r.hits[0].id, ids[qi]), "big late q%d finds itself", qi);
+        patch_result_free(&r);
+    }
+    items[0].external_id = "huge";
+    items[0].grid_h = 65;
+    items[0].grid_w = 64;
+    items[0].patches_len = 65u * 64 * 2 * W;
+    CHECK(coll_insert(c, items, NULL, 1, out, err, sizeof err) == STORE_INVALID,
+          "over STORE_PATCHES_MAX");
+    coll_release(c);
+}
+
 /* A database written by schema v1 opens, keeps its items and gains v2. */
 static void test_migration(void)
 {
@@ -333,6 +399,7 @@ int main(void)
         if (t == 1) test_refusals(ix, c);
         coll_release(c);
     }
+    test_big_grids(ix);
     /* Reopen: the int8 collection (decoded values still in dec) answers the same. */
     index_close(ix);
     ix = NULL;
