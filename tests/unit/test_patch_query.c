@@ -59,7 +59,7 @@ static void test_codec(void)
           "sizes");
     unsigned s = 7;
     float v[W], back[W];
-    unsigned char b[W + 4];
+    unsigned char b[2 * W + 4];
     for (int k = 0; k < W; k++) v[k] = next_float(&s);
     normalise(v, W);
     patch_encode(v, 1, W, PATCH_INT8, b);
