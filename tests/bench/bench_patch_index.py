@@ -56,13 +56,27 @@ class Server:
         if not line.startswith("listening on http://"):
             self.proc.kill()
             raise RuntimeError(f"franca-server did not start: {line!r}")
-        self.conn = http.client.HTTPConnection("127.0.0.1", int(line.rsplit(":", 1)[1]), timeout=3600)
+        self.port = int(line.rsplit(":", 1)[1])
+        self.conn = None
 
     def call(self, method, path, body=None, expect=200):
+        """One request on the keep-alive connection; once more on a new one when
+        the server has closed it (its idle timeout is 30 s; numpy takes longer)."""
         data = body if isinstance(body, bytes) else json.dumps(body).encode() if body else None
-        self.conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
-        r = self.conn.getresponse()
-        payload = r.read()
+        for attempt in (0, 1):
+            fresh = self.conn is None
+            if fresh:
+                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=3600)
+            try:
+                self.conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
+                r = self.conn.getresponse()
+                payload = r.read()
+                break
+            except (OSError, http.client.HTTPException):
+                self.conn.close()
+                self.conn = None
+                if fresh or attempt:
+                    raise
         if r.status != expect:
             raise RuntimeError(f"{method} {path}: {r.status} {payload[:300]!r}")
         return json.loads(payload)
@@ -74,7 +88,8 @@ class Server:
         return float("nan")
 
     def stop(self):
-        self.conn.close()
+        if self.conn:
+            self.conn.close()
         self.proc.terminate()
         self.proc.wait(timeout=120)
 
