@@ -71,6 +71,7 @@ int routes_collections_register(struct http_router *r, struct app *app, char *er
 int routes_search_register(struct http_router *r, struct app *app, char *err, size_t errlen);
 int routes_jobs_register(struct http_router *r, struct app *app, char *err, size_t errlen);
 int routes_ui_register(struct http_router *r, struct app *app, char *err, size_t errlen);
+int routes_patch_register(struct http_router *r, struct app *app, char *err, size_t errlen);
 
 /* The JSON object body of a request (a new reference); otherwise replies 415
  * or 400 and returns NULL. */

@@ -8,6 +8,7 @@
 
 #include "errors.h"
 #include "routes_index.h"
+#include "routes_patch.h"
 #include "vit.h"
 
 /* ---- collections ---------------------------------------------------------- */
@@ -20,7 +21,9 @@ static void create_collection(struct http_request *req, void *user)
     json_t *name = json_object_get(j, "name"), *model = json_object_get(j, "model");
     json_t *width = json_object_get(j, "width"), *metric = json_object_get(j, "metric");
     json_t *keep = json_object_get(j, "store_images");
+    json_t *level = json_object_get(j, "level"), *storage = json_object_get(j, "storage");
     struct collection_info in = {0};
+    enum patch_type ptype = PATCH_F16;
     const char *why = NULL;
     if (!json_is_string(name) || !route_collection_name_valid(json_string_value(name)))
         why = "'name' is required: 1 to 127 characters of A-Z a-z 0-9 . _ -, not starting with '.'";
@@ -33,6 +36,20 @@ static void create_collection(struct http_request *req, void *user)
         why = "'metric' must be \"cosine\", \"l2\" or \"dot\"";
     else if (keep && !json_is_null(keep) && !json_is_boolean(keep))
         why = "'store_images' must be a boolean";
+    else if (level && !json_is_null(level) &&
+             (!json_is_string(level) || (strcmp(json_string_value(level), "cls") &&
+                                         strcmp(json_string_value(level), "patch"))))
+        why = "'level' must be \"cls\" or \"patch\"";
+    else if (storage && !json_is_null(storage) &&
+             (!json_is_string(storage) || patch_type_parse(json_string_value(storage), &ptype)))
+        why = "'storage' must be \"f16\" or \"int8\"";
+    else if ((in.level = json_is_string(level) && !strcmp(json_string_value(level), "patch")
+                             ? STORE_LEVEL_PATCH : STORE_LEVEL_CLS) == STORE_LEVEL_CLS &&
+             json_is_string(storage))
+        why = "'storage' applies to collections of level \"patch\" only";
+    else if (in.level == STORE_LEVEL_PATCH && in.metric != STORE_METRIC_COSINE)
+        why = "patch-level collections score by cosine: leave out 'metric' or give \"cosine\"";
+    in.patch_type = (int)ptype;
     if (why) {
         http_reply_error(req, 400, NULL, why);
         goto done;
@@ -140,6 +157,7 @@ struct insert_ctx {
     char **meta_text;           /* the same as compact JSON text, for SQLite */
     float *vecs;                /* [n, width] */
     int *image_of;              /* item -> index in base.im, or -1 */
+    void **blobs;               /* patch collections: each item's encoded patches */
     char (*ids)[STORE_ID_MAX];
 };
 
@@ -153,6 +171,8 @@ static void insert_free(void *ctx)
     free(x->items);
     free(x->vecs);
     free(x->image_of);
+    for (size_t i = 0; x->blobs && i < x->n; i++) free(x->blobs[i]);
+    free(x->blobs);
     free(x->ids);
     route_index_end(&x->base);
     free(x);
@@ -168,6 +188,12 @@ static void insert_commit(void *arg)
         memcpy(x->vecs + i * w, x->base.im.vectors + (size_t)k * w, w * sizeof *x->vecs);
         x->items[i].image = x->base.im.bytes[k];
         x->items[i].image_len = x->base.im.lens[k];
+        if (x->base.im.patches && route_patch_item_image(x->base.c, &x->base.im, k, &x->items[i],
+                                                         x->vecs + i * w, &x->blobs[i])) {
+            http_reply_error(x->base.req, 500, NULL, "out of memory");
+            insert_free(x);
+            return;
+        }
     }
     char err[ERR_LEN];
     const int rc = coll_insert(x->base.c, x->items, x->meta, x->n, x->ids, err, sizeof err);
@@ -198,6 +224,7 @@ static int parse_items(struct http_request *req, struct insert_ctx *x, json_t **
         return -1;
     }
     const size_t w = (size_t)coll_width(x->base.c);
+    const bool patch_level = coll_level(x->base.c) == STORE_LEVEL_PATCH;
     x->n = n;
     x->items = calloc(n, sizeof *x->items);
     x->meta = calloc(n, sizeof *x->meta);
@@ -205,9 +232,10 @@ static int parse_items(struct http_request *req, struct insert_ctx *x, json_t **
     x->vecs = calloc(n * w, sizeof *x->vecs);
     x->image_of = malloc(n * sizeof *x->image_of);
     x->ids = malloc(n * sizeof *x->ids);
+    x->blobs = calloc(n, sizeof *x->blobs);
     *image_strings = calloc(n, sizeof **image_strings);
     *where = calloc(n, sizeof **where);
-    if (!x->items || !x->meta || !x->meta_text || !x->vecs || !x->image_of || !x->ids || !*image_strings || !*where) {
+    if (!x->items || !x->meta || !x->meta_text || !x->vecs || !x->image_of || !x->ids || !x->blobs || !*image_strings || !*where) {
         http_reply_error(req, 500, NULL, "out of memory");
         return -1;
     }
@@ -217,6 +245,7 @@ static int parse_items(struct http_request *req, struct insert_ctx *x, json_t **
         char why[ERR_LEN] = "";
         json_t *id = json_object_get(it, "id"), *image = json_object_get(it, "image");
         json_t *vector = json_object_get(it, "vector"), *meta = json_object_get(it, "metadata");
+        json_t *patches = json_object_get(it, "patches");
         x->image_of[i] = -1;
         x->items[i].vector = x->vecs + i * w;
         x->items[i].dim = w;
@@ -228,8 +257,16 @@ static int parse_items(struct http_request *req, struct insert_ctx *x, json_t **
                     strlen(json_string_value(id)) != json_string_length(id))) {
             snprintf(why, sizeof why, "'id' must be a string of 1 to %d bytes without NUL",
                      STORE_ID_MAX - 1);
-        } else if (!image == !vector) {
-            snprintf(why, sizeof why, "needs exactly one of 'image' and 'vector'");
+        } else if (patch_level && vector) {
+            snprintf(why, sizeof why, "has a 'vector', but collection '%s' is patch-level: give "
+                     "'image', or 'patches' with 'grid'", coll_name(x->base.c));
+        } else if (!patch_level && (patches || json_object_get(it, "grid"))) {
+            snprintf(why, sizeof why, "has 'patches'/'grid', which need a collection created "
+                     "with level \"patch\"");
+        } else if (!image == !(patch_level ? patches : vector)) {
+            snprintf(why, sizeof why, patch_level
+                     ? "needs exactly one of 'image' and 'patches' (with 'grid')"
+                     : "needs exactly one of 'image' and 'vector'");
         } else if (meta && !json_is_null(meta) && !json_is_object(meta)) {
             snprintf(why, sizeof why, "'metadata' must be an object");
         } else if (image && !json_is_string(image)) {
@@ -238,6 +275,11 @@ static int parse_items(struct http_request *req, struct insert_ctx *x, json_t **
             char vw[256];
             if (route_vector_from_json(vector, (int)w, true, x->vecs + i * w, vw, sizeof vw))
                 snprintf(why, sizeof why, "'vector' %s", vw);
+        } else if (patches) {
+            char pw[256];
+            if (route_patch_item_json(x->base.c, it, &x->items[i], x->vecs + i * w,
+                                      &x->blobs[i], pw, sizeof pw))
+                snprintf(why, sizeof why, "%s", pw);
         }
         if (why[0]) {
             http_reply_errorf(req, 400, NULL, "items[%zu] %s", i, why);

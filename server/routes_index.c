@@ -48,6 +48,14 @@ json_t *route_coll_json(struct coll *c)
                           indexed, "prefix_width", pw);
     coll_read_end(c);
     if (o && coll_job_id(c, job)) json_object_set_new(o, "job", json_string(job));
+    json_object_set_new(o, "level", json_string(info.level == STORE_LEVEL_PATCH ? "patch" : "cls"));
+    struct patch_mirror *pm = coll_patches_begin(c);
+    if (o && pm) { /* what the patch matrices hold in memory (as on disk) */
+        json_object_set_new(o, "storage", json_string(patch_type_name(patch_mirror_type(pm))));
+        json_object_set_new(o, "patches", json_integer((json_int_t)patch_mirror_patches(pm)));
+        json_object_set_new(o, "patch_bytes", json_integer((json_int_t)patch_mirror_bytes(pm)));
+    }
+    if (pm) coll_patches_end(c);
     return o;
 }
 
@@ -112,6 +120,7 @@ void route_images_free(struct route_images *im)
     free(im->bytes);
     free(im->lens);
     free(im->vectors);
+    free(im->patches);
     *im = (struct route_images){0};
 }
 
@@ -123,6 +132,7 @@ struct embed_ctx {
     struct app *app;
     struct route_images *im;
     int width;
+    bool patches;     /* a patch-level collection: keep the patch tokens too */
     embed_done_fn done;
     void *user;
     int status;
@@ -146,6 +156,15 @@ static void embed_done(struct infer_request *r, int status, const char *err, voi
             matryoshka_cut(r->cls, r->n, r->D, x->width, true, x->im->vectors);
         else
             x->status = BATCH_ERR, snprintf(x->err, sizeof x->err, "out of memory");
+        const float *tok = r->patch_rasa ? r->patch_rasa : r->patch;
+        if (x->patches && x->status == BATCH_OK) {
+            const size_t rows = (size_t)r->n * (size_t)r->N;
+            x->im->patches = malloc(rows * (size_t)x->width * sizeof(float));
+            if (x->im->patches)
+                matryoshka_cut(tok, (int)rows, r->D, x->width, true, x->im->patches);
+            else
+                x->status = BATCH_ERR, snprintf(x->err, sizeof x->err, "out of memory");
+        }
     } else {
         snprintf(x->err, sizeof x->err, "%s", err ? err : "inference failed");
     }
@@ -202,8 +221,11 @@ static int coll_embed(struct http_request *req, struct app *app, struct coll *c,
         return -1;
     }
     const int S = request_image_side(cfg, 0);
+    const bool patches = info.level == STORE_LEVEL_PATCH, rasa = cfg->rasa_layers > 0;
+    im->grid_h = im->grid_w = S / cfg->patch_size;
     struct infer_request *r;
-    int rc = infer_new(&r, app->batcher, e, im->n, S, S, false, false, err, sizeof err);
+    int rc = infer_new(&r, app->batcher, e, im->n, S, S, patches && !rasa, patches && rasa, err,
+                       sizeof err);
     if (rc != BATCH_OK) {
         route_reply_batch_error(req, rc, err);
         return -1;
@@ -222,8 +244,8 @@ static int coll_embed(struct http_request *req, struct app *app, struct coll *c,
         infer_free(r);
         return -1;
     }
-    *x = (struct embed_ctx){.app = app, .im = im, .width = (int)info.width, .done = done,
-                            .user = user};
+    *x = (struct embed_ctx){.app = app, .im = im, .width = (int)info.width,
+                            .patches = patches, .done = done, .user = user};
     infer_set_cancel(r, route_abandoned, req);
     rc = infer_submit(r, embed_done, x, err, sizeof err);
     if (rc) {

@@ -30,6 +30,10 @@ struct route_images {
     uint8_t **bytes;  /* decoded image files (kept for collections that store them) */
     size_t *lens;
     float *vectors;   /* [n, width]: the L2-normalised CLS prefix, once done */
+    /* Patch-level collections: every patch token (RASA-cleaned when the
+     * checkpoint has RASA tensors) cut to the width and L2-normalised. */
+    float *patches;   /* [n, grid_h * grid_w, width], once done */
+    int grid_h, grid_w;
 };
 /* Decodes n base64 / data-URI strings; on failure replies (400/413/415) naming
  * where[i] and returns -1. */
@@ -58,7 +62,7 @@ void *route_index_begin(struct http_request *req, struct app *app, size_t size, 
 /* Frees the shared part: body, collection, images. */
 void route_index_end(struct route_index_req *r);
 /* Defers the request, embeds r->im with the collection's model when it holds
- * images, then runs r->run on the index work queue. When that cannot start or
+ * images (and their patch tokens for a patch-level collection), then runs r->run on the index work queue. When that cannot start or
  * the embedding fails, answers (409, 422, 429, 503...) and releases. */
 void route_index_start(struct route_index_req *r);
 

@@ -9,6 +9,7 @@
 #include "errors.h"
 #include "index/query.h"
 #include "routes_index.h"
+#include "routes_patch.h"
 
 /* Hits in one answer at most (queries x k): 100,000 hits of JSON are ~10 MB. */
 #define SEARCH_HITS_MAX 100000
@@ -139,6 +140,10 @@ static int parse_query(struct search_ctx *x, json_t *o, int i, json_t **image, c
     json_t *vec = json_object_get(o, "vector"), *img = json_object_get(o, "image");
     json_t *id = json_object_get(o, "id");
     if (!json_is_object(o)) return set_err(why, len, "is not an object");
+    if (json_object_get(o, "patch") || json_object_get(o, "box"))
+        return set_err(why, len, "uses 'patch'/'box', but collection '%s' is CLS-level; patch "
+                       "queries need a collection created with level \"patch\"",
+                       coll_name(x->base.c));
     if ((vec != NULL) + (img != NULL) + (id != NULL) != 1)
         return set_err(why, len, "needs exactly one of 'image', 'vector' and 'id'");
     if (vec) {
@@ -159,6 +164,10 @@ static int parse_query(struct search_ctx *x, json_t *o, int i, json_t **image, c
 static void search(struct http_request *req, void *user)
 {
     struct app *app = user;
+    if (route_is_patch_collection(req, app)) { /* patch search: routes_patch.c */
+        route_patch_search(req, app);
+        return;
+    }
     struct search_ctx *x = route_index_begin(req, app, sizeof *x, search_run, search_free);
     if (!x) return;
     char why[ERR_LEN] = "";

@@ -340,12 +340,14 @@ class FrancaClient:
         """A path segment (collection name, item id, job id), percent-encoded."""
         return urllib.parse.quote(str(segment), safe="")
 
-    def create_collection(self, name, model=None, width=None, metric=None, store_images=None):
+    def create_collection(self, name, model=None, width=None, metric=None, store_images=None,
+                          level=None, storage=None):
         """Creates a collection; returns its description (name, model, fingerprint,
-        width, metric, store_images, created_at, count, indexed, prefix_width)."""
+        width, metric, store_images, created_at, count, indexed, prefix_width, level).
+        level "patch" keeps every patch token (storage "f16" or "int8")."""
         body = {"name": name}
         for key, val in (("model", model), ("width", width), ("metric", metric),
-                         ("store_images", store_images)):
+                         ("store_images", store_images), ("level", level), ("storage", storage)):
             if val is not None:
                 body[key] = val
         return self.json("POST", "/v1/collections", body)
@@ -371,14 +373,16 @@ class FrancaClient:
         in one request (one transaction); returns the ids in input order."""
         return self.json("POST", f"/v1/collections/{self._q(collection)}/items", {"items": items})["ids"]
 
-    def insert(self, collection, vectors=None, images=None, ids=None, metadata=None, batch=None):
-        """Inserts vectors (a 2-D numpy array or a list of lists) or images (paths
-        or bytes), with optional ids and metadata dicts (lists of the same length).
+    def insert(self, collection, vectors=None, images=None, ids=None, metadata=None, batch=None,
+               patches=None):
+        """Inserts vectors (a 2-D numpy array or a list of lists), images (paths
+        or bytes) or, into a patch collection, patch grids (each [rows, cols,
+        width]), with optional ids and metadata dicts (lists of the same length).
         batch=N splits the items into requests of at most N items (each request is
         all or nothing); by default they go in one request. Returns the ids."""
-        if (vectors is None) == (images is None):
-            raise ValueError("insert: give exactly one of vectors and images")
-        n = len(vectors) if vectors is not None else len(images)
+        if sum(x is not None for x in (vectors, images, patches)) != 1:
+            raise ValueError("insert: give exactly one of vectors, images and patches")
+        n = len(next(x for x in (vectors, images, patches) if x is not None))
         for what, lst in (("ids", ids), ("metadata", metadata)):
             if lst is not None and len(lst) != n:
                 raise ValueError(f"insert: {what} has {len(lst)} entries for {n} items")
@@ -387,8 +391,15 @@ class FrancaClient:
         for lo in range(0, n, step):
             items = []
             for i in range(lo, min(n, lo + step)):
-                item = {"vector": self._vector(vectors[i])} if vectors is not None \
-                    else {"image": _image_data_uri(images[i])}
+                if patches is not None:
+                    g = patches[i]
+                    rows, cols = len(g), len(g[0])
+                    item = {"patches": [self._vector(v) for row in g for v in row],
+                            "grid": [rows, cols]}
+                elif vectors is not None:
+                    item = {"vector": self._vector(vectors[i])}
+                else:
+                    item = {"image": _image_data_uri(images[i])}
                 if ids is not None and ids[i] is not None:
                     item["id"] = str(ids[i])
                 if metadata is not None and metadata[i] is not None:
@@ -436,15 +447,21 @@ class FrancaClient:
         return body
 
     def search(self, collection, vector=None, image=None, id=None, k=10, width=None, funnel=None,
-               candidates=None, filter=None, include=None, raw=False):
+               candidates=None, filter=None, include=None, raw=False, patch=None, box=None):
         """k nearest neighbours of one query: a vector, an image (path or bytes) or
         a stored item's id. width: prefix width (default the collection's).
         funnel: True (the server's defaults), an int (the shortlist prefix width) or
         a dict {"width", "candidates"}; candidates: shortlist size. filter: a
         metadata filter ({"key": value} or {"key": {"$gt": ...}}); include: a list
         of "metadata", "vector". Returns the results [{"id", "score", ...}] best
-        first (raw=True: the whole answer)."""
+        first (raw=True: the whole answer). Patch collections: image or id with
+        patch=(row, col) or box=(r0, c0, r1, c1) for the best patches, or alone for
+        late-interaction ranking; each hit has "patch": [row, col]."""
         body = self._query(vector, image, id)
+        if patch is not None:
+            body["patch"] = [int(x) for x in patch]
+        if box is not None:
+            body["box"] = [int(x) for x in box]
         body.update(self._search_options(k, width, funnel, candidates, filter, include))
         resp = self.json("POST", f"/v1/collections/{self._q(collection)}/search", body)
         return resp if raw else resp["results"]
@@ -471,6 +488,16 @@ class FrancaClient:
         body.update(self._search_options(k, width, funnel, candidates, filter, include))
         resp = self.json("POST", f"/v1/collections/{self._q(collection)}/search", body)
         return resp if raw else [b["results"] for b in resp["batch"]]
+
+    def heatmap(self, collection, item, image=None, id=None, patch=None, box=None):
+        """PNG bytes: the query patch's (or box's) cosine over item's patch grid."""
+        body = self._query(None, image, id)
+        body["item"] = str(item)
+        if patch is not None:
+            body["patch"] = [int(x) for x in patch]
+        if box is not None:
+            body["box"] = [int(x) for x in box]
+        return self.request("POST", f"/v1/collections/{self._q(collection)}/heatmap", body)[2]
 
     def reembed(self, collection):
         """Starts re-embedding a collection (that keeps its source images) with its

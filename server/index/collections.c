@@ -14,6 +14,7 @@
 struct coll {
     struct collection_info info; /* fingerprint changes only under swap (exclusive) */
     struct index_mirror *mirror; /* replaced only under swap (exclusive) */
+    struct patch_mirror *patches; /* level PATCH only (a patch collection has no reembed) */
     pthread_mutex_t write_mu;
     pthread_rwlock_t swap;
     char job[COLL_JOB_ID_MAX];   /* id of the reembed job writing it, "" when none (write_mu) */
@@ -67,13 +68,47 @@ static struct index_mirror *build_mirror(struct index_store *store,
     return b.m;
 }
 
-static struct coll *coll_new(struct index *ix, const struct collection_info *info,
-                             struct index_mirror *m)
+static int build_patch_row(int64_t row_id, const char *external_id, int grid_h, int grid_w,
+                           const void *patches, size_t len, void *user)
 {
+    (void)len; /* checked by the scan against the grid */
+    struct patch_mirror *pm = user;
+    char err[ERR_LEN];
+    return patch_mirror_add(pm, 1, &row_id, &external_id, &grid_h, &grid_w, &patches, err,
+                            sizeof err);
+}
+
+/* The patch mirror of a patch collection from SQLite, *out NULL for CLS ones. */
+static int build_patches(struct index_store *store, const struct collection_info *info,
+                         bool scan, struct patch_mirror **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    if (info->level != STORE_LEVEL_PATCH) return 0;
+    struct patch_mirror *pm = patch_mirror_create((int)info->width,
+                                                  (enum patch_type)info->patch_type, err, errlen);
+    if (!pm) return STORE_ERR;
+    if (scan && store_patches_scan(store, info->id, build_patch_row, pm, err, errlen)) {
+        patch_mirror_free(pm);
+        return STORE_ERR;
+    }
+    *out = pm;
+    return 0;
+}
+
+static struct coll *coll_new(struct index *ix, const struct collection_info *info,
+                             struct index_mirror *m, bool scan, char *err, size_t errlen)
+{
+    struct patch_mirror *pm;
+    if (build_patches(ix->store, info, scan, &pm, err, errlen)) return NULL;
     struct coll *c = calloc(1, sizeof *c);
-    if (!c) return NULL;
+    if (!c) {
+        patch_mirror_free(pm);
+        set_err(err, errlen, "index: out of memory");
+        return NULL;
+    }
     c->info = *info;
     c->mirror = m;
+    c->patches = pm;
     c->ix = ix;
     atomic_init(&c->refs, 1);
     pthread_mutex_init(&c->write_mu, NULL);
@@ -96,6 +131,7 @@ void coll_release(struct coll *c)
     assert(prev > 0); /* a release without a matching acquire */
     if (prev != 1) return;
     mirror_free(c->mirror);
+    patch_mirror_free(c->patches);
     pthread_mutex_destroy(&c->write_mu);
     pthread_rwlock_destroy(&c->swap);
     free(c);
@@ -133,11 +169,11 @@ int index_open(struct index **out, const char *data_dir, char *err, size_t errle
     }
     for (size_t i = 0; i < n; i++) {
         struct index_mirror *m = build_mirror(ix->store, &infos[i], err, errlen);
-        struct coll *c = m ? coll_new(ix, &infos[i], m) : NULL;
+        struct coll *c = m ? coll_new(ix, &infos[i], m, true, err, errlen) : NULL;
         if (!c || append(ix, c)) {
             if (m && !c) mirror_free(m);
+            if (c) set_err(err, errlen, "index: out of memory");
             coll_release(c);
-            if (m) set_err(err, errlen, "index: out of memory");
             free(infos);
             index_close(ix);
             return STORE_ERR;
@@ -172,7 +208,7 @@ int index_create(struct index *ix, const struct collection_info *in, struct coll
     struct coll *c = NULL;
     if (!rc) {
         m = mirror_create((int)info.width, info.metric, 0, err, errlen);
-        c = m ? coll_new(ix, &info, m) : NULL;
+        c = m ? coll_new(ix, &info, m, false, err, errlen) : NULL;
         if (m) mirror_set_payload_free(m, payload_free);
         if (!c || append(ix, c)) {
             if (!c) mirror_free(m);
@@ -257,6 +293,26 @@ static int writable(struct coll *c, char *err, size_t errlen)
     return 0;
 }
 
+/* The committed items' patch matrices into the patch mirror. */
+static int add_patches(struct patch_mirror *pm, const struct item_in *items, const int64_t *rows,
+                       const char **ids, size_t n, char *err, size_t errlen)
+{
+    int *gh = malloc((n ? n : 1) * sizeof *gh), *gw = malloc((n ? n : 1) * sizeof *gw);
+    const void **data = malloc((n ? n : 1) * sizeof *data);
+    int rc = !gh || !gw || !data ? set_err_code(err, errlen, STORE_ERR, "out of memory") : 0;
+    for (size_t i = 0; !rc && i < n; i++) {
+        gh[i] = items[i].grid_h;
+        gw[i] = items[i].grid_w;
+        data[i] = items[i].patches;
+    }
+    if (!rc) rc = patch_mirror_add(pm, n, rows, ids, gh, gw, (const void *const *)data, err,
+                                   errlen);
+    free(gh);
+    free(gw);
+    free(data);
+    return rc;
+}
+
 int coll_insert(struct coll *c, const struct item_in *items, json_t *const *metadata, size_t n,
                 char (*out_ids)[STORE_ID_MAX], char *err, size_t errlen)
 {
@@ -285,6 +341,7 @@ int coll_insert(struct coll *c, const struct item_in *items, json_t *const *meta
         rc = mirror_add_payloads(c->mirror, n, rows, ids, vecs, (void *const *)metadata, err,
                                  errlen);
         pthread_rwlock_unlock(&c->swap);
+        if (!rc && c->patches) rc = add_patches(c->patches, items, rows, ids, n, err, errlen);
         if (rc) rc = set_err_code(err, errlen, STORE_ERR,
                                   "items were stored but not indexed (%s); they become "
                                   "searchable after a restart", err);
@@ -313,6 +370,7 @@ int coll_delete(struct coll *c, const char *external_id, char *err, size_t errle
         pthread_rwlock_rdlock(&c->swap);
         mirror_remove(c->mirror, 1, &external_id, NULL);
         pthread_rwlock_unlock(&c->swap);
+        if (c->patches) patch_mirror_remove(c->patches, external_id);
     }
     pthread_mutex_unlock(&c->write_mu);
     return rc;
@@ -322,6 +380,10 @@ int coll_begin_job(struct coll *c, const char *job_id, char *err, size_t errlen)
 {
     pthread_mutex_lock(&c->write_mu);
     int rc = writable(c, err, errlen);
+    if (!rc && c->patches) /* a reembed rewrites CLS vectors only */
+        rc = set_err_code(err, errlen, STORE_INVALID, "collection '%s' is patch-level: "
+                          "re-embedding it is not supported; re-insert its images into a new "
+                          "collection", c->info.name);
     if (!rc) snprintf(c->job, sizeof c->job, "%s", job_id);
     pthread_mutex_unlock(&c->write_mu);
     return rc;
@@ -382,6 +444,16 @@ void coll_fingerprint(struct coll *c, char out[STORE_TEXT_MAX])
     pthread_rwlock_unlock(&c->swap);
 }
 
+struct patch_mirror *coll_patches_begin(struct coll *c)
+{
+    if (!c->patches) return NULL;
+    patch_mirror_read_lock(c->patches);
+    return c->patches;
+}
+
+void coll_patches_end(struct coll *c) { patch_mirror_read_unlock(c->patches); }
+
+enum store_level coll_level(const struct coll *c) { return c->info.level; }
 const char *coll_name(const struct coll *c) { return c->info.name; }
 int64_t coll_width(const struct coll *c) { return c->info.width; }
 int64_t coll_id(const struct coll *c) { return c->info.id; }

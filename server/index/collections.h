@@ -23,6 +23,7 @@
 #include <stdint.h>
 
 #include "index/mirror.h"
+#include "index/patch_mirror.h"
 #include "index/store.h"
 
 #define COLL_JOB_ID_MAX 32
@@ -55,7 +56,8 @@ int coll_insert(struct coll *c, const struct item_in *items, json_t *const *meta
 int coll_delete(struct coll *c, const char *external_id, char *err, size_t errlen);
 
 /* Marks a job as the collection's only writer (STORE_CONFLICT when another
- * runs); coll_end_job clears it. */
+ * runs; STORE_INVALID for a patch collection, which has no re-embedding);
+ * coll_end_job clears it. */
 int coll_begin_job(struct coll *c, const char *job_id, char *err, size_t errlen);
 void coll_end_job(struct coll *c);
 /* Commits new vectors for rows (all of the collection's items) and the new
@@ -74,6 +76,14 @@ void coll_info(struct coll *c, struct collection_info *out);
 /* Copies the id of the reembed job writing the collection into out and returns
  * true, or returns false (out = "") when none does. */
 bool coll_job_id(struct coll *c, char out[COLL_JOB_ID_MAX]);
+
+/* Patch collections: the patch mirror, read-locked until coll_patches_end
+ * (NULL, nothing locked, for a CLS collection). Never held together with
+ * coll_read_begin. */
+struct patch_mirror *coll_patches_begin(struct coll *c);
+void coll_patches_end(struct coll *c);
+/* Fixed at creation. */
+enum store_level coll_level(const struct coll *c);
 
 /* A consistent read: the mirror is valid and unchanging until coll_read_end. */
 struct index_mirror *coll_read_begin(struct coll *c);

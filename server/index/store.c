@@ -17,12 +17,13 @@
 #include <unistd.h>
 
 #include "errors.h"
+#include "index/patch_codec.h"
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "store.c stores float32 vectors as host bytes and assumes a little-endian host"
 #endif
 
-#define STORE_SCHEMA_VERSION 1
+#define STORE_SCHEMA_VERSION 2
 #define STORE_BUSY_TIMEOUT_MS 5000
 
 struct index_store {
@@ -123,18 +124,32 @@ static int check_text(const char *v, size_t min, size_t cap, const char *what, c
     return 0;
 }
 
-/* Reads (width, store_images) of a collection inside the caller's transaction. */
-static int collection_shape(struct index_store *s, int64_t id, int64_t *width, int *keep_images,
+/* What an item of a collection must hold (collection_shape). */
+struct shape {
+    int keep_images;
+    bool patches;             /* a patch-level collection */
+    enum patch_type type;
+};
+
+/* Reads (width, shape) of a collection inside the caller's transaction. */
+static int collection_shape(struct index_store *s, int64_t id, int64_t *width, struct shape *sh,
                             char *err, size_t errlen)
 {
     sqlite3_stmt *st;
-    if (prepare(s, "SELECT width, store_images FROM collections WHERE id = ?1", &st, err, errlen))
+    if (prepare(s, "SELECT width, store_images, level, patch_type FROM collections WHERE id = ?1",
+                &st, err, errlen))
         return STORE_ERR;
     sqlite3_bind_int64(st, 1, id);
     int rc = sqlite3_step(st), ret = 0;
     if (rc == SQLITE_ROW) {
         *width = sqlite3_column_int64(st, 0);
-        if (keep_images) *keep_images = sqlite3_column_int(st, 1) != 0;
+        if (sh) {
+            const char *lv = (const char *)sqlite3_column_text(st, 2);
+            sh->keep_images = sqlite3_column_int(st, 1) != 0;
+            sh->patches = lv && !strcmp(lv, "patch");
+            sh->type = PATCH_F16;
+            patch_type_parse((const char *)sqlite3_column_text(st, 3), &sh->type);
+        }
     } else if (rc == SQLITE_DONE) {
         set_err(err, errlen, "no collection with id %lld", (long long)id);
         ret = STORE_NOT_FOUND;
@@ -166,6 +181,16 @@ static const char schema_v1[] =
     " image BLOB,"
     " UNIQUE (collection_id, external_id));";
 
+/* v1 -> v2: patch-level collections. Existing collections become 'cls'. */
+static const char schema_v2[] =
+    "ALTER TABLE collections ADD COLUMN level TEXT NOT NULL DEFAULT 'cls'"
+    " CHECK (level IN ('cls', 'patch'));"
+    "ALTER TABLE collections ADD COLUMN patch_type TEXT NOT NULL DEFAULT 'f16'"
+    " CHECK (patch_type IN ('f16', 'int8'));"
+    "ALTER TABLE items ADD COLUMN grid_h INTEGER;"
+    "ALTER TABLE items ADD COLUMN grid_w INTEGER;"
+    "ALTER TABLE items ADD COLUMN patches BLOB;";
+
 /* Brings the schema from user_version `from` to STORE_SCHEMA_VERSION, one step
  * per version, inside one transaction. Version 1 is the first; later versions
  * add a case here. */
@@ -188,12 +213,15 @@ static int migrate(struct index_store *s, char *err, size_t errlen)
     switch (from) {
     case 0:
         if (exec_const(s, schema_v1, err, errlen)) goto fail;
-        /* fall through: future versions add "case 1: ... v1 -> v2" here */
+        /* fall through */
+    case 1:
+        if (exec_const(s, schema_v2, err, errlen)) goto fail;
+        /* fall through: future versions add "case 2: ... v2 -> v3" here */
     default:
         break;
     }
     if (from != STORE_SCHEMA_VERSION &&
-        exec_const(s, "PRAGMA user_version = 1", err, errlen)) /* = STORE_SCHEMA_VERSION */
+        exec_const(s, "PRAGMA user_version = 2", err, errlen)) /* = STORE_SCHEMA_VERSION */
         goto fail;
     if (exec_const(s, "COMMIT", err, errlen)) goto fail;
     return 0;
@@ -316,13 +344,19 @@ int store_collection_create(struct index_store *s, const struct collection_info 
         set_err(err, errlen, "unknown metric %d", (int)in->metric);
         return STORE_INVALID;
     }
+    const char *ptype = patch_type_name((enum patch_type)in->patch_type);
+    if (!ptype || (in->level != STORE_LEVEL_CLS && in->level != STORE_LEVEL_PATCH))
+        return set_err_code(err, errlen, STORE_INVALID, "unknown level %d or patch type %d",
+                            (int)in->level, in->patch_type);
+    if (in->level == STORE_LEVEL_PATCH && in->metric != STORE_METRIC_COSINE)
+        return set_err_code(err, errlen, STORE_INVALID, "patch collections use cosine");
     pthread_mutex_lock(&s->mu);
     sqlite3_stmt *st;
     int ret = STORE_ERR;
     if (prepare(s,
                 "INSERT INTO collections (name, model, fingerprint, width, metric, store_images,"
-                " created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6,"
-                " strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
+                " created_at, level, patch_type) VALUES (?1, ?2, ?3, ?4, ?5, ?6,"
+                " strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), ?7, ?8)",
                 &st, err, errlen) == 0) {
         sqlite3_bind_text(st, 1, in->name, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 2, in->model, -1, SQLITE_STATIC);
@@ -330,6 +364,9 @@ int store_collection_create(struct index_store *s, const struct collection_info 
         sqlite3_bind_int64(st, 4, in->width);
         sqlite3_bind_text(st, 5, metric, -1, SQLITE_STATIC);
         sqlite3_bind_int(st, 6, in->store_images ? 1 : 0);
+        sqlite3_bind_text(st, 7, in->level == STORE_LEVEL_PATCH ? "patch" : "cls", -1,
+                          SQLITE_STATIC);
+        sqlite3_bind_text(st, 8, ptype, -1, SQLITE_STATIC);
         rc = sqlite3_step(st);
         if (rc == SQLITE_DONE) {
             if (id) *id = sqlite3_last_insert_rowid(s->db);
@@ -346,7 +383,7 @@ int store_collection_create(struct index_store *s, const struct collection_info 
 }
 
 #define COLLECTION_COLS \
-    "id, name, model, fingerprint, width, metric, store_images, created_at"
+    "id, name, model, fingerprint, width, metric, store_images, created_at, level, patch_type"
 
 static void read_collection(sqlite3_stmt *st, struct collection_info *out)
 {
@@ -361,6 +398,11 @@ static void read_collection(sqlite3_stmt *st, struct collection_info *out)
     out->metric = m;
     out->store_images = sqlite3_column_int(st, 6) != 0;
     copy_col(out->created_at, sizeof out->created_at, st, 7);
+    const char *lv = (const char *)sqlite3_column_text(st, 8);
+    out->level = lv && !strcmp(lv, "patch") ? STORE_LEVEL_PATCH : STORE_LEVEL_CLS;
+    enum patch_type t = PATCH_F16;
+    patch_type_parse((const char *)sqlite3_column_text(st, 9), &t);
+    out->patch_type = (int)t;
 }
 
 int store_collection_get(struct index_store *s, const char *name, struct collection_info *out,
@@ -501,9 +543,23 @@ static int gen_id(char out[STORE_ID_MAX], char *err, size_t errlen)
     return 0;
 }
 
-static int validate_item(const struct item_in *it, size_t i, int64_t width, char *err,
-                         size_t errlen)
+static int validate_item(const struct item_in *it, size_t i, int64_t width,
+                         const struct shape *sh, char *err, size_t errlen)
 {
+    if (!sh->patches && it->patches)
+        return set_err_code(err, errlen, STORE_INVALID,
+                            "item %zu: patches given for a CLS-level collection", i);
+    if (sh->patches) {
+        const size_t want = (size_t)it->grid_h * (size_t)it->grid_w *
+                            patch_vec_bytes((int)width, sh->type);
+        if (!it->patches || it->grid_h < 1 || it->grid_w < 1 || it->grid_h > STORE_GRID_MAX ||
+            it->grid_w > STORE_GRID_MAX || it->grid_h * it->grid_w > STORE_PATCHES_MAX ||
+            it->patches_len != want)
+            return set_err_code(err, errlen, STORE_INVALID,
+                                "item %zu: a patch collection needs a %dx%d grid of patches"
+                                " (%zu bytes; got %zu)", i, it->grid_h, it->grid_w, want,
+                                it->patches_len);
+    }
     if (it->external_id && check_text(it->external_id, 1, STORE_ID_MAX, "item id", err, errlen))
         return STORE_INVALID;
     if (!it->vector || it->dim != (size_t)width) {
@@ -549,14 +605,15 @@ int store_items_insert_rows(struct index_store *s, int64_t collection_id,
     pthread_mutex_lock(&s->mu);
     if (exec_const(s, "BEGIN IMMEDIATE", err, errlen)) goto out;
     int64_t width;
-    int keep_images;
-    if ((ret = collection_shape(s, collection_id, &width, &keep_images, err, errlen))) goto out;
+    struct shape sh;
+    if ((ret = collection_shape(s, collection_id, &width, &sh, err, errlen))) goto out;
+    const int keep_images = sh.keep_images;
     for (size_t i = 0; i < n; i++)
-        if ((ret = validate_item(&items[i], i, width, err, errlen))) goto out;
+        if ((ret = validate_item(&items[i], i, width, &sh, err, errlen))) goto out;
     ret = STORE_ERR;
     if (prepare(s,
-                "INSERT INTO items (collection_id, external_id, metadata, vector, image)"
-                " VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO items (collection_id, external_id, metadata, vector, image, grid_h,"
+                " grid_w, patches) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 &st, err, errlen))
         goto out;
     for (size_t i = 0; i < n; i++) {
@@ -571,6 +628,11 @@ int store_items_insert_rows(struct index_store *s, int64_t collection_id,
             sqlite3_bind_blob64(st, 5, it->image, it->image_len, SQLITE_STATIC);
         else
             sqlite3_bind_null(st, 5);
+        if (sh.patches) {
+            sqlite3_bind_int(st, 6, it->grid_h);
+            sqlite3_bind_int(st, 7, it->grid_w);
+            sqlite3_bind_blob64(st, 8, it->patches, it->patches_len, SQLITE_STATIC);
+        } /* else unbound: NULL */
         for (int attempt = 0;; attempt++) {
             if (it->external_id) {
                 strcpy(ids[i], it->external_id); /* length checked by validate_item */
@@ -798,6 +860,50 @@ int store_items_scan(struct index_store *s, int64_t collection_id, store_scan_fn
 out:
     end_locked(s, st, true); /* the scan's read snapshot */
     free(vec);
+    return ret;
+}
+
+int store_patches_scan(struct index_store *s, int64_t collection_id, store_patch_scan_fn fn,
+                       void *user, char *err, size_t errlen)
+{
+    sqlite3_stmt *st = NULL;
+    int ret = STORE_ERR;
+    pthread_mutex_lock(&s->mu);
+    if (exec_const(s, "BEGIN", err, errlen)) goto out; /* one snapshot for the whole scan */
+    int64_t width;
+    struct shape sh;
+    if ((ret = collection_shape(s, collection_id, &width, &sh, err, errlen))) goto out;
+    ret = STORE_ERR;
+    const size_t vb = patch_vec_bytes((int)width, sh.type);
+    if (prepare(s,
+                "SELECT id, external_id, grid_h, grid_w, patches FROM items"
+                " WHERE collection_id = ?1 ORDER BY id",
+                &st, err, errlen))
+        goto out;
+    sqlite3_bind_int64(st, 1, collection_id);
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *ext = (const char *)sqlite3_column_text(st, 1);
+        const int gh = sqlite3_column_int(st, 2), gw = sqlite3_column_int(st, 3);
+        const void *blob = sqlite3_column_blob(st, 4);
+        const size_t got = (size_t)sqlite3_column_bytes(st, 4);
+        if (!ext || !blob || gh < 1 || gw < 1 || got != (size_t)gh * (size_t)gw * vb) {
+            set_err(err, errlen, "index store: item row %lld has no valid patch matrix",
+                    (long long)sqlite3_column_int64(st, 0));
+            goto out;
+        }
+        if (fn(sqlite3_column_int64(st, 0), ext, gh, gw, blob, got, user) != 0) {
+            set_err(err, errlen, "index store: scan stopped by its callback");
+            goto out;
+        }
+    }
+    if (rc != SQLITE_DONE) {
+        db_fail(s, err, errlen, "scan patches");
+        goto out;
+    }
+    ret = 0;
+out:
+    end_locked(s, st, true);
     return ret;
 }
 

@@ -15,6 +15,10 @@
  * not call back into the store.
  *
  * Vectors are float32 in host order, stored as little-endian bytes (width * 4).
+ * Schema v2 adds patch-level collections: collections.level ('cls' | 'patch')
+ * and patch_type ('f16' | 'int8'); items.grid_h, grid_w and patches (the
+ * encoded patch matrix; NULL for CLS items). A v1 database is migrated in
+ * place at open (ALTER TABLE ADD COLUMN: its collections become 'cls').
  *
  * Every function follows engine/errors.h: 0 on success, a negative code and a
  * one-line message in err on failure, never prints, never aborts. */
@@ -42,6 +46,12 @@ enum store_status {
 
 enum store_metric { STORE_METRIC_COSINE = 0, STORE_METRIC_L2 = 1, STORE_METRIC_DOT = 2 };
 
+/* What a collection indexes: one vector per item (its CLS embedding, or a
+ * given vector), or every patch token of each item (patch_codec.h). */
+enum store_level { STORE_LEVEL_CLS = 0, STORE_LEVEL_PATCH = 1 };
+#define STORE_GRID_MAX 256   /* patch grids: 1..256 rows and columns, */
+#define STORE_PATCHES_MAX 4096 /* and at most 4096 patches (64 x 64) per item */
+
 /* "cosine", "l2", "dot"; NULL for an unknown value. */
 const char *store_metric_name(enum store_metric m);
 /* 0 and *m set, or -1 for an unknown name. */
@@ -55,6 +65,8 @@ struct collection_info {
     int64_t width;                    /* 1..STORE_WIDTH_MAX */
     enum store_metric metric;
     int store_images;                 /* 0 or 1 */
+    enum store_level level;           /* schema v2; CLS for collections made before */
+    int patch_type;                   /* enum patch_type, for level PATCH (f16 otherwise) */
     char created_at[32];              /* output only: UTC, "YYYY-MM-DDTHH:MM:SS.SSSZ" */
 };
 
@@ -66,6 +78,11 @@ struct item_in {
     const void *image;       /* source image bytes or NULL; kept only if the
                                 collection has store_images set */
     size_t image_len;
+    /* Patch collections only (and required there): grid_h x grid_w patches
+     * encoded as patch_codec.h says, patches_len bytes. */
+    const void *patches;
+    size_t patches_len;
+    int grid_h, grid_w;
 };
 
 struct item_out {
@@ -133,6 +150,13 @@ typedef int (*store_scan_fn)(int64_t row_id, const char *external_id, const floa
 /* Reads one consistent snapshot of a collection's items. */
 int store_items_scan(struct index_store *s, int64_t collection_id, store_scan_fn fn,
                      void *user, char *err, size_t errlen);
+
+/* Patch collections: called once per item in row-id order with its encoded
+ * patch matrix (valid only during the call), as store_items_scan. */
+typedef int (*store_patch_scan_fn)(int64_t row_id, const char *external_id, int grid_h,
+                                   int grid_w, const void *patches, size_t len, void *user);
+int store_patches_scan(struct index_store *s, int64_t collection_id, store_patch_scan_fn fn,
+                       void *user, char *err, size_t errlen);
 
 /* Re-embedding (POST /v1/collections/{name}/reembed). */
 int store_collection_image_counts(struct index_store *s, int64_t collection_id,
