@@ -84,6 +84,17 @@ struct model_entry *route_acquire_model(struct http_request *req, struct app *ap
 void route_reply_registry_error(struct http_request *req, int rc, const char *msg);
 /* Replies with the batcher's refusal (429 with Retry-After, 413, 503, 500). */
 void route_reply_batch_error(struct http_request *req, int rc, const char *msg);
+struct image_inputs;
+struct infer_request;
+/* Prepares every image of in (freed here) into r's input at side x side (the
+ * checkpoint's crop, or a square resize with crop "square"), then submits r,
+ * done getting a malloc'd copy of ctx[0..ctx_size) as its user pointer (the
+ * callback frees it). On a failure replies (422 for an image that does not
+ * decode, the batcher's status otherwise) and frees r. */
+void route_submit_images(struct http_request *req, struct app *app, struct image_inputs *in,
+                         struct infer_request *r, int side,
+                         void (*done)(struct infer_request *, int, const char *, void *),
+                         const void *ctx, size_t ctx_size);
 /* For infer_set_cancel(r, route_abandoned, req): true once nobody waits for
  * req's answer (http_client_gone). */
 bool route_abandoned(void *req);

@@ -51,34 +51,6 @@ static bool listed(const char *k, size_t n, const char *const *keys)
     return false;
 }
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-}
-
-/* Percent-decodes s[0..n) ('+' a space) into out (room for n bytes); returns
- * the length, or -1 on a bad escape. */
-static long url_decode(const char *s, size_t n, char *out)
-{
-    size_t o = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (s[i] == '+') {
-            out[o++] = ' ';
-        } else if (s[i] == '%') {
-            const int h = i + 1 < n ? hexval(s[i + 1]) : -1;
-            const int l = i + 2 < n ? hexval(s[i + 2]) : -1;
-            if (h < 0 || l < 0) return -1;
-            out[o++] = (char)(h * 16 + l);
-            i += 2;
-        } else {
-            out[o++] = s[i];
-        }
-    }
-    return (long)o;
-}
 
 int image_inputs_split_query(const char *qs, const char *const *extra_keys, json_t *extra,
                              char *rest, char *err, size_t errlen)
@@ -88,16 +60,17 @@ int image_inputs_split_query(const char *qs, const char *const *extra_keys, json
     if (!buf) return set_err_code(err, errlen, -2, "out of memory");
     size_t r = 0;
     int rc = 0;
+    size_t bad; /* unused: a key that does not decode goes on to options_from_query, which names it */
     for (size_t i = qs[0] == '?' ? 1 : 0; i < n && !rc;) {
         const char *amp = memchr(qs + i, '&', n - i);
         const size_t se = amp ? (size_t)(amp - qs) : n;
         const char *eq = memchr(qs + i, '=', se - i);
         const size_t ke = eq ? (size_t)(eq - qs) : se;
-        const long kl = url_decode(qs + i, ke - i, buf);
+        const long kl = options_url_decode(qs + i, ke - i, buf, &bad);
         if (kl >= 0 && listed(buf, (size_t)kl, extra_keys)) {
             char key[64];
             printable_copy(buf, (size_t)kl, key, sizeof key);
-            const long vl = eq ? url_decode(qs + ke + 1, se - ke - 1, buf) : 0;
+            const long vl = eq ? options_url_decode(qs + ke + 1, se - ke - 1, buf, &bad) : 0;
             if (vl < 0)
                 rc = set_err(err, errlen, "malformed percent-encoding in query parameter '%s'", key);
             else if (json_object_get(extra, key))
@@ -356,4 +329,18 @@ int image_inputs_parse(struct http_request *req, const struct app_limits *limits
     if (media_is(ct, "application/json")) return parse_json(req, limits, extra_keys, in);
     return fail(req, 415, "Content-Type must be multipart/form-data, image/jpeg, image/png or "
                 "application/json, got '%.80s'", ct ? ct : "(none)");
+}
+
+int image_inputs_check_tokens(struct http_request *req, const struct app_limits *limits, int n,
+                              int side, int crop, int patch_size)
+{
+    const uint64_t per_image = (uint64_t)(side / patch_size) * (uint64_t)(side / patch_size);
+    uint64_t cap = (uint64_t)limits->max_images * (uint64_t)(crop / patch_size) *
+                   (uint64_t)(crop / patch_size);
+    if (cap < per_image) cap = per_image;
+    if ((uint64_t)n * per_image <= cap) return 0;
+    return fail(req, 413, "%d images at %dx%d are %llu patch tokens; a request may hold %llu (the "
+                "image limit %d at the default %dx%d): send fewer images per request", n, side,
+                side, (unsigned long long)((uint64_t)n * per_image), (unsigned long long)cap,
+                limits->max_images, crop, crop);
 }

@@ -53,6 +53,12 @@ int image_inputs_parse(struct http_request *req, const struct app_limits *limits
 
 void image_inputs_free(struct image_inputs *in);
 
+/* The memory bound of a request: its n images at side x side hold at most as
+ * many patch tokens as limits->max_images images at the model's default crop
+ * (one image always fits, at any side). Otherwise replies 413 and returns -1. */
+int image_inputs_check_tokens(struct http_request *req, const struct app_limits *limits, int n,
+                              int side, int crop, int patch_size);
+
 /* Moves the keys of extra_keys out of the query string qs (a leading '?'
  * skipped) into the object extra, percent-decoded, values as JSON strings, and
  * copies the other pairs, undecoded, to rest (room for strlen(qs) + 1 bytes;

@@ -454,9 +454,7 @@ static int hexval(char c)
     return -1;
 }
 
-/* Decodes s[0..n) ('+' is a space, %XX a byte) into out (room for n bytes).
- * Returns the decoded length, or -1 with *bad the offset of a bad escape. */
-static long decode_component(const char *s, size_t n, char *out, size_t *bad)
+long options_url_decode(const char *s, size_t n, char *out, size_t *bad)
 {
     size_t o = 0;
     for (size_t i = 0; i < n; i++) {
@@ -498,9 +496,9 @@ int options_from_query(const char *qs, struct feature_options *o, char *err, siz
             const char *eq = memchr(qs + i, '=', se - i);
             const size_t ke = eq ? (size_t)(eq - qs) : se;
             size_t bad = 0;
-            const long kl = decode_component(qs + i, ke - i, buf, &bad);
+            const long kl = options_url_decode(qs + i, ke - i, buf, &bad);
             long vl = 0;
-            if (kl >= 0 && eq) vl = decode_component(qs + ke + 1, se - ke - 1, buf + kl, &bad);
+            if (kl >= 0 && eq) vl = options_url_decode(qs + ke + 1, se - ke - 1, buf + kl, &bad);
             if (kl < 0 || vl < 0) {
                 const size_t at = (kl < 0 ? i : ke + 1) + bad;
                 rc = set_err(err, errlen, "malformed percent-encoding in the query string at "

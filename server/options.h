@@ -87,6 +87,11 @@ int options_from_json_value(const json_t *obj, const char *const *skip_keys,
  * from the defaults. qs may be NULL (defaults only). */
 int options_from_query(const char *qs, struct feature_options *o, char *err, size_t errlen);
 
+/* Decodes one query-string component s[0..n) ('+' is a space, %XX a byte) into
+ * out (room for n bytes). Returns the decoded length, or -1 with *bad the
+ * offset of a bad escape. */
+long options_url_decode(const char *s, size_t n, char *out, size_t *bad);
+
 /* The same from already decoded pairs (e.g. libmicrohttpd's GET arguments);
  * values[i] may be NULL for a key given without '='. */
 int options_from_pairs(const char *const *keys, const char *const *values, size_t n,

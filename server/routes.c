@@ -5,7 +5,11 @@
 
 #include "app.h"
 #include "errors.h"
+#include "image_inputs.h"
+#include "infer.h"
+#include "request_images.h"
 #include "route_status.h"
+#include "vit.h"
 
 static bool is_data_path(const char *path)
 {
@@ -99,6 +103,41 @@ void route_reply_batch_error(struct http_request *req, int rc, const char *msg)
         msg = "the server is shutting down";
     }
     http_reply_error(req, route_status_batch(rc), NULL, msg);
+}
+
+void route_submit_images(struct http_request *req, struct app *app, struct image_inputs *in,
+                         struct infer_request *r, int side, infer_done_fn done,
+                         const void *ctx, size_t ctx_size)
+{
+    char err[ERR_LEN];
+    const struct model_config *cfg = vit_model_config(r->entry->model);
+    const int prep_res = in->opt.crop == CROP_SQUARE ? side : 0;
+    for (int i = 0; i < in->n; i++) {
+        if (request_image_prepare(in->images[i].data, in->images[i].len, cfg, prep_res,
+                                  app->limits.max_image_pixels, app->metrics,
+                                  r->input + (size_t)i * 3 * side * side, err, sizeof err)) {
+            http_reply_errorf(req, 422, NULL, "%s: %s", in->images[i].label, err);
+            infer_free(r);
+            image_inputs_free(in);
+            return;
+        }
+    }
+    image_inputs_free(in);
+    void *copy = malloc(ctx_size);
+    if (!copy) {
+        http_reply_error(req, 500, NULL, "out of memory");
+        infer_free(r);
+        return;
+    }
+    memcpy(copy, ctx, ctx_size);
+    infer_set_cancel(r, route_abandoned, req);
+    http_defer(req);
+    const int rc = infer_submit(r, done, copy, err, sizeof err);
+    if (rc) {
+        route_reply_batch_error(req, rc, err);
+        free(copy);
+        infer_free(r);
+    }
 }
 
 bool route_abandoned(void *req)

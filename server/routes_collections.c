@@ -328,19 +328,24 @@ static void insert_items(struct http_request *req, void *user)
     route_index_start(&x->base);
 }
 
+/* The {id} item of the {name} collection (free it with store_item_free);
+ * otherwise replies 404 (or the store's error) and returns -1. */
+static int item_or_reply(struct http_request *req, struct app *app, struct item_out *it)
+{
+    struct coll *c = route_coll(req, app);
+    if (!c) return -1;
+    char err[ERR_LEN];
+    const int rc = store_item_get(coll_store(c), coll_id(c), http_param(req, "id"), it, err,
+                                  sizeof err);
+    coll_release(c);
+    if (rc) route_reply_store_error(req, rc, err);
+    return rc ? -1 : 0;
+}
+
 static void get_item(struct http_request *req, void *user)
 {
-    struct coll *c = route_coll(req, user);
-    if (!c) return;
-    const char *id = http_param(req, "id");
     struct item_out it;
-    char err[ERR_LEN];
-    const int rc = store_item_get(coll_store(c), coll_id(c), id, &it, err, sizeof err);
-    if (rc) {
-        route_reply_store_error(req, rc, err);
-        coll_release(c);
-        return;
-    }
+    if (item_or_reply(req, user, &it)) return;
     json_t *vec = json_array();
     for (size_t i = 0; i < it.dim; i++) json_array_append_new(vec, json_real(it.vector[i]));
     json_t *meta = it.metadata ? json_loads(it.metadata, 0, NULL) : NULL;
@@ -348,7 +353,6 @@ static void get_item(struct http_request *req, void *user)
                                         meta ? meta : json_null(), "vector", vec, "has_image",
                                         it.image != NULL));
     store_item_free(&it);
-    coll_release(c);
 }
 
 static void delete_item(struct http_request *req, void *user)
@@ -369,15 +373,9 @@ static void delete_item(struct http_request *req, void *user)
  * was sent: JPEG or PNG, told apart by their magic bytes. */
 static void get_item_image(struct http_request *req, void *user)
 {
-    struct coll *c = route_coll(req, user);
-    if (!c) return;
-    const char *id = http_param(req, "id");
     struct item_out it;
-    char err[ERR_LEN];
-    const int rc = store_item_get(coll_store(c), coll_id(c), id, &it, err, sizeof err);
-    if (rc) {
-        route_reply_store_error(req, rc, err);
-    } else if (!it.image) {
+    if (item_or_reply(req, user, &it)) return;
+    if (!it.image) {
         http_reply_errorf(req, 404, NULL, "item '%s' has no stored image (the collection keeps "
                           "images only when created with \"store_images\": true)", it.external_id);
     } else {
@@ -387,7 +385,6 @@ static void get_item_image(struct http_request *req, void *user)
         it.image = NULL; /* the reply owns it */
     }
     store_item_free(&it);
-    coll_release(c);
 }
 
 int routes_collections_register(struct http_router *r, struct app *app, char *err, size_t errlen)

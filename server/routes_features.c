@@ -91,19 +91,6 @@ static bool wants_safetensors(const char *accept)
     }
 }
 
-/* Replies with an error message formatted into a local buffer; returns -1. */
-__attribute__((format(printf, 3, 4)))
-static int fail(struct http_request *req, int status, const char *fmt, ...)
-{
-    char msg[ERR_LEN + 256];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    http_reply_error(req, status, NULL, msg);
-    return -1;
-}
-
 /* ---- outputs ---- */
 
 enum out_kind { OUT_CLS, OUT_PATCH, OUT_POOLED, OUT_KINDS };
@@ -497,26 +484,18 @@ static void features(struct http_request *req, void *user)
                                    (o->patch ? N * sum_w : 0)) + (o->pooled ? sum_w : 0);
         const uint64_t floats = per_image * (uint64_t)p.n;
         if (floats > app->limits.max_json_floats) {
-            fail(req, 413, "the answer would hold %llu numbers, over the %zu allowed in JSON: ask "
-                 "for the binary form with 'Accept: " SAFETENSORS_TYPE "' (safetensors, f32 or "
-                 "f16), or request fewer images, widths, layers or patch outputs",
-                 (unsigned long long)floats, app->limits.max_json_floats);
+            http_reply_errorf(req, 413, NULL, "the answer would hold %llu numbers, over the %zu "
+                              "allowed in JSON: ask for the binary form with 'Accept: "
+                              SAFETENSORS_TYPE "' (safetensors, f32 or f16), or request fewer "
+                              "images, widths, layers or patch outputs",
+                              (unsigned long long)floats, app->limits.max_json_floats);
             model_entry_release(e);
             image_inputs_free(&p);
             return;
         }
     }
 
-    /* Memory bound: at most as many patch tokens as max_images images at the
-     * default resolution (always at least one image, at any resolution). */
-    const uint64_t n_default = (uint64_t)(crop / P) * (uint64_t)(crop / P);
-    uint64_t token_cap = (uint64_t)app->limits.max_images * n_default;
-    if (token_cap < N) token_cap = N;
-    if ((uint64_t)p.n * N > token_cap) {
-        fail(req, 413, "%d images at %dx%d are %llu patch tokens; a request may hold %llu (the "
-             "image limit %d at the default %dx%d): send fewer images per request", p.n, S, S,
-             (unsigned long long)((uint64_t)p.n * N), (unsigned long long)token_cap,
-             app->limits.max_images, crop, crop);
+    if (image_inputs_check_tokens(req, &app->limits, p.n, S, crop, P)) {
         model_entry_release(e);
         image_inputs_free(&p);
         return;
@@ -535,34 +514,7 @@ static void features(struct http_request *req, void *user)
         image_inputs_free(&p);
         return;
     }
-    const int prep_res = o->crop == CROP_SQUARE ? S : 0;
-    for (int i = 0; i < p.n; i++) {
-        if (request_image_prepare(p.images[i].data, p.images[i].len, cfg, prep_res,
-                                  app->limits.max_image_pixels, app->metrics,
-                                  r->input + (size_t)i * 3 * S * S, err, sizeof err)) {
-            fail(req, 422, "%s: %s", p.images[i].label, err);
-            infer_free(r);
-            image_inputs_free(&p);
-            return;
-        }
-    }
-    image_inputs_free(&p);
-
-    struct feat_ctx *ctx = malloc(sizeof *ctx);
-    if (!ctx) {
-        http_reply_error(req, 500, NULL, "out of memory");
-        infer_free(r);
-        return;
-    }
-    *ctx = c;
-    infer_set_cancel(r, route_abandoned, req);
-    http_defer(req);
-    rc = infer_submit(r, features_done, ctx, err, sizeof err);
-    if (rc) {
-        route_reply_batch_error(req, rc, err);
-        free(ctx);
-        infer_free(r);
-    }
+    route_submit_images(req, app, &p, r, S, features_done, &c, sizeof c);
 }
 
 int routes_features_register(struct http_router *r, struct app *app, char *err, size_t errlen)

@@ -303,17 +303,9 @@ static int plan(struct http_request *req, const struct app *app, const struct im
     c->side = f->crop == CROP_SQUARE && f->resolution ? f->resolution : crop;
     c->patch_size = cfg->patch_size;
     c->grid = c->side / c->patch_size;
-    /* The token bound of /v1/features: max_images images at the default size. */
-    const uint64_t N = (uint64_t)c->grid * c->grid;
-    uint64_t cap = (uint64_t)app->limits.max_images * (uint64_t)(crop / c->patch_size) *
-                   (uint64_t)(crop / c->patch_size);
-    if (cap < N) cap = N;
-    if ((uint64_t)in->n * N > cap) {
-        http_reply_errorf(req, 413, NULL, "%d images at %dx%d are %llu patch tokens; a request "
-                          "may hold %llu: send fewer images", in->n, c->side, c->side,
-                          (unsigned long long)((uint64_t)in->n * N), (unsigned long long)cap);
+    if (image_inputs_check_tokens(req, &app->limits, in->n, c->side, crop, c->patch_size))
         return -1;
-    }
+    const uint64_t N = (uint64_t)c->grid * c->grid;
     if (c->o.json) {
         uint64_t floats = 0;
         for (int k = 0; k < c->n_widths; k++) floats += 4 * (uint64_t)c->widths[k] + 3 * N * in->n;
@@ -356,33 +348,7 @@ static void pca_route(struct http_request *req, void *user)
         image_inputs_free(&in);
         return;
     }
-    const int prep_res = in.opt.crop == CROP_SQUARE ? S : 0;
-    for (int i = 0; i < in.n; i++) {
-        if (request_image_prepare(in.images[i].data, in.images[i].len, cfg, prep_res,
-                                  app->limits.max_image_pixels, app->metrics,
-                                  r->input + (size_t)i * 3 * S * S, err, sizeof err)) {
-            http_reply_errorf(req, 422, NULL, "%s: %s", in.images[i].label, err);
-            infer_free(r);
-            image_inputs_free(&in);
-            return;
-        }
-    }
-    image_inputs_free(&in);
-    struct pca_ctx *ctx = malloc(sizeof *ctx);
-    if (!ctx) {
-        http_reply_error(req, 500, NULL, "out of memory");
-        infer_free(r);
-        return;
-    }
-    *ctx = c;
-    infer_set_cancel(r, route_abandoned, req);
-    http_defer(req);
-    rc = infer_submit(r, pca_done, ctx, err, sizeof err);
-    if (rc) {
-        route_reply_batch_error(req, rc, err);
-        free(ctx);
-        infer_free(r);
-    }
+    route_submit_images(req, app, &in, r, S, pca_done, &c, sizeof c);
 }
 
 int routes_pca_register(struct http_router *r, struct app *app, char *err, size_t errlen)
