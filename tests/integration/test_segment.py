@@ -23,6 +23,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import test_server as ts  # noqa: E402
 from harness import Checks, stop_server  # noqa: E402
 from test_index import api, error_message, healthy, make_checkpoint  # noqa: E402
+sys.path.insert(0, os.path.join(ts.ROOT, "clients", "python"))
+from franca_client import FrancaClient  # noqa: E402
 
 check = Checks()
 W = 32
@@ -132,7 +134,9 @@ def miou(preds, masks):
 def bad_input(port, train_img, train_mask):
     def bad(path, body, status, what):
         st, ans = api(port, "POST", path, body)
-        check(st == status and error_message(ans), f"{what}: {status} (got {st} {ans})")
+        check(st == status and error_message(ans) and
+              ts.conforms(path.replace(path.split("/")[3], "{name}", 1), "POST", st, ans),
+              f"{what}: {status} (got {st} {ans})")
 
     seg = "/v1/collections/seg/segment"
     img = png_uri(train_img)
@@ -210,7 +214,9 @@ def main():
             st, js = api(port, "POST", "/v1/collections/seg/segment",
                          {"image": png_uri(img), "k": K, "temperature": T, "format": "json"})
             check(st == 200 and js.get("grid") == [g, g] and js.get("width") == SIZE[0] and
-                  js.get("height") == SIZE[1], f"segment json: {st} {str(js)[:200]}")
+                  js.get("height") == SIZE[1] and
+                  ts.conforms("/v1/collections/{name}/segment", "POST", 200, js),
+                  f"segment json: {st} {str(js)[:200]}")
             if st != 200:
                 continue
             got = np.array(js["labels"], np.uint8)
@@ -229,6 +235,11 @@ def main():
                   "the PNG is the JSON grid upsampled by the pixel mapping")
             preds.append(pic if pic is not None else up(got, rows, cols))
         n = g * g * len(test)
+        client = FrancaClient(f"http://127.0.0.1:{port}")
+        buf = io.BytesIO()
+        test[0][0].save(buf, "PNG")
+        check(np.array_equal(np.array(Image.open(io.BytesIO(client.segment("seg", buf.getvalue())))),
+                             preds[0]), "franca_client segment(): the same picture")
         print(f"label transfer: {agree}/{compared} separated patches equal numpy ({n} patches)")
         check(compared >= n // 2 and agree == compared, "label transfer equals numpy")
         score = miou(preds, [m for _, m in test])
