@@ -288,10 +288,6 @@ static int parse_items(struct http_request *req, struct insert_ctx *x, json_t **
             snprintf(why, sizeof why, "'metadata' must be an object");
         } else if (image && !json_is_string(image)) {
             snprintf(why, sizeof why, "'image' must be a base64 string or a data URI");
-        } else if (vector) {
-            char vw[256];
-            if (route_vector_from_json(vector, (int)w, true, x->vecs + i * w, vw, sizeof vw))
-                snprintf(why, sizeof why, "'vector' %s", vw);
         } else if (labels && !json_is_null(labels) && (!patch_level || !image)) {
             snprintf(why, sizeof why, patch_level ? "has 'labels' without 'image': a mask labels "
                      "the pixels of the item's image" : "has 'labels', which need a collection "
@@ -300,6 +296,10 @@ static int parse_items(struct http_request *req, struct insert_ctx *x, json_t **
                    (status = route_mask_parse(x->base.app, labels, &x->masks[i], why,
                                               sizeof why))) {
             /* why says it */
+        } else if (vector) {
+            char vw[256];
+            if (route_vector_from_json(vector, (int)w, true, x->vecs + i * w, vw, sizeof vw))
+                snprintf(why, sizeof why, "'vector' %s", vw);
         } else if (patches) {
             char pw[256];
             if (route_patch_item_json(x->base.c, it, &x->items[i], x->vecs + i * w,

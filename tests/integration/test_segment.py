@@ -162,6 +162,8 @@ def bad_input(port, train_img, train_mask):
         "labels without an image")
     bad("/v1/collections/plain/items", {"items": [{"image": img, "labels": good}]}, 400,
         "labels on a CLS-level collection")
+    bad("/v1/collections/plain/items", {"items": [{"vector": [1.0] * W, "labels": good}]}, 400,
+        "labels with a vector on a CLS-level collection")
 
 
 def main():
