@@ -72,6 +72,7 @@ int routes_search_register(struct http_router *r, struct app *app, char *err, si
 int routes_jobs_register(struct http_router *r, struct app *app, char *err, size_t errlen);
 int routes_ui_register(struct http_router *r, struct app *app, char *err, size_t errlen);
 int routes_patch_register(struct http_router *r, struct app *app, char *err, size_t errlen);
+int routes_segment_register(struct http_router *r, struct app *app, char *err, size_t errlen);
 
 /* The JSON object body of a request (a new reference); otherwise replies 415
  * or 400 and returns NULL. */

@@ -45,6 +45,7 @@ int routes_register(struct http_router *r, struct app *app, char *err, size_t er
     if (routes_jobs_register(r, app, err, errlen)) return -1;
     if (routes_ui_register(r, app, err, errlen)) return -1;
     if (routes_patch_register(r, app, err, errlen)) return -1;
+    if (routes_segment_register(r, app, err, errlen)) return -1;
     return 0;
 }
 

@@ -9,6 +9,7 @@
 #include "errors.h"
 #include "routes_index.h"
 #include "routes_patch.h"
+#include "routes_segment.h"
 #include "vit.h"
 
 /* ---- collections ---------------------------------------------------------- */
@@ -158,6 +159,8 @@ struct insert_ctx {
     float *vecs;                /* [n, width] */
     int *image_of;              /* item -> index in base.im, or -1 */
     void **blobs;               /* patch collections: each item's encoded patches */
+    struct route_mask *masks;   /* each item's label mask (pix NULL: none) */
+    uint8_t **plabels;          /* and its per-patch labels, once embedded */
     char (*ids)[STORE_ID_MAX];
 };
 
@@ -173,6 +176,10 @@ static void insert_free(void *ctx)
     free(x->image_of);
     for (size_t i = 0; x->blobs && i < x->n; i++) free(x->blobs[i]);
     free(x->blobs);
+    for (size_t i = 0; x->masks && i < x->n; i++) route_mask_free(&x->masks[i]);
+    for (size_t i = 0; x->plabels && i < x->n; i++) free(x->plabels[i]);
+    free(x->masks);
+    free(x->plabels);
     free(x->ids);
     route_index_end(&x->base);
     free(x);
@@ -190,6 +197,13 @@ static void insert_commit(void *arg)
         x->items[i].image_len = x->base.im.lens[k];
         if (x->base.im.patches && route_patch_item_image(x->base.c, &x->base.im, k, &x->items[i],
                                                          x->vecs + i * w, &x->blobs[i])) {
+            http_reply_error(x->base.req, 500, NULL, "out of memory");
+            insert_free(x);
+            return;
+        }
+        if (x->masks[i].pix &&
+            !(x->items[i].labels = x->plabels[i] = route_mask_patches(&x->base.im,
+                                                                      &x->masks[i]))) {
             http_reply_error(x->base.req, 500, NULL, "out of memory");
             insert_free(x);
             return;
@@ -233,9 +247,11 @@ static int parse_items(struct http_request *req, struct insert_ctx *x, json_t **
     x->image_of = malloc(n * sizeof *x->image_of);
     x->ids = malloc(n * sizeof *x->ids);
     x->blobs = calloc(n, sizeof *x->blobs);
+    x->masks = calloc(n, sizeof *x->masks);
+    x->plabels = calloc(n, sizeof *x->plabels);
     *image_strings = calloc(n, sizeof **image_strings);
     *where = calloc(n, sizeof **where);
-    if (!x->items || !x->meta || !x->meta_text || !x->vecs || !x->image_of || !x->ids || !x->blobs || !*image_strings || !*where) {
+    if (!x->items || !x->meta || !x->meta_text || !x->vecs || !x->image_of || !x->ids || !x->blobs || !x->masks || !x->plabels || !*image_strings || !*where) {
         http_reply_error(req, 500, NULL, "out of memory");
         return -1;
     }
@@ -245,7 +261,8 @@ static int parse_items(struct http_request *req, struct insert_ctx *x, json_t **
         char why[ERR_LEN] = "";
         json_t *id = json_object_get(it, "id"), *image = json_object_get(it, "image");
         json_t *vector = json_object_get(it, "vector"), *meta = json_object_get(it, "metadata");
-        json_t *patches = json_object_get(it, "patches");
+        json_t *patches = json_object_get(it, "patches"), *labels = json_object_get(it, "labels");
+        int status = 400;
         x->image_of[i] = -1;
         x->items[i].vector = x->vecs + i * w;
         x->items[i].dim = w;
@@ -271,6 +288,14 @@ static int parse_items(struct http_request *req, struct insert_ctx *x, json_t **
             snprintf(why, sizeof why, "'metadata' must be an object");
         } else if (image && !json_is_string(image)) {
             snprintf(why, sizeof why, "'image' must be a base64 string or a data URI");
+        } else if (labels && !json_is_null(labels) && (!patch_level || !image)) {
+            snprintf(why, sizeof why, patch_level ? "has 'labels' without 'image': a mask labels "
+                     "the pixels of the item's image" : "has 'labels', which need a collection "
+                     "created with level \"patch\"");
+        } else if (labels && !json_is_null(labels) &&
+                   (status = route_mask_parse(x->base.app, labels, &x->masks[i], why,
+                                              sizeof why))) {
+            /* why says it */
         } else if (vector) {
             char vw[256];
             if (route_vector_from_json(vector, (int)w, true, x->vecs + i * w, vw, sizeof vw))
@@ -282,7 +307,7 @@ static int parse_items(struct http_request *req, struct insert_ctx *x, json_t **
                 snprintf(why, sizeof why, "%s", pw);
         }
         if (why[0]) {
-            http_reply_errorf(req, 400, NULL, "items[%zu] %s", i, why);
+            http_reply_errorf(req, status ? status : 400, NULL, "items[%zu] %s", i, why);
             return -1;
         }
         x->items[i].external_id = json_string_value(id);
@@ -321,6 +346,15 @@ static void insert_items(struct http_request *req, void *user)
     for (size_t i = 0; where && i < x->n; i++) free(where[i]);
     free(where);
     free(image_strings);
+    for (size_t i = 0; !rc && i < x->n; i++) { /* a mask has its image's size */
+        char why[ERR_LEN];
+        const int st = x->masks[i].pix ? route_mask_check(app, &x->base.im, x->image_of[i],
+                                                          &x->masks[i], why, sizeof why) : 0;
+        if (st) {
+            http_reply_errorf(req, st, NULL, "items[%zu] %s", i, why);
+            rc = -1;
+        }
+    }
     if (rc) {
         insert_free(x);
         return;

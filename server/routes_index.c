@@ -223,6 +223,9 @@ static int coll_embed(struct http_request *req, struct app *app, struct coll *c,
     const int S = request_image_side(cfg, 0);
     const bool patches = info.level == STORE_LEVEL_PATCH, rasa = cfg->rasa_layers > 0;
     im->grid_h = im->grid_w = S / cfg->patch_size;
+    im->resize_size = cfg->preprocess.resize_size;
+    im->crop_size = S;
+    im->patch_size = cfg->patch_size;
     struct infer_request *r;
     int rc = infer_new(&r, app->batcher, e, im->n, S, S, patches && !rasa, patches && rasa, err,
                        sizeof err);

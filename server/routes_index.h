@@ -34,6 +34,9 @@ struct route_images {
      * checkpoint has RASA tensors) cut to the width and L2-normalised. */
     float *patches;   /* [n, grid_h * grid_w, width], once done */
     int grid_h, grid_w;
+    /* The model's eval preprocessing (resize, centre crop, patch side), set
+     * with the grid: how image pixels map onto patches (seg_map.h). */
+    int resize_size, crop_size, patch_size;
 };
 /* Decodes n base64 / data-URI strings; on failure replies (400/413/415) naming
  * where[i] and returns -1. */

@@ -374,16 +374,21 @@ class FrancaClient:
         return self.json("POST", f"/v1/collections/{self._q(collection)}/items", {"items": items})["ids"]
 
     def insert(self, collection, vectors=None, images=None, ids=None, metadata=None, batch=None,
-               patches=None):
+               patches=None, labels=None):
         """Inserts vectors (a 2-D numpy array or a list of lists), images (paths
         or bytes) or, into a patch collection, patch grids (each [rows, cols,
         width]), with optional ids and metadata dicts (lists of the same length).
+        labels: with images into a patch collection, label masks (PNG paths or
+        bytes, 8-bit grey or palette, the images' sizes; None for an unlabelled
+        item) for segment().
         batch=N splits the items into requests of at most N items (each request is
         all or nothing); by default they go in one request. Returns the ids."""
         if sum(x is not None for x in (vectors, images, patches)) != 1:
             raise ValueError("insert: give exactly one of vectors, images and patches")
         n = len(next(x for x in (vectors, images, patches) if x is not None))
-        for what, lst in (("ids", ids), ("metadata", metadata)):
+        if labels is not None and images is None:
+            raise ValueError("insert: labels go with images")
+        for what, lst in (("ids", ids), ("metadata", metadata), ("labels", labels)):
             if lst is not None and len(lst) != n:
                 raise ValueError(f"insert: {what} has {len(lst)} entries for {n} items")
         step = batch or max(n, 1)
@@ -400,6 +405,8 @@ class FrancaClient:
                     item = {"vector": self._vector(vectors[i])}
                 else:
                     item = {"image": _image_data_uri(images[i])}
+                    if labels is not None and labels[i] is not None:
+                        item["labels"] = _image_data_uri(labels[i])
                 if ids is not None and ids[i] is not None:
                     item["id"] = str(ids[i])
                 if metadata is not None and metadata[i] is not None:
@@ -498,6 +505,18 @@ class FrancaClient:
         if box is not None:
             body["box"] = [int(x) for x in box]
         return self.request("POST", f"/v1/collections/{self._q(collection)}/heatmap", body)[2]
+
+    def segment(self, collection, image, k=10, temperature=0.1, format="png"):
+        """In-context segmentation of image (a path or bytes) by the labelled
+        patches of a patch collection: PNG bytes (8-bit grey, one label per
+        pixel of the image) for format "png", or {"width", "height", "grid",
+        "labels" [rows][cols], "scores"} for "json"."""
+        body = {"image": _image_data_uri(image), "k": int(k), "temperature": float(temperature),
+                "format": format}
+        path = f"/v1/collections/{self._q(collection)}/segment"
+        if format == "json":
+            return self.json("POST", path, body)
+        return self.request("POST", path, body)[2]
 
     def reembed(self, collection):
         """Starts re-embedding a collection (that keeps its source images) with its

@@ -69,13 +69,13 @@ static struct index_mirror *build_mirror(struct index_store *store,
 }
 
 static int build_patch_row(int64_t row_id, const char *external_id, int grid_h, int grid_w,
-                           const void *patches, size_t len, void *user)
+                           const void *patches, size_t len, const uint8_t *labels, void *user)
 {
     (void)len; /* checked by the scan against the grid */
     struct patch_mirror *pm = user;
     char err[ERR_LEN];
-    return patch_mirror_add(pm, 1, &row_id, &external_id, &grid_h, &grid_w, &patches, err,
-                            sizeof err);
+    return patch_mirror_add(pm, 1, &row_id, &external_id, &grid_h, &grid_w, &patches, &labels,
+                            err, sizeof err);
 }
 
 /* The patch mirror of a patch collection from SQLite, *out NULL for CLS ones. */
@@ -299,14 +299,18 @@ static int add_patches(struct patch_mirror *pm, const struct item_in *items, con
 {
     int *gh = malloc((n ? n : 1) * sizeof *gh), *gw = malloc((n ? n : 1) * sizeof *gw);
     const void **data = malloc((n ? n : 1) * sizeof *data);
-    int rc = !gh || !gw || !data ? set_err_code(err, errlen, STORE_ERR, "out of memory") : 0;
+    const uint8_t **labels = malloc((n ? n : 1) * sizeof *labels);
+    int rc = !gh || !gw || !data || !labels
+             ? set_err_code(err, errlen, STORE_ERR, "out of memory") : 0;
     for (size_t i = 0; !rc && i < n; i++) {
         gh[i] = items[i].grid_h;
         gw[i] = items[i].grid_w;
         data[i] = items[i].patches;
+        labels[i] = items[i].labels;
     }
-    if (!rc) rc = patch_mirror_add(pm, n, rows, ids, gh, gw, (const void *const *)data, err,
-                                   errlen);
+    if (!rc) rc = patch_mirror_add(pm, n, rows, ids, gh, gw, (const void *const *)data,
+                                   (const uint8_t *const *)labels, err, errlen);
+    free(labels);
     free(gh);
     free(gw);
     free(data);

@@ -13,6 +13,7 @@ struct pm_item {
     char *id;
     int grid_h, grid_w;
     unsigned char *data;
+    uint8_t *labels; /* NULL: unlabelled */
 };
 
 struct patch_mirror {
@@ -50,6 +51,7 @@ static void item_free(struct pm_item *it)
 {
     free(it->id);
     free(it->data);
+    free(it->labels);
 }
 
 void patch_mirror_free(struct patch_mirror *m)
@@ -63,7 +65,8 @@ void patch_mirror_free(struct patch_mirror *m)
 
 int patch_mirror_add(struct patch_mirror *m, size_t count, const int64_t *row_ids,
                      const char *const *external_ids, const int *grid_h, const int *grid_w,
-                     const void *const *patches, char *err, size_t errlen)
+                     const void *const *patches, const uint8_t *const *labels, char *err,
+                     size_t errlen)
 {
     struct pm_item *fresh = calloc(count ? count : 1, sizeof *fresh);
     if (!fresh) return set_err_code(err, errlen, STORE_ERR, "patch mirror: out of memory");
@@ -76,6 +79,11 @@ int patch_mirror_add(struct patch_mirror *m, size_t count, const int64_t *row_id
                                     .data = malloc(len ? len : 1)};
         if (!fresh[i].id || !fresh[i].data) break;
         memcpy(fresh[i].data, patches[i], len);
+        if (labels && labels[i]) {
+            const size_t nl = (size_t)grid_h[i] * (size_t)grid_w[i];
+            if (!(fresh[i].labels = malloc(nl ? nl : 1))) break;
+            memcpy(fresh[i].labels, labels[i], nl);
+        }
     }
     int rc = 0;
     if (i < count) {
@@ -152,4 +160,9 @@ void patch_mirror_grid(const struct patch_mirror *m, size_t item, int *grid_h, i
 const void *patch_mirror_data(const struct patch_mirror *m, size_t item)
 {
     return m->items[item].data;
+}
+
+const uint8_t *patch_mirror_labels(const struct patch_mirror *m, size_t item)
+{
+    return m->items[item].labels;
 }

@@ -29,11 +29,14 @@ struct patch_mirror *patch_mirror_create(int width, enum patch_type type, char *
                                          size_t errlen);
 void patch_mirror_free(struct patch_mirror *m);
 
-/* Appends count items, copying their ids and patch matrices (grid_h[i] x
- * grid_w[i] encoded vectors each). STORE_CONFLICT for an id already present. */
+/* Appends count items, copying their ids, patch matrices (grid_h[i] x
+ * grid_w[i] encoded vectors each) and labels (labels NULL, or labels[i] NULL
+ * for an unlabelled item, else grid_h[i] * grid_w[i] bytes). STORE_CONFLICT
+ * for an id already present. */
 int patch_mirror_add(struct patch_mirror *m, size_t count, const int64_t *row_ids,
                      const char *const *external_ids, const int *grid_h, const int *grid_w,
-                     const void *const *patches, char *err, size_t errlen);
+                     const void *const *patches, const uint8_t *const *labels, char *err,
+                     size_t errlen);
 /* Removes the item with this id; 1 when one was removed, else 0. */
 int patch_mirror_remove(struct patch_mirror *m, const char *external_id);
 
@@ -52,5 +55,7 @@ const char *patch_mirror_id(const struct patch_mirror *m, size_t item);
 void patch_mirror_grid(const struct patch_mirror *m, size_t item, int *grid_h, int *grid_w);
 /* The item's encoded matrix, grid_h x grid_w vectors. */
 const void *patch_mirror_data(const struct patch_mirror *m, size_t item);
+/* The item's per-patch labels (grid_h x grid_w bytes), or NULL. */
+const uint8_t *patch_mirror_labels(const struct patch_mirror *m, size_t item);
 
 #endif

@@ -23,7 +23,7 @@
 #error "store.c stores float32 vectors as host bytes and assumes a little-endian host"
 #endif
 
-#define STORE_SCHEMA_VERSION 2
+#define STORE_SCHEMA_VERSION 3
 #define STORE_BUSY_TIMEOUT_MS 5000
 
 struct index_store {
@@ -191,6 +191,9 @@ static const char schema_v2[] =
     "ALTER TABLE items ADD COLUMN grid_w INTEGER;"
     "ALTER TABLE items ADD COLUMN patches BLOB;";
 
+/* v2 -> v3: per-patch segmentation labels of patch items (NULL: unlabelled). */
+static const char schema_v3[] = "ALTER TABLE items ADD COLUMN labels BLOB;";
+
 /* Brings the schema from user_version `from` to STORE_SCHEMA_VERSION, one step
  * per version, inside one transaction. Version 1 is the first; later versions
  * add a case here. */
@@ -216,12 +219,15 @@ static int migrate(struct index_store *s, char *err, size_t errlen)
         /* fall through */
     case 1:
         if (exec_const(s, schema_v2, err, errlen)) goto fail;
-        /* fall through: future versions add "case 2: ... v2 -> v3" here */
+        /* fall through */
+    case 2:
+        if (exec_const(s, schema_v3, err, errlen)) goto fail;
+        /* fall through: future versions add "case 3: ... v3 -> v4" here */
     default:
         break;
     }
     if (from != STORE_SCHEMA_VERSION &&
-        exec_const(s, "PRAGMA user_version = 2", err, errlen)) /* = STORE_SCHEMA_VERSION */
+        exec_const(s, "PRAGMA user_version = 3", err, errlen)) /* = STORE_SCHEMA_VERSION */
         goto fail;
     if (exec_const(s, "COMMIT", err, errlen)) goto fail;
     return 0;
@@ -546,9 +552,9 @@ static int gen_id(char out[STORE_ID_MAX], char *err, size_t errlen)
 static int validate_item(const struct item_in *it, size_t i, int64_t width,
                          const struct shape *sh, char *err, size_t errlen)
 {
-    if (!sh->patches && it->patches)
+    if (!sh->patches && (it->patches || it->labels))
         return set_err_code(err, errlen, STORE_INVALID,
-                            "item %zu: patches given for a CLS-level collection", i);
+                            "item %zu: patches or labels given for a CLS-level collection", i);
     if (sh->patches) {
         const size_t want = (size_t)it->grid_h * (size_t)it->grid_w *
                             patch_vec_bytes((int)width, sh->type);
@@ -613,7 +619,7 @@ int store_items_insert_rows(struct index_store *s, int64_t collection_id,
     ret = STORE_ERR;
     if (prepare(s,
                 "INSERT INTO items (collection_id, external_id, metadata, vector, image, grid_h,"
-                " grid_w, patches) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                " grid_w, patches, labels) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 &st, err, errlen))
         goto out;
     for (size_t i = 0; i < n; i++) {
@@ -632,6 +638,11 @@ int store_items_insert_rows(struct index_store *s, int64_t collection_id,
             sqlite3_bind_int(st, 6, it->grid_h);
             sqlite3_bind_int(st, 7, it->grid_w);
             sqlite3_bind_blob64(st, 8, it->patches, it->patches_len, SQLITE_STATIC);
+            if (it->labels)
+                sqlite3_bind_blob64(st, 9, it->labels, (size_t)it->grid_h * (size_t)it->grid_w,
+                                    SQLITE_STATIC);
+            else
+                sqlite3_bind_null(st, 9);
         } /* else unbound: NULL */
         for (int attempt = 0;; attempt++) {
             if (it->external_id) {
@@ -876,7 +887,7 @@ int store_patches_scan(struct index_store *s, int64_t collection_id, store_patch
     ret = STORE_ERR;
     const size_t vb = patch_vec_bytes((int)width, sh.type);
     if (prepare(s,
-                "SELECT id, external_id, grid_h, grid_w, patches FROM items"
+                "SELECT id, external_id, grid_h, grid_w, patches, labels FROM items"
                 " WHERE collection_id = ?1 ORDER BY id",
                 &st, err, errlen))
         goto out;
@@ -892,7 +903,13 @@ int store_patches_scan(struct index_store *s, int64_t collection_id, store_patch
                     (long long)sqlite3_column_int64(st, 0));
             goto out;
         }
-        if (fn(sqlite3_column_int64(st, 0), ext, gh, gw, blob, got, user) != 0) {
+        const void *lab = sqlite3_column_blob(st, 5);
+        if (lab && (size_t)sqlite3_column_bytes(st, 5) != (size_t)gh * (size_t)gw) {
+            set_err(err, errlen, "index store: item row %lld has labels of the wrong size",
+                    (long long)sqlite3_column_int64(st, 0));
+            goto out;
+        }
+        if (fn(sqlite3_column_int64(st, 0), ext, gh, gw, blob, got, lab, user) != 0) {
             set_err(err, errlen, "index store: scan stopped by its callback");
             goto out;
         }

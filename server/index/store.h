@@ -19,6 +19,9 @@
  * and patch_type ('f16' | 'int8'); items.grid_h, grid_w and patches (the
  * encoded patch matrix; NULL for CLS items). A v1 database is migrated in
  * place at open (ALTER TABLE ADD COLUMN: its collections become 'cls').
+ * Schema v3 adds items.labels: a patch item's per-patch segmentation labels
+ * (grid_h * grid_w bytes, 0..255, 255 = ignore; NULL for unlabelled items).
+ * v1 and v2 databases are migrated the same way, keeping their items.
  *
  * Every function follows engine/errors.h: 0 on success, a negative code and a
  * one-line message in err on failure, never prints, never aborts. */
@@ -83,6 +86,8 @@ struct item_in {
     const void *patches;
     size_t patches_len;
     int grid_h, grid_w;
+    /* Patch collections, optional: grid_h * grid_w labels, one per patch. */
+    const uint8_t *labels;
 };
 
 struct item_out {
@@ -152,9 +157,11 @@ int store_items_scan(struct index_store *s, int64_t collection_id, store_scan_fn
                      void *user, char *err, size_t errlen);
 
 /* Patch collections: called once per item in row-id order with its encoded
- * patch matrix (valid only during the call), as store_items_scan. */
+ * patch matrix and its labels (grid_h * grid_w bytes, or NULL when it has
+ * none; both valid only during the call), as store_items_scan. */
 typedef int (*store_patch_scan_fn)(int64_t row_id, const char *external_id, int grid_h,
-                                   int grid_w, const void *patches, size_t len, void *user);
+                                   int grid_w, const void *patches, size_t len,
+                                   const uint8_t *labels, void *user);
 int store_patches_scan(struct index_store *s, int64_t collection_id, store_patch_scan_fn fn,
                        void *user, char *err, size_t errlen);
 
