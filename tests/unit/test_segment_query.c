@@ -214,7 +214,7 @@ int main(void)
         for (int k = 0; k < W; k++) centre[l][k] = next_float(&s);
         normalise(centre[l]);
     }
-    char tmpl[] = "/tmp/test_segment.XXXXXX";
+    char tmpl[] = "/tmp/test_segment_query.XXXXXX";
     char *dir = mkdtemp(tmpl);
     struct index *ix = NULL;
     CHECK(dir && index_open(&ix, dir, err, sizeof err) == 0, "open: %s", err);
