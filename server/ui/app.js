@@ -231,6 +231,17 @@ async function fillNeighbour(n, collection, id, run) {
   if (run === state.run) showHeat();
 }
 
+// The VOC colour of a label (bits of the label spread over R, G and B).
+function labelColour(label) {
+  let r = 0, g = 0, b = 0;
+  for (let i = 0, c = label; i < 8; i++, c >>= 3) {
+    r |= ((c >> 0) & 1) << (7 - i);
+    g |= ((c >> 1) & 1) << (7 - i);
+    b |= ((c >> 2) & 1) << (7 - i);
+  }
+  return [r, g, b];
+}
+
 async function segment() {
   const name = $("seg-collection").value;
   const out = $("segment-out");
@@ -238,10 +249,31 @@ async function segment() {
   try {
     const r = await api("POST", "/v1/collections/" + encodeURIComponent(name) + "/segment",
       { image: state.image, format: "png" }, "image/png");
-    const img = new Image();
-    img.alt = "predicted label mask";
-    img.src = URL.createObjectURL(await r.blob());
-    out.replaceChildren(img);
+    const mask = await loadPicture(URL.createObjectURL(await r.blob()));
+    // The answer holds one label per pixel (gray): colour it over the image.
+    const canvas = document.createElement("canvas");
+    canvas.id = "segmentation";
+    fitCanvas(canvas, state.picture, 448);
+    const ctx = canvas.getContext("2d");
+    ctx.drawImage(mask, 0, 0, canvas.width, canvas.height);
+    const px = ctx.getImageData(0, 0, canvas.width, canvas.height);
+    const labels = new Set();
+    for (let i = 0; i < px.data.length; i += 4) {
+      const label = px.data[i];
+      labels.add(label);
+      const [R, G, B] = label === 255 ? [0, 0, 0] : labelColour(label);
+      px.data[i] = R; px.data[i + 1] = G; px.data[i + 2] = B; px.data[i + 3] = 150;
+    }
+    ctx.drawImage(state.picture, 0, 0, canvas.width, canvas.height);
+    const overlay = document.createElement("canvas");
+    overlay.width = canvas.width;
+    overlay.height = canvas.height;
+    overlay.getContext("2d").putImageData(px, 0, 0);
+    ctx.drawImage(overlay, 0, 0);
+    const legend = document.createElement("p");
+    legend.className = "empty";
+    legend.textContent = "labels: " + [...labels].sort((a, b) => a - b).join(", ");
+    out.replaceChildren(canvas, legend);
   } catch (e) {
     out.textContent = "segmentation: " + e.message;
   }

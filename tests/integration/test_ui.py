@@ -8,6 +8,7 @@ the query photograph itself first. It also checks what the page is served with
 (its own files only, a Content-Security-Policy, the item-image route) and saves
 a screenshot under the build folder."""
 import base64
+import io
 import os
 import shutil
 import sys
@@ -86,6 +87,26 @@ def item_images(port):
     check(st == 404 and "store_images" in str(body), f"an item without an image is 404 ({st})")
 
 
+def labelled_collection(port):
+    """A patch collection of three photographs whose label masks split each
+    into a top half (label 1) and a bottom half (label 2)."""
+    from PIL import Image
+    st, _ = api(port, "POST", "/v1/collections", {"name": "halves", "level": "patch", "width": 32})
+    check(st == 201, f"patch collection created ({st})")
+    items = []
+    for p in ("astronaut.png", "chelsea.png", "motorcycle_right.png"):
+        raw = open(os.path.join(ts.PHOTOS, p), "rb").read()
+        w, h = Image.open(io.BytesIO(raw)).size
+        mask = Image.new("L", (w, h), 1)
+        mask.paste(2, (0, h // 2, w, h))
+        buf = io.BytesIO()
+        mask.save(buf, "PNG")
+        items.append({"id": p, "image": base64.b64encode(raw).decode(),
+                      "labels": base64.b64encode(buf.getvalue()).decode()})
+    st, body = api(port, "POST", "/v1/collections/halves/items", {"items": items})
+    check(st == 200, f"labelled photographs inserted ({st}: {str(body)[:160]})")
+
+
 def in_browser(port, shot):
     from selenium.webdriver.common.by import By
     d = browser()
@@ -122,6 +143,13 @@ def in_browser(port, shot):
             "heat map over a neighbour")
         check(canvas_pixels(d, "#neighbours li:nth-child(2) canvas") != nb_before,
               "and over each neighbour")
+        d.find_element(By.ID, "segment").click()
+        legend = wait_for(lambda: d.execute_script(
+            "const c = document.getElementById('segmentation');"
+            "return c && c.width > 1 && document.querySelector('#segment-out p').textContent"),
+            "segmentation picture")
+        check(legend.startswith("labels: ") and set(legend[8:].split(", ")) <= {"1", "2"},
+              f"segmentation against the labelled collection is drawn ({legend})")
         status = d.find_element(By.ID, "status").text
         check("ready" in status, f"no error on the page: {status!r}")
         d.save_screenshot(shot)
@@ -145,6 +173,7 @@ def main():
         st, _ = api(port, "POST", "/v1/collections", {"name": "vectors", "width": 8})
         st, _ = api(port, "POST", "/v1/collections/vectors/items",
                     {"items": [{"id": "v0", "vector": [1, 0, 0, 0, 0, 0, 0, 0]}]})
+        labelled_collection(port)
         served_files(port)
         item_images(port)
         in_browser(port, os.path.join(BUILD, "ui-screenshot.png"))
