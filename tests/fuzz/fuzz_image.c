@@ -1,10 +1,13 @@
 /* libFuzzer target: image_decode (4M-pixel limit) and, on success, the eval
- * preprocessing and a small square resize of the decoded image. */
+ * preprocessing and a small square resize of the decoded image; the label
+ * mask decoder on the same bytes. */
 #include "image.h"
+#include "image_labels.h"
 #include "preprocess.h"
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 static float g_out[3 * 224 * 224];
@@ -18,6 +21,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     o.alpha = (enum image_alpha)(size % 3);
     struct image_rgb8 img;
     char err[512];
+    uint8_t *labels;
+    int lw, lh;
+    if (image_labels_decode(data, size, o.max_pixels, &labels, &lw, &lh, err, sizeof err) == 0) {
+        if (!labels || lw <= 0 || lh <= 0 || (size_t)lw * (size_t)lh > o.max_pixels)
+            __builtin_trap();
+        free(labels);
+    } else if (labels != NULL || strlen(err) >= sizeof err) {
+        __builtin_trap();
+    }
     if (image_decode(data, size, &o, &img, err, sizeof err) != 0) {
         if (strlen(err) >= sizeof err)
             __builtin_trap();
