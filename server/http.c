@@ -1156,16 +1156,16 @@ static void drain_start(struct http_server *srv, int fd)
     struct drain *d = malloc(sizeof *d);
     if (!d) return;
     pthread_mutex_lock(&srv->watch_lock);
-    d->fd = srv->ndrains < srv->max_drains ? fcntl(fd, F_DUPFD_CLOEXEC, 0) : -1;
-    if (d->fd >= 0) {
-        d->start = clock_now_s();
-        d->bytes = 0;
-        d->next = srv->drains;
+    const int dup = srv->ndrains < srv->max_drains ? fcntl(fd, F_DUPFD_CLOEXEC, 0) : -1;
+    if (dup >= 0) {
+        *d = (struct drain){.fd = dup, .start = clock_now_s(), .bytes = 0, .next = srv->drains};
         srv->drains = d;
         srv->ndrains++;
     }
     pthread_mutex_unlock(&srv->watch_lock);
-    if (d->fd < 0) free(d);
+    /* Once listed, d is the watchdog's: it may already have drained and freed
+     * it, so decide from the local copy (reading d->fd here freed it twice). */
+    if (dup < 0) free(d);
     else watchdog_wake(srv);
 }
 

@@ -1008,6 +1008,58 @@ static void test_limits(unsigned port)
     free(c);
 }
 
+/* Clients that send a body the server answers early (413 by Content-Length)
+ * and hang up at once: every such connection's rest is handed to the
+ * watchdog to drain, which may finish and free the drain before the handing
+ * thread returns. Many of them at once (a use-after-free there once corrupted
+ * the heap under load; the sanitizer build runs this too). */
+struct storm_arg {
+    unsigned port;
+    int answered;
+};
+
+static void *storm_client(void *arg)
+{
+    struct storm_arg *a = arg;
+    struct client *c = malloc(sizeof *c);
+    char body[3000];
+    memset(body, 'x', sizeof body);
+    for (int i = 0; c && i < 150; i++) {
+        if (client_open(c, a->port)) continue;
+        client_sends(c, "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5000\r\n\r\n");
+        client_send(c, body, (size_t)(i % 3) * 1000);
+        if (i % 2) { /* half of them read the answer first */
+            struct resp r;
+            a->answered += client_read(c, &r, true) == 0 && r.status == 413;
+            resp_free(&r);
+        }
+        client_close(c);
+    }
+    free(c);
+    return NULL;
+}
+
+static void test_early_answer_storm(unsigned port)
+{
+    enum { THREADS = 8 };
+    pthread_t t[THREADS];
+    struct storm_arg a[THREADS];
+    for (int i = 0; i < THREADS; i++) {
+        a[i] = (struct storm_arg){.port = port};
+        pthread_create(&t[i], NULL, storm_client, &a[i]);
+    }
+    int answered = 0;
+    for (int i = 0; i < THREADS; i++) {
+        pthread_join(t[i], NULL);
+        answered += a[i].answered;
+    }
+    CHECK(answered >= THREADS * 75 * 9 / 10, "early 413s answered: %d of %d", answered,
+          THREADS * 75);
+    struct resp r;
+    CHECK(get(port, "/sync", &r) == 0 && r.status == 200, "the server serves on: %d", r.status);
+    resp_free(&r);
+}
+
 static void test_malformed(unsigned port)
 {
     struct resp r;
@@ -1489,6 +1541,7 @@ int main(void)
     test_params_query_headers(port);
     test_errors(port);
     test_limits(port);
+    test_early_answer_storm(port);
     test_malformed(port);
     test_deferred(port);
     test_completion_records();
