@@ -35,6 +35,7 @@
 #include "mask.h"
 #include "objective.h"
 #include "optim.h"
+#include "rasa_train.h"
 #include "schedule.h"
 #include "state.h"
 #include "vit.h"
@@ -56,6 +57,7 @@ static void usage(FILE *f)
             "       franca-train export DIR --out MODEL.safetensors [--dtype f32|bf16|f16]\n"
             "       franca-train knn --model MODEL.safetensors --train-idx IMAGES LABELS\n"
             "                        --test-idx IMAGES LABELS [--width W]... [--max-train N] [--max-test N]\n"
+            "       franca-train rasa --model MODEL.safetensors --train-idx IMAGES --out OUT.safetensors ... (rasa --help)\n"
             "       franca-train --help\n\n");
 }
 
@@ -668,6 +670,7 @@ int main(int argc, char **argv)
     }
     if (!strcmp(argv[1], "knn")) return cmd_knn(argc, argv);
     if (!strcmp(argv[1], "export")) return cmd_export(argc, argv);
+    if (!strcmp(argv[1], "rasa")) return rasa_main(argc, argv);
     struct comm comm;
     char err[ERR_LEN];
     if (comm_init(&comm, NULL, NULL, err, sizeof err) < 0) {

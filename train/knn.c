@@ -127,18 +127,12 @@ static void cp(float *dst, const float *src, size_t n)
     if (dst && src) memcpy(dst, src, n * sizeof(float));
 }
 
-int knn_model_from_weights(const struct model_config *cfg, const struct vit_weights *w,
-                           struct vit_model **out, char *err, size_t errlen)
+void knn_weights_copy(const struct model_config *cfg, struct vit_weights *d,
+                      const struct vit_weights *w)
 {
-    *out = NULL;
-    struct checkpoint ck;
-    memset(&ck, 0, sizeof ck);
-    ck.cfg = *cfg;
-    if (vit_weights_alloc(cfg, &ck.w, err, errlen) < 0) return -1;
     const size_t D = (size_t)cfg->embed_dim, M = (size_t)cfg->pos_grid,
                  P = (size_t)cfg->patch_size, Hs = (size_t)cfg->ffn_hidden;
     const size_t f1 = (cfg->ffn == FFN_SWIGLU ? 2 * Hs : Hs);
-    struct vit_weights *d = &ck.w;
     cp(d->cls_token, w->cls_token, D);
     cp(d->pos_embed, w->pos_embed, (1 + M * M) * D);
     cp(d->mask_token, w->mask_token, D);
@@ -165,6 +159,17 @@ int knn_model_from_weights(const struct model_config *cfg, const struct vit_weig
     }
     cp(d->norm_w, w->norm_w, D);
     cp(d->norm_b, w->norm_b, D);
+}
+
+int knn_model_from_weights(const struct model_config *cfg, const struct vit_weights *w,
+                           struct vit_model **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    struct checkpoint ck;
+    memset(&ck, 0, sizeof ck);
+    ck.cfg = *cfg;
+    if (vit_weights_alloc(cfg, &ck.w, err, errlen) < 0) return -1;
+    knn_weights_copy(cfg, &ck.w, w);
     return vit_model_from_checkpoint(&ck, out, err, errlen);
 }
 

@@ -23,6 +23,10 @@ int knn_features(struct vit_model *m, const struct idx_images *im, int n, float 
 double knn_top1(const float *train, const uint8_t *ytr, int ntr, const float *test,
                 const uint8_t *yte, int nte, int D, int W, int k, double T);
 
+/* Copies the backbone tensors of cfg (not RASA) from w into d (any layouts). */
+void knn_weights_copy(const struct model_config *cfg, struct vit_weights *d,
+                      const struct vit_weights *w);
+
 /* Copies weights (any layout) into a fresh model the engine can run. */
 int knn_model_from_weights(const struct model_config *cfg, const struct vit_weights *w,
                            struct vit_model **out, char *err, size_t errlen);
