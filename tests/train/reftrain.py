@@ -57,9 +57,16 @@ def read_safetensors(path):
     for name, e in header.items():
         if name == "__metadata__":
             continue
-        assert e["dtype"] == "F32", e
         b, t = e["data_offsets"]
-        out[name] = np.frombuffer(data[base + b:base + t], dtype=np.float32).reshape(e["shape"])
+        raw = data[base + b:base + t]
+        if e["dtype"] == "BF16":  # the upper half of a float32, exactly
+            a = (np.frombuffer(raw, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
+        elif e["dtype"] == "F16":
+            a = np.frombuffer(raw, dtype=np.float16).astype(np.float32)
+        else:
+            assert e["dtype"] == "F32", e
+            a = np.frombuffer(raw, dtype=np.float32)
+        out[name] = a.reshape(e["shape"])
     return out
 
 
