@@ -240,8 +240,9 @@ static const char usage_text[] =
     "  --seed S             predictor init and batch order (default 0)\n"
     "  --dtype T            tensor dtype of OUT (default f32)\n"
     "Images go through the model's eval preprocessing (crop_size); the frozen tokens are\n"
-    "computed once, so there is no augmentation. Exit status: 0 success, 1 runtime failure,\n"
-    "2 bad command line.\n";
+    "computed once and held in memory (N x D floats per image; no augmentation), so bound\n"
+    "large sets with --max-images. Exit status: 0 success, 1 runtime failure, 2 bad\n"
+    "command line.\n";
 
 static int bad_usage(const char *fmt, const char *arg) __attribute__((format(printf, 1, 0)));
 static int bad_usage(const char *fmt, const char *arg)
@@ -392,9 +393,10 @@ int rasa_main(int argc, char **argv)
         set_err(err, sizeof err, "out of memory for %zu token floats", nfl);
         goto fail;
     }
-    printf("franca-train rasa: %s (D %d, %dx%d patches at %d px), %d images of %s, %d rounds x %d "
-           "epochs, batch %d, lr %g -> %s\n",
-           model, D, g, g, C, n, idx ? idx : folder, c.rounds, c.epochs, c.batch, c.lr, out);
+    printf("franca-train rasa: %s (D %d, %dx%d patches at %d px), %d images of %s (tokens %.1f MiB), "
+           "%d rounds x %d epochs, batch %d, lr %g -> %s\n",
+           model, D, g, g, C, n, idx ? idx : folder, (double)nfl * sizeof(float) / (1 << 20),
+           c.rounds, c.epochs, c.batch, c.lr, out);
     fflush(stdout);
     if (rasa_features(m, &ds, n, tokens, err, sizeof err) < 0) goto fail;
     if (rasa_train(&c, tokens, n, g, g, D, ow.rasa_w, st, stdout, err, sizeof err) < 0) goto fail;

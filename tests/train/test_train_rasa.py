@@ -214,6 +214,24 @@ def main():
     check(b1 / b0 < 0.7 and w1 / w0 > 0.9,
           "RASA removes a large share of the position signal and little of the rest")
     check(full1 <= full0 + 1e-3, "the full-token probe does not gain")
+
+    # The trainer's own tokens and R^2: 2 rounds on the probe images themselves; its
+    # printed R^2 recomputed from the exported raw weights on the engine's tokens.
+    out2 = os.path.join(tmp, "rasa2.safetensors")
+    p = cli.run("rasa", "--model", MODEL, "--train-idx", os.path.join(FMNIST, "t10k-images-idx3-ubyte.gz"),
+                "--max-images", N_PROBE, "--rounds", 2, "--epochs", 1, "--out", out2)
+    got = [(float(a), float(b)) for a, b in
+           re.findall(r"R\^2 before removal row (\S+) col (\S+)$", p.stdout, re.M)]
+    w2 = read_safetensors(out2) if p.returncode == 0 else {}
+    want = []
+    Z = P.reshape(-1, D).astype(np.float64)
+    for t, (ur, uc) in enumerate(units(w2, 2) if w2 else []):
+        W = (w2["rasa.pre_pos_layers.0.weight"] if t == 0 else w2["rasa.pos_pred.weight"]).astype(np.float64)
+        pred = 1.0 / (1.0 + np.exp(-(Z @ W.T)))
+        want.append(tuple(1.0 - ((pred - Y) ** 2).sum(0) / ((Y - Y.mean(0)) ** 2).sum(0)))
+        Z = Z - np.outer(Z @ ur, ur) - np.outer(Z @ uc, uc)
+    check(len(got) == 2 and np.allclose(got, want, atol=2e-4),
+          f"the trainer's R^2 {got} == numpy on the engine's tokens {np.round(want, 4).tolist()}")
     print(f"{cli.passed} passed, {cli.failed} failed")
     return 1 if cli.failed else 0
 
