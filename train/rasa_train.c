@@ -15,7 +15,10 @@
 #include "rng.h"
 
 #define EXIT_USAGE 2
+/* Images per forward: at most 64, and about 16k tokens so that a large crop's
+ * attention workspace stays small (518 px at patch 14: 11 images). */
 #define FEATURE_BATCH 64
+#define FEATURE_TOKENS 16384
 /* PyTorch AdamW defaults; the reference sets weight decay 0 (docs/model.md §7.3). */
 #define ADAM_B1 0.9
 #define ADAM_B2 0.999
@@ -26,15 +29,17 @@ int rasa_features(struct vit_model *m, const struct dataset *ds, int n, float *t
 {
     const struct model_config *cfg = vit_model_config(m);
     const int C = cfg->preprocess.crop_size, D = cfg->embed_dim;
-    const size_t N = (size_t)(C / cfg->patch_size) * (size_t)(C / cfg->patch_size);
     if (vit_check_resolution(m, C, C, err, errlen) < 0) return -1;
+    const size_t N = (size_t)(C / cfg->patch_size) * (size_t)(C / cfg->patch_size);
     const size_t isz = (size_t)3 * C * C;
-    float *x = malloc((size_t)FEATURE_BATCH * isz * sizeof *x);
+    int fb = (int)(FEATURE_TOKENS / N);
+    fb = fb < 1 ? 1 : fb > FEATURE_BATCH ? FEATURE_BATCH : fb;
+    float *x = malloc((size_t)fb * isz * sizeof *x);
     if (!x) return set_err(err, errlen, "RASA: out of memory for the input batch");
     struct vit_workspace *ws = NULL;
     int rc = 0;
-    for (int s = 0; s < n && rc == 0; s += FEATURE_BATCH) {
-        const int nb = n - s < FEATURE_BATCH ? n - s : FEATURE_BATCH;
+    for (int s = 0; s < n && rc == 0; s += fb) {
+        const int nb = n - s < fb ? n - s : fb;
         int bad = -1;
 #pragma omp parallel for schedule(dynamic)
         for (int b = 0; b < nb; b++) {
@@ -356,6 +361,12 @@ int rasa_main(int argc, char **argv)
                 c.rounds, 2 * c.rounds, D);
         checkpoint_free(&ck);
         return EXIT_USAGE;
+    }
+    if (g < 2 || C % P) {
+        fprintf(stderr, "franca-train rasa: %s: crop %d px at patch %d is not a grid of 2x2 patches or more; "
+                "no position to learn\n", model, C, P);
+        checkpoint_free(&ck);
+        return 1;
     }
     if (ck.cfg.rasa_layers > 0)
         fprintf(stderr, "franca-train rasa: %s already has RASA tensors (%d rounds); they are replaced\n",
