@@ -12,6 +12,8 @@ held-out test images through franca-embed --rasa on the exported checkpoint.
     accuracy is unchanged;
 (c) the engine's patch_rasa equals docs/model.md §7.2 recomputed in numpy from the
     exported tensors (float64), and the rest of the checkpoint is the input's;
+(d) the trainer's printed R^2 recomputed from the export on the engine's tokens, and an
+    image folder of PNGs learning what the IDX file of the same images learns;
 plus the metadata and the refusals (missing model, bad data, rounds out of range)."""
 import os
 import re
@@ -232,6 +234,24 @@ def main():
         Z = Z - np.outer(Z @ ur, ur) - np.outer(Z @ uc, uc)
     check(len(got) == 2 and np.allclose(got, want, atol=2e-4),
           f"the trainer's R^2 {got} == numpy on the engine's tokens {np.round(want, 4).tolist()}")
+
+    # An image folder holding the same images as PNG learns the same planes as the IDX file.
+    from PIL import Image
+    folder = os.path.join(tmp, "png")
+    os.makedirs(folder)
+    for i, im in enumerate(idx_array(os.path.join(FMNIST, "t10k-images-idx3-ubyte.gz"), 48)):
+        Image.fromarray(im).save(os.path.join(folder, f"{i:03d}.png"))
+    runs = []
+    for src in (["--train-folder", folder], ["--train-idx", os.path.join(FMNIST, "t10k-images-idx3-ubyte.gz"),
+                                             "--max-images", 48]):
+        o = os.path.join(tmp, f"small{len(runs)}.safetensors")
+        p = cli.run("rasa", "--model", MODEL, *src, "--rounds", 2, "--epochs", 2, "--batch", 16, "--out", o)
+        runs.append((p.returncode, re.findall(r"^rasa round .*$", p.stdout, re.M),
+                     read_safetensors(o) if p.returncode == 0 else {}))
+    (rc0, lines0, w0), (rc1, lines1, w1) = runs
+    check(rc0 == 0 and rc1 == 0 and lines0 == lines1 and len(lines0) == 2 and
+          all(np.array_equal(w0[k], w1[k]) for k in w1),
+          "--train-folder of PNGs == --train-idx of the same images (lines and tensors)")
     print(f"{cli.passed} passed, {cli.failed} failed")
     return 1 if cli.failed else 0
 
