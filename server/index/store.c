@@ -18,6 +18,7 @@
 
 #include "errors.h"
 #include "index/patch_codec.h"
+#include "index/store_private.h"
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "store.c stores float32 vectors as host bytes and assumes a little-endian host"
@@ -25,11 +26,6 @@
 
 #define STORE_SCHEMA_VERSION 4
 #define STORE_BUSY_TIMEOUT_MS 5000
-
-struct index_store {
-    sqlite3 *db;
-    pthread_mutex_t mu; /* held for the whole of every public call */
-};
 
 static const char *const metric_names[] = {"cosine", "l2", "dot"};
 
@@ -77,6 +73,11 @@ static int db_fail(struct index_store *s, char *err, size_t errlen, const char *
     return set_err(err, errlen, "index store: %s: %s", what, sqlite3_errmsg(s->db));
 }
 
+int store_db_fail(struct index_store *s, char *err, size_t errlen, const char *what)
+{
+    return db_fail(s, err, errlen, what);
+}
+
 static int fail_code(int code, char *err, size_t errlen, const char *what, const char *id)
 {
     char shown[64];
@@ -105,6 +106,12 @@ static int prepare(struct index_store *s, const char *sql, sqlite3_stmt **st, ch
         return db_fail(s, err, errlen, "prepare");
     }
     return 0;
+}
+
+int store_prepare(struct index_store *s, const char *sql, sqlite3_stmt **st, char *err,
+                  size_t errlen)
+{
+    return prepare(s, sql, st, err, errlen);
 }
 
 /* Finalizes a write's last statement, increments the collection's generation
