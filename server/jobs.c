@@ -118,18 +118,20 @@ struct jobs *jobs_create(struct index_store *store, char *err, size_t errlen)
     }
     for (size_t i = 0; i < n; i++) {
         struct job *j = calloc(1, sizeof *j);
+        if (j) {
+            j->row = rows[i];
+            j->row.params = NULL;
+            j->owner = js;
+            /* Unreadable params (never written so) leave the job unresumable. */
+            if (rows[i].params) j->params = json_loads(rows[i].params, 0, NULL);
+        }
         if (!j || append(js, j)) {
-            free(j);
+            job_free(j);
             snprintf(err, errlen, "out of memory loading %zu jobs", n);
             store_jobs_free(rows, n);
             jobs_free(js);
             return NULL;
         }
-        j->row = rows[i];
-        j->row.params = NULL;
-        j->owner = js;
-        /* Unreadable params (never written so) leave the job unresumable. */
-        if (rows[i].params) j->params = json_loads(rows[i].params, 0, NULL);
     }
     store_jobs_free(rows, n);
     pthread_mutex_lock(&js->mu);
