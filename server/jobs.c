@@ -292,7 +292,7 @@ int jobs_register_type(struct jobs *js, const char *type, jobs_resume_fn fn, voi
  * its type's resume function. 0 when it runs again. */
 static int resume_one(struct jobs *js, struct job *j)
 {
-    char err[512] = "", now[STORE_JOB_TIME_MAX];
+    char err[STORE_JOB_ERROR_MAX - 64] = "", now[STORE_JOB_TIME_MAX]; /* fits in msg below */
     iso_now(now);
     int64_t attempts = j->row.attempts + 1;
     jobs_resume_fn fn = NULL;
