@@ -45,7 +45,7 @@ struct app {
     struct workq *index_work;  /* index commits and searches run here */
     struct workq *background;  /* checkpoint loads and reembed jobs; shutdown joins it */
     struct workq *replies;     /* infer requests' callbacks (answers) run here */
-    struct jobs *jobs;         /* reembed jobs */
+    struct jobs *jobs;         /* background jobs, kept in the index (jobs.h) */
     time_t started_at;
 };
 
@@ -70,6 +70,11 @@ int routes_admin_register(struct http_router *r, struct app *app, char *err, siz
 int routes_collections_register(struct http_router *r, struct app *app, char *err, size_t errlen);
 int routes_search_register(struct http_router *r, struct app *app, char *err, size_t errlen);
 int routes_jobs_register(struct http_router *r, struct app *app, char *err, size_t errlen);
+/* jobs_resume_fn of "reembed" jobs (routes_jobs.c), ctx the app: runs the job
+ * again from its first image when its collection, model and checkpoint are
+ * still those it recorded. */
+int reembed_resume(void *ctx, struct job *job, const char *collection, const json_t *params,
+                   char *err, size_t errlen);
 int routes_ui_register(struct http_router *r, struct app *app, char *err, size_t errlen);
 int routes_patch_register(struct http_router *r, struct app *app, char *err, size_t errlen);
 int routes_segment_register(struct http_router *r, struct app *app, char *err, size_t errlen);

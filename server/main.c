@@ -365,7 +365,8 @@ int main(int argc, char **argv)
     /* As many reply builders as HTTP threads; a full queue builds on the batcher (infer.c). */
     if (!(app.replies = workq_create(o.http_threads, 4096, err, sizeof err))) return fail_free(&app, router, err);
     batcher_set_replies(app.batcher, app.replies);
-    if (!(app.jobs = jobs_create())) return fail_free(&app, router, "out of memory");
+    if (!(app.jobs = jobs_create(index_store(app.index), err, sizeof err)))
+        return fail_free(&app, router, err);
 
     if (!(router = http_router_new()) || routes_register(router, &app, err, sizeof err))
         return fail_free(&app, router, router ? err : "out of memory");
@@ -397,6 +398,14 @@ int main(int argc, char **argv)
                 infer_bytes_per_token(e));
         model_entry_release(e);
     }
+    /* Jobs that a restart cut short run again now that their models are here,
+     * before /readyz turns 200 and new jobs may start. Each job type with
+     * work to resume registers here. */
+    if (jobs_register_type(app.jobs, "reembed", reembed_resume, &app)) {
+        http_stop(srv);
+        return fail_free(&app, router, "out of memory");
+    }
+    jobs_resume_all(app.jobs);
     atomic_store(&app.ready, true);
     printf("listening on http://%s:%u\n", o.host, http_port(srv));
     fflush(stdout);

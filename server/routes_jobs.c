@@ -6,7 +6,9 @@
  * (embed_page below, through the batcher), and switches the collection to the
  * new vectors and fingerprint in one transaction at the end; until then the old
  * vectors serve searches and writes are refused (409). It runs on the
- * background work queue. */
+ * background work queue. Its job records the collection (name and id), its
+ * model and both fingerprints; after a restart reembed_resume runs it again
+ * from the first image, since nothing of an unfinished re-embed was committed. */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -123,8 +125,86 @@ static void reembed_job(void *arg)
                                       .progress = progress, .user = re,
                                       .stop = &re->app->stopping};
     const int rc = reembed_run(&spec, err, sizeof err);
-    job_finish(re->job, rc ? err : NULL);
+    if (rc && atomic_load(&re->app->stopping))
+        job_suspend(re->job); /* cut short by the shutdown: the next start resumes it */
+    else
+        job_finish(re->job, rc ? err : NULL);
     reembed_free(re);
+}
+
+/* Begins c's job and queues the re-embed, which takes over c and e; 0, or a
+ * store code with a message (c and e are still the caller's). */
+static int launch(struct app *app, struct coll *c, struct model_entry *e, struct job *job,
+                  int64_t total, char *err, size_t errlen)
+{
+    struct reembed *re = calloc(1, sizeof *re);
+    if (!re) return set_err_code(err, errlen, STORE_ERR, "out of memory");
+    int rc = coll_begin_job(c, job_id(job), err, errlen);
+    if (rc) {
+        free(re);
+        return rc;
+    }
+    *re = (struct reembed){.app = app, .c = c, .e = e, .job = job, .total = total};
+    pthread_mutex_init(&re->mu, NULL);
+    pthread_cond_init(&re->cv, NULL);
+    if (workq_submit(app->background, reembed_job, re)) {
+        coll_end_job(c);
+        pthread_mutex_destroy(&re->mu);
+        pthread_cond_destroy(&re->cv);
+        free(re);
+        return set_err_code(err, errlen, STORE_ERR,
+                            "the background work queue is full or shutting down");
+    }
+    return 0;
+}
+
+int reembed_resume(void *ctx, struct job *job, const char *collection, const json_t *params,
+                   char *err, size_t errlen)
+{
+    struct app *app = ctx;
+    const char *model = json_string_value(json_object_get(params, "model"));
+    const char *to = json_string_value(json_object_get(params, "to_fingerprint"));
+    const json_t *cid = json_object_get(params, "collection_id");
+    if (!model || !to || !json_is_integer(cid))
+        return set_err(err, errlen, "its parameters name no model, fingerprint or collection id");
+    struct coll *c = index_acquire(app->index, collection);
+    if (!c) return set_err(err, errlen, "collection '%s' no longer exists", collection);
+    struct collection_info info;
+    coll_info(c, &info);
+    struct model_entry *e = NULL;
+    char why[ERR_LEN];
+    int64_t with = 0, without = 0;
+    int rc = -1;
+    if (info.id != json_integer_value(cid))
+        set_err(err, errlen, "collection '%s' was dropped (one of that name was made since)",
+                collection);
+    else if (strcmp(info.model, model))
+        set_err(err, errlen, "collection '%s' now belongs to model '%s', not '%s'", collection,
+                info.model, model);
+    else if (registry_acquire(app->registry, model, &e, why, sizeof why))
+        set_err(err, errlen, "model '%s' is not loaded: %s", model, why);
+    else if (strcmp(e->fingerprint, to))
+        set_err(err, errlen, "model '%s' is now checkpoint %.16s..., not %.16s... that the job "
+                "re-embeds with; start a new re-embed", model, e->fingerprint, to);
+    else if (store_collection_image_counts(coll_store(c), info.id, &with, &without, why,
+                                           sizeof why))
+        set_err(err, errlen, "%s", why);
+    else if (without > 0)
+        set_err(err, errlen, "%lld items of collection '%s' have no source image",
+                (long long)without, collection);
+    else {
+        job_set_total(job, with); /* counted again: writes were open while it was down */
+        if (launch(app, c, e, job, with, why, sizeof why) == 0) {
+            rc = 0;
+            c = NULL; /* the job owns the references now */
+            e = NULL;
+        } else {
+            set_err(err, errlen, "%s", why);
+        }
+    }
+    if (e) model_entry_release(e);
+    coll_release(c);
+    return rc;
 }
 
 static void reembed(struct http_request *req, void *user)
@@ -154,31 +234,23 @@ static void reembed(struct http_request *req, void *user)
                           "and have no source image; delete them before re-embedding",
                           (long long)without, info.name);
     } else {
-        struct reembed *re = calloc(1, sizeof *re);
-        struct job *job = re ? jobs_start(app->jobs, "reembed", info.name, info.fingerprint,
-                                          e->fingerprint, with)
-                             : NULL;
-        int rc = job ? coll_begin_job(c, job_id(job), err, sizeof err)
-                     : set_err_code(err, sizeof err, STORE_ERR, "out of memory");
+        json_t *params = json_pack("{s:s, s:I, s:s, s:s}", "model", info.model, "collection_id",
+                                   (json_int_t)info.id, "from_fingerprint", info.fingerprint,
+                                   "to_fingerprint", e->fingerprint);
+        struct job *job = params ? jobs_start(app->jobs, "reembed", info.name, params, with)
+                                 : NULL;
+        json_decref(params);
+        int rc = job ? launch(app, c, e, job, with, err, sizeof err)
+                     : set_err_code(err, sizeof err, STORE_ERR,
+                                    "the job could not be recorded (see the server's log)");
         if (rc) {
             if (job) jobs_discard(app->jobs, job);
             route_reply_store_error(req, rc, err);
-            free(re);
         } else {
-            *re = (struct reembed){.app = app, .c = c, .e = e, .job = job, .total = with};
-            pthread_mutex_init(&re->mu, NULL);
-            pthread_cond_init(&re->cv, NULL);
             c = NULL; /* the job owns the references now */
             e = NULL;
-            if (workq_submit(app->background, reembed_job, re)) {
-                coll_end_job(re->c);
-                job_finish(job, "the background work queue is full or shutting down");
-                http_reply_error(req, 500, NULL, "the background work queue is full or shutting down");
-                reembed_free(re);
-            } else {
-                http_reply_json(req, 202, json_pack("{s:o}", "job",
-                                                    jobs_get_json(app->jobs, job_id(job))));
-            }
+            http_reply_json(req, 202, json_pack("{s:o}", "job",
+                                                jobs_get_json(app->jobs, job_id(job))));
         }
     }
     if (e) model_entry_release(e);
@@ -193,8 +265,8 @@ static void get_job(struct http_request *req, void *user)
     if (!j) {
         char shown[64];
         printable_copy(id, strlen(id), shown, sizeof shown);
-        http_reply_errorf(req, 404, NULL, "no job '%s' (jobs are kept in memory until a restart)",
-                          shown);
+        http_reply_errorf(req, 404, NULL, "no job '%s' (the newest %d finished jobs are kept)",
+                          shown, JOBS_KEEP);
         return;
     }
     http_reply_json(req, 200, j);

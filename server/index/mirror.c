@@ -396,6 +396,10 @@ const float *mirror_row_vector(const struct index_mirror *m, size_t row)
 {
     return m->data + row * (size_t)m->width;
 }
+void mirror_row_copy(const struct index_mirror *m, size_t row, int w, float *out)
+{
+    memcpy(out, m->data + row * (size_t)m->width, (size_t)w * sizeof *out);
+}
 const float *mirror_matrix(const struct index_mirror *m) { return m->data; }
 const float *mirror_prefix_matrix(const struct index_mirror *m) { return m->prefix; }
 const float *mirror_sqnorms(const struct index_mirror *m) { return m->sq; }

@@ -92,6 +92,10 @@ const char *mirror_external_id(const struct index_mirror *m, size_t row);
 void *mirror_payload(const struct index_mirror *m, size_t row);
 /* The stored (for cosine: normalised) vector of a row, width floats. */
 const float *mirror_row_vector(const struct index_mirror *m, size_t row);
+/* The first w (1..width) components of a row's stored vector as float32, into
+ * out[w]: whatever form the mirror keeps its rows in, this is the one way to
+ * read a row for re-ranking. */
+void mirror_row_copy(const struct index_mirror *m, size_t row, int w, float *out);
 /* The matrices and norms, for search backends: [n, width], [n, prefix_width],
  * squared norms of the stored rows at width and of the prefix rows. */
 const float *mirror_matrix(const struct index_mirror *m);

@@ -45,8 +45,7 @@ static int id_vectors(struct coll *c, const struct index_mirror *m, const struct
             return set_err_code(err, errlen, STORE_NOT_FOUND, "no item '%s' in collection '%s'",
                                 shown, coll_name(c));
         }
-        memcpy(qv + (size_t)i * q->w, mirror_row_vector(m, (size_t)row),
-               (size_t)q->w * sizeof *qv);
+        mirror_row_copy(m, (size_t)row, q->w, qv + (size_t)i * q->w);
     }
     return 0;
 }
@@ -67,7 +66,7 @@ static int copy_hits(const struct index_mirror *m, const struct index_query *q,
             if (q->with_vector) {
                 if (!(o->vector = malloc(width * sizeof *o->vector)))
                     return set_err_code(err, errlen, STORE_ERR, "out of memory");
-                memcpy(o->vector, mirror_row_vector(m, h->row), width * sizeof *o->vector);
+                mirror_row_copy(m, h->row, (int)width, o->vector);
                 o->dim = width;
             }
         }

@@ -18,24 +18,41 @@
 
 #include "errors.h"
 #include "index/patch_codec.h"
+#include "index/store_private.h"
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "store.c stores float32 vectors as host bytes and assumes a little-endian host"
 #endif
 
-#define STORE_SCHEMA_VERSION 3
+#define STORE_SCHEMA_VERSION 4
 #define STORE_BUSY_TIMEOUT_MS 5000
-
-struct index_store {
-    sqlite3 *db;
-    pthread_mutex_t mu; /* held for the whole of every public call */
-};
 
 static const char *const metric_names[] = {"cosine", "l2", "dot"};
 
 const char *store_metric_name(enum store_metric m)
 {
     return (unsigned)m < 3 ? metric_names[m] : NULL;
+}
+
+const char *store_mirror_name(enum store_mirror m)
+{
+    switch (m) {
+    case STORE_MIRROR_F32: return "f32";
+    case STORE_MIRROR_F16: return "f16";
+    case STORE_MIRROR_INT8: return "int8";
+    }
+    return NULL;
+}
+
+int store_mirror_parse(const char *name, enum store_mirror *m)
+{
+    static const enum store_mirror all[] = {STORE_MIRROR_F32, STORE_MIRROR_F16, STORE_MIRROR_INT8};
+    for (size_t i = 0; name && i < sizeof all / sizeof all[0]; i++)
+        if (!strcmp(name, store_mirror_name(all[i]))) {
+            *m = all[i];
+            return 0;
+        }
+    return -1;
 }
 
 int store_metric_parse(const char *name, enum store_metric *m)
@@ -54,6 +71,11 @@ int store_metric_parse(const char *name, enum store_metric *m)
 static int db_fail(struct index_store *s, char *err, size_t errlen, const char *what)
 {
     return set_err(err, errlen, "index store: %s: %s", what, sqlite3_errmsg(s->db));
+}
+
+int store_db_fail(struct index_store *s, char *err, size_t errlen, const char *what)
+{
+    return db_fail(s, err, errlen, what);
 }
 
 static int fail_code(int code, char *err, size_t errlen, const char *what, const char *id)
@@ -76,11 +98,37 @@ static void rollback(struct index_store *s)
     if (sqlite3_get_autocommit(s->db) == 0) sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
 }
 
-/* Finalizes a write's last statement and commits: 0, or STORE_ERR with a message. */
-static int commit(struct index_store *s, sqlite3_stmt **st, char *err, size_t errlen)
+static int prepare(struct index_store *s, const char *sql, sqlite3_stmt **st, char *err,
+                   size_t errlen)
+{
+    if (sqlite3_prepare_v2(s->db, sql, -1, st, NULL) != SQLITE_OK) {
+        *st = NULL;
+        return db_fail(s, err, errlen, "prepare");
+    }
+    return 0;
+}
+
+int store_prepare(struct index_store *s, const char *sql, sqlite3_stmt **st, char *err,
+                  size_t errlen)
+{
+    return prepare(s, sql, st, err, errlen);
+}
+
+/* Finalizes a write's last statement, increments the collection's generation
+ * in the same transaction and commits: 0, or STORE_ERR with a message. */
+static int commit(struct index_store *s, int64_t collection_id, sqlite3_stmt **st, char *err,
+                  size_t errlen)
 {
     sqlite3_finalize(*st);
     *st = NULL;
+    if (prepare(s, "UPDATE collections SET generation = generation + 1 WHERE id = ?1", st, err,
+                errlen))
+        return STORE_ERR;
+    sqlite3_bind_int64(*st, 1, collection_id);
+    const int rc = sqlite3_step(*st);
+    sqlite3_finalize(*st);
+    *st = NULL;
+    if (rc != SQLITE_DONE) return db_fail(s, err, errlen, "bump generation");
     return exec_const(s, "COMMIT", err, errlen) ? STORE_ERR : 0;
 }
 
@@ -93,15 +141,6 @@ static void end_locked(struct index_store *s, sqlite3_stmt *st, bool roll_back)
     pthread_mutex_unlock(&s->mu);
 }
 
-static int prepare(struct index_store *s, const char *sql, sqlite3_stmt **st, char *err,
-                   size_t errlen)
-{
-    if (sqlite3_prepare_v2(s->db, sql, -1, st, NULL) != SQLITE_OK) {
-        *st = NULL;
-        return db_fail(s, err, errlen, "prepare");
-    }
-    return 0;
-}
 
 static void copy_col(char *dst, size_t cap, sqlite3_stmt *st, int col)
 {
@@ -194,6 +233,29 @@ static const char schema_v2[] =
 /* v2 -> v3: per-patch segmentation labels of patch items (NULL: unlabelled). */
 static const char schema_v3[] = "ALTER TABLE items ADD COLUMN labels BLOB;";
 
+/* v3 -> v4: the in-memory mirror's form, the ANN description (JSON, NULL:
+ * none), a generation that every write transaction of a collection increments
+ * (files kept beside the database, such as an ANN graph, record the generation
+ * they equal), and background jobs that outlive a restart. */
+static const char schema_v4[] =
+    "ALTER TABLE collections ADD COLUMN mirror TEXT NOT NULL DEFAULT 'f32'"
+    " CHECK (mirror IN ('f32', 'f16', 'int8'));"
+    "ALTER TABLE collections ADD COLUMN ann TEXT;"
+    "ALTER TABLE collections ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;"
+    "CREATE TABLE jobs ("
+    " id TEXT PRIMARY KEY,"
+    " type TEXT NOT NULL,"
+    " collection TEXT NOT NULL,"
+    " status TEXT NOT NULL CHECK (status IN ('running', 'succeeded', 'failed')),"
+    " done INTEGER NOT NULL DEFAULT 0,"
+    " total INTEGER NOT NULL DEFAULT 0,"
+    " params TEXT,"
+    " error TEXT,"
+    " attempts INTEGER NOT NULL DEFAULT 1,"
+    " created_at TEXT NOT NULL,"
+    " updated_at TEXT NOT NULL,"
+    " finished_at TEXT);";
+
 /* Brings the schema from user_version `from` to STORE_SCHEMA_VERSION, one step
  * per version, inside one transaction. Version 1 is the first; later versions
  * add a case here. */
@@ -222,12 +284,15 @@ static int migrate(struct index_store *s, char *err, size_t errlen)
         /* fall through */
     case 2:
         if (exec_const(s, schema_v3, err, errlen)) goto fail;
-        /* fall through: future versions add "case 3: ... v3 -> v4" here */
+        /* fall through */
+    case 3:
+        if (exec_const(s, schema_v4, err, errlen)) goto fail;
+        /* fall through: future versions add "case 4: ... v4 -> v5" here */
     default:
         break;
     }
     if (from != STORE_SCHEMA_VERSION &&
-        exec_const(s, "PRAGMA user_version = 3", err, errlen)) /* = STORE_SCHEMA_VERSION */
+        exec_const(s, "PRAGMA user_version = 4", err, errlen)) /* = STORE_SCHEMA_VERSION */
         goto fail;
     if (exec_const(s, "COMMIT", err, errlen)) goto fail;
     return 0;
@@ -356,13 +421,16 @@ int store_collection_create(struct index_store *s, const struct collection_info 
                             (int)in->level, in->patch_type);
     if (in->level == STORE_LEVEL_PATCH && in->metric != STORE_METRIC_COSINE)
         return set_err_code(err, errlen, STORE_INVALID, "patch collections use cosine");
+    const char *mirror = store_mirror_name(in->mirror);
+    if (!mirror) return set_err_code(err, errlen, STORE_INVALID, "unknown mirror %d", (int)in->mirror);
+    if ((rc = check_text(in->ann, 0, STORE_ANN_MAX, "ANN description", err, errlen))) return rc;
     pthread_mutex_lock(&s->mu);
     sqlite3_stmt *st;
     int ret = STORE_ERR;
     if (prepare(s,
                 "INSERT INTO collections (name, model, fingerprint, width, metric, store_images,"
-                " created_at, level, patch_type) VALUES (?1, ?2, ?3, ?4, ?5, ?6,"
-                " strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), ?7, ?8)",
+                " created_at, level, patch_type, mirror, ann) VALUES (?1, ?2, ?3, ?4, ?5, ?6,"
+                " strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), ?7, ?8, ?9, ?10)",
                 &st, err, errlen) == 0) {
         sqlite3_bind_text(st, 1, in->name, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 2, in->model, -1, SQLITE_STATIC);
@@ -373,6 +441,11 @@ int store_collection_create(struct index_store *s, const struct collection_info 
         sqlite3_bind_text(st, 7, in->level == STORE_LEVEL_PATCH ? "patch" : "cls", -1,
                           SQLITE_STATIC);
         sqlite3_bind_text(st, 8, ptype, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 9, mirror, -1, SQLITE_STATIC);
+        if (in->ann[0])
+            sqlite3_bind_text(st, 10, in->ann, -1, SQLITE_STATIC);
+        else
+            sqlite3_bind_null(st, 10);
         rc = sqlite3_step(st);
         if (rc == SQLITE_DONE) {
             if (id) *id = sqlite3_last_insert_rowid(s->db);
@@ -389,7 +462,8 @@ int store_collection_create(struct index_store *s, const struct collection_info 
 }
 
 #define COLLECTION_COLS \
-    "id, name, model, fingerprint, width, metric, store_images, created_at, level, patch_type"
+    "id, name, model, fingerprint, width, metric, store_images, created_at, level, patch_type," \
+    " mirror, ann, generation"
 
 static void read_collection(sqlite3_stmt *st, struct collection_info *out)
 {
@@ -409,6 +483,63 @@ static void read_collection(sqlite3_stmt *st, struct collection_info *out)
     enum patch_type t = PATCH_F16;
     patch_type_parse((const char *)sqlite3_column_text(st, 9), &t);
     out->patch_type = (int)t;
+    enum store_mirror mi = STORE_MIRROR_F32;
+    store_mirror_parse((const char *)sqlite3_column_text(st, 10), &mi); /* CHECK keeps it valid */
+    out->mirror = mi;
+    copy_col(out->ann, sizeof out->ann, st, 11);
+    out->generation = sqlite3_column_int64(st, 12);
+}
+
+int store_collection_set_ann(struct index_store *s, int64_t collection_id, const char *ann,
+                             char *err, size_t errlen)
+{
+    int rc;
+    if (ann && (rc = check_text(ann, 0, STORE_ANN_MAX, "ANN description", err, errlen)))
+        return rc;
+    pthread_mutex_lock(&s->mu);
+    sqlite3_stmt *st;
+    int ret = STORE_ERR;
+    if (prepare(s, "UPDATE collections SET ann = ?1 WHERE id = ?2", &st, err, errlen) == 0) {
+        if (ann && ann[0])
+            sqlite3_bind_text(st, 1, ann, -1, SQLITE_STATIC);
+        else
+            sqlite3_bind_null(st, 1);
+        sqlite3_bind_int64(st, 2, collection_id);
+        if (sqlite3_step(st) != SQLITE_DONE)
+            db_fail(s, err, errlen, "set ANN description");
+        else if (sqlite3_changes(s->db) == 0)
+            ret = set_err_code(err, errlen, STORE_NOT_FOUND, "no collection with id %lld",
+                               (long long)collection_id);
+        else
+            ret = 0;
+        sqlite3_finalize(st);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return ret;
+}
+
+int store_collection_generation(struct index_store *s, int64_t collection_id, int64_t *gen,
+                                char *err, size_t errlen)
+{
+    pthread_mutex_lock(&s->mu);
+    sqlite3_stmt *st;
+    int ret = STORE_ERR;
+    if (prepare(s, "SELECT generation FROM collections WHERE id = ?1", &st, err, errlen) == 0) {
+        sqlite3_bind_int64(st, 1, collection_id);
+        const int rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW) {
+            *gen = sqlite3_column_int64(st, 0);
+            ret = 0;
+        } else if (rc == SQLITE_DONE) {
+            ret = set_err_code(err, errlen, STORE_NOT_FOUND, "no collection with id %lld",
+                               (long long)collection_id);
+        } else {
+            db_fail(s, err, errlen, "read generation");
+        }
+        sqlite3_finalize(st);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return ret;
 }
 
 int store_collection_get(struct index_store *s, const char *name, struct collection_info *out,
@@ -677,7 +808,7 @@ int store_items_insert_rows(struct index_store *s, int64_t collection_id,
         }
         sqlite3_clear_bindings(st);
     }
-    if ((ret = commit(s, &st, err, errlen))) goto out;
+    if ((ret = commit(s, collection_id, &st, err, errlen))) goto out;
     for (size_t i = 0; i < n; i++) memcpy(out_ids[i], ids[i], STORE_ID_MAX);
     if (out_row_ids && n) memcpy(out_row_ids, rows, n * sizeof *rows);
 out:
@@ -817,7 +948,7 @@ int store_items_delete(struct index_store *s, int64_t collection_id,
         }
         count += (size_t)sqlite3_changes(s->db);
     }
-    if ((ret = commit(s, &st, err, errlen))) goto out;
+    if ((ret = commit(s, collection_id, &st, err, errlen))) goto out;
     *deleted = count;
 out:
     end_locked(s, st, ret != 0);
@@ -1072,7 +1203,7 @@ int store_collection_revector(struct index_store *s, int64_t collection_id,
         db_fail(s, err, errlen, "update fingerprint");
         goto out;
     }
-    if ((ret = commit(s, &st, err, errlen))) goto out;
+    if ((ret = commit(s, collection_id, &st, err, errlen))) goto out;
 out:
     end_locked(s, st, ret != 0);
     return ret;

@@ -55,6 +55,16 @@ enum store_level { STORE_LEVEL_CLS = 0, STORE_LEVEL_PATCH = 1 };
 #define STORE_GRID_MAX 256   /* patch grids: 1..256 rows and columns, */
 #define STORE_PATCHES_MAX 4096 /* and at most 4096 patches (64 x 64) per item */
 
+/* The form of a collection's in-memory search mirror (schema v4). SQLite always
+ * keeps the float32 vectors; f16 and int8 (per-dimension scale) mirrors trade
+ * a little recall for 2x and 4x less memory. */
+enum store_mirror { STORE_MIRROR_F32 = 0, STORE_MIRROR_F16 = 1, STORE_MIRROR_INT8 = 2 };
+/* "f32", "f16", "int8"; NULL for an unknown value. */
+const char *store_mirror_name(enum store_mirror m);
+/* 0 and *m set, or -1 for an unknown name. */
+int store_mirror_parse(const char *name, enum store_mirror *m);
+#define STORE_ANN_MAX 512    /* the ANN description: JSON text, 0..511 bytes ("" = none) */
+
 /* "cosine", "l2", "dot"; NULL for an unknown value. */
 const char *store_metric_name(enum store_metric m);
 /* 0 and *m set, or -1 for an unknown name. */
@@ -70,6 +80,9 @@ struct collection_info {
     int store_images;                 /* 0 or 1 */
     enum store_level level;           /* schema v2; CLS for collections made before */
     int patch_type;                   /* enum patch_type, for level PATCH (f16 otherwise) */
+    enum store_mirror mirror;         /* schema v4; f32 for collections made before */
+    char ann[STORE_ANN_MAX];          /* schema v4: ANN description as JSON, "" = none */
+    int64_t generation;               /* output only: write transactions so far */
     char created_at[32];              /* output only: UTC, "YYYY-MM-DDTHH:MM:SS.SSSZ" */
 };
 
@@ -114,6 +127,13 @@ int store_collection_get(struct index_store *s, const char *name, struct collect
 /* All collections by id; *out is malloc'ed (NULL when *n == 0), caller frees it. */
 int store_collection_list(struct index_store *s, struct collection_info **out, size_t *n,
                           char *err, size_t errlen);
+/* Sets (text "" or NULL: clears) a collection's ANN description. */
+int store_collection_set_ann(struct index_store *s, int64_t collection_id, const char *ann,
+                             char *err, size_t errlen);
+/* The collection's generation: incremented by every committed insert, delete
+ * and revector of its items, in the same transaction. */
+int store_collection_generation(struct index_store *s, int64_t collection_id, int64_t *gen,
+                                char *err, size_t errlen);
 /* Deletes a collection and (by cascade) all its items. */
 int store_collection_delete(struct index_store *s, const char *name, char *err, size_t errlen);
 int store_collection_count(struct index_store *s, int64_t collection_id, int64_t *n,

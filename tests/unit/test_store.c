@@ -117,6 +117,49 @@ static void test_collections(struct index_store *s)
     CHECK(store_metric_parse("DOT", &m) == -1, "parse case");
 }
 
+/* Schema v4: the mirror form and ANN description round-trip, and every
+ * committed write (never a failed one) increments the generation. */
+static void test_generation(struct index_store *s)
+{
+    struct collection_info a = coll("gen", 4, STORE_METRIC_DOT), got;
+    a.mirror = STORE_MIRROR_INT8;
+    snprintf(a.ann, sizeof a.ann, "{\"kind\":\"hnsw\",\"width\":2}");
+    int64_t id = 0, g0 = -1, g = -1;
+    CHECK(store_collection_create(s, &a, &id, err, sizeof err) == 0, "%s", err);
+    CHECK(store_collection_get(s, "gen", &got, err, sizeof err) == 0 &&
+              got.mirror == STORE_MIRROR_INT8 && !strcmp(got.ann, a.ann) && got.generation == 0,
+          "v4 fields: mirror %d ann '%s' gen %lld", (int)got.mirror, got.ann,
+          (long long)got.generation);
+    CHECK(store_collection_generation(s, id, &g0, err, sizeof err) == 0 && g0 == 0, "gen 0");
+    const float v[4] = {1, 2, 3, 4};
+    struct item_in it = {.external_id = "g1", .vector = v, .dim = 4};
+    char ids[1][STORE_ID_MAX];
+    CHECK(store_items_insert(s, id, &it, 1, ids, err, sizeof err) == 0, "%s", err);
+    CHECK(store_collection_generation(s, id, &g, err, sizeof err) == 0 && g == 1, "gen %lld",
+          (long long)g);
+    CHECK(store_items_insert(s, id, &it, 1, ids, err, sizeof err) == STORE_CONFLICT, "dup");
+    CHECK(store_collection_generation(s, id, &g, err, sizeof err) == 0 && g == 1,
+          "a failed write keeps gen: %lld", (long long)g);
+    const char *del[1] = {"g1"};
+    size_t n = 0;
+    CHECK(store_items_delete(s, id, del, 1, &n, err, sizeof err) == 0 && n == 1, "%s", err);
+    CHECK(store_collection_generation(s, id, &g, err, sizeof err) == 0 && g == 2, "gen %lld",
+          (long long)g);
+    CHECK(store_collection_set_ann(s, id, NULL, err, sizeof err) == 0, "%s", err);
+    CHECK(store_collection_get(s, "gen", &got, err, sizeof err) == 0 && got.ann[0] == 0 &&
+              got.generation == 2,
+          "ann cleared '%s'", got.ann);
+    CHECK(store_collection_set_ann(s, 987654, "{}", err, sizeof err) == STORE_NOT_FOUND, "404");
+    enum store_mirror m;
+    CHECK(store_mirror_parse("f16", &m) == 0 && m == STORE_MIRROR_F16 &&
+              store_mirror_parse("int4", &m) == -1,
+          "mirror names");
+    struct collection_info bad = coll("badmirror", 4, STORE_METRIC_DOT);
+    bad.mirror = (enum store_mirror)7;
+    CHECK(store_collection_create(s, &bad, NULL, err, sizeof err) == STORE_INVALID, "mirror 7");
+    CHECK(store_collection_delete(s, "gen", err, sizeof err) == 0, "%s", err);
+}
+
 static void test_items(struct index_store *s, int64_t *cid_out)
 {
     struct collection_info c;
@@ -486,6 +529,7 @@ int main(void)
     if (!s) return check_summary();
     int64_t cid = 0, hid = 0;
     test_collections(s);
+    test_generation(s);
     test_items(s, &cid);
     test_hostile(s, &hid);
     CHECK(store_integrity_check(s, err, sizeof err) == 0, "%s", err);
