@@ -3,6 +3,7 @@
  *
  *   franca-train --config FILE.json --out DIR [--key value]...
  *   franca-train --resume DIR [--key value]...
+ *   franca-train --init-from RUN_DIR|MODEL --out DIR [--config F] [--key value]...
  *   franca-train export DIR --out MODEL.safetensors [--dtype f32|bf16|f16]
  *   franca-train knn --model MODEL.safetensors --train-idx IMAGES LABELS
  *                    --test-idx IMAGES LABELS [--width W]... [--max-train N] [--max-test N]
@@ -30,6 +31,7 @@
 #include "config.h"
 #include "dataset.h"
 #include "errors.h"
+#include "finetune.h"
 #include "knn.h"
 #include "loader.h"
 #include "mask.h"
@@ -53,6 +55,7 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: franca-train --config FILE.json --out DIR [--key value]...\n"
             "       franca-train --resume DIR [--key value]...\n"
+            "       franca-train --init-from RUN_DIR|MODEL --out DIR [--config FILE.json] [--key value]...\n"
             "       franca-train export DIR --out MODEL.safetensors [--dtype f32|bf16|f16]\n"
             "       franca-train knn --model MODEL.safetensors --train-idx IMAGES LABELS\n"
             "                        --test-idx IMAGES LABELS [--width W]... [--max-train N] [--max-test N]\n"
@@ -514,7 +517,7 @@ static void run_free(struct run *r)
 
 static int cmd_train(int argc, char **argv, struct comm *comm)
 {
-    const char *config = NULL, *out = NULL, *resume = NULL;
+    const char *config = NULL, *out = NULL, *resume = NULL, *init = NULL;
     char err[ERR_LEN];
     static struct run r;
     memset(&r, 0, sizeof r);
@@ -533,13 +536,15 @@ static int cmd_train(int argc, char **argv, struct comm *comm)
         if (!strcmp(a, "--config")) config = v;
         else if (!strcmp(a, "--out")) out = v;
         else if (!strcmp(a, "--resume")) resume = v;
+        else if (!strcmp(a, "--init-from") || !strcmp(a, "--init_from")) init = v;
         else if (!train_config_has_key(a + 2)) {
             fprintf(stderr, "franca-train: unknown option %s (franca-train --help lists them)\n", a);
             return EXIT_USAGE;
         }
     }
-    if (resume ? (config || out) : (!config || !out)) {
-        fprintf(stderr, "franca-train: give --config FILE.json --out DIR, or --resume DIR\n");
+    if (resume ? (config || out) : (!out || (!config && !init))) {
+        fprintf(stderr, "franca-train: give --config FILE.json --out DIR, --init-from SRC --out DIR, "
+                "or --resume DIR\n");
         usage(stderr);
         return EXIT_USAGE;
     }
@@ -551,6 +556,26 @@ static int cmd_train(int argc, char **argv, struct comm *comm)
         }
         r.dir = (char *)resume;
         r.cfg.stop_at = 0;
+    } else if (!config) {
+        /* fine-tuning a run: its config is the base, the preprocessing follows
+         * the new global_size unless given, and the schedule is the flags' */
+        struct stat st;
+        if (stat(init, &st) < 0) {
+            fprintf(stderr, "franca-train: --init-from %s: %s\n", init, strerror(errno));
+            return 1;
+        }
+        if (!finetune_src_is_run(init)) {
+            fprintf(stderr, "franca-train: --init-from %s is not a run directory: give --config "
+                    "with the model's architecture\n", init);
+            return EXIT_USAGE;
+        }
+        if (finetune_src_config(init, &r.cfg, err, sizeof err) < 0) {
+            fprintf(stderr, "franca-train: %s\n", err);
+            return 1;
+        }
+        r.cfg.stop_at = 0;
+        r.cfg.resize_size = r.cfg.crop_size = 0;
+        r.dir = (char *)out;
     } else {
         if (train_config_load(&r.cfg, config, err, sizeof err) < 0) {
             fprintf(stderr, "franca-train: %s\n", err);
@@ -606,6 +631,13 @@ static int cmd_train(int argc, char **argv, struct comm *comm)
     }
     if (resume && state_load(resume, objective_params(r.obj), r.opt, err, sizeof err) < 0)
         goto fail;
+    if (!resume && c->init_from[0]) {
+        if (finetune_init(objective_params(r.obj), c->embed_dim, r.oc.backbone.pos_grid,
+                          c->init_from, err, sizeof err) < 0)
+            goto fail;
+        printf("franca-train: fine-tuning from %s at %d px (grid %d)\n", c->init_from,
+               c->global_size, r.oc.backbone.pos_grid);
+    }
     if (R > 1) {
         objective_set_comm(r.obj, comm);
         /* Replicas start from rank 0's weights (student and teacher), as DDP does:
