@@ -32,6 +32,7 @@
 #include "dataset.h"
 #include "errors.h"
 #include "finetune.h"
+#include "grad_sync.h"
 #include "knn.h"
 #include "loader.h"
 #include "mask.h"
@@ -250,8 +251,7 @@ struct run {
     char *dir, *log_path, *chart_path;
     FILE *log;
     struct comm *comm;
-    float *bucket;          /* gradient bucket (data parallel) */
-    size_t bucket_cap;      /* its floats */
+    struct grad_sync sync;  /* gradient all-reduce under the backward pass (data parallel) */
 };
 
 static int mkdir_p1(const char *dir, char *err, size_t errlen)
@@ -288,40 +288,6 @@ static int run_knn(struct run *r, int64_t step, char *err, size_t errlen)
     fflush(stdout);
     fflush(r->log);
     return 0;
-}
-
-/* Averages the gradients over the ranks: the params' g packed into buckets of
- * cap floats, each summed with one all-reduce, then scaled by 1/R. A
- * tensor larger than a bucket is reduced in place on its own. */
-static void allreduce_grads(struct comm *c, struct param_list *pl, float *bucket, size_t cap)
-{
-    const float s = 1.0f / (float)comm_size(c);
-    int first = 0;
-    size_t used = 0;
-    for (int i = 0; i <= pl->n; i++) {
-        const size_t n = i < pl->n ? pl->p[i].n : 0;
-        if (used && (i == pl->n || used + n > cap)) {
-            comm_allreduce_sum_f32(c, bucket, used);
-            size_t off = 0;
-            for (int j = first; j < i; j++) {
-                float *g = pl->p[j].g;
-                for (size_t k = 0; k < pl->p[j].n; k++) g[k] = bucket[off + k] * s;
-                off += pl->p[j].n;
-            }
-            used = 0;
-        }
-        if (i == pl->n) break;
-        if (!used) first = i;
-        if (n > cap) {
-            float *g = pl->p[i].g;
-            comm_allreduce_sum_f32(c, g, n);
-            for (size_t k = 0; k < n; k++) g[k] *= s;
-            first = i + 1;
-            continue;
-        }
-        memcpy(bucket + used, pl->p[i].g, n * sizeof(float));
-        used += n;
-    }
 }
 
 /* FRANCA_TRAIN_TEST_EXIT_AT=RANK:STEP (tests): rank RANK dies, without a word to
@@ -376,9 +342,9 @@ static int train(struct run *r, int64_t step0, char *err, size_t errlen)
         lc.shard_n = B / R;
         lc.shard_begin = rank * lc.shard_n;
         const char *bf = getenv("FRANCA_TRAIN_BUCKET_FLOATS");
-        r->bucket_cap = bf && atol(bf) > 0 ? (size_t)atol(bf) : GRAD_BUCKET_FLOATS;
-        r->bucket = malloc(r->bucket_cap * sizeof(float));
-        if (!r->bucket) return set_err(err, errlen, "out of memory for the gradient bucket");
+        if (grad_sync_init(&r->sync, r->comm, pl,
+                           bf && atol(bf) > 0 ? (size_t)atol(bf) : GRAD_BUCKET_FLOATS) < 0)
+            return set_err(err, errlen, "out of memory for the gradient buckets");
     }
     const int64_t die_at = test_exit_step(r->comm);
     const size_t bytes0 = r->comm ? r->comm->bytes_reduced : 0;
@@ -414,8 +380,16 @@ static int train(struct run *r, int64_t step0, char *err, size_t errlen)
                 rng_fork(&shard, (uint64_t)rank, &orng);
             }
             struct loss_terms lt;
-            if (objective_step(r->obj, &b->cb, (float)sv.teacher_temp, &orng, &lt, err, errlen) < 0)
-                return -1;
+            /* every micro-batch adds into the same gradients: only the last
+             * one's backward pass makes them final, and reduces them as it goes */
+            if (R > 1 && a == accum - 1) {
+                grad_sync_begin(&r->sync, accum > 1 ? 1.0f / (float)accum : 1.0f);
+                objective_set_grad_ready(r->obj, grad_sync_ready, &r->sync);
+            }
+            const int orc = objective_step(r->obj, &b->cb, (float)sv.teacher_temp, &orng, &lt,
+                                           err, errlen);
+            objective_set_grad_ready(r->obj, NULL, NULL);
+            if (orc < 0) return -1;
             sum.total += lt.total / accum;
             sum.dino_local += lt.dino_local / accum;
             sum.dino_global += lt.dino_global / accum;
@@ -436,14 +410,12 @@ static int train(struct run *r, int64_t step0, char *err, size_t errlen)
         if (!isfinite(sum.total))
             return set_err(err, errlen, "step %lld: the loss is not finite (%g); lower lr?",
                            (long long)step, sum.total);
-        if (accum > 1) {
+        if (accum > 1 && R == 1) {
             const float s = 1.0f / (float)accum;
             for (int i = 0; i < pl->n; i++)
                 for (size_t k = 0; k < pl->p[i].n; k++) pl->p[i].g[k] *= s;
         }
-        /* after the whole backward pass: every micro-batch adds into the same
-         * gradients, so none is final earlier */
-        if (R > 1) allreduce_grads(r->comm, pl, r->bucket, r->bucket_cap);
+        if (R > 1) grad_sync_finish(&r->sync);
         if (c->clip_grad > 0 || getenv("FRANCA_TRAIN_DIAG")) {
             double gn[MOD_COUNT];
             for (int m = 0; m < MOD_COUNT; m++)
@@ -512,7 +484,7 @@ static void run_free(struct run *r)
     if (r->log) fclose(r->log);
     free(r->log_path);
     free(r->chart_path);
-    free(r->bucket);
+    grad_sync_free(&r->sync);
 }
 
 static int cmd_train(int argc, char **argv, struct comm *comm)
