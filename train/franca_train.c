@@ -382,7 +382,7 @@ static int train(struct run *r, int64_t step0, char *err, size_t errlen)
             struct loss_terms lt;
             /* every micro-batch adds into the same gradients: only the last
              * one's backward pass makes them final, and reduces them as it goes */
-            if (R > 1 && a == accum - 1) {
+            if (R > 1 && a == accum - 1 && r->sync.overlap) {
                 grad_sync_begin(&r->sync, accum > 1 ? 1.0f / (float)accum : 1.0f);
                 objective_set_grad_ready(r->obj, grad_sync_ready, &r->sync);
             }
@@ -415,7 +415,13 @@ static int train(struct run *r, int64_t step0, char *err, size_t errlen)
             for (int i = 0; i < pl->n; i++)
                 for (size_t k = 0; k < pl->p[i].n; k++) pl->p[i].g[k] *= s;
         }
-        if (R > 1) grad_sync_finish(&r->sync);
+        if (R > 1) {
+            if (!r->sync.overlap) {
+                grad_sync_begin(&r->sync, accum > 1 ? 1.0f / (float)accum : 1.0f);
+                grad_sync_ready(&r->sync, 0);
+            }
+            grad_sync_finish(&r->sync);
+        }
         if (c->clip_grad > 0 || getenv("FRANCA_TRAIN_DIAG")) {
             double gn[MOD_COUNT];
             for (int m = 0; m < MOD_COUNT; m++)
@@ -465,6 +471,10 @@ static int train(struct run *r, int64_t step0, char *err, size_t errlen)
     }
     loader_stop(r->loader);
     r->loader = NULL;
+    if (R > 1 && end > step0)
+        printf("franca-train: gradient all-reduce %s the backward pass: %.2f ms per step waited "
+               "after it\n", r->sync.overlap ? "overlapped with" : "after",
+               1e3 * r->sync.wait_s / (double)(end - step0));
     if (rank != 0) return 0;
     if (last_saved != end || step0 == end)
         if (state_save(r->dir, c, end > step0 ? end : step0, pl, r->opt, err, errlen) < 0)

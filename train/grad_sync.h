@@ -30,13 +30,17 @@ struct grad_sync {
     size_t used;         /* staging floats taken */
     struct grad_bucket *b;
     int nb;
+    int overlap;         /* 0 (FRANCA_TRAIN_OVERLAP=0, measurements): start all after backward */
+    int progress;        /* 0 (FRANCA_TRAIN_MPI_TEST=0, measurements): no comm_test at hooks */
+    double wait_s;       /* time spent in grad_sync_finish */
 };
 
 int grad_sync_init(struct grad_sync *s, struct comm *c, struct param_list *pl, size_t cap);
 void grad_sync_free(struct grad_sync *s);
 /* Before the step's last backward pass: pre scales the gradients first. */
 void grad_sync_begin(struct grad_sync *s, float pre);
-/* objective_ready_fn: params first .. n-1 are final. */
+/* objective_ready_fn: params first .. n-1 are final. With overlap off, the
+ * trainer calls it once with 0 after the backward pass. */
 void grad_sync_ready(void *ctx, int first);
 /* After the backward pass: waits for every reduction, g = sum / R. */
 void grad_sync_finish(struct grad_sync *s);
