@@ -62,8 +62,9 @@ void bb_forward(const struct model_config *c, const struct vit_weights *w, const
 void bb_backward(const struct model_config *c, const struct vit_weights *w, const mm_bf16 *w16,
                  struct vit_weights *g, struct bb_act *a);
 
-/* Called by bb_backward of a: with stage depth once the final LayerNorm's
- * gradients are added, l once block l's are, -1 at the end (embeddings). The
+/* Called by bb_backward of a: with stage 2 depth once the final LayerNorm's
+ * gradients are added, 2l + 1 once block l's FFN half's (norm2 .. ls2) are,
+ * 2l once the whole block's are, -1 at the end (embeddings). The
  * gradients of that part receive nothing more from this call: the trainer
  * starts their all-reduce while the rest of the backward pass runs. */
 typedef void (*bb_backward_hook)(void *ctx, int stage);

@@ -396,6 +396,7 @@ static int train(struct run *r, int64_t step0, char *err, size_t errlen)
             sum.ibot += lt.ibot / accum;
             sum.koleo += lt.koleo / accum;
         }
+        const double t_bwd = clock_now_s();
         if (R > 1) {
             /* each term is a mean over the shard: the mean of the ranks' means is the
              * global batch's (KoLeo, per rank as in the reference, excepted) */
@@ -421,6 +422,7 @@ static int train(struct run *r, int64_t step0, char *err, size_t errlen)
                 grad_sync_ready(&r->sync, 0);
             }
             grad_sync_finish(&r->sync);
+            r->sync.wait_s += clock_now_s() - t_bwd;
         }
         if (c->clip_grad > 0 || getenv("FRANCA_TRAIN_DIAG")) {
             double gn[MOD_COUNT];
@@ -473,7 +475,7 @@ static int train(struct run *r, int64_t step0, char *err, size_t errlen)
     r->loader = NULL;
     if (R > 1 && end > step0)
         printf("franca-train: gradient all-reduce %s the backward pass: %.2f ms per step waited "
-               "after it\n", r->sync.overlap ? "overlapped with" : "after",
+               "after it (loss terms' all-reduce included)\n", r->sync.overlap ? "overlapped with" : "after",
                1e3 * r->sync.wait_s / (double)(end - step0));
     if (rank != 0) return 0;
     if (last_saved != end || step0 == end)

@@ -3,8 +3,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "clock.h"
-
 int grad_sync_init(struct grad_sync *s, struct comm *c, struct param_list *pl, size_t cap)
 {
     memset(s, 0, sizeof *s);
@@ -75,9 +73,7 @@ void grad_sync_ready(void *ctx, int first)
 
 void grad_sync_finish(struct grad_sync *s)
 {
-    const double t0 = clock_now_s();
     comm_wait(s->c);
-    s->wait_s += clock_now_s() - t0;
     const float r = 1.0f / (float)comm_size(s->c);
     for (int j = 0; j < s->nb; j++) {
         const struct grad_bucket *b = &s->b[j];

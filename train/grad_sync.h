@@ -32,7 +32,7 @@ struct grad_sync {
     int nb;
     int overlap;         /* 0 (FRANCA_TRAIN_OVERLAP=0, measurements): start all after backward */
     int progress;        /* 0 (FRANCA_TRAIN_MPI_TEST=0, measurements): no comm_test at hooks */
-    double wait_s;       /* time spent in grad_sync_finish */
+    double wait_s;       /* trainer's: from the end of the backward passes to reduced gradients */
 };
 
 int grad_sync_init(struct grad_sync *s, struct comm *c, struct param_list *pl, size_t cap);

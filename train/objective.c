@@ -34,7 +34,8 @@ struct objective {
     void *ready_ctx;
     int ready_heads;                         /* first head param */
     int ready_last;                          /* in the step's last backbone pass */
-    int *ready_at;                           /* first param of block l; [depth]: final norm */
+    int *ready_at;                           /* first param final at bb hook stage s (2l: block l,
+                                                2l + 1: its FFN half, 2 depth: final norm) */
     /* grow-only scratch */
     float *fbuf;
     size_t fbuf_cap;
@@ -184,16 +185,16 @@ int objective_create(const struct objective_config *cfg, uint64_t seed, struct o
         objective_free(o);
         return set_err(err, errlen, "out of memory for the parameter list");
     }
-    o->ready_at = malloc(sizeof(int) * (size_t)(c->depth + 1));
+    o->ready_at = malloc(sizeof(int) * (size_t)(2 * c->depth + 1));
     if (!o->ready_at) {
         objective_free(o);
         return set_err(err, errlen, "out of memory");
     }
-    for (int l = 0; l <= c->depth; l++) {
+    for (int st = 0; st <= 2 * c->depth; st++) {
         char nm[64];
-        if (l < c->depth) snprintf(nm, sizeof nm, "backbone.blocks.%d.norm1.weight", l);
-        else snprintf(nm, sizeof nm, "backbone.norm.weight");
-        o->ready_at[l] = (int)(param_list_find(&o->params, nm) - o->params.p);
+        if (st == 2 * c->depth) snprintf(nm, sizeof nm, "backbone.norm.weight");
+        else snprintf(nm, sizeof nm, "backbone.blocks.%d.norm%d.weight", st / 2, 1 + st % 2);
+        o->ready_at[st] = (int)(param_list_find(&o->params, nm) - o->params.p);
     }
     o->ready_heads = (int)(param_list_find(&o->params, "backbone.norm.bias") - o->params.p) + 1;
     *out = o;
