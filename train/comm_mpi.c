@@ -50,9 +50,8 @@ static void m_isum_f32(struct comm *c, float *b, size_t n)
             int cap = q->cap ? 2 * q->cap : 64;
             MPI_Request *r = realloc(q->r, sizeof *r * (size_t)cap);
             if (!r) {
-                /* no room to track it: reduce now (the result is the same) */
-                MPI_Allreduce(MPI_IN_PLACE, b + off, (int)k, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
-                continue;
+                /* a blocking sum here would not match the other ranks' non-blocking one */
+                comm_abort(c, 1, "out of memory for MPI requests");
             }
             q->r = r;
             q->cap = cap;
