@@ -473,10 +473,17 @@ static int train(struct run *r, int64_t step0, char *err, size_t errlen)
     }
     loader_stop(r->loader);
     r->loader = NULL;
-    if (R > 1 && end > step0)
+    if (R > 1 && end > step0) {
+        /* the rank that waited least waited for the traffic left after its backward
+         * pass; the others also for the slower ranks */
+        double w[2] = {r->sync.wait_s, -r->sync.wait_s};
+        comm_allreduce_max_f64(r->comm, w, 2);
         printf("franca-train: gradient all-reduce %s the backward pass: %.2f ms per step waited "
-               "after it (loss terms' all-reduce included)\n", r->sync.overlap ? "overlapped with" : "after",
-               1e3 * r->sync.wait_s / (double)(end - step0));
+               "after it (loss terms' all-reduce included; ranks %.2f to %.2f)\n",
+               r->sync.overlap ? "overlapped with" : "after",
+               1e3 * r->sync.wait_s / (double)(end - step0), -1e3 * w[1] / (double)(end - step0),
+               1e3 * w[0] / (double)(end - step0));
+    }
     if (rank != 0) return 0;
     if (last_saved != end || step0 == end)
         if (state_save(r->dir, c, end > step0 ? end : step0, pl, r->opt, err, errlen) < 0)

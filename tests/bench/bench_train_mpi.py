@@ -56,7 +56,9 @@ def run(train, cfg_path, out, ranks, threads, steps, extra_env=None):
     tn = last["step"] * B / last["images_per_s"]
     ips = (last["step"] - first["step"]) * B / (tn - t1)
     m = re.search(r"(\d+) bytes all-reduced per step", p.stdout)
-    w = re.search(r"([0-9.]+) ms per step waited", p.stdout)
+    # the least-waiting rank's wait: the reduction left after the backward pass,
+    # without the time the ranks spent waiting for each other
+    w = re.search(r"ranks ([0-9.]+) to ([0-9.]+)\)", p.stdout)
     return ips, int(m.group(1)) if m else 0, float(w.group(1)) if w else 0.0
 
 
@@ -106,7 +108,8 @@ def main():
         ipsr = statistics.median(many[v])
         print(f"{a.ranks} ranks{name}: {ipsr:.1f} images/s, scaling efficiency {ipsr / (a.ranks * ips1):.2f}, "
               f"{nbytes} bytes ({nbytes / 2**20:.2f} MiB) all-reduced per step and rank, "
-              f"{statistics.median(waits[v]):.1f} ms per step waited for it after the backward pass")
+              f"{statistics.median(waits[v]):.1f} ms per step waited for it after the backward pass "
+              f"(the rank that waited least)")
     shutil.rmtree(tmp, ignore_errors=True)
 
 
