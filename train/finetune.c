@@ -89,8 +89,9 @@ static int take(const struct st_file *st, const char *src, const char *name, boo
         st_to_f32(t, 0, n, dst);
         return 0;
     }
-    const int M0 = (int)lround(sqrt((double)(have / (size_t)D) - 1.0));
-    if (!pos || have % (size_t)D || (size_t)(1 + M0 * M0) * D != have)
+    const int M0 = pos && have % (size_t)D == 0 && have >= 2 * (size_t)D
+                       ? (int)lround(sqrt((double)(have / (size_t)D - 1))) : 0;
+    if (!M0 || (size_t)(1 + M0 * M0) * D != have)
         return set_err(err, errlen, "%s: tensor %s has %zu values, the run wants %zu", src, name, have, n);
     float *old = malloc(sizeof(float) * have);
     if (!old) return set_err(err, errlen, "out of memory");
