@@ -7,6 +7,7 @@ model; k-NN before and after is printed (asserted computed and finite)."""
 import json
 import os
 import re
+import shutil
 import struct
 import subprocess
 import sys
@@ -165,6 +166,8 @@ def main():
           all(np.isfinite(v) and 0 <= v <= 1 for v in [*kb.values(), *ka.values(), *kz.values()]),
           "k-NN computed and finite before and after")
     print(f"{cli.passed} passed, {cli.failed} failed ({time.time() - t_start:.1f} s)")
+    if not cli.failed:
+        shutil.rmtree(tmp, ignore_errors=True)
     return 1 if cli.failed else 0
 
 
