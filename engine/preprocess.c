@@ -53,6 +53,44 @@ static double bicubic_filter(double x)
     return 0.0;
 }
 
+int bicubic_aa_ksize(int in_size, int out_size)
+{
+    double scale = (double)((float)in_size - 0.0f) / out_size;
+    return (int)ceil(2.0 * (scale < 1.0 ? 1.0 : scale)) * 2 + 1;
+}
+
+int bicubic_aa_weights(int in_size, int out_size, int xx, int ksize, double *w, int *lo)
+{
+    /* Pillow: scale = (double)(in1 - in0) / outSize with float box coordinates. */
+    double scale = (double)((float)in_size - 0.0f) / out_size;
+    double filterscale = scale < 1.0 ? 1.0 : scale;
+    double support = 2.0 * filterscale;
+    double ss = 1.0 / filterscale;
+    double center = 0.0 + (xx + 0.5) * scale;
+    double ww = 0.0;
+    int xmin = (int)(center - support + 0.5);
+    if (xmin < 0)
+        xmin = 0;
+    int xmax = (int)(center + support + 0.5);
+    if (xmax > in_size)
+        xmax = in_size;
+    xmax -= xmin;
+    if (xmax > ksize)
+        xmax = ksize;
+    if (xmax < 0)
+        xmax = 0;
+    for (int x = 0; x < xmax; x++) {
+        double v = bicubic_filter((x + xmin - center + 0.5) * ss);
+        w[x] = v;
+        ww += v;
+    }
+    for (int x = 0; x < xmax; x++)
+        if (ww != 0.0)
+            w[x] /= ww;
+    *lo = xmin;
+    return xmax;
+}
+
 /* Fixed-point weights for outputs first .. first+n-1 of a 1-D resize from
  * in_size to out_size samples. */
 struct coeffs {
@@ -74,11 +112,7 @@ static int coeffs_build(int in_size, int out_size, int first, int n, struct coef
                         char *err, size_t errlen)
 {
     memset(c, 0, sizeof *c);
-    /* Pillow: scale = (double)(in1 - in0) / outSize with float box coordinates. */
-    double scale = (double)((float)in_size - 0.0f) / out_size;
-    double filterscale = scale < 1.0 ? 1.0 : scale;
-    double support = 2.0 * filterscale;
-    int ksize = (int)ceil(support) * 2 + 1;
+    int ksize = bicubic_aa_ksize(in_size, out_size);
     double *w = malloc(sizeof(double) * (size_t)ksize);
     c->ksize = ksize;
     c->lo = malloc(sizeof(int) * (size_t)n);
@@ -89,32 +123,11 @@ static int coeffs_build(int in_size, int out_size, int first, int n, struct coef
         coeffs_free(c);
         return set_err(err, errlen, "out of memory for resize weights (%d x %d)", n, ksize);
     }
-    double ss = 1.0 / filterscale;
     for (int i = 0; i < n; i++) {
-        int xx = first + i;
-        double center = 0.0 + (xx + 0.5) * scale;
-        double ww = 0.0;
-        int xmin = (int)(center - support + 0.5);
-        if (xmin < 0)
-            xmin = 0;
-        int xmax = (int)(center + support + 0.5);
-        if (xmax > in_size)
-            xmax = in_size;
-        xmax -= xmin;
-        if (xmax > ksize)
-            xmax = ksize;
-        if (xmax < 0)
-            xmax = 0;
-        for (int x = 0; x < xmax; x++) {
-            double v = bicubic_filter((x + xmin - center + 0.5) * ss);
-            w[x] = v;
-            ww += v;
-        }
+        int xmin, xmax = bicubic_aa_weights(in_size, out_size, first + i, ksize, w, &xmin);
         int32_t *k = c->k + (size_t)i * ksize;
         for (int x = 0; x < xmax; x++) {
             double v = w[x];
-            if (ww != 0.0)
-                v /= ww;
             k[x] = v < 0 ? (int32_t)(-0.5 + v * (1 << PRECISION_BITS))
                          : (int32_t)(0.5 + v * (1 << PRECISION_BITS));
         }

@@ -24,6 +24,15 @@ int preprocess_square(const struct image_rgb8 *img, int R, const float mean[3],
 int resize_bicubic_rgb8(const struct image_rgb8 *src, int out_w, int out_h,
                         struct image_rgb8 *dst, char *err, size_t errlen);
 
+/* The antialiased bicubic weights of that resize (a = -0.5, support widened by
+ * the scale when shrinking, taps cut at the borders and renormalised), also
+ * torch's F.interpolate(mode="bicubic", antialias=True, align_corners=False)
+ * with a size. Output sample xx of a 1-D resize in_size -> out_size reads
+ * inputs *lo .. *lo + n - 1 with weights w[0 .. n-1]; returns n. w holds
+ * ksize = bicubic_aa_ksize(in_size, out_size) doubles. */
+int bicubic_aa_ksize(int in_size, int out_size);
+int bicubic_aa_weights(int in_size, int out_size, int xx, int ksize, double *w, int *lo);
+
 /* torchvision Resize(size) on a w x h image: the shorter side becomes size,
  * the longer int(size * long / short). Returns -1 if the result is absurd. */
 int preprocess_resized_size(int w, int h, int size, int *out_w, int *out_h);

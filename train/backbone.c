@@ -32,6 +32,8 @@ struct bb_layer {
 };
 
 struct bb_act {
+    bb_backward_hook hook;       /* NULL, or told as parameter gradients become final */
+    void *hook_ctx;
     /* shape */
     int B, side, train, D, depth, heads, Hs, F1, P, M, ffn, layerscale, threads;
     enum mm_type prod;           /* type of the products' operands */
@@ -417,6 +419,7 @@ void bb_backward(const struct model_config *c, const struct vit_weights *w, cons
     memset(a->dx, 0, sizeof(float) * rows * D);
     layernorm_backward(a->dx, g->norm_w, g->norm_b, a->dout, a->x_fin, a->meanf, a->rstdf,
                        w->norm_w, rows, D);
+    if (a->hook) a->hook(a->hook_ctx, 2 * a->depth);
 
     for (int l = a->depth - 1; l >= 0; l--) {
         struct bb_layer *L = &a->layers[l];
@@ -437,6 +440,8 @@ void bb_backward(const struct model_config *c, const struct vit_weights *w, cons
         ln_branch_backward(a, a->dxn, L->gathered2 ? L->xs2 : L->x_mid, L->mean2, L->rstd2,
                            bw->norm2_w, gb->norm2_w, gb->norm2_b, L->gathered2, L->sub2, L->k2);
 
+        if (a->hook) a->hook(a->hook_ctx, 2 * l + 1);
+
         /* attention branch; dx now holds the gradient w.r.t. x_mid. */
         rk = (size_t)L->k1 * T;
         residual_backward(a->dy, gb->ls1, a->dx, L->y1, bw->ls1, L->sub1, L->k1, L->scale1, T, D);
@@ -452,6 +457,7 @@ void bb_backward(const struct model_config *c, const struct vit_weights *w, cons
                              a->op16b);
         ln_branch_backward(a, a->dxn, L->gathered1 ? L->xs1 : L->x_in, L->mean1, L->rstd1,
                            bw->norm1_w, gb->norm1_w, gb->norm1_b, L->gathered1, L->sub1, L->k1);
+        if (a->hook) a->hook(a->hook_ctx, 2 * l);
     }
 
     /* Token assembly: dx is the gradient w.r.t. the first block's input. */
@@ -476,6 +482,13 @@ void bb_backward(const struct model_config *c, const struct vit_weights *w, cons
     linear_backward_prod(a->prod, NULL, g->patch_w, g->patch_b, a->tok, a->patches, w->patch_w,
                          arena_copy16(w16, w->arena, w->patch_w), (size_t)B * N, 3 * P * P, D,
                          a->op16a, a->op16b);
+    if (a->hook) a->hook(a->hook_ctx, -1);
+}
+
+void bb_set_backward_hook(struct bb_act *a, bb_backward_hook fn, void *ctx)
+{
+    a->hook = fn;
+    a->hook_ctx = ctx;
 }
 
 static int add1(struct param_list *l, const char *name, float *w, float *g, float *t, size_t n,

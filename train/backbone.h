@@ -62,6 +62,14 @@ void bb_forward(const struct model_config *c, const struct vit_weights *w, const
 void bb_backward(const struct model_config *c, const struct vit_weights *w, const mm_bf16 *w16,
                  struct vit_weights *g, struct bb_act *a);
 
+/* Called by bb_backward of a: with stage 2 depth once the final LayerNorm's
+ * gradients are added, 2l + 1 once block l's FFN half's (norm2 .. ls2) are,
+ * 2l once the whole block's are, -1 at the end (embeddings). The
+ * gradients of that part receive nothing more from this call: the trainer
+ * starts their all-reduce while the rest of the backward pass runs. */
+typedef void (*bb_backward_hook)(void *ctx, int stage);
+void bb_set_backward_hook(struct bb_act *a, bb_backward_hook fn, void *ctx);
+
 /* Appends every backbone tensor as "backbone." + its flattened official name
  * (schema/checkpoint-format.md; mask_token included) with the docs/model.md §13 rules. */
 int bb_add_params(struct param_list *l, const struct model_config *c, struct vit_weights *w,

@@ -20,6 +20,10 @@ struct comm_ops {
     void (*allreduce_sum_f32)(struct comm *c, float *buf, size_t n);
     void (*allreduce_sum_f64)(struct comm *c, double *buf, size_t n);
     void (*allreduce_max_f64)(struct comm *c, double *buf, size_t n);
+    /* non-blocking sum: buf must stay untouched until wait returns */
+    void (*iallreduce_sum_f32)(struct comm *c, float *buf, size_t n);
+    void (*test)(struct comm *c);   /* lets pending reductions progress */
+    void (*wait)(struct comm *c);   /* completes every pending reduction */
     void (*broadcast)(struct comm *c, void *buf, size_t bytes, int root);
     void (*barrier)(struct comm *c);
     void (*abort)(struct comm *c, int code);
@@ -64,6 +68,18 @@ static inline void comm_allreduce_max_f64(struct comm *c, double *buf, size_t n)
     c->bytes_reduced += n * sizeof(double);
     c->ops->allreduce_max_f64(c, buf, n);
 }
+/* Starts a sum over the ranks of buf in place, which completes by comm_wait:
+ * gradient buckets reduced while the backward pass goes on. Every rank starts
+ * the same reductions in the same order. */
+static inline void comm_iallreduce_sum_f32(struct comm *c, float *buf, size_t n)
+{
+    c->bytes_reduced += n * sizeof(float);
+    c->ops->iallreduce_sum_f32(c, buf, n);
+}
+/* Open MPI moves non-blocking collectives on mainly inside MPI calls: the
+ * trainer calls this between pieces of work while reductions are pending. */
+static inline void comm_test(struct comm *c) { c->ops->test(c); }
+static inline void comm_wait(struct comm *c) { c->ops->wait(c); }
 static inline void comm_broadcast(struct comm *c, void *buf, size_t bytes, int root)
 {
     c->ops->broadcast(c, buf, bytes, root);

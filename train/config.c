@@ -53,6 +53,7 @@ static const struct key KEYS[] = {
     {"mask_sample_prob", K_DBL, F(mask_sample_prob), 0, 0, 1, "fraction of global crops with a mask"},
     {"train_idx", K_STR, F(train_idx), S(train_idx), 0, 0, "training images as an IDX file (raw or .gz)"},
     {"train_folder", K_STR, F(train_folder), S(train_folder), 0, 0, "training images as a folder of JPEG/PNG (instead of train_idx)"},
+    {"init_from", K_STR, F(init_from), S(init_from), 0, 0, "fine-tune: a fresh run starts from this run directory (student, teacher and heads; AdamW reset) or exported model (backbone into student and teacher, heads fresh), pos_embed resized once to global_size / patch_size as the reference's high-resolution script (bicubic, antialiased, by size); the run's own schedule (steps, warmup_steps, lr, ...) starts at step 0. --init-from SRC without --config takes SRC's run config as the base"},
     {"knn_train_images", K_STR, F(knn_train_images), S(knn_train_images), 0, 0, "k-NN evaluation: IDX train images (\"\" disables)"},
     {"knn_train_labels", K_STR, F(knn_train_labels), S(knn_train_labels), 0, 0, "k-NN evaluation: IDX train labels"},
     {"knn_test_images", K_STR, F(knn_test_images), S(knn_test_images), 0, 0, "k-NN evaluation: IDX test images"},

@@ -39,6 +39,7 @@ struct train_config {
     /* data */
     char train_idx[CFG_PATH];                    /* IDX images (gzip or raw), or "" */
     char train_folder[CFG_PATH];                 /* image folder, or "" */
+    char init_from[CFG_PATH];                    /* fine-tune from a run dir or model, or "" */
     char knn_train_images[CFG_PATH], knn_train_labels[CFG_PATH];
     char knn_test_images[CFG_PATH], knn_test_labels[CFG_PATH];
     int knn_train_max, knn_test_max;             /* 0: all images */

@@ -3,6 +3,7 @@
  *
  *   franca-train --config FILE.json --out DIR [--key value]...
  *   franca-train --resume DIR [--key value]...
+ *   franca-train --init-from RUN_DIR|MODEL --out DIR [--config F] [--key value]...
  *   franca-train export DIR --out MODEL.safetensors [--dtype f32|bf16|f16]
  *   franca-train knn --model MODEL.safetensors --train-idx IMAGES LABELS
  *                    --test-idx IMAGES LABELS [--width W]... [--max-train N] [--max-test N]
@@ -30,6 +31,8 @@
 #include "config.h"
 #include "dataset.h"
 #include "errors.h"
+#include "finetune.h"
+#include "grad_sync.h"
 #include "knn.h"
 #include "loader.h"
 #include "mask.h"
@@ -54,6 +57,7 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: franca-train --config FILE.json --out DIR [--key value]...\n"
             "       franca-train --resume DIR [--key value]...\n"
+            "       franca-train --init-from RUN_DIR|MODEL --out DIR [--config FILE.json] [--key value]...\n"
             "       franca-train export DIR --out MODEL.safetensors [--dtype f32|bf16|f16]\n"
             "       franca-train knn --model MODEL.safetensors --train-idx IMAGES LABELS\n"
             "                        --test-idx IMAGES LABELS [--width W]... [--max-train N] [--max-test N]\n"
@@ -249,8 +253,7 @@ struct run {
     char *dir, *log_path, *chart_path;
     FILE *log;
     struct comm *comm;
-    float *bucket;          /* gradient bucket (data parallel) */
-    size_t bucket_cap;      /* its floats */
+    struct grad_sync sync;  /* gradient all-reduce under the backward pass (data parallel) */
 };
 
 static int mkdir_p1(const char *dir, char *err, size_t errlen)
@@ -287,40 +290,6 @@ static int run_knn(struct run *r, int64_t step, char *err, size_t errlen)
     fflush(stdout);
     fflush(r->log);
     return 0;
-}
-
-/* Averages the gradients over the ranks: the params' g packed into buckets of
- * cap floats, each summed with one all-reduce, then scaled by 1/R. A
- * tensor larger than a bucket is reduced in place on its own. */
-static void allreduce_grads(struct comm *c, struct param_list *pl, float *bucket, size_t cap)
-{
-    const float s = 1.0f / (float)comm_size(c);
-    int first = 0;
-    size_t used = 0;
-    for (int i = 0; i <= pl->n; i++) {
-        const size_t n = i < pl->n ? pl->p[i].n : 0;
-        if (used && (i == pl->n || used + n > cap)) {
-            comm_allreduce_sum_f32(c, bucket, used);
-            size_t off = 0;
-            for (int j = first; j < i; j++) {
-                float *g = pl->p[j].g;
-                for (size_t k = 0; k < pl->p[j].n; k++) g[k] = bucket[off + k] * s;
-                off += pl->p[j].n;
-            }
-            used = 0;
-        }
-        if (i == pl->n) break;
-        if (!used) first = i;
-        if (n > cap) {
-            float *g = pl->p[i].g;
-            comm_allreduce_sum_f32(c, g, n);
-            for (size_t k = 0; k < n; k++) g[k] *= s;
-            first = i + 1;
-            continue;
-        }
-        memcpy(bucket + used, pl->p[i].g, n * sizeof(float));
-        used += n;
-    }
 }
 
 /* FRANCA_TRAIN_TEST_EXIT_AT=RANK:STEP (tests): rank RANK dies, without a word to
@@ -375,9 +344,9 @@ static int train(struct run *r, int64_t step0, char *err, size_t errlen)
         lc.shard_n = B / R;
         lc.shard_begin = rank * lc.shard_n;
         const char *bf = getenv("FRANCA_TRAIN_BUCKET_FLOATS");
-        r->bucket_cap = bf && atol(bf) > 0 ? (size_t)atol(bf) : GRAD_BUCKET_FLOATS;
-        r->bucket = malloc(r->bucket_cap * sizeof(float));
-        if (!r->bucket) return set_err(err, errlen, "out of memory for the gradient bucket");
+        if (grad_sync_init(&r->sync, r->comm, pl,
+                           bf && atol(bf) > 0 ? (size_t)atol(bf) : GRAD_BUCKET_FLOATS) < 0)
+            return set_err(err, errlen, "out of memory for the gradient buckets");
     }
     const int64_t die_at = test_exit_step(r->comm);
     const size_t bytes0 = r->comm ? r->comm->bytes_reduced : 0;
@@ -413,14 +382,23 @@ static int train(struct run *r, int64_t step0, char *err, size_t errlen)
                 rng_fork(&shard, (uint64_t)rank, &orng);
             }
             struct loss_terms lt;
-            if (objective_step(r->obj, &b->cb, (float)sv.teacher_temp, &orng, &lt, err, errlen) < 0)
-                return -1;
+            /* every micro-batch adds into the same gradients: only the last
+             * one's backward pass makes them final, and reduces them as it goes */
+            if (R > 1 && a == accum - 1 && r->sync.overlap) {
+                grad_sync_begin(&r->sync, accum > 1 ? 1.0f / (float)accum : 1.0f);
+                objective_set_grad_ready(r->obj, grad_sync_ready, &r->sync);
+            }
+            const int orc = objective_step(r->obj, &b->cb, (float)sv.teacher_temp, &orng, &lt,
+                                           err, errlen);
+            objective_set_grad_ready(r->obj, NULL, NULL);
+            if (orc < 0) return -1;
             sum.total += lt.total / accum;
             sum.dino_local += lt.dino_local / accum;
             sum.dino_global += lt.dino_global / accum;
             sum.ibot += lt.ibot / accum;
             sum.koleo += lt.koleo / accum;
         }
+        const double t_bwd = clock_now_s();
         if (R > 1) {
             /* each term is a mean over the shard: the mean of the ranks' means is the
              * global batch's (KoLeo, per rank as in the reference, excepted) */
@@ -435,14 +413,19 @@ static int train(struct run *r, int64_t step0, char *err, size_t errlen)
         if (!isfinite(sum.total))
             return set_err(err, errlen, "step %lld: the loss is not finite (%g); lower lr?",
                            (long long)step, sum.total);
-        if (accum > 1) {
+        if (accum > 1 && R == 1) {
             const float s = 1.0f / (float)accum;
             for (int i = 0; i < pl->n; i++)
                 for (size_t k = 0; k < pl->p[i].n; k++) pl->p[i].g[k] *= s;
         }
-        /* after the whole backward pass: every micro-batch adds into the same
-         * gradients, so none is final earlier */
-        if (R > 1) allreduce_grads(r->comm, pl, r->bucket, r->bucket_cap);
+        if (R > 1) {
+            if (!r->sync.overlap) {
+                grad_sync_begin(&r->sync, accum > 1 ? 1.0f / (float)accum : 1.0f);
+                grad_sync_ready(&r->sync, 0);
+            }
+            grad_sync_finish(&r->sync);
+            r->sync.wait_s += clock_now_s() - t_bwd;
+        }
         if (c->clip_grad > 0 || getenv("FRANCA_TRAIN_DIAG")) {
             double gn[MOD_COUNT];
             for (int m = 0; m < MOD_COUNT; m++)
@@ -492,6 +475,17 @@ static int train(struct run *r, int64_t step0, char *err, size_t errlen)
     }
     loader_stop(r->loader);
     r->loader = NULL;
+    if (R > 1 && end > step0) {
+        /* the rank that waited least waited for the traffic left after its backward
+         * pass; the others also for the slower ranks */
+        double w[2] = {r->sync.wait_s, -r->sync.wait_s};
+        comm_allreduce_max_f64(r->comm, w, 2);
+        printf("franca-train: gradient all-reduce %s the backward pass: %.2f ms per step waited "
+               "after it (loss terms' all-reduce included; ranks %.2f to %.2f)\n",
+               r->sync.overlap ? "overlapped with" : "after",
+               1e3 * r->sync.wait_s / (double)(end - step0), -1e3 * w[1] / (double)(end - step0),
+               1e3 * w[0] / (double)(end - step0));
+    }
     if (rank != 0) return 0;
     if (last_saved != end || step0 == end)
         if (state_save(r->dir, c, end > step0 ? end : step0, pl, r->opt, err, errlen) < 0)
@@ -511,12 +505,12 @@ static void run_free(struct run *r)
     if (r->log) fclose(r->log);
     free(r->log_path);
     free(r->chart_path);
-    free(r->bucket);
+    grad_sync_free(&r->sync);
 }
 
 static int cmd_train(int argc, char **argv, struct comm *comm)
 {
-    const char *config = NULL, *out = NULL, *resume = NULL;
+    const char *config = NULL, *out = NULL, *resume = NULL, *init = NULL;
     char err[ERR_LEN];
     static struct run r;
     memset(&r, 0, sizeof r);
@@ -535,13 +529,15 @@ static int cmd_train(int argc, char **argv, struct comm *comm)
         if (!strcmp(a, "--config")) config = v;
         else if (!strcmp(a, "--out")) out = v;
         else if (!strcmp(a, "--resume")) resume = v;
+        else if (!strcmp(a, "--init-from") || !strcmp(a, "--init_from")) init = v;
         else if (!train_config_has_key(a + 2)) {
             fprintf(stderr, "franca-train: unknown option %s (franca-train --help lists them)\n", a);
             return EXIT_USAGE;
         }
     }
-    if (resume ? (config || out) : (!config || !out)) {
-        fprintf(stderr, "franca-train: give --config FILE.json --out DIR, or --resume DIR\n");
+    if (resume ? (config || out) : (!out || (!config && !init))) {
+        fprintf(stderr, "franca-train: give --config FILE.json --out DIR, --init-from SRC --out DIR, "
+                "or --resume DIR\n");
         usage(stderr);
         return EXIT_USAGE;
     }
@@ -553,6 +549,26 @@ static int cmd_train(int argc, char **argv, struct comm *comm)
         }
         r.dir = (char *)resume;
         r.cfg.stop_at = 0;
+    } else if (!config) {
+        /* fine-tuning a run: its config is the base, the preprocessing follows
+         * the new global_size unless given, and the schedule is the flags' */
+        struct stat st;
+        if (stat(init, &st) < 0) {
+            fprintf(stderr, "franca-train: --init-from %s: %s\n", init, strerror(errno));
+            return 1;
+        }
+        if (!finetune_src_is_run(init)) {
+            fprintf(stderr, "franca-train: --init-from %s is not a run directory: give --config "
+                    "with the model's architecture\n", init);
+            return EXIT_USAGE;
+        }
+        if (finetune_src_config(init, &r.cfg, err, sizeof err) < 0) {
+            fprintf(stderr, "franca-train: %s\n", err);
+            return 1;
+        }
+        r.cfg.stop_at = 0;
+        r.cfg.resize_size = r.cfg.crop_size = 0;
+        r.dir = (char *)out;
     } else {
         if (train_config_load(&r.cfg, config, err, sizeof err) < 0) {
             fprintf(stderr, "franca-train: %s\n", err);
@@ -608,6 +624,13 @@ static int cmd_train(int argc, char **argv, struct comm *comm)
     }
     if (resume && state_load(resume, objective_params(r.obj), r.opt, err, sizeof err) < 0)
         goto fail;
+    if (!resume && c->init_from[0]) {
+        if (finetune_init(objective_params(r.obj), c->embed_dim, r.oc.backbone.pos_grid,
+                          c->init_from, err, sizeof err) < 0)
+            goto fail;
+        printf("franca-train: fine-tuning from %s at %d px (grid %d)\n", c->init_from,
+               c->global_size, r.oc.backbone.pos_grid);
+    }
     if (R > 1) {
         objective_set_comm(r.obj, comm);
         /* Replicas start from rank 0's weights (student and teacher), as DDP does:

@@ -30,6 +30,12 @@ struct objective {
     objective_subset_fn hook;
     void *hook_ctx;
     struct comm *comm;                       /* data parallel, or NULL */
+    objective_ready_fn ready;                /* gradient readiness, or NULL */
+    void *ready_ctx;
+    int ready_heads;                         /* first head param */
+    int ready_last;                          /* in the step's last backbone pass */
+    int *ready_at;                           /* first param final at bb hook stage s (2l: block l,
+                                                2l + 1: its FFN half, 2 depth: final norm) */
     /* grow-only scratch */
     float *fbuf;
     size_t fbuf_cap;
@@ -64,6 +70,7 @@ void objective_free(struct objective *o)
     head_free(&o->ti);
     head_free(&o->gi);
     param_list_free(&o->params);
+    free(o->ready_at);
     bb_act_free(o->t_act);
     bb_act_free(o->g_act);
     bb_act_free(o->l_act);
@@ -178,6 +185,18 @@ int objective_create(const struct objective_config *cfg, uint64_t seed, struct o
         objective_free(o);
         return set_err(err, errlen, "out of memory for the parameter list");
     }
+    o->ready_at = malloc(sizeof(int) * (size_t)(2 * c->depth + 1));
+    if (!o->ready_at) {
+        objective_free(o);
+        return set_err(err, errlen, "out of memory");
+    }
+    for (int st = 0; st <= 2 * c->depth; st++) {
+        char nm[64];
+        if (st == 2 * c->depth) snprintf(nm, sizeof nm, "backbone.norm.weight");
+        else snprintf(nm, sizeof nm, "backbone.blocks.%d.norm%d.weight", st / 2, 1 + st % 2);
+        o->ready_at[st] = (int)(param_list_find(&o->params, nm) - o->params.p);
+    }
+    o->ready_heads = (int)(param_list_find(&o->params, "backbone.norm.bias") - o->params.p) + 1;
     *out = o;
     return 0;
 }
@@ -259,6 +278,13 @@ static void diag_cls(const float *x, int n, int D)
     }
     fprintf(stderr, "diag teacher CLS: spread over samples %.4g, |mean| %.4g (per feature)\n",
             spread / D, mag / D);
+}
+
+/* bb_backward's stages as parameter indices: the params from there on are final. */
+static void bb_ready(void *ctx, int stage)
+{
+    struct objective *o = ctx;
+    o->ready(o->ready_ctx, !o->ready_last ? o->ready_heads : stage < 0 ? 0 : o->ready_at[stage]);
 }
 
 int objective_step(struct objective *o, const struct crop_batch *bt, float teacher_temp,
@@ -472,6 +498,15 @@ int objective_step(struct objective *o, const struct crop_batch *bt, float teach
         const float *src = dps + (size_t)m * D;
         for (int k = 0; k < D; k++) dst[k] += src[k];
     }
+    /* the heads' gradients are final; the last backbone pass tells block by block */
+    if (o->ready) {
+        o->ready(o->ready_ctx, o->ready_heads);
+        /* the globals' pass (when locals follow) only gives the reductions a chance
+         * to progress */
+        bb_set_backward_hook(o->g_act, bb_ready, o);
+        if (nl) bb_set_backward_hook(o->l_act, bb_ready, o);
+    }
+    o->ready_last = !nl;
     bb_backward(c, &o->sw, o->sw16, &o->gw, o->g_act);
     if (nl) {
         float *ld_out = bb_dout(o->l_act);
@@ -480,7 +515,16 @@ int objective_step(struct objective *o, const struct crop_batch *bt, float teach
             const float *src = dcls + (size_t)(nG + i) * D;
             for (int k = 0; k < D; k++) dst[k] += src[k];
         }
+        o->ready_last = 1;
         bb_backward(c, &o->sw, o->sw16, &o->gw, o->l_act);
+        bb_set_backward_hook(o->l_act, NULL, NULL);
     }
+    bb_set_backward_hook(o->g_act, NULL, NULL);
     return 0;
+}
+
+void objective_set_grad_ready(struct objective *o, objective_ready_fn fn, void *ctx)
+{
+    o->ready = fn;
+    o->ready_ctx = ctx;
 }

@@ -114,6 +114,15 @@ const struct vit_weights *objective_teacher_backbone(const struct objective *o);
 struct comm;
 void objective_set_comm(struct objective *o, struct comm *comm);
 
+/* Gradient readiness (data parallel: all-reduce overlapped with backward). When
+ * set, objective_step calls fn(ctx, k) each time the gradients of params k ..
+ * n-1 (objective_params order) receive nothing more from the call: the heads'
+ * before the backbone's backward pass, then, during the last backbone pass, the
+ * final LayerNorm's, each block's from the last to the first, and at the end
+ * the embeddings' (k = 0). Backward runs in reverse parameter order, so the
+ * final part is always a suffix of the list. NULL: no calls. */
+typedef void (*objective_ready_fn)(void *ctx, int first);
+void objective_set_grad_ready(struct objective *o, objective_ready_fn fn, void *ctx);
 typedef void (*objective_subset_fn)(void *ctx, int pass, int layer, int branch, int b, int k,
                                     int *idx);
 void objective_set_drop_path_hook(struct objective *o, objective_subset_fn fn, void *ctx);

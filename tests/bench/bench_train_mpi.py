@@ -7,7 +7,8 @@ OMP_NUM_THREADS=--threads (default 1), so R ranks use R x that many cores.
 Data: generated 28x28 IDX images (tests/train/test_train_cli.py).
 
 Env: FRANCA_BUILD_ROOT (default ./build). Options: --steps N, --ranks R, --batch B,
---threads T, --config small|tiny|fmnist.
+--threads T, --config small|tiny|fmnist, --rounds N, --overlap-ab (R ranks also with the
+all-reduce after the backward pass, and overlapped without MPI_Test progress calls).
 Run: /usr/bin/python3 tests/bench/bench_train_mpi.py
 """
 import argparse
@@ -36,11 +37,11 @@ CONFIGS = {
 }
 
 
-def run(train, cfg_path, out, ranks, threads, steps):
+def run(train, cfg_path, out, ranks, threads, steps, extra_env=None):
     # yield_when_idle: a rank waiting in a collective gives its core back
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), OMPI_ALLOW_RUN_AS_ROOT="1",
                OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMPI_MCA_btl_vader_single_copy_mechanism="none",
-               OMPI_MCA_mpi_yield_when_idle="1")
+               OMPI_MCA_mpi_yield_when_idle="1", **(extra_env or {}))
     cmd = ["mpirun", "--allow-run-as-root", "--oversubscribe", "--bind-to", "none", "-n", str(ranks),
            train, "--config", cfg_path, "--out", out, "--steps", str(steps)]
     p = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -55,7 +56,10 @@ def run(train, cfg_path, out, ranks, threads, steps):
     tn = last["step"] * B / last["images_per_s"]
     ips = (last["step"] - first["step"]) * B / (tn - t1)
     m = re.search(r"(\d+) bytes all-reduced per step", p.stdout)
-    return ips, int(m.group(1)) if m else 0
+    # the least-waiting rank's wait: the reduction left after the backward pass,
+    # without the time the ranks spent waiting for each other
+    w = re.search(r"ranks ([0-9.]+) to ([0-9.]+)\)", p.stdout)
+    return ips, int(m.group(1)) if m else 0, float(w.group(1)) if w else 0.0
 
 
 def main():
@@ -66,6 +70,10 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--config", choices=sorted(CONFIGS), default="small")
     ap.add_argument("--rounds", type=int, default=1, help="rounds, 1 and R ranks alternating; medians")
+    ap.add_argument("--overlap-ab", action="store_true",
+                    help="each round also runs R ranks with the all-reduce after the backward pass "
+                         "(FRANCA_TRAIN_OVERLAP=0) and overlapped without MPI_Test at the hooks "
+                         "(FRANCA_TRAIN_MPI_TEST=0)")
     a = ap.parse_args()
     build = os.environ.get("FRANCA_BUILD_ROOT", os.path.join(HERE, "..", "..", "build"))
     train = os.path.join(build, "train", "franca-train")
@@ -79,16 +87,29 @@ def main():
     with open(cfg_path, "w") as f:
         json.dump(cfg, f)
     print(f"config {a.config}, global batch {a.batch}, {a.steps} steps, {a.threads} thread(s) per rank")
-    one, many = [], []
+    variants = [("", {})]
+    if a.overlap_ab:
+        variants += [(" (all-reduce after backward)", {"FRANCA_TRAIN_OVERLAP": "0"}),
+                     (" (overlapped, no MPI_Test)", {"FRANCA_TRAIN_MPI_TEST": "0"})]
+    one, many, waits = [], [[] for _ in variants], [[] for _ in variants]
     for r in range(a.rounds):
         one.append(run(train, cfg_path, os.path.join(tmp, f"r1-{r}"), 1, a.threads, a.steps)[0])
-        ipsr, nbytes = run(train, cfg_path, os.path.join(tmp, f"rR-{r}"), a.ranks, a.threads, a.steps)
-        many.append(ipsr)
-        print(f"round {r + 1}: 1 rank {one[-1]:.1f}, {a.ranks} ranks {ipsr:.1f} images/s", flush=True)
-    ips1, ipsr = statistics.median(one), statistics.median(many)
+        line = f"round {r + 1}: 1 rank {one[-1]:.1f}"
+        for v, (name, env) in enumerate(variants):
+            ipsr, nbytes, wait = run(train, cfg_path, os.path.join(tmp, f"rR-{r}-{v}"), a.ranks,
+                                     a.threads, a.steps, env)
+            many[v].append(ipsr)
+            waits[v].append(wait)
+            line += f", {a.ranks} ranks{name} {ipsr:.1f}"
+        print(line + " images/s", flush=True)
+    ips1 = statistics.median(one)
     print(f"1 rank: {ips1:.1f} images/s")
-    print(f"{a.ranks} ranks: {ipsr:.1f} images/s, scaling efficiency {ipsr / (a.ranks * ips1):.2f}, "
-          f"{nbytes} bytes ({nbytes / 2**20:.2f} MiB) all-reduced per step and rank")
+    for v, (name, _) in enumerate(variants):
+        ipsr = statistics.median(many[v])
+        print(f"{a.ranks} ranks{name}: {ipsr:.1f} images/s, scaling efficiency {ipsr / (a.ranks * ips1):.2f}, "
+              f"{nbytes} bytes ({nbytes / 2**20:.2f} MiB) all-reduced per step and rank, "
+              f"{statistics.median(waits[v]):.1f} ms per step waited for it after the backward pass "
+              f"(the rank that waited least)")
     shutil.rmtree(tmp, ignore_errors=True)
 
 

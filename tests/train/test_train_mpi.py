@@ -139,6 +139,26 @@ def main():
         check(pk.returncode == 0 and f1.read() == f2.read(),
               f"buckets of 1000 floats == one bucket (byte-equal states; rc {pk.returncode})")
 
+    # the all-reduce started bucket by bucket under the backward pass sums the same
+    # numbers as one started after it (FRANCA_TRAIN_OVERLAP=0): byte for byte
+    po = train("--config", cfg_path, "--out", out("r2o"), ranks=2,
+               extra_env={"FRANCA_TRAIN_OVERLAP": "0"})
+    with open(out("r2/state.safetensors"), "rb") as f1, open(out("r2o/state.safetensors"), "rb") as f2:
+        check(po.returncode == 0 and f1.read() == f2.read() and "overlapped with" in pm2.stdout,
+              f"overlapped all-reduce == all-reduce after backward (byte-equal states; rc {po.returncode})")
+    # gradient accumulation: only the last micro-batch's backward pass reduces
+    ga = ("--steps", "3", "--grad_accum", "2", "--batch_size", "4")
+    g1 = train("--config", cfg_path, "--out", out("ga1"), *ga)
+    g2 = train("--config", cfg_path, "--out", out("ga2"), *ga, ranks=2)
+    ok = g1.returncode == 0 and g2.returncode == 0
+    worst = 1.0
+    if ok:
+        t1, t2 = read_safetensors(out("ga1/state.safetensors")), read_safetensors(out("ga2/state.safetensors"))
+        worst = max(np.abs(t1[k].astype(np.float64) - t2[k]).max() / max(np.abs(t1[k]).max(), 1e-12)
+                    for k in t1 if not k.startswith("adam_v/"))
+    check(ok and worst < 1e-4, f"grad_accum 2: 2 ranks == 1 rank (rc {g1.returncode}, {g2.returncode}; "
+          f"worst rel diff {worst:.2e})")
+
     # (a') one masked crop per step (one rank has none: it still joins the iBOT
     # Sinkhorn-Knopp) and none at all (no rank runs iBOT)
     for prob, what in (("0.07", "one masked crop per step"), ("0", "no masked crop")):
