@@ -24,7 +24,6 @@
 #error "store.c stores float32 vectors as host bytes and assumes a little-endian host"
 #endif
 
-#define STORE_SCHEMA_VERSION 4
 #define STORE_BUSY_TIMEOUT_MS 5000
 
 static const char *const metric_names[] = {"cosine", "l2", "dot"};
@@ -261,6 +260,7 @@ static const char schema_v4[] =
  * add a case here. */
 static int migrate(struct index_store *s, char *err, size_t errlen)
 {
+    _Static_assert(STORE_SCHEMA_VERSION == 4, "the user_version written below");
     if (exec_const(s, "BEGIN IMMEDIATE", err, errlen)) return STORE_ERR;
     sqlite3_stmt *st;
     if (prepare(s, "PRAGMA user_version", &st, err, errlen)) goto fail;
@@ -292,7 +292,7 @@ static int migrate(struct index_store *s, char *err, size_t errlen)
         break;
     }
     if (from != STORE_SCHEMA_VERSION &&
-        exec_const(s, "PRAGMA user_version = 4", err, errlen)) /* = STORE_SCHEMA_VERSION */
+        exec_const(s, "PRAGMA user_version = 4", err, errlen)) /* STORE_SCHEMA_VERSION */
         goto fail;
     if (exec_const(s, "COMMIT", err, errlen)) goto fail;
     return 0;

@@ -41,6 +41,9 @@ enum store_status {
     STORE_INVALID = -5,   /* bad argument: name, width, metric, vector length, NaN/Inf (400) */
 };
 
+/* PRAGMA user_version of a database this build writes (older ones migrate). */
+#define STORE_SCHEMA_VERSION 4
+
 #define STORE_NAME_MAX 128   /* collection names: 1..127 bytes, NUL-free */
 #define STORE_TEXT_MAX 128   /* model name, fingerprint: 0..127 bytes */
 #define STORE_ID_MAX 256     /* external ids: 1..255 bytes, NUL-free */
