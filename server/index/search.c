@@ -16,6 +16,8 @@
 #define BLOCK_SCORES (1 << 22) /* floats in one block of scores: 16 MiB */
 /* Scorer backends: larger blocks (fewer round trips), same 16 MiB of scores. */
 #define SCORED_BLOCK_ROWS_MAX 65536
+/* Compressed mirrors: rows decoded into a scratch block that stays in cache. */
+#define DECODE_BLOCK_ROWS_MAX 256
 
 /* Per-query top-k: a binary heap whose root is the worst kept entry. Keys are
  * "larger is better" (l2 uses minus the squared distance); ties go to the lower
@@ -163,22 +165,27 @@ static void push_block(enum store_metric metric, const float *S, size_t b, size_
 /* One pass over n rows of X (leading dimension ldx, first w columns), scoring
  * the prepared queries Q [q, w] with sgemm in blocks and pushing into heaps.
  * rows_unit: cosine rows are unit at width w (no scaling). rowsq: l2 squared
- * row norms at width w, or NULL to compute them. */
+ * row norms at width w, or NULL to compute them. dec: NULL, or a compressed
+ * mirror whose full matrix is read instead of X, block by block decoded. */
 static int scan(enum store_metric metric, const float *X, size_t ldx, size_t n, int w,
                 const float *Q, const float *qsq, int q, int rows_unit, const float *rowsq,
-                const uint8_t *mask, struct topk *heaps)
+                const uint8_t *mask, struct topk *heaps, const struct index_mirror *dec)
 {
     size_t B = BLOCK_SCORES / (size_t)q;
     if (B > BLOCK_ROWS_MAX) B = BLOCK_ROWS_MAX;
+    if (dec && B > DECODE_BLOCK_ROWS_MAX) B = DECODE_BLOCK_ROWS_MAX;
     if (B < BLOCK_ROWS_MIN) B = BLOCK_ROWS_MIN;
     if (B > n) B = n;
     float *S = malloc((size_t)q * B * sizeof *S);
     float *rf = malloc(B * sizeof *rf); /* per-row factor: cosine scale or l2 norm */
-    if (!S || !rf) {
+    float *D = dec ? malloc(B * (size_t)w * sizeof *D) : NULL;
+    if (!S || !rf || (dec && !D)) {
         free(S);
         free(rf);
+        free(D);
         return -1;
     }
+    if (dec) ldx = (size_t)w;
     for (size_t r0 = 0; r0 < n; r0 += B) {
         const size_t b = n - r0 < B ? n - r0 : B;
         if (mask) { /* skip blocks with nothing eligible */
@@ -187,6 +194,10 @@ static int scan(enum store_metric metric, const float *X, size_t ldx, size_t n, 
             if (e == b) continue;
         }
         const float *Xb = X + r0 * ldx;
+        if (dec) {
+            mirror_decode_rows(dec, r0, b, w, D);
+            Xb = D;
+        }
         for (size_t i = 0; i < b; i++) {
             if (metric == STORE_METRIC_COSINE) {
                 if (rows_unit) {
@@ -207,6 +218,7 @@ static int scan(enum store_metric metric, const float *X, size_t ldx, size_t n, 
     }
     free(S);
     free(rf);
+    free(D);
     return 0;
 }
 
@@ -318,11 +330,15 @@ static int exact_impl(const struct search_scorer *sc, const struct index_mirror 
         goto out;
     }
     prepare_queries(metric, queries, q, w, w, Q, qsq);
+    /* Decoded rows of a compressed mirror are close to unit, not unit: their
+     * cosine takes their own norm. */
+    const struct index_mirror *dec = mirror_form(m) != STORE_MIRROR_F32 ? m : NULL;
     failed = sc ? scan_scored(sc, SEARCH_MATRIX_FULL, metric, n, w, Q, qsq, q, w == width,
                               w == width ? mirror_sqnorms(m) : NULL, row_mask, hs.h, err,
                               errlen)
-                : scan(metric, mirror_matrix(m), (size_t)width, n, w, Q, qsq, q, w == width,
-                       w == width ? mirror_sqnorms(m) : NULL, row_mask, hs.h);
+                : scan(metric, mirror_matrix(m), (size_t)width, n, w, Q, qsq, q,
+                       w == width && !dec, w == width ? mirror_sqnorms(m) : NULL, row_mask,
+                       hs.h, dec);
     if (failed) {
         rc = STORE_ERR;
         goto out;
@@ -359,9 +375,12 @@ static int funnel_impl(const struct search_scorer *sc, const struct index_mirror
     float *qsq = malloc((size_t)q * sizeof *qsq);
     float *Qp = malloc((size_t)q * pw * sizeof *Qp);
     float *qsqp = malloc((size_t)q * sizeof *qsqp);
+    const struct index_mirror *dec = mirror_form(m) != STORE_MIRROR_F32 ? m : NULL;
+    float *xbuf = malloc((size_t)w * sizeof *xbuf); /* a decoded row (compressed mirrors) */
     struct heaps cand = {0}, best = {0};
     int rc = 0, failed = 0;
-    if (!Q || !qsq || !Qp || !qsqp || heaps_init(&cand, q, (int)L) || heaps_init(&best, q, cap)) {
+    if (!Q || !qsq || !Qp || !qsqp || !xbuf || heaps_init(&cand, q, (int)L) ||
+        heaps_init(&best, q, cap)) {
         rc = STORE_ERR;
         goto out;
     }
@@ -374,9 +393,9 @@ static int funnel_impl(const struct search_scorer *sc, const struct index_mirror
                                     row_mask, cand.h, err, errlen);
     else
         failed = kept ? scan(metric, mirror_prefix_matrix(m), (size_t)pw, n, pw, Qp, qsqp, q, 1,
-                             mirror_prefix_sqnorms(m), row_mask, cand.h)
+                             mirror_prefix_sqnorms(m), row_mask, cand.h, NULL)
                       : scan(metric, mirror_matrix(m), (size_t)width, n, pw, Qp, qsqp, q, 0,
-                             NULL, row_mask, cand.h);
+                             NULL, row_mask, cand.h, dec);
     if (failed) {
         rc = STORE_ERR;
         goto out;
@@ -390,12 +409,13 @@ static int funnel_impl(const struct search_scorer *sc, const struct index_mirror
         const float *Qq = Q + (size_t)qi * w;
         for (int i = 0; i < c->size; i++) {
             const uint32_t r = c->row[i];
-            const float *x = X + (size_t)r * width;
+            const float *x = X ? X + (size_t)r * width : xbuf;
+            if (dec) mirror_row_copy(m, r, w, xbuf);
             float s = 0.0f;
 #pragma omp simd reduction(+ : s)
             for (int k = 0; k < w; k++) s += Qq[k] * x[k];
             float f = 1.0f;
-            if (metric == STORE_METRIC_COSINE && w < width) {
+            if (metric == STORE_METRIC_COSINE && (w < width || dec)) {
                 const float rs = row_sq(x, w);
                 f = rs > 0 ? (float)(1.0 / sqrt((double)rs)) : 0.0f;
             } else if (metric == STORE_METRIC_L2) {
@@ -412,6 +432,7 @@ out:
     free(qsq);
     free(Qp);
     free(qsqp);
+    free(xbuf);
     heaps_free(&cand);
     heaps_free(&best);
     return rc;
@@ -469,6 +490,14 @@ static void log_fallback(const struct search_backend *b, const char *err)
                 "(logged once)\n", b->name, err && err[0] ? err : "no message");
 }
 
+/* The active backend, or the CPU one for a compressed mirror: the other
+ * backends read the float32 matrix, which such a mirror does not keep. */
+static const struct search_backend *backend_for(const struct index_mirror *m)
+{
+    if (mirror_form(m) != STORE_MIRROR_F32) return &search_backend_cpu;
+    return atomic_load(&active_backend);
+}
+
 static int check_args(const struct index_mirror *m, const float *queries, int q, int w, int k,
                       const struct search_hit *out, const int *n_out, char *err, size_t errlen)
 {
@@ -497,7 +526,7 @@ int search_exact(const struct index_mirror *m, const float *queries, int q, int 
 {
     const int rc = check_args(m, queries, q, w, k, out, n_out, err, errlen);
     if (rc) return rc;
-    const struct search_backend *b = atomic_load(&active_backend);
+    const struct search_backend *b = backend_for(m);
     const int brc = b->exact(m, queries, q, w, k, row_mask, out, n_out, err, errlen);
     if (brc != STORE_ERR || b == &search_backend_cpu) return brc;
     log_fallback(b, err);
@@ -518,7 +547,7 @@ int search_funnel(const struct index_mirror *m, const float *queries, int q, int
         return set_err(err, errlen, "search: funnel width %d is outside 1..%d (the search width)",
                        funnel_width, w),
                STORE_INVALID;
-    const struct search_backend *b = atomic_load(&active_backend);
+    const struct search_backend *b = backend_for(m);
     const int brc = b->funnel(m, queries, q, w, k, funnel_width, shortlist, row_mask, out, n_out,
                               err, errlen);
     if (brc != STORE_ERR || b == &search_backend_cpu) return brc;
