@@ -12,9 +12,21 @@ void codec_f16_encode(const float *x, int w, uint16_t *out)
     for (int j = 0; j < w; j++) out[j] = patch_f32_to_f16(x[j]);
 }
 
+#ifdef __F16C__
+#include <immintrin.h>
+/* Eight halves per instruction: search decodes every row it scans. */
+void codec_f16_decode(const uint16_t *c, int w, float *out)
+{
+    int j = 0;
+    for (; j + 8 <= w; j += 8)
+        _mm256_storeu_ps(out + j, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(c + j))));
+    for (; j < w; j++) out[j] = patch_f16_to_f32(c[j]);
+}
+#else
 /* patch_decode's f16 path is a table lookup; the first w halves of a row are
  * a row of width w in that encoding. */
 void codec_f16_decode(const uint16_t *c, int w, float *out) { patch_decode(c, 1, w, PATCH_F16, out); }
+#endif
 
 /* A dimension whose data is one value still needs a step above 0. */
 #define MIN_HALF_RANGE 1e-20f

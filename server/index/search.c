@@ -16,8 +16,12 @@
 #define BLOCK_SCORES (1 << 22) /* floats in one block of scores: 16 MiB */
 /* Scorer backends: larger blocks (fewer round trips), same 16 MiB of scores. */
 #define SCORED_BLOCK_ROWS_MAX 65536
-/* Compressed mirrors: rows decoded into a scratch block that stays in cache. */
-#define DECODE_BLOCK_ROWS_MAX 256
+/* Compressed mirrors: rows decoded into a scratch block that stays in cache;
+ * up to DOT_Q_MAX queries score it with plain dot products on the calling
+ * thread, which beats an sgemm call per small block (and its thread team). */
+#define DECODE_BLOCK_ROWS_MAX 1024
+#define DOT_BLOCK_ROWS 64
+#define DOT_Q_MAX 8
 
 /* Per-query top-k: a binary heap whose root is the worst kept entry. Keys are
  * "larger is better" (l2 uses minus the squared distance); ties go to the lower
@@ -173,7 +177,9 @@ static int scan(enum store_metric metric, const float *X, size_t ldx, size_t n, 
 {
     size_t B = BLOCK_SCORES / (size_t)q;
     if (B > BLOCK_ROWS_MAX) B = BLOCK_ROWS_MAX;
-    if (dec && B > DECODE_BLOCK_ROWS_MAX) B = DECODE_BLOCK_ROWS_MAX;
+    const int dots = dec && q <= DOT_Q_MAX;
+    if (dec && B > (dots ? DOT_BLOCK_ROWS : DECODE_BLOCK_ROWS_MAX))
+        B = dots ? DOT_BLOCK_ROWS : DECODE_BLOCK_ROWS_MAX;
     if (B < BLOCK_ROWS_MIN) B = BLOCK_ROWS_MIN;
     if (B > n) B = n;
     float *S = malloc((size_t)q * B * sizeof *S);
@@ -212,8 +218,18 @@ static int scan(enum store_metric metric, const float *X, size_t ldx, size_t n, 
                 rf[i] = 1.0f;
             }
         }
-        mm_sgemm(false, true, q, (int)b, w, 1.0f, Q, w, Xb,
-                    (int)ldx, 0.0f, S, (int)b);
+        if (dots) {
+            for (int qi = 0; qi < q; qi++)
+                for (size_t i = 0; i < b; i++) {
+                    const float *x = Xb + i * ldx, *y = Q + (size_t)qi * w;
+                    float d = 0.0f;
+#pragma omp simd reduction(+ : d)
+                    for (int j = 0; j < w; j++) d += x[j] * y[j];
+                    S[(size_t)qi * b + i] = d;
+                }
+        } else {
+            mm_sgemm(false, true, q, (int)b, w, 1.0f, Q, w, Xb, (int)ldx, 0.0f, S, (int)b);
+        }
         push_block(metric, S, b, r0, rf, qsq, q, mask, heaps);
     }
     free(S);
