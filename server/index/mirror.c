@@ -274,17 +274,49 @@ static void stored_form(const struct index_mirror *m, const float *v, float *out
     for (int i = 0; i < m->width; i++) out[i] = (float)(v[i] * sf);
 }
 
-/* int8: grows the ranges so that the stored row d fits, re-encoding the rows
- * 0..r-1 in the dimensions that changed. Rows never get clamped: a value
- * outside its range widens it (with headroom, so this stays rare). */
-static void fit_row(struct index_mirror *m, size_t r, const float *d)
+/* int8, after a widening: the rows held re-encoded in the changed dimensions,
+ * and their norms, which must be those of the rows as decoded now. */
+static void requantise(struct index_mirror *m)
 {
-    if (codec_int8_widen(&m->q, d, 1, r ? 1.25f : 1.0f, m->changed, m->old_off, m->old_step) &&
-        r) {
-        codec_int8_recode(&m->q, m->i8, r, (size_t)m->width, m->changed, m->old_off,
-                          m->old_step);
-        m->rewrite = next_version(); /* stored rows changed: copies of them are stale */
+    const size_t w = (size_t)m->width;
+    codec_int8_recode(&m->q, m->i8, m->n, w, m->changed, m->old_off, m->old_step);
+    for (size_t r = 0; r < m->n; r++) {
+        codec_int8_decode(&m->q, m->i8 + r * w, m->width, m->tmp);
+        m->sq[r] = (float)sqnorm(m->tmp, m->width);
     }
+    m->rewrite = next_version(); /* stored rows changed: copies of them are stale */
+}
+
+/* int8: grows the ranges so that the stored forms of count rows fit, in one
+ * step for the whole batch (each widening re-rounds the rows held, so one per
+ * batch keeps that error to one rounding), re-encoding the rows held in the
+ * dimensions that changed. Rows never get clamped: a value outside its range
+ * widens it, with headroom so that this stays rare. */
+static void fit_rows(struct index_mirror *m, size_t count, const float *vectors)
+{
+    const size_t w = (size_t)m->width;
+    float *mm = malloc(2 * w * sizeof *mm); /* [min; max] */
+    if (!mm) { /* no room for the summary: row by row, as correct, just slower */
+        for (size_t i = 0; i < count; i++) {
+            stored_form(m, vectors + i * w, m->tmp);
+            if (codec_int8_widen(&m->q, m->tmp, 1, m->n ? 1.25f : 1.1f, m->changed, m->old_off,
+                                 m->old_step) && m->n)
+                requantise(m);
+        }
+        return;
+    }
+    for (size_t j = 0; j < w; j++) mm[j] = INFINITY, mm[w + j] = -INFINITY;
+    for (size_t i = 0; i < count; i++) {
+        stored_form(m, vectors + i * w, m->tmp);
+        for (size_t j = 0; j < w; j++) {
+            mm[j] = fminf(mm[j], m->tmp[j]);
+            mm[w + j] = fmaxf(mm[w + j], m->tmp[j]);
+        }
+    }
+    if (codec_int8_widen(&m->q, mm, 2, m->n ? 1.25f : 1.1f, m->changed, m->old_off,
+                         m->old_step) && m->n)
+        requantise(m);
+    free(mm);
 }
 
 /* Writes row r from v in the stored form (see mirror.h). sq[r] is the squared
@@ -308,7 +340,6 @@ static void store_row(struct index_mirror *m, size_t r, const float *v)
         codec_f16_encode(d, m->width, m->h16 + r * w);
         codec_f16_decode(m->h16 + r * w, m->width, d);
     } else if (m->form == STORE_MIRROR_INT8) {
-        fit_row(m, r, d);
         codec_int8_encode(&m->q, d, m->i8 + r * w);
         codec_int8_decode(&m->q, m->i8 + r * w, m->width, d);
     }
@@ -388,6 +419,7 @@ int mirror_add_payloads(struct index_mirror *m, size_t count, const int64_t *row
         codec_int8_scale_ranges(&m->q, 1.1f);
         m->fit_pending = 0;
     }
+    if (m->form == STORE_MIRROR_INT8) fit_rows(m, count, vectors);
     for (i = 0; i < count; i++) {
         m->ext_bytes += strlen(m->ext[base + i]) + 1;
         m->row_ids[base + i] = row_ids[i];
