@@ -16,6 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import test_server as ts  # noqa: E402
 import test_index as ti  # noqa: E402
 from harness import Checks, stop_server  # noqa: E402
+from franca_client import FrancaClient  # noqa: E402
 
 N, D, NQ, K = 4000, 64, 40, 10  # D: the width of the test model
 FORMS = {"f32": 1.0, "f16": 0.99, "int8": 0.95}  # the least recall@10 asked of each
@@ -125,6 +126,16 @@ def main():
                   f"after a restart {form}-cosine keeps mirror {c.get('mirror')}, {c.get('indexed')} indexed")
         rec, probs = recall_and_problems(port, name, X2, ids2, Q, "l2")
         check(rec >= FORMS["int8"] and not probs, f"{name} after the restart: recall@10 {rec:.3f}")
+        client = FrancaClient(f"http://127.0.0.1:{port}")
+        c = client.create_collection("client-int8", width=D, metric="dot", mirror="int8")
+        client.insert("client-int8", vectors=X[:500], ids=ids[:500])
+        exact = client.search("client-int8", vector=Q[1], k=5)
+        approx = client.search("client-int8", vector=Q[1], k=5, rerank=False)
+        truth = ti.ref_scores(X[:500], Q[1], "dot", D)
+        check(c["mirror"] == "int8" and abs(exact[0]["score"] - truth.max()) <= 1e-5 * max(1, abs(truth.max()))
+              and len(approx) == 5,
+              f"client: mirror int8, rerank default exact ({exact[0]['score']:.6f} vs {truth.max():.6f}), "
+              f"rerank=False {approx[0]['score']:.6f}")
         st, resp = ti.api(port, "POST", "/v1/collections", {"name": "bad", "width": D, "mirror": "int4"})
         check(st == 400 and "mirror" in ti.error_message(resp), f"mirror int4 refused: {st}")
         st, resp = ti.api(port, "POST", "/v1/collections/int8-l2/search", {"vector": Q[0].tolist(), "rerank": 1})
