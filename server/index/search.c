@@ -168,8 +168,9 @@ static void push_block(enum store_metric metric, const float *S, size_t b, size_
 
 /* One pass over n rows of X (leading dimension ldx, first w columns), scoring
  * the prepared queries Q [q, w] with sgemm in blocks and pushing into heaps.
- * rows_unit: cosine rows are unit at width w (no scaling). rowsq: l2 squared
- * row norms at width w, or NULL to compute them. dec: NULL, or a compressed
+ * rows_unit: cosine rows are unit at width w (no scaling). rowsq: squared
+ * row norms at width w (l2, and cosine rows that are not unit), or NULL to
+ * compute them. dec: NULL, or a compressed
  * mirror whose full matrix is read instead of X, block by block decoded. */
 static int scan(enum store_metric metric, const float *X, size_t ldx, size_t n, int w,
                 const float *Q, const float *qsq, int q, int rows_unit, const float *rowsq,
@@ -208,8 +209,8 @@ static int scan(enum store_metric metric, const float *X, size_t ldx, size_t n, 
             if (metric == STORE_METRIC_COSINE) {
                 if (rows_unit) {
                     rf[i] = 1.0f;
-                } else {
-                    const float s = row_sq(Xb + i * ldx, w);
+                } else { /* kept norms when given (decoded rows at full width) */
+                    const float s = rowsq ? rowsq[r0 + i] : row_sq(Xb + i * ldx, w);
                     rf[i] = s > 0 ? (float)(1.0 / sqrt((double)s)) : 0.0f;
                 }
             } else if (metric == STORE_METRIC_L2) {
