@@ -3,6 +3,7 @@
 #include "index/search.h"
 
 #include <math.h>
+#include <omp.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +23,10 @@
 #define DECODE_BLOCK_ROWS_MAX 1024
 #define DOT_BLOCK_ROWS 64
 #define DOT_Q_MAX 8
+/* ... and over this many rows split them across the threads (each with its own
+ * heaps, merged after): the dot products would otherwise use one core. */
+#define DOT_PARALLEL_ROWS 32768
+#define DOT_THREADS_MAX 16
 
 /* Per-query top-k: a binary heap whose root is the worst kept entry. Keys are
  * "larger is better" (l2 uses minus the squared distance); ties go to the lower
@@ -172,9 +177,10 @@ static void push_block(enum store_metric metric, const float *S, size_t b, size_
  * row norms at width w (l2, and cosine rows that are not unit), or NULL to
  * compute them. dec: NULL, or a compressed
  * mirror whose full matrix is read instead of X, block by block decoded. */
-static int scan(enum store_metric metric, const float *X, size_t ldx, size_t n, int w,
-                const float *Q, const float *qsq, int q, int rows_unit, const float *rowsq,
-                const uint8_t *mask, struct topk *heaps, const struct index_mirror *dec)
+static int scan_range(enum store_metric metric, const float *X, size_t ldx, size_t r_begin,
+                      size_t n, int w, const float *Q, const float *qsq, int q, int rows_unit,
+                      const float *rowsq, const uint8_t *mask, struct topk *heaps,
+                      const struct index_mirror *dec)
 {
     size_t B = BLOCK_SCORES / (size_t)q;
     if (B > BLOCK_ROWS_MAX) B = BLOCK_ROWS_MAX;
@@ -182,7 +188,8 @@ static int scan(enum store_metric metric, const float *X, size_t ldx, size_t n, 
     if (dec && B > (dots ? DOT_BLOCK_ROWS : DECODE_BLOCK_ROWS_MAX))
         B = dots ? DOT_BLOCK_ROWS : DECODE_BLOCK_ROWS_MAX;
     if (B < BLOCK_ROWS_MIN) B = BLOCK_ROWS_MIN;
-    if (B > n) B = n;
+    if (B > n - r_begin) B = n - r_begin;
+    if (B == 0) return 0;
     float *S = malloc((size_t)q * B * sizeof *S);
     float *rf = malloc(B * sizeof *rf); /* per-row factor: cosine scale or l2 norm */
     float *D = dec ? malloc(B * (size_t)w * sizeof *D) : NULL;
@@ -193,7 +200,7 @@ static int scan(enum store_metric metric, const float *X, size_t ldx, size_t n, 
         return -1;
     }
     if (dec) ldx = (size_t)w;
-    for (size_t r0 = 0; r0 < n; r0 += B) {
+    for (size_t r0 = r_begin; r0 < n; r0 += B) {
         const size_t b = n - r0 < B ? n - r0 : B;
         if (mask) { /* skip blocks with nothing eligible */
             size_t e = 0;
@@ -237,6 +244,37 @@ static int scan(enum store_metric metric, const float *X, size_t ldx, size_t n, 
     free(rf);
     free(D);
     return 0;
+}
+
+/* scan_range over all n rows; compressed mirrors scored with dot products
+ * split their rows across the threads. */
+static int scan(enum store_metric metric, const float *X, size_t ldx, size_t n, int w,
+                const float *Q, const float *qsq, int q, int rows_unit, const float *rowsq,
+                const uint8_t *mask, struct topk *heaps, const struct index_mirror *dec)
+{
+    int T = omp_get_max_threads();
+    if (T > DOT_THREADS_MAX) T = DOT_THREADS_MAX;
+    if (!dec || q > DOT_Q_MAX || n < DOT_PARALLEL_ROWS || T < 2 || omp_in_parallel())
+        return scan_range(metric, X, ldx, 0, n, w, Q, qsq, q, rows_unit, rowsq, mask, heaps, dec);
+    struct heaps th[DOT_THREADS_MAX] = {{0}};
+    int failed = 0;
+    for (int t = 0; t < T; t++) failed |= heaps_init(&th[t], q, heaps[0].cap);
+    if (!failed) {
+#pragma omp parallel num_threads(T) reduction(| : failed)
+        {
+            const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+            const size_t lo = n * (size_t)t / (size_t)nt, hi = n * (size_t)(t + 1) / (size_t)nt;
+            failed |= scan_range(metric, X, ldx, lo, hi, w, Q, qsq, q, rows_unit, rowsq, mask,
+                                 th[t].h, dec);
+        }
+    }
+    /* Keys order (key, row) totally, so the merged heaps hold what one pass would. */
+    for (int t = 0; !failed && t < T; t++)
+        for (int qi = 0; qi < q; qi++)
+            for (int i = 0; i < th[t].h[qi].size; i++)
+                topk_push(heaps + qi, th[t].h[qi].key[i], th[t].h[qi].row[i]);
+    for (int t = 0; t < T; t++) heaps_free(&th[t]);
+    return failed ? -1 : 0;
 }
 
 /* The first block start at or after r0 (a multiple of B) whose block holds an

@@ -15,6 +15,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <omp.h>
+
 #include "check.h"
 #include "errors.h"
 #include "index/collections.h"
@@ -207,6 +209,46 @@ static void test_mirror(void)
     mirror_free(m);
 }
 
+/* A compressed mirror large enough that its scan splits across threads
+ * answers exactly what one thread does (same rows, same scores, same order). */
+static void test_parallel_scan(void)
+{
+    enum { PN = 40000, PW = 32, PQ = 3, PK = 20 };
+    struct index_mirror *m = mirror_create_form(PW, STORE_METRIC_COSINE, 0, STORE_MIRROR_INT8,
+                                                err, sizeof err);
+    float *v = malloc((size_t)PN * PW * sizeof *v);
+    int64_t *rows = malloc(PN * sizeof *rows);
+    const char **ids = malloc(PN * sizeof *ids);
+    char (*text)[16] = malloc((size_t)PN * sizeof *text);
+    for (size_t i = 0; i < (size_t)PN * PW; i++) v[i] = gauss();
+    for (int i = 0; i < PN; i++) {
+        rows[i] = i;
+        snprintf(text[i], sizeof text[i], "p%d", i);
+        ids[i] = text[i];
+    }
+    for (int i = 100; i < 110; i++) memcpy(v + (size_t)i * PW, v, PW * sizeof *v); /* ties */
+    CHECK(m && mirror_add(m, PN, rows, ids, v, err, sizeof err) == 0, "add: %s", err);
+    struct search_hit a[PQ * PK], b[PQ * PK];
+    int na = 0, nb = 0;
+    const int threads = omp_get_max_threads();
+    if (m) {
+        mirror_read_lock(m);
+        CHECK(search_exact(m, v, PQ, PW, PK, NULL, a, &na, err, sizeof err) == 0, "%s", err);
+        omp_set_num_threads(1);
+        CHECK(search_exact(m, v, PQ, PW, PK, NULL, b, &nb, err, sizeof err) == 0, "%s", err);
+        omp_set_num_threads(threads);
+        mirror_read_unlock(m);
+    }
+    int same = na == PK && nb == PK;
+    for (int i = 0; same && i < PQ * PK; i++) same = a[i].row == b[i].row && a[i].score == b[i].score;
+    CHECK(same, "%d threads and 1 thread agree", threads);
+    mirror_free(m);
+    free(v);
+    free(rows);
+    free(ids);
+    free(text);
+}
+
 /* ---- search through the query layer ----------------------------------------- */
 
 static struct coll *make(struct index *ix, const char *name, enum store_metric metric,
@@ -349,6 +391,7 @@ int main(void)
     make_data();
     test_codecs();
     test_mirror();
+    test_parallel_scan();
 
     char tmpl[] = "/tmp/test_mirror_codec.XXXXXX";
     char *dir = mkdtemp(tmpl);
