@@ -22,6 +22,8 @@ struct index_mirror {
     struct codec_int8 q; /* int8: the per-dimension ranges */
     int fit_pending;  /* int8: mirror_fit set exact ranges; headroom comes at the first add */
     float *tmp;       /* [width] (compressed): one row in stored form, under the write lock */
+    float *ptmp;      /* [pw] (compressed): its prefix row */
+    uint16_t *p16;    /* [cap, pw] (compressed): the prefix matrix in f16, instead of prefix */
     float *old_off, *old_step; /* [width] (int8): parameters before a widening */
     uint8_t *changed; /* [width] (int8): dimensions a widening changed */
     size_t ext_bytes; /* bytes of the external id strings */
@@ -137,7 +139,8 @@ static int reserve(struct index_mirror *m, size_t need)
         if (m->form == STORE_MIRROR_F16) GROW(m->h16, cap * (size_t)m->width);
         else if (m->form == STORE_MIRROR_INT8) GROW(m->i8, cap * (size_t)m->width);
         else GROW(m->data, cap * (size_t)m->width);
-        GROW(m->prefix, cap * (size_t)m->pw);
+        if (m->form == STORE_MIRROR_F32) GROW(m->prefix, cap * (size_t)m->pw);
+        else GROW(m->p16, cap * (size_t)m->pw);
         GROW(m->sq, cap);
         GROW(m->psq, cap);
         GROW(m->row_ids, cap);
@@ -201,7 +204,10 @@ struct index_mirror *mirror_create_form(int width, enum store_metric metric, int
     m->metric = metric;
     m->form = form;
     int oom = 0;
-    if (form != STORE_MIRROR_F32) oom |= !(m->tmp = malloc((size_t)width * sizeof *m->tmp));
+    if (form != STORE_MIRROR_F32) {
+        oom |= !(m->tmp = malloc((size_t)width * sizeof *m->tmp));
+        oom |= !(m->ptmp = malloc((size_t)prefix_width * sizeof *m->ptmp));
+    }
     if (form == STORE_MIRROR_INT8) {
         oom |= codec_int8_init(&m->q, width) != 0;
         oom |= !(m->old_off = malloc((size_t)width * sizeof *m->old_off));
@@ -249,6 +255,8 @@ void mirror_free(struct index_mirror *m)
     free(m->old_step);
     free(m->changed);
     free(m->prefix);
+    free(m->p16);
+    free(m->ptmp);
     free(m->sq);
     free(m->psq);
     free(m->row_ids);
@@ -326,7 +334,7 @@ static void store_row(struct index_mirror *m, size_t r, const float *v)
 {
     const size_t w = (size_t)m->width;
     float *d = m->form == STORE_MIRROR_F32 ? m->data + r * w : m->tmp;
-    float *p = m->prefix + r * (size_t)m->pw;
+    float *p = m->form == STORE_MIRROR_F32 ? m->prefix + r * (size_t)m->pw : m->ptmp;
     stored_form(m, v, d);
     if (m->metric == STORE_METRIC_COSINE) {
         const double pre = sqnorm(v, m->pw);
@@ -334,6 +342,10 @@ static void store_row(struct index_mirror *m, size_t r, const float *v)
         for (int i = 0; i < m->pw; i++) p[i] = (float)(v[i] * sp);
     } else {
         memcpy(p, v, (size_t)m->pw * sizeof *p);
+    }
+    if (m->form != STORE_MIRROR_F32) { /* the prefix in f16: half the bytes, ample for a shortlist */
+        codec_f16_encode(p, m->pw, m->p16 + r * (size_t)m->pw);
+        codec_f16_decode(m->p16 + r * (size_t)m->pw, m->pw, p);
     }
     m->psq[r] = (float)sqnorm(p, m->pw);
     if (m->form == STORE_MIRROR_F16) {
@@ -448,8 +460,12 @@ static void remove_row(struct index_mirror *m, size_t r, size_t slot)
             memcpy(m->i8 + r * w, m->i8 + last * w, w);
         else
             memcpy(m->data + r * w, m->data + last * w, w * sizeof *m->data);
-        memcpy(m->prefix + r * (size_t)m->pw, m->prefix + last * (size_t)m->pw,
-               (size_t)m->pw * sizeof(float));
+        if (m->form == STORE_MIRROR_F32)
+            memcpy(m->prefix + r * (size_t)m->pw, m->prefix + last * (size_t)m->pw,
+                   (size_t)m->pw * sizeof(float));
+        else
+            memcpy(m->p16 + r * (size_t)m->pw, m->p16 + last * (size_t)m->pw,
+                   (size_t)m->pw * sizeof *m->p16);
         m->sq[r] = m->sq[last];
         m->psq[r] = m->psq[last];
         m->row_ids[r] = m->row_ids[last];
@@ -526,6 +542,15 @@ void mirror_decode_rows(const struct index_mirror *m, size_t r0, size_t b, int w
         else memcpy(o, m->data + r * width, (size_t)w * sizeof *o);
     }
 }
+void mirror_decode_prefix_rows(const struct index_mirror *m, size_t r0, size_t b, float *out)
+{
+    const size_t pw = (size_t)m->pw;
+    if (m->form == STORE_MIRROR_F32) {
+        memcpy(out, m->prefix + r0 * pw, b * pw * sizeof *out);
+        return;
+    }
+    for (size_t i = 0; i < b; i++) codec_f16_decode(m->p16 + (r0 + i) * pw, m->pw, out + i * pw);
+}
 enum store_mirror mirror_form(const struct index_mirror *m) { return m->form; }
 size_t mirror_vector_bytes(const struct index_mirror *m)
 {
@@ -537,7 +562,8 @@ size_t mirror_bytes(const struct index_mirror *m)
     /* Per row of capacity: the full row, the prefix row, two norms, the row
      * id, the id and payload pointers and the id hash. A malloc'ed string
      * costs its bytes plus about 16 of allocator overhead. */
-    const size_t per_row = mirror_vector_bytes(m) + (size_t)m->pw * sizeof(float) +
+    const size_t pre = m->form == STORE_MIRROR_F32 ? sizeof(float) : sizeof(uint16_t);
+    const size_t per_row = mirror_vector_bytes(m) + (size_t)m->pw * pre +
                            2 * sizeof(float) + sizeof(int64_t) + 2 * sizeof(void *) +
                            sizeof(uint64_t);
     size_t b = m->cap * per_row + m->nslots * sizeof(uint32_t) + m->ext_bytes + 16 * m->n;

@@ -16,12 +16,12 @@
  *
  * Compressed forms (store_mirror, chosen per collection): the full matrix is
  * kept as f16 or int8 codes (mirror_codec.h) of the stored form above instead
- * of float32; the prefix matrix stays float32 (it is small and the funnel's
- * first stage reads it). Then mirror_matrix and mirror_row_vector are NULL:
- * mirror_row_copy and mirror_decode_rows read rows as float32, and the norms
- * are those of the decoded rows. int8 ranges follow the data: an add whose
- * values fall outside widens them and re-encodes the rows held (never
- * clamps); mirror_fit sets them from all rows before a build.
+ * of float32, and the prefix matrix as f16 (a shortlist needs no more). Then
+ * mirror_matrix, mirror_prefix_matrix and mirror_row_vector are NULL:
+ * mirror_row_copy, mirror_decode_rows and mirror_decode_prefix_rows read rows
+ * as float32, and the norms are those of the decoded rows. int8 ranges follow
+ * the data: an add whose values fall outside widens them and re-encodes the
+ * rows held (never clamps); mirror_fit sets them from all rows before a build.
  *
  * Removal is swap-with-last: the last row moves into the hole, so row indices
  * change on every removal; row ids and external ids are the stable names.
@@ -123,7 +123,9 @@ const float *mirror_row_vector(const struct index_mirror *m, size_t row);
 void mirror_row_copy(const struct index_mirror *m, size_t row, int w, float *out);
 /* The first w components of rows r0..r0+b-1 as float32 into out [b, w]. */
 void mirror_decode_rows(const struct index_mirror *m, size_t r0, size_t b, int w, float *out);
-/* The matrices and norms, for search backends (the full matrix is NULL for a
+/* Rows r0..r0+b-1 of the prefix matrix as float32 into out [b, prefix_width]. */
+void mirror_decode_prefix_rows(const struct index_mirror *m, size_t r0, size_t b, float *out);
+/* The matrices and norms, for search backends (both matrices are NULL for a
  * compressed mirror): [n, width], [n, prefix_width],
  * squared norms of the stored rows at width and of the prefix rows. */
 const float *mirror_matrix(const struct index_mirror *m);

@@ -176,11 +176,12 @@ static void push_block(enum store_metric metric, const float *S, size_t b, size_
  * rows_unit: cosine rows are unit at width w (no scaling). rowsq: squared
  * row norms at width w (l2, and cosine rows that are not unit), or NULL to
  * compute them. dec: NULL, or a compressed
- * mirror whose full matrix is read instead of X, block by block decoded. */
+ * mirror whose full matrix (prefix matrix when dec_prefix) is read instead of
+ * X, block by block decoded. */
 static int scan_range(enum store_metric metric, const float *X, size_t ldx, size_t r_begin,
                       size_t n, int w, const float *Q, const float *qsq, int q, int rows_unit,
                       const float *rowsq, const uint8_t *mask, struct topk *heaps,
-                      const struct index_mirror *dec)
+                      const struct index_mirror *dec, int dec_prefix)
 {
     size_t B = BLOCK_SCORES / (size_t)q;
     if (B > BLOCK_ROWS_MAX) B = BLOCK_ROWS_MAX;
@@ -207,11 +208,10 @@ static int scan_range(enum store_metric metric, const float *X, size_t ldx, size
             while (e < b && !mask[r0 + e]) e++;
             if (e == b) continue;
         }
-        const float *Xb = X + r0 * ldx;
-        if (dec) {
-            mirror_decode_rows(dec, r0, b, w, D);
-            Xb = D;
-        }
+        const float *Xb = D;
+        if (!dec) Xb = X + r0 * ldx;
+        else if (dec_prefix) mirror_decode_prefix_rows(dec, r0, b, D); /* w is its width */
+        else mirror_decode_rows(dec, r0, b, w, D);
         for (size_t i = 0; i < b; i++) {
             if (metric == STORE_METRIC_COSINE) {
                 if (rows_unit) {
@@ -250,12 +250,14 @@ static int scan_range(enum store_metric metric, const float *X, size_t ldx, size
  * split their rows across the threads. */
 static int scan(enum store_metric metric, const float *X, size_t ldx, size_t n, int w,
                 const float *Q, const float *qsq, int q, int rows_unit, const float *rowsq,
-                const uint8_t *mask, struct topk *heaps, const struct index_mirror *dec)
+                const uint8_t *mask, struct topk *heaps, const struct index_mirror *dec,
+                int dec_prefix)
 {
     int T = omp_get_max_threads();
     if (T > DOT_THREADS_MAX) T = DOT_THREADS_MAX;
     if (!dec || q > DOT_Q_MAX || n < DOT_PARALLEL_ROWS || T < 2 || omp_in_parallel())
-        return scan_range(metric, X, ldx, 0, n, w, Q, qsq, q, rows_unit, rowsq, mask, heaps, dec);
+        return scan_range(metric, X, ldx, 0, n, w, Q, qsq, q, rows_unit, rowsq, mask, heaps, dec,
+                          dec_prefix);
     struct heaps th[DOT_THREADS_MAX] = {{0}};
     int failed = 0;
     for (int t = 0; t < T; t++) failed |= heaps_init(&th[t], q, heaps[0].cap);
@@ -265,7 +267,7 @@ static int scan(enum store_metric metric, const float *X, size_t ldx, size_t n, 
             const int t = omp_get_thread_num(), nt = omp_get_num_threads();
             const size_t lo = n * (size_t)t / (size_t)nt, hi = n * (size_t)(t + 1) / (size_t)nt;
             failed |= scan_range(metric, X, ldx, lo, hi, w, Q, qsq, q, rows_unit, rowsq, mask,
-                                 th[t].h, dec);
+                                 th[t].h, dec, dec_prefix);
         }
     }
     /* Keys order (key, row) totally, so the merged heaps hold what one pass would. */
@@ -393,7 +395,7 @@ static int exact_impl(const struct search_scorer *sc, const struct index_mirror 
                               errlen)
                 : scan(metric, mirror_matrix(m), (size_t)width, n, w, Q, qsq, q,
                        w == width && !dec, w == width ? mirror_sqnorms(m) : NULL, row_mask,
-                       hs.h, dec);
+                       hs.h, dec, 0);
     if (failed) {
         rc = STORE_ERR;
         goto out;
@@ -447,10 +449,10 @@ static int funnel_impl(const struct search_scorer *sc, const struct index_mirror
                       : scan_scored(sc, SEARCH_MATRIX_FULL, metric, n, pw, Qp, qsqp, q, 0, NULL,
                                     row_mask, cand.h, err, errlen);
     else
-        failed = kept ? scan(metric, mirror_prefix_matrix(m), (size_t)pw, n, pw, Qp, qsqp, q, 1,
-                             mirror_prefix_sqnorms(m), row_mask, cand.h, NULL)
+        failed = kept ? scan(metric, mirror_prefix_matrix(m), (size_t)pw, n, pw, Qp, qsqp, q,
+                             !dec, mirror_prefix_sqnorms(m), row_mask, cand.h, dec, 1)
                       : scan(metric, mirror_matrix(m), (size_t)width, n, pw, Qp, qsqp, q, 0,
-                             NULL, row_mask, cand.h, dec);
+                             NULL, row_mask, cand.h, dec, 0);
     if (failed) {
         rc = STORE_ERR;
         goto out;

@@ -332,6 +332,34 @@ static struct figures measure(struct coll *c, enum store_metric metric, int n, d
     return f;
 }
 
+/* The funnel over a compressed mirror (its f16 prefix, then the decoded rows,
+ * then the float32 re-rank): with every row as a candidate it is exact search;
+ * with a short list its scores are still the exact ones. */
+static void test_funnel(struct coll *c, enum store_metric metric, int n, double min_recall)
+{
+    int hit = 0, bad = 0;
+    for (int qi = 0; qi < 20; qi++) {
+        int top[K];
+        truth(metric, qs + (size_t)qi * W, n, top);
+        for (int all = 0; all < 2; all++) {
+            struct index_query q = {.nq = 1, .k = K, .w = W, .vectors = qs + (size_t)qi * W,
+                                    .candidates = all ? n : 200};
+            struct query_result r;
+            CHECK(query_run(c, &q, &r, err, sizeof err) == 0 && r.n == K, "funnel: %s", err);
+            for (int i = 0; i < r.n; i++) {
+                const int idx = item_index(r.hits[i].id);
+                if (all)
+                    for (int j = 0; j < K; j++) hit += top[j] == idx;
+                const double s = score64(metric, vecs + (size_t)idx * W, qs + (size_t)qi * W);
+                bad += fabs(s - r.hits[i].score) > 1e-5 * fmax(1.0, fabs(s));
+            }
+            query_result_free(&r);
+        }
+    }
+    CHECK(hit >= min_recall * 20 * K, "funnel over every row: recall@10 %.3f", hit / (20.0 * K));
+    CHECK(bad == 0, "funnel: %d scores not exact", bad);
+}
+
 /* with_vector answers the stored float32 vector, not the decoded one; an id
  * query takes its vector from SQLite and finds itself with the exact score. */
 static void test_vectors(struct coll *c, enum store_metric metric)
@@ -436,6 +464,7 @@ int main(void)
         snprintf(what, sizeof what, "%s", cases[i].name);
         measure(c, cases[i].metric, N, cases[i].min_recall, what);
         test_vectors(c, cases[i].metric);
+        test_funnel(c, cases[i].metric, N, cases[i].min_recall);
         if (cases[i].form != STORE_MIRROR_F32) {
             test_spikes(c, cases[i].metric);
             snprintf(what, sizeof what, "%s +spikes", cases[i].name);
