@@ -95,7 +95,7 @@ def main():
         check(bytes_per["int8"][0] * 4 == bytes_per["f32"][0] and bytes_per["f16"][0] * 2 == bytes_per["f32"][0],
               f"bytes per vector in the matrix: f32 {bytes_per['f32'][0]}, f16 {bytes_per['f16'][0]}, "
               f"int8 {bytes_per['int8'][0]}")
-        # In all, ids, norms and the float32 prefix come on top: int8 saves 3 bytes a component.
+        # In all, ids, norms and the prefix (f16) come on top: int8 saves 3 bytes a component.
         check(bytes_per["f32"][1] - bytes_per["int8"][1] >= 3 * D * N,
               f"mirror in all: int8 {bytes_per['int8'][1]} B, f32 {bytes_per['f32'][1]} B")
 

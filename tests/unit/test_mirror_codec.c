@@ -475,7 +475,7 @@ int main(void)
         }
         coll_release(c);
     }
-    /* The matrix is a quarter; the float32 prefix, norms and ids come on top. */
+    /* The matrix is a quarter; the prefix (f16), norms and ids come on top. */
     CHECK(bytes[2] * 5 < bytes[0] * 2, "int8 mirror %zu B vs f32 %zu B", bytes[2], bytes[0]);
 
     /* A restart keeps each form and rebuilds (int8: ranges fitted from SQLite). */
