@@ -23,6 +23,7 @@ static void create_collection(struct http_request *req, void *user)
     json_t *width = json_object_get(j, "width"), *metric = json_object_get(j, "metric");
     json_t *keep = json_object_get(j, "store_images");
     json_t *level = json_object_get(j, "level"), *storage = json_object_get(j, "storage");
+    json_t *mirror = json_object_get(j, "mirror");
     struct collection_info in = {0};
     enum patch_type ptype = PATCH_F16;
     const char *why = NULL;
@@ -35,6 +36,9 @@ static void create_collection(struct http_request *req, void *user)
     else if (metric && !json_is_null(metric) &&
              (!json_is_string(metric) || store_metric_parse(json_string_value(metric), &in.metric)))
         why = "'metric' must be \"cosine\", \"l2\" or \"dot\"";
+    else if (mirror && !json_is_null(mirror) &&
+             (!json_is_string(mirror) || store_mirror_parse(json_string_value(mirror), &in.mirror)))
+        why = "'mirror' must be \"f32\", \"f16\" or \"int8\"";
     else if (keep && !json_is_null(keep) && !json_is_boolean(keep))
         why = "'store_images' must be a boolean";
     else if (level && !json_is_null(level) &&

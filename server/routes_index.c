@@ -46,6 +46,10 @@ json_t *route_coll_json(struct coll *c)
                           store_metric_name(info.metric), "store_images", info.store_images,
                           "created_at", info.created_at, "count", (json_int_t)count, "indexed",
                           indexed, "prefix_width", pw);
+    /* The search mirror's form and what it holds in memory (SQLite keeps f32). */
+    json_object_set_new(o, "mirror", json_string(store_mirror_name(mirror_form(m))));
+    json_object_set_new(o, "vector_bytes", json_integer((json_int_t)mirror_vector_bytes(m)));
+    json_object_set_new(o, "mirror_bytes", json_integer((json_int_t)mirror_bytes(m)));
     coll_read_end(c);
     if (o && coll_job_id(c, job)) json_object_set_new(o, "job", json_string(job));
     json_object_set_new(o, "level", json_string(info.level == STORE_LEVEL_PATCH ? "patch" : "cls"));

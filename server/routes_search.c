@@ -117,6 +117,10 @@ static int parse_options(struct search_ctx *x, char *why, size_t len)
                       &x->q.candidates, fwhy, sizeof fwhy))
             return set_err(why, len, "funnel: %s", fwhy);
     }
+    json_t *rerank = json_object_get(x->base.body, "rerank");
+    if (rerank && !json_is_null(rerank) && !json_is_boolean(rerank))
+        return set_err(why, len, "'rerank' must be a boolean");
+    x->q.no_rerank = json_is_false(rerank);
     json_t *filter = json_object_get(x->base.body, "filter");
     if (filter && !json_is_null(filter) && filter_compile(filter, &x->filter, why, len)) return -1;
     x->q.filter = x->filter;

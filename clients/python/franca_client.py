@@ -341,13 +341,16 @@ class FrancaClient:
         return urllib.parse.quote(str(segment), safe="")
 
     def create_collection(self, name, model=None, width=None, metric=None, store_images=None,
-                          level=None, storage=None):
+                          level=None, storage=None, mirror=None):
         """Creates a collection; returns its description (name, model, fingerprint,
-        width, metric, store_images, created_at, count, indexed, prefix_width, level).
-        level "patch" keeps every patch token (storage "f16" or "int8")."""
+        width, metric, store_images, created_at, count, indexed, prefix_width, level,
+        mirror, vector_bytes, mirror_bytes). level "patch" keeps every patch token
+        (storage "f16" or "int8"). mirror "f16" or "int8" keeps the in-memory search
+        matrix compressed (2x or 4x smaller; SQLite keeps float32 for the re-rank)."""
         body = {"name": name}
         for key, val in (("model", model), ("width", width), ("metric", metric),
-                         ("store_images", store_images), ("level", level), ("storage", storage)):
+                         ("store_images", store_images), ("level", level), ("storage", storage),
+                         ("mirror", mirror)):
             if val is not None:
                 body[key] = val
         return self.json("POST", "/v1/collections", body)
@@ -434,8 +437,10 @@ class FrancaClient:
         return {"id": str(id)}
 
     @staticmethod
-    def _search_options(k, width, funnel, candidates, filter, include):
+    def _search_options(k, width, funnel, candidates, filter, include, rerank=None):
         body = {"k": int(k)}
+        if rerank is not None:
+            body["rerank"] = bool(rerank)
         if width is not None:
             body["width"] = int(width)
         if (funnel is not None and funnel is not False) or candidates is not None:
@@ -454,7 +459,8 @@ class FrancaClient:
         return body
 
     def search(self, collection, vector=None, image=None, id=None, k=10, width=None, funnel=None,
-               candidates=None, filter=None, include=None, raw=False, patch=None, box=None):
+               candidates=None, filter=None, include=None, raw=False, patch=None, box=None,
+               rerank=None):
         """k nearest neighbours of one query: a vector, an image (path or bytes) or
         a stored item's id. width: prefix width (default the collection's).
         funnel: True (the server's defaults), an int (the shortlist prefix width) or
@@ -463,18 +469,19 @@ class FrancaClient:
         of "metadata", "vector". Returns the results [{"id", "score", ...}] best
         first (raw=True: the whole answer). Patch collections: image or id with
         patch=(row, col) or box=(r0, c0, r1, c1) for the best patches, or alone for
-        late-interaction ranking; each hit has "patch": [row, col]."""
+        late-interaction ranking; each hit has "patch": [row, col]. rerank=False:
+        on an f16 or int8 mirror, the compressed scores without the exact re-rank."""
         body = self._query(vector, image, id)
         if patch is not None:
             body["patch"] = [int(x) for x in patch]
         if box is not None:
             body["box"] = [int(x) for x in box]
-        body.update(self._search_options(k, width, funnel, candidates, filter, include))
+        body.update(self._search_options(k, width, funnel, candidates, filter, include, rerank))
         resp = self.json("POST", f"/v1/collections/{self._q(collection)}/search", body)
         return resp if raw else resp["results"]
 
     def search_batch(self, collection, queries, k=10, width=None, funnel=None, candidates=None,
-                     filter=None, include=None, raw=False):
+                     filter=None, include=None, raw=False, rerank=None):
         """Several queries in one call. queries: a list of dicts with one of
         "vector", "image" (path, bytes or data URI) or "id", or a 2-D array of
         vectors. Returns one result list per query."""
@@ -492,7 +499,7 @@ class FrancaClient:
             else:
                 qs.append({"vector": self._vector(q)})
         body = {"queries": qs}
-        body.update(self._search_options(k, width, funnel, candidates, filter, include))
+        body.update(self._search_options(k, width, funnel, candidates, filter, include, rerank))
         resp = self.json("POST", f"/v1/collections/{self._q(collection)}/search", body)
         return resp if raw else [b["results"] for b in resp["batch"]]
 

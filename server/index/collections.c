@@ -53,14 +53,26 @@ static int build_row(int64_t row_id, const char *external_id, const float *vecto
     return 0;
 }
 
+/* int8 mirrors: a first scan sets the ranges from every row. */
+static int fit_row(int64_t row_id, const char *external_id, const float *vector, size_t dim,
+                   const char *metadata, void *user)
+{
+    (void)row_id, (void)external_id, (void)dim, (void)metadata;
+    struct build_ctx *b = user;
+    return mirror_fit(b->m, 1, vector, b->err, sizeof b->err) ? -1 : 0;
+}
+
 static struct index_mirror *build_mirror(struct index_store *store,
                                          const struct collection_info *info, char *err,
                                          size_t errlen)
 {
-    struct build_ctx b = {.m = mirror_create((int)info->width, info->metric, 0, err, errlen)};
+    struct build_ctx b = {.m = mirror_create_form((int)info->width, info->metric, 0,
+                                                  info->mirror, err, errlen)};
     if (!b.m) return NULL;
     mirror_set_payload_free(b.m, payload_free);
-    if (store_items_scan(store, info->id, build_row, &b, err, errlen)) {
+    if ((info->mirror == STORE_MIRROR_INT8 &&
+         store_items_scan(store, info->id, fit_row, &b, err, errlen)) ||
+        store_items_scan(store, info->id, build_row, &b, err, errlen)) {
         if (b.err[0]) set_err(err, errlen, "collection '%s': %s", info->name, b.err);
         mirror_free(b.m);
         return NULL;
@@ -207,7 +219,7 @@ int index_create(struct index *ix, const struct collection_info *in, struct coll
     struct index_mirror *m = NULL;
     struct coll *c = NULL;
     if (!rc) {
-        m = mirror_create((int)info.width, info.metric, 0, err, errlen);
+        m = mirror_create_form((int)info.width, info.metric, 0, info.mirror, err, errlen);
         c = m ? coll_new(ix, &info, m, false, err, errlen) : NULL;
         if (m) mirror_set_payload_free(m, payload_free);
         if (!c || append(ix, c)) {

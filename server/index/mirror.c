@@ -8,13 +8,25 @@
 #include <string.h>
 
 #include "errors.h"
+#include "index/mirror_codec.h"
 
 struct index_mirror {
     pthread_rwlock_t lock;
     int width, pw;
     enum store_metric metric;
+    enum store_mirror form;
     size_t n, cap;
-    float *data;      /* [cap, width] */
+    float *data;      /* [cap, width]: f32 mirrors only */
+    uint16_t *h16;    /* [cap, width]: f16 mirrors only */
+    int8_t *i8;       /* [cap, width]: int8 mirrors only */
+    struct codec_int8 q; /* int8: the per-dimension ranges */
+    int fit_pending;  /* int8: mirror_fit set exact ranges; headroom comes at the first add */
+    float *tmp;       /* [width] (compressed): one row in stored form, under the write lock */
+    float *ptmp;      /* [pw] (compressed): its prefix row */
+    uint16_t *p16;    /* [cap, pw] (compressed): the prefix matrix in f16, instead of prefix */
+    float *old_off, *old_step; /* [width] (int8): parameters before a widening */
+    uint8_t *changed; /* [width] (int8): dimensions a widening changed */
+    size_t ext_bytes; /* bytes of the external id strings */
     float *prefix;    /* [cap, pw] */
     float *sq;        /* [cap]: squared norm of the stored row at width */
     float *psq;       /* [cap]: squared norm of the prefix row */
@@ -124,8 +136,11 @@ static int reserve(struct index_mirror *m, size_t need)
         size_t cap = m->cap ? m->cap : 64;
         while (cap < need) cap *= 2;
         if (cap > MIRROR_MAX_ROWS) cap = MIRROR_MAX_ROWS;
-        GROW(m->data, cap * (size_t)m->width);
-        GROW(m->prefix, cap * (size_t)m->pw);
+        if (m->form == STORE_MIRROR_F16) GROW(m->h16, cap * (size_t)m->width);
+        else if (m->form == STORE_MIRROR_INT8) GROW(m->i8, cap * (size_t)m->width);
+        else GROW(m->data, cap * (size_t)m->width);
+        if (m->form == STORE_MIRROR_F32) GROW(m->prefix, cap * (size_t)m->pw);
+        else GROW(m->p16, cap * (size_t)m->pw);
         GROW(m->sq, cap);
         GROW(m->psq, cap);
         GROW(m->row_ids, cap);
@@ -143,12 +158,22 @@ static int reserve(struct index_mirror *m, size_t need)
 struct index_mirror *mirror_create(int width, enum store_metric metric, int prefix_width,
                                    char *err, size_t errlen)
 {
+    return mirror_create_form(width, metric, prefix_width, STORE_MIRROR_F32, err, errlen);
+}
+
+struct index_mirror *mirror_create_form(int width, enum store_metric metric, int prefix_width,
+                                        enum store_mirror form, char *err, size_t errlen)
+{
     if (width < 1 || width > STORE_WIDTH_MAX) {
         set_err(err, errlen, "mirror: width %d is outside 1..%d", width, STORE_WIDTH_MAX);
         return NULL;
     }
     if (metric != STORE_METRIC_COSINE && metric != STORE_METRIC_L2 && metric != STORE_METRIC_DOT) {
         set_err(err, errlen, "mirror: unknown metric %d", (int)metric);
+        return NULL;
+    }
+    if (!store_mirror_name(form)) {
+        set_err(err, errlen, "mirror: unknown form %d", (int)form);
         return NULL;
     }
     if (prefix_width == 0) prefix_width = width / 16 > 1 ? width / 16 : 1;
@@ -177,6 +202,23 @@ struct index_mirror *mirror_create(int width, enum store_metric metric, int pref
     m->width = width;
     m->pw = prefix_width;
     m->metric = metric;
+    m->form = form;
+    int oom = 0;
+    if (form != STORE_MIRROR_F32) {
+        oom |= !(m->tmp = malloc((size_t)width * sizeof *m->tmp));
+        oom |= !(m->ptmp = malloc((size_t)prefix_width * sizeof *m->ptmp));
+    }
+    if (form == STORE_MIRROR_INT8) {
+        oom |= codec_int8_init(&m->q, width) != 0;
+        oom |= !(m->old_off = malloc((size_t)width * sizeof *m->old_off));
+        oom |= !(m->old_step = malloc((size_t)width * sizeof *m->old_step));
+        oom |= !(m->changed = malloc((size_t)width));
+    }
+    if (oom) {
+        mirror_free(m);
+        set_err(err, errlen, "mirror: out of memory");
+        return NULL;
+    }
     m->version = m->rewrite = next_version();
     return m;
 }
@@ -194,6 +236,7 @@ static void free_rows(struct index_mirror *m)
         drop_payload(m, r);
     }
     m->n = 0;
+    m->ext_bytes = 0;
 }
 
 void mirror_free(struct index_mirror *m)
@@ -204,7 +247,16 @@ void mirror_free(struct index_mirror *m)
     free_rows(m);
     pthread_rwlock_destroy(&m->lock);
     free(m->data);
+    free(m->h16);
+    free(m->i8);
+    codec_int8_free(&m->q);
+    free(m->tmp);
+    free(m->old_off);
+    free(m->old_step);
+    free(m->changed);
     free(m->prefix);
+    free(m->p16);
+    free(m->ptmp);
     free(m->sq);
     free(m->psq);
     free(m->row_ids);
@@ -222,25 +274,88 @@ static double sqnorm(const float *x, int w)
     return s;
 }
 
-/* Writes row r from v in the stored form (see mirror.h). */
+/* The stored form (see mirror.h) of v at width: normalised for cosine. */
+static void stored_form(const struct index_mirror *m, const float *v, float *out)
+{
+    const double full = sqnorm(v, m->width);
+    const double sf = m->metric == STORE_METRIC_COSINE ? (full > 0 ? 1.0 / sqrt(full) : 0.0) : 1.0;
+    for (int i = 0; i < m->width; i++) out[i] = (float)(v[i] * sf);
+}
+
+/* int8, after a widening: the rows held re-encoded in the changed dimensions,
+ * and their norms, which must be those of the rows as decoded now. */
+static void requantise(struct index_mirror *m)
+{
+    const size_t w = (size_t)m->width;
+    codec_int8_recode(&m->q, m->i8, m->n, w, m->changed, m->old_off, m->old_step);
+    for (size_t r = 0; r < m->n; r++) {
+        codec_int8_decode(&m->q, m->i8 + r * w, m->width, m->tmp);
+        m->sq[r] = (float)sqnorm(m->tmp, m->width);
+    }
+    m->rewrite = next_version(); /* stored rows changed: copies of them are stale */
+}
+
+/* int8: grows the ranges so that the stored forms of count rows fit, in one
+ * step for the whole batch (each widening re-rounds the rows held, so one per
+ * batch keeps that error to one rounding), re-encoding the rows held in the
+ * dimensions that changed. Rows never get clamped: a value outside its range
+ * widens it, with headroom so that this stays rare. */
+static void fit_rows(struct index_mirror *m, size_t count, const float *vectors)
+{
+    const size_t w = (size_t)m->width;
+    float *mm = malloc(2 * w * sizeof *mm); /* [min; max] */
+    if (!mm) { /* no room for the summary: row by row, as correct, just slower */
+        for (size_t i = 0; i < count; i++) {
+            stored_form(m, vectors + i * w, m->tmp);
+            if (codec_int8_widen(&m->q, m->tmp, 1, m->n ? 1.25f : 1.1f, m->changed, m->old_off,
+                                 m->old_step) && m->n)
+                requantise(m);
+        }
+        return;
+    }
+    for (size_t j = 0; j < w; j++) mm[j] = INFINITY, mm[w + j] = -INFINITY;
+    for (size_t i = 0; i < count; i++) {
+        stored_form(m, vectors + i * w, m->tmp);
+        for (size_t j = 0; j < w; j++) {
+            mm[j] = fminf(mm[j], m->tmp[j]);
+            mm[w + j] = fmaxf(mm[w + j], m->tmp[j]);
+        }
+    }
+    if (codec_int8_widen(&m->q, mm, 2, m->n ? 1.25f : 1.1f, m->changed, m->old_off,
+                         m->old_step) && m->n)
+        requantise(m);
+    free(mm);
+}
+
+/* Writes row r from v in the stored form (see mirror.h). sq[r] is the squared
+ * norm of the row as the mirror holds it (decoded, for compressed forms), so
+ * that l2 keys are exact for the rows searched. */
 static void store_row(struct index_mirror *m, size_t r, const float *v)
 {
-    float *d = m->data + r * (size_t)m->width;
-    float *p = m->prefix + r * (size_t)m->pw;
-    const double full = sqnorm(v, m->width), pre = sqnorm(v, m->pw);
+    const size_t w = (size_t)m->width;
+    float *d = m->form == STORE_MIRROR_F32 ? m->data + r * w : m->tmp;
+    float *p = m->form == STORE_MIRROR_F32 ? m->prefix + r * (size_t)m->pw : m->ptmp;
+    stored_form(m, v, d);
     if (m->metric == STORE_METRIC_COSINE) {
-        const double sf = full > 0 ? 1.0 / sqrt(full) : 0.0;
+        const double pre = sqnorm(v, m->pw);
         const double sp = pre > 0 ? 1.0 / sqrt(pre) : 0.0;
-        for (int i = 0; i < m->width; i++) d[i] = (float)(v[i] * sf);
         for (int i = 0; i < m->pw; i++) p[i] = (float)(v[i] * sp);
-        m->sq[r] = (float)sqnorm(d, m->width);
-        m->psq[r] = (float)sqnorm(p, m->pw);
     } else {
-        memcpy(d, v, (size_t)m->width * sizeof *d);
         memcpy(p, v, (size_t)m->pw * sizeof *p);
-        m->sq[r] = (float)full;
-        m->psq[r] = (float)pre;
     }
+    if (m->form != STORE_MIRROR_F32) { /* the prefix in f16: half the bytes, ample for a shortlist */
+        codec_f16_encode(p, m->pw, m->p16 + r * (size_t)m->pw);
+        codec_f16_decode(m->p16 + r * (size_t)m->pw, m->pw, p);
+    }
+    m->psq[r] = (float)sqnorm(p, m->pw);
+    if (m->form == STORE_MIRROR_F16) {
+        codec_f16_encode(d, m->width, m->h16 + r * w);
+        codec_f16_decode(m->h16 + r * w, m->width, d);
+    } else if (m->form == STORE_MIRROR_INT8) {
+        codec_int8_encode(&m->q, d, m->i8 + r * w);
+        codec_int8_decode(&m->q, m->i8 + r * w, m->width, d);
+    }
+    m->sq[r] = (float)sqnorm(d, m->width);
 }
 
 void mirror_set_payload_free(struct index_mirror *m, void (*fn)(void *)) { m->payload_free = fn; }
@@ -312,7 +427,13 @@ int mirror_add_payloads(struct index_mirror *m, size_t count, const int64_t *row
         }
         goto out;
     }
+    if (m->fit_pending) { /* the ranges mirror_fit found, with headroom for later inserts */
+        codec_int8_scale_ranges(&m->q, 1.1f);
+        m->fit_pending = 0;
+    }
+    if (m->form == STORE_MIRROR_INT8) fit_rows(m, count, vectors);
     for (i = 0; i < count; i++) {
+        m->ext_bytes += strlen(m->ext[base + i]) + 1;
         m->row_ids[base + i] = row_ids[i];
         m->payload[base + i] = payloads ? payloads[i] : NULL;
         store_row(m, base + i, vectors + i * w);
@@ -327,14 +448,24 @@ out:
 static void remove_row(struct index_mirror *m, size_t r, size_t slot)
 {
     slot_delete(m, slot);
+    m->ext_bytes -= strlen(m->ext[r]) + 1;
     free(m->ext[r]);
     drop_payload(m, r);
     const size_t last = m->n - 1;
     if (r != last) {
-        memcpy(m->data + r * (size_t)m->width, m->data + last * (size_t)m->width,
-               (size_t)m->width * sizeof(float));
-        memcpy(m->prefix + r * (size_t)m->pw, m->prefix + last * (size_t)m->pw,
-               (size_t)m->pw * sizeof(float));
+        const size_t w = (size_t)m->width;
+        if (m->form == STORE_MIRROR_F16)
+            memcpy(m->h16 + r * w, m->h16 + last * w, w * sizeof *m->h16);
+        else if (m->form == STORE_MIRROR_INT8)
+            memcpy(m->i8 + r * w, m->i8 + last * w, w);
+        else
+            memcpy(m->data + r * w, m->data + last * w, w * sizeof *m->data);
+        if (m->form == STORE_MIRROR_F32)
+            memcpy(m->prefix + r * (size_t)m->pw, m->prefix + last * (size_t)m->pw,
+                   (size_t)m->pw * sizeof(float));
+        else
+            memcpy(m->p16 + r * (size_t)m->pw, m->p16 + last * (size_t)m->pw,
+                   (size_t)m->pw * sizeof *m->p16);
         m->sq[r] = m->sq[last];
         m->psq[r] = m->psq[last];
         m->row_ids[r] = m->row_ids[last];
@@ -394,11 +525,73 @@ const char *mirror_external_id(const struct index_mirror *m, size_t row) { retur
 void *mirror_payload(const struct index_mirror *m, size_t row) { return m->payload[row]; }
 const float *mirror_row_vector(const struct index_mirror *m, size_t row)
 {
-    return m->data + row * (size_t)m->width;
+    return m->form == STORE_MIRROR_F32 ? m->data + row * (size_t)m->width : NULL;
 }
 void mirror_row_copy(const struct index_mirror *m, size_t row, int w, float *out)
 {
-    memcpy(out, m->data + row * (size_t)m->width, (size_t)w * sizeof *out);
+    mirror_decode_rows(m, row, 1, w, out);
+}
+void mirror_decode_rows(const struct index_mirror *m, size_t r0, size_t b, int w, float *out)
+{
+    const size_t width = (size_t)m->width;
+    for (size_t i = 0; i < b; i++) {
+        const size_t r = r0 + i;
+        float *o = out + i * (size_t)w;
+        if (m->form == STORE_MIRROR_F16) codec_f16_decode(m->h16 + r * width, w, o);
+        else if (m->form == STORE_MIRROR_INT8) codec_int8_decode(&m->q, m->i8 + r * width, w, o);
+        else memcpy(o, m->data + r * width, (size_t)w * sizeof *o);
+    }
+}
+void mirror_decode_prefix_rows(const struct index_mirror *m, size_t r0, size_t b, float *out)
+{
+    const size_t pw = (size_t)m->pw;
+    if (m->form == STORE_MIRROR_F32) {
+        memcpy(out, m->prefix + r0 * pw, b * pw * sizeof *out);
+        return;
+    }
+    for (size_t i = 0; i < b; i++) codec_f16_decode(m->p16 + (r0 + i) * pw, m->pw, out + i * pw);
+}
+enum store_mirror mirror_form(const struct index_mirror *m) { return m->form; }
+size_t mirror_vector_bytes(const struct index_mirror *m)
+{
+    const size_t w = (size_t)m->width;
+    return m->form == STORE_MIRROR_F16 ? 2 * w : m->form == STORE_MIRROR_INT8 ? w : 4 * w;
+}
+size_t mirror_bytes(const struct index_mirror *m)
+{
+    /* Per row of capacity: the full row, the prefix row, two norms, the row
+     * id, the id and payload pointers and the id hash. A malloc'ed string
+     * costs its bytes plus about 16 of allocator overhead. */
+    const size_t pre = m->form == STORE_MIRROR_F32 ? sizeof(float) : sizeof(uint16_t);
+    const size_t per_row = mirror_vector_bytes(m) + (size_t)m->pw * pre +
+                           2 * sizeof(float) + sizeof(int64_t) + 2 * sizeof(void *) +
+                           sizeof(uint64_t);
+    size_t b = m->cap * per_row + m->nslots * sizeof(uint32_t) + m->ext_bytes + 16 * m->n;
+    if (m->form == STORE_MIRROR_INT8) b += (size_t)m->width * (5 * sizeof(float) + 2 * sizeof(float) + 1);
+    return b;
+}
+int mirror_fit(struct index_mirror *m, size_t count, const float *vectors, char *err,
+               size_t errlen)
+{
+    if (m->form != STORE_MIRROR_INT8 || !count) return 0;
+    pthread_rwlock_wrlock(&m->lock);
+    int rc = 0;
+    if (m->n) {
+        rc = STORE_INVALID;
+        set_err(err, errlen, "mirror: fit before the first add only");
+    } else {
+        for (size_t i = 0; i < count; i++) {
+            const float *v = vectors + i * (size_t)m->width;
+            int finite = 1;
+            for (int j = 0; j < m->width; j++) finite &= isfinite(v[j]) != 0;
+            if (!finite) continue; /* mirror_add refuses it later */
+            stored_form(m, v, m->tmp);
+            codec_int8_widen(&m->q, m->tmp, 1, 1.0f, NULL, NULL, NULL);
+        }
+        m->fit_pending = 1;
+    }
+    pthread_rwlock_unlock(&m->lock);
+    return rc;
 }
 const float *mirror_matrix(const struct index_mirror *m) { return m->data; }
 const float *mirror_prefix_matrix(const struct index_mirror *m) { return m->prefix; }

@@ -14,6 +14,15 @@
  *            prefix matrix holds its first prefix_width components renormalised
  *            to unit length. An all-zero vector stays zero (similarity 0).
  *
+ * Compressed forms (store_mirror, chosen per collection): the full matrix is
+ * kept as f16 or int8 codes (mirror_codec.h) of the stored form above instead
+ * of float32, and the prefix matrix as f16 (a shortlist needs no more). Then
+ * mirror_matrix, mirror_prefix_matrix and mirror_row_vector are NULL:
+ * mirror_row_copy, mirror_decode_rows and mirror_decode_prefix_rows read rows
+ * as float32, and the norms are those of the decoded rows. int8 ranges follow
+ * the data: an add whose values fall outside widens them and re-encodes the
+ * rows held (never clamps); mirror_fit sets them from all rows before a build.
+ *
  * Removal is swap-with-last: the last row moves into the hole, so row indices
  * change on every removal; row ids and external ids are the stable names.
  *
@@ -49,6 +58,15 @@ struct index_mirror;
 struct index_mirror *mirror_create(int width, enum store_metric metric, int prefix_width,
                                    char *err, size_t errlen);
 void mirror_free(struct index_mirror *m);
+/* mirror_create with the full matrix kept in the given form. */
+struct index_mirror *mirror_create_form(int width, enum store_metric metric, int prefix_width,
+                                        enum store_mirror form, char *err, size_t errlen);
+/* int8 mirrors, before the first add: sets the ranges to cover these rows
+ * (count vectors [count, width], as given to mirror_add), so that a build
+ * from the store needs no re-encoding; a no-op for other forms.
+ * STORE_INVALID once rows were added. Takes the write lock. */
+int mirror_fit(struct index_mirror *m, size_t count, const float *vectors, char *err,
+               size_t errlen);
 
 /* Appends count rows: vectors [count, width] (finite floats, as stored in
  * SQLite), row_ids[count], external_ids[count] (1..STORE_ID_MAX-1 bytes, copied).
@@ -90,13 +108,25 @@ int64_t mirror_row_id(const struct index_mirror *m, size_t row);
 const char *mirror_external_id(const struct index_mirror *m, size_t row);
 /* The payload of a row (NULL when none was given). */
 void *mirror_payload(const struct index_mirror *m, size_t row);
-/* The stored (for cosine: normalised) vector of a row, width floats. */
+enum store_mirror mirror_form(const struct index_mirror *m);
+/* Bytes per row of the full matrix (4, 2 or 1 per component). */
+size_t mirror_vector_bytes(const struct index_mirror *m);
+/* About what the mirror holds in memory: matrices, norms, ids and the id
+ * table, at its capacity (payloads not counted). */
+size_t mirror_bytes(const struct index_mirror *m);
+/* The stored (for cosine: normalised) vector of a row, width floats; NULL
+ * for a compressed mirror. */
 const float *mirror_row_vector(const struct index_mirror *m, size_t row);
 /* The first w (1..width) components of a row's stored vector as float32, into
  * out[w]: whatever form the mirror keeps its rows in, this is the one way to
  * read a row for re-ranking. */
 void mirror_row_copy(const struct index_mirror *m, size_t row, int w, float *out);
-/* The matrices and norms, for search backends: [n, width], [n, prefix_width],
+/* The first w components of rows r0..r0+b-1 as float32 into out [b, w]. */
+void mirror_decode_rows(const struct index_mirror *m, size_t r0, size_t b, int w, float *out);
+/* Rows r0..r0+b-1 of the prefix matrix as float32 into out [b, prefix_width]. */
+void mirror_decode_prefix_rows(const struct index_mirror *m, size_t r0, size_t b, float *out);
+/* The matrices and norms, for search backends (both matrices are NULL for a
+ * compressed mirror): [n, width], [n, prefix_width],
  * squared norms of the stored rows at width and of the prefix rows. */
 const float *mirror_matrix(const struct index_mirror *m);
 const float *mirror_prefix_matrix(const struct index_mirror *m);

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "errors.h"
+#include "index/rerank.h"
 
 void query_funnel_defaults(struct coll *c, int k, int w, int *funnel_width, int *candidates)
 {
@@ -36,6 +37,7 @@ void query_result_free(struct query_result *r)
 static int id_vectors(struct coll *c, const struct index_mirror *m, const struct index_query *q,
                       float *qv, char *err, size_t errlen)
 {
+    if (mirror_form(m) != STORE_MIRROR_F32) return 0; /* read from SQLite (rerank.h) */
     for (int i = 0; q->ids && i < q->nq; i++) {
         if (!q->ids[i]) continue;
         const long row = mirror_find(m, q->ids[i]);
@@ -98,18 +100,31 @@ static void stored_vectors(struct coll *c, struct query_result *out)
     free(ids);
 }
 
-int query_run(struct coll *c, const struct index_query *q, struct query_result *out, char *err,
-              size_t errlen)
+int query_run(struct coll *c, const struct index_query *user_q, struct query_result *out,
+              char *err, size_t errlen)
 {
     memset(out, 0, sizeof *out);
+    const struct index_query *q = user_q;
     if (q->nq < 1 || q->k < 1 || q->k > SEARCH_K_MAX || q->w < 1 || q->w > coll_width(c))
         return set_err_code(err, errlen, STORE_INVALID, "query: bad nq, k or width");
+    /* Compressed mirrors: a larger shortlist, re-ranked exactly once the lock is gone. */
+    struct collection_info info;
+    coll_info(c, &info);
+    const bool compressed = info.mirror != STORE_MIRROR_F32;
+    const bool rerank = compressed && !user_q->no_rerank;
+    struct index_query wide = *user_q;
+    if (rerank) {
+        wide.k = rerank_shortlist(user_q->k);
+        q = &wide;
+    }
     const size_t nqk = (size_t)q->nq * (size_t)q->k;
     struct search_hit *hits = malloc(nqk * sizeof *hits);
     float *qv = malloc((size_t)q->nq * (size_t)q->w * sizeof *qv);
     uint8_t *mask = NULL;
     int rc = hits && qv ? 0 : set_err_code(err, errlen, STORE_ERR, "out of memory");
     if (!rc && q->vectors) memcpy(qv, q->vectors, (size_t)q->nq * (size_t)q->w * sizeof *qv);
+    if (!rc && compressed) rc = rerank_id_vectors(c, q, qv, err, errlen);
+    uint32_t *hit_rows = NULL; /* the hits' mirror rows, for the re-rank's ties */
     struct index_mirror *m = coll_read_begin(c);
     const size_t rows = mirror_count(m);
     if (!rc) rc = id_vectors(c, m, q, qv, err, errlen);
@@ -131,11 +146,20 @@ int query_run(struct coll *c, const struct index_query *q, struct query_result *
         rc = out->hits ? copy_hits(m, q, hits, out, err, errlen)
                        : set_err_code(err, errlen, STORE_ERR, "out of memory");
     }
+    if (!rc && rerank) {
+        if (!(hit_rows = malloc((size_t)q->nq * (size_t)(n_out ? n_out : 1) * sizeof *hit_rows)))
+            rc = set_err_code(err, errlen, STORE_ERR, "out of memory");
+        for (int i = 0; hit_rows && i < q->nq; i++)
+            for (int j = 0; j < n_out; j++)
+                hit_rows[(size_t)i * n_out + j] = hits[(size_t)i * q->k + j].row;
+    }
     coll_read_end(c);
-    if (!rc && q->with_vector) stored_vectors(c, out);
+    if (!rc && rerank) rc = rerank_hits(c, user_q, qv, hit_rows, out, err, errlen);
+    else if (!rc && q->with_vector) stored_vectors(c, out);
     if (rc) query_result_free(out);
     free(hits);
     free(qv);
     free(mask);
+    free(hit_rows);
     return rc;
 }

@@ -25,6 +25,8 @@ struct index_query {
     int funnel_width;         /* the funnel's width (0: the mirror's prefix width) */
     const struct filter *filter; /* NULL: every item is eligible */
     bool with_metadata, with_vector;
+    bool no_rerank;           /* compressed mirrors: answer their own scores instead of
+                                 re-ranking a shortlist exactly (rerank.h) */
     const char *const *ids;   /* NULL, or [nq]: query i is the vector of stored item
                                  ids[i] when that is not NULL */
     const float *vectors;     /* [nq, w]: the other queries (rows of id queries unread) */
@@ -34,8 +36,9 @@ struct query_hit {
     char id[STORE_ID_MAX];
     float score;              /* see search.h */
     json_t *metadata;         /* with_metadata: a new reference, NULL when none */
-    float *vector;            /* with_vector: width floats, as stored (the indexed
-                                 copy when the item was deleted meanwhile) */
+    float *vector;            /* with_vector: width floats, as stored in SQLite (the
+                                 indexed copy, decoded for a compressed mirror, when
+                                 the item was deleted meanwhile) */
     size_t dim;
 };
 

@@ -3,6 +3,7 @@
 #include "index/search.h"
 
 #include <math.h>
+#include <omp.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +17,16 @@
 #define BLOCK_SCORES (1 << 22) /* floats in one block of scores: 16 MiB */
 /* Scorer backends: larger blocks (fewer round trips), same 16 MiB of scores. */
 #define SCORED_BLOCK_ROWS_MAX 65536
+/* Compressed mirrors: rows decoded into a scratch block that stays in cache;
+ * up to DOT_Q_MAX queries score it with plain dot products on the calling
+ * thread, which beats an sgemm call per small block (and its thread team). */
+#define DECODE_BLOCK_ROWS_MAX 1024
+#define DOT_BLOCK_ROWS 64
+#define DOT_Q_MAX 8
+/* ... and over this many rows split them across the threads (each with its own
+ * heaps, merged after): the dot products would otherwise use one core. */
+#define DOT_PARALLEL_ROWS 32768
+#define DOT_THREADS_MAX 16
 
 /* Per-query top-k: a binary heap whose root is the worst kept entry. Keys are
  * "larger is better" (l2 uses minus the squared distance); ties go to the lower
@@ -162,37 +173,51 @@ static void push_block(enum store_metric metric, const float *S, size_t b, size_
 
 /* One pass over n rows of X (leading dimension ldx, first w columns), scoring
  * the prepared queries Q [q, w] with sgemm in blocks and pushing into heaps.
- * rows_unit: cosine rows are unit at width w (no scaling). rowsq: l2 squared
- * row norms at width w, or NULL to compute them. */
-static int scan(enum store_metric metric, const float *X, size_t ldx, size_t n, int w,
-                const float *Q, const float *qsq, int q, int rows_unit, const float *rowsq,
-                const uint8_t *mask, struct topk *heaps)
+ * rows_unit: cosine rows are unit at width w (no scaling). rowsq: squared
+ * row norms at width w (l2, and cosine rows that are not unit), or NULL to
+ * compute them. dec: NULL, or a compressed
+ * mirror whose full matrix (prefix matrix when dec_prefix) is read instead of
+ * X, block by block decoded. */
+static int scan_range(enum store_metric metric, const float *X, size_t ldx, size_t r_begin,
+                      size_t n, int w, const float *Q, const float *qsq, int q, int rows_unit,
+                      const float *rowsq, const uint8_t *mask, struct topk *heaps,
+                      const struct index_mirror *dec, int dec_prefix)
 {
     size_t B = BLOCK_SCORES / (size_t)q;
     if (B > BLOCK_ROWS_MAX) B = BLOCK_ROWS_MAX;
+    const int dots = dec && q <= DOT_Q_MAX;
+    if (dec && B > (dots ? DOT_BLOCK_ROWS : DECODE_BLOCK_ROWS_MAX))
+        B = dots ? DOT_BLOCK_ROWS : DECODE_BLOCK_ROWS_MAX;
     if (B < BLOCK_ROWS_MIN) B = BLOCK_ROWS_MIN;
-    if (B > n) B = n;
+    if (B > n - r_begin) B = n - r_begin;
+    if (B == 0) return 0;
     float *S = malloc((size_t)q * B * sizeof *S);
     float *rf = malloc(B * sizeof *rf); /* per-row factor: cosine scale or l2 norm */
-    if (!S || !rf) {
+    float *D = dec ? malloc(B * (size_t)w * sizeof *D) : NULL;
+    if (!S || !rf || (dec && !D)) {
         free(S);
         free(rf);
+        free(D);
         return -1;
     }
-    for (size_t r0 = 0; r0 < n; r0 += B) {
+    if (dec) ldx = (size_t)w;
+    for (size_t r0 = r_begin; r0 < n; r0 += B) {
         const size_t b = n - r0 < B ? n - r0 : B;
         if (mask) { /* skip blocks with nothing eligible */
             size_t e = 0;
             while (e < b && !mask[r0 + e]) e++;
             if (e == b) continue;
         }
-        const float *Xb = X + r0 * ldx;
+        const float *Xb = D;
+        if (!dec) Xb = X + r0 * ldx;
+        else if (dec_prefix) mirror_decode_prefix_rows(dec, r0, b, D); /* w is its width */
+        else mirror_decode_rows(dec, r0, b, w, D);
         for (size_t i = 0; i < b; i++) {
             if (metric == STORE_METRIC_COSINE) {
                 if (rows_unit) {
                     rf[i] = 1.0f;
-                } else {
-                    const float s = row_sq(Xb + i * ldx, w);
+                } else { /* kept norms when given (decoded rows at full width) */
+                    const float s = rowsq ? rowsq[r0 + i] : row_sq(Xb + i * ldx, w);
                     rf[i] = s > 0 ? (float)(1.0 / sqrt((double)s)) : 0.0f;
                 }
             } else if (metric == STORE_METRIC_L2) {
@@ -201,13 +226,57 @@ static int scan(enum store_metric metric, const float *X, size_t ldx, size_t n, 
                 rf[i] = 1.0f;
             }
         }
-        mm_sgemm(false, true, q, (int)b, w, 1.0f, Q, w, Xb,
-                    (int)ldx, 0.0f, S, (int)b);
+        if (dots) {
+            for (int qi = 0; qi < q; qi++)
+                for (size_t i = 0; i < b; i++) {
+                    const float *x = Xb + i * ldx, *y = Q + (size_t)qi * w;
+                    float d = 0.0f;
+#pragma omp simd reduction(+ : d)
+                    for (int j = 0; j < w; j++) d += x[j] * y[j];
+                    S[(size_t)qi * b + i] = d;
+                }
+        } else {
+            mm_sgemm(false, true, q, (int)b, w, 1.0f, Q, w, Xb, (int)ldx, 0.0f, S, (int)b);
+        }
         push_block(metric, S, b, r0, rf, qsq, q, mask, heaps);
     }
     free(S);
     free(rf);
+    free(D);
     return 0;
+}
+
+/* scan_range over all n rows; compressed mirrors scored with dot products
+ * split their rows across the threads. */
+static int scan(enum store_metric metric, const float *X, size_t ldx, size_t n, int w,
+                const float *Q, const float *qsq, int q, int rows_unit, const float *rowsq,
+                const uint8_t *mask, struct topk *heaps, const struct index_mirror *dec,
+                int dec_prefix)
+{
+    int T = omp_get_max_threads();
+    if (T > DOT_THREADS_MAX) T = DOT_THREADS_MAX;
+    if (!dec || q > DOT_Q_MAX || n < DOT_PARALLEL_ROWS || T < 2 || omp_in_parallel())
+        return scan_range(metric, X, ldx, 0, n, w, Q, qsq, q, rows_unit, rowsq, mask, heaps, dec,
+                          dec_prefix);
+    struct heaps th[DOT_THREADS_MAX] = {{0}};
+    int failed = 0;
+    for (int t = 0; t < T; t++) failed |= heaps_init(&th[t], q, heaps[0].cap);
+    if (!failed) {
+#pragma omp parallel num_threads(T) reduction(| : failed)
+        {
+            const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+            const size_t lo = n * (size_t)t / (size_t)nt, hi = n * (size_t)(t + 1) / (size_t)nt;
+            failed |= scan_range(metric, X, ldx, lo, hi, w, Q, qsq, q, rows_unit, rowsq, mask,
+                                 th[t].h, dec, dec_prefix);
+        }
+    }
+    /* Keys order (key, row) totally, so the merged heaps hold what one pass would. */
+    for (int t = 0; !failed && t < T; t++)
+        for (int qi = 0; qi < q; qi++)
+            for (int i = 0; i < th[t].h[qi].size; i++)
+                topk_push(heaps + qi, th[t].h[qi].key[i], th[t].h[qi].row[i]);
+    for (int t = 0; t < T; t++) heaps_free(&th[t]);
+    return failed ? -1 : 0;
 }
 
 /* The first block start at or after r0 (a multiple of B) whose block holds an
@@ -318,11 +387,15 @@ static int exact_impl(const struct search_scorer *sc, const struct index_mirror 
         goto out;
     }
     prepare_queries(metric, queries, q, w, w, Q, qsq);
+    /* Decoded rows of a compressed mirror are close to unit, not unit: their
+     * cosine takes their own norm. */
+    const struct index_mirror *dec = mirror_form(m) != STORE_MIRROR_F32 ? m : NULL;
     failed = sc ? scan_scored(sc, SEARCH_MATRIX_FULL, metric, n, w, Q, qsq, q, w == width,
                               w == width ? mirror_sqnorms(m) : NULL, row_mask, hs.h, err,
                               errlen)
-                : scan(metric, mirror_matrix(m), (size_t)width, n, w, Q, qsq, q, w == width,
-                       w == width ? mirror_sqnorms(m) : NULL, row_mask, hs.h);
+                : scan(metric, mirror_matrix(m), (size_t)width, n, w, Q, qsq, q,
+                       w == width && !dec, w == width ? mirror_sqnorms(m) : NULL, row_mask,
+                       hs.h, dec, 0);
     if (failed) {
         rc = STORE_ERR;
         goto out;
@@ -359,9 +432,12 @@ static int funnel_impl(const struct search_scorer *sc, const struct index_mirror
     float *qsq = malloc((size_t)q * sizeof *qsq);
     float *Qp = malloc((size_t)q * pw * sizeof *Qp);
     float *qsqp = malloc((size_t)q * sizeof *qsqp);
+    const struct index_mirror *dec = mirror_form(m) != STORE_MIRROR_F32 ? m : NULL;
+    float *xbuf = malloc((size_t)w * sizeof *xbuf); /* a decoded row (compressed mirrors) */
     struct heaps cand = {0}, best = {0};
     int rc = 0, failed = 0;
-    if (!Q || !qsq || !Qp || !qsqp || heaps_init(&cand, q, (int)L) || heaps_init(&best, q, cap)) {
+    if (!Q || !qsq || !Qp || !qsqp || !xbuf || heaps_init(&cand, q, (int)L) ||
+        heaps_init(&best, q, cap)) {
         rc = STORE_ERR;
         goto out;
     }
@@ -373,10 +449,10 @@ static int funnel_impl(const struct search_scorer *sc, const struct index_mirror
                       : scan_scored(sc, SEARCH_MATRIX_FULL, metric, n, pw, Qp, qsqp, q, 0, NULL,
                                     row_mask, cand.h, err, errlen);
     else
-        failed = kept ? scan(metric, mirror_prefix_matrix(m), (size_t)pw, n, pw, Qp, qsqp, q, 1,
-                             mirror_prefix_sqnorms(m), row_mask, cand.h)
+        failed = kept ? scan(metric, mirror_prefix_matrix(m), (size_t)pw, n, pw, Qp, qsqp, q,
+                             !dec, mirror_prefix_sqnorms(m), row_mask, cand.h, dec, 1)
                       : scan(metric, mirror_matrix(m), (size_t)width, n, pw, Qp, qsqp, q, 0,
-                             NULL, row_mask, cand.h);
+                             NULL, row_mask, cand.h, dec, 0);
     if (failed) {
         rc = STORE_ERR;
         goto out;
@@ -390,12 +466,13 @@ static int funnel_impl(const struct search_scorer *sc, const struct index_mirror
         const float *Qq = Q + (size_t)qi * w;
         for (int i = 0; i < c->size; i++) {
             const uint32_t r = c->row[i];
-            const float *x = X + (size_t)r * width;
+            const float *x = X ? X + (size_t)r * width : xbuf;
+            if (dec) mirror_row_copy(m, r, w, xbuf);
             float s = 0.0f;
 #pragma omp simd reduction(+ : s)
             for (int k = 0; k < w; k++) s += Qq[k] * x[k];
             float f = 1.0f;
-            if (metric == STORE_METRIC_COSINE && w < width) {
+            if (metric == STORE_METRIC_COSINE && (w < width || dec)) {
                 const float rs = row_sq(x, w);
                 f = rs > 0 ? (float)(1.0 / sqrt((double)rs)) : 0.0f;
             } else if (metric == STORE_METRIC_L2) {
@@ -412,6 +489,7 @@ out:
     free(qsq);
     free(Qp);
     free(qsqp);
+    free(xbuf);
     heaps_free(&cand);
     heaps_free(&best);
     return rc;
@@ -469,6 +547,14 @@ static void log_fallback(const struct search_backend *b, const char *err)
                 "(logged once)\n", b->name, err && err[0] ? err : "no message");
 }
 
+/* The active backend, or the CPU one for a compressed mirror: the other
+ * backends read the float32 matrix, which such a mirror does not keep. */
+static const struct search_backend *backend_for(const struct index_mirror *m)
+{
+    if (mirror_form(m) != STORE_MIRROR_F32) return &search_backend_cpu;
+    return atomic_load(&active_backend);
+}
+
 static int check_args(const struct index_mirror *m, const float *queries, int q, int w, int k,
                       const struct search_hit *out, const int *n_out, char *err, size_t errlen)
 {
@@ -497,7 +583,7 @@ int search_exact(const struct index_mirror *m, const float *queries, int q, int 
 {
     const int rc = check_args(m, queries, q, w, k, out, n_out, err, errlen);
     if (rc) return rc;
-    const struct search_backend *b = atomic_load(&active_backend);
+    const struct search_backend *b = backend_for(m);
     const int brc = b->exact(m, queries, q, w, k, row_mask, out, n_out, err, errlen);
     if (brc != STORE_ERR || b == &search_backend_cpu) return brc;
     log_fallback(b, err);
@@ -518,7 +604,7 @@ int search_funnel(const struct index_mirror *m, const float *queries, int q, int
         return set_err(err, errlen, "search: funnel width %d is outside 1..%d (the search width)",
                        funnel_width, w),
                STORE_INVALID;
-    const struct search_backend *b = atomic_load(&active_backend);
+    const struct search_backend *b = backend_for(m);
     const int brc = b->funnel(m, queries, q, w, k, funnel_width, shortlist, row_mask, out, n_out,
                               err, errlen);
     if (brc != STORE_ERR || b == &search_backend_cpu) return brc;

@@ -168,6 +168,10 @@ static void sc_end(void *ctx) { cuda_scores_end(((struct pass *)ctx)->ws); }
 static int pass_init(struct pass *p, const struct index_mirror *m, char *err, size_t errlen)
 {
     p->m = m;
+    /* search.c sends compressed mirrors to the CPU; a direct caller learns why. */
+    if (mirror_form(m) != STORE_MIRROR_F32)
+        return set_err(err, errlen, "CUDA search: the mirror is %s; it scores float32 mirrors "
+                       "only", store_mirror_name(mirror_form(m))), STORE_ERR;
     if (!(p->ws = thread_ws(err, errlen))) return STORE_ERR;
     if (!(p->c = cache_of(m))) return set_err(err, errlen, "CUDA search: out of memory"), STORE_ERR;
     return 0;
