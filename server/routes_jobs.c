@@ -185,6 +185,63 @@ static void reembed(struct http_request *req, void *user)
     coll_release(c);
 }
 
+/* ---- ANN builds: POST|DELETE /v1/collections/{name}/ann ---- */
+
+static void ann_progress(void *ctx, int64_t done, int64_t total)
+{
+    (void)total;
+    job_progress(ctx, done);
+}
+
+static void ann_done(void *ctx, const char *error) { job_finish(ctx, error); }
+
+static void ann_add(struct http_request *req, void *user)
+{
+    struct app *app = user;
+    json_t *body = route_json_body(req);
+    if (!body) return;
+    struct coll *c = route_coll(req, app);
+    if (!c) {
+        json_decref(body);
+        return;
+    }
+    char why[ERR_LEN], err[ERR_LEN];
+    struct coll_ann_desc d;
+    int64_t count = 0;
+    if (coll_level(c) != STORE_LEVEL_CLS) {
+        http_reply_errorf(req, 400, NULL, "collection '%s' is patch-level: 'ann' indexes "
+                          "CLS-level collections only", coll_name(c));
+    } else if (coll_ann_parse(body, coll_width(c), &d, why, sizeof why)) {
+        http_reply_error(req, 400, NULL, why);
+    } else if (store_collection_count(coll_store(c), coll_id(c), &count, err, sizeof err)) {
+        http_reply_error(req, 500, NULL, err);
+    } else {
+        struct job *job = jobs_start(app->jobs, "ann_build", coll_name(c), "", "", count);
+        const int rc = job ? coll_ann_set(c, &d, ann_progress, ann_done, job, err, sizeof err)
+                           : set_err_code(err, sizeof err, STORE_ERR, "out of memory");
+        if (rc) {
+            if (job) jobs_discard(app->jobs, job);
+            route_reply_store_error(req, rc, err);
+        } else {
+            json_t *j = jobs_get_json(app->jobs, job_id(job));
+            http_reply_json(req, 202, json_pack("{s:o}", "job", j ? j : json_null()));
+        }
+    }
+    json_decref(body);
+    coll_release(c);
+}
+
+static void ann_delete(struct http_request *req, void *user)
+{
+    struct coll *c = route_coll(req, user);
+    if (!c) return;
+    char err[ERR_LEN];
+    const int rc = coll_ann_remove(c, err, sizeof err);
+    if (rc) route_reply_store_error(req, rc, err);
+    else http_reply_json(req, 200, json_pack("{s:s}", "deleted", "ann"));
+    coll_release(c);
+}
+
 static void get_job(struct http_request *req, void *user)
 {
     struct app *app = user;
@@ -209,6 +266,9 @@ static void list_jobs(struct http_request *req, void *user)
 int routes_jobs_register(struct http_router *r, struct app *app, char *err, size_t errlen)
 {
     if (route_add(r, app, "POST", "/v1/collections/{name}/reembed", reembed, err, errlen))
+        return -1;
+    if (route_add(r, app, "POST", "/v1/collections/{name}/ann", ann_add, err, errlen) ||
+        route_add(r, app, "DELETE", "/v1/collections/{name}/ann", ann_delete, err, errlen))
         return -1;
     if (route_add(r, app, "GET", "/v1/jobs", list_jobs, err, errlen)) return -1;
     return route_add(r, app, "GET", "/v1/jobs/{id}", get_job, err, errlen);

@@ -766,6 +766,7 @@ struct bulk {
     _Atomic size_t next;
     _Atomic int failed;
     _Atomic size_t *progress;
+    _Atomic int *cancel;
 };
 
 static void *bulk_worker(void *p)
@@ -774,6 +775,10 @@ static void *bulk_worker(void *p)
     for (;;) {
         const size_t i = atomic_fetch_add(&b->next, 1);
         if (i >= b->n || atomic_load(&b->failed)) break;
+        if (b->cancel && atomic_load(b->cancel)) {
+            atomic_store(&b->failed, 2);
+            break;
+        }
         if (hnsw_insert(b->h, b->labels[i], b->vectors + i * b->ld)) atomic_store(&b->failed, 1);
         if (b->progress) atomic_fetch_add(b->progress, 1);
     }
@@ -781,11 +786,11 @@ static void *bulk_worker(void *p)
 }
 
 int hnsw_insert_many(struct hnsw *h, const int64_t *labels, const float *vectors, size_t n,
-                     size_t ld, int threads, _Atomic size_t *progress)
+                     size_t ld, int threads, _Atomic size_t *progress, _Atomic int *cancel)
 {
     if (hnsw_reserve(h, hnsw_nodes(h) + n)) return -1;
     struct bulk b = {.h = h, .labels = labels, .vectors = vectors, .n = n, .ld = ld,
-                     .progress = progress};
+                     .progress = progress, .cancel = cancel};
     atomic_init(&b.next, 0);
     atomic_init(&b.failed, 0);
     /* The first nodes alone, so that the graph has an entry before threads share it. */
@@ -803,7 +808,8 @@ int hnsw_insert_many(struct hnsw *h, const int64_t *labels, const float *vectors
         if (!pthread_create(&t[started], NULL, bulk_worker, &b)) started++;
     bulk_worker(&b);
     for (int i = 0; i < started; i++) pthread_join(t[i], NULL);
-    return atomic_load(&b.failed) ? -1 : 0;
+    const int f = atomic_load(&b.failed);
+    return f == 2 ? -2 : f ? -1 : 0;
 }
 
 struct hnsw *hnsw_compact(struct hnsw *h, int threads)
@@ -826,7 +832,7 @@ struct hnsw *hnsw_compact(struct hnsw *h, int threads)
         }
     pthread_mutex_unlock(&h->mu);
     pthread_rwlock_unlock(&h->grow);
-    int rc = lab && v ? hnsw_insert_many(g, lab, v, k, (size_t)h->stride, threads, NULL) : -1;
+    int rc = lab && v ? hnsw_insert_many(g, lab, v, k, (size_t)h->stride, threads, NULL, NULL) : -1;
     free(lab);
     free(v);
     if (rc) {

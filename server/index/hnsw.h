@@ -94,9 +94,10 @@ const char *hnsw_kernel(void);
 struct hnsw *hnsw_compact(struct hnsw *h, int threads);
 
 /* Inserts n nodes (labels[i], vectors row i of [n, ld]) with threads threads.
- * progress, when not NULL, is incremented as nodes go in. 0 or -1 (memory). */
+ * progress, when not NULL, is incremented as nodes go in; cancel, when not
+ * NULL and set, stops the work early (-2). 0, -1 (memory) or -2. */
 int hnsw_insert_many(struct hnsw *h, const int64_t *labels, const float *vectors, size_t n,
-                     size_t ld, int threads, _Atomic size_t *progress);
+                     size_t ld, int threads, _Atomic size_t *progress, _Atomic int *cancel);
 
 /* Saves h with the caller's generation (see above). 0, or -1 with a message. */
 int hnsw_save(struct hnsw *h, const char *path, int64_t generation, char *err, size_t errlen);

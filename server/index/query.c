@@ -1,11 +1,13 @@
 /* Query execution; see query.h. */
 #include "index/query.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "errors.h"
+#include "index/hnsw.h"
 
 void query_funnel_defaults(struct coll *c, int k, int w, int *funnel_width, int *candidates)
 {
@@ -98,6 +100,108 @@ static void stored_vectors(struct coll *c, struct query_result *out)
     free(ids);
 }
 
+int query_ann_shortlist(int k) { return k * 4 > 40 ? k * 4 : 40; }
+
+struct ann_accept {
+    const struct index_mirror *m;
+    const uint8_t *mask;
+};
+
+static bool ann_accept(int64_t label, void *ctx)
+{
+    const struct ann_accept *a = ctx;
+    const long row = mirror_find_row_id(a->m, label);
+    return row >= 0 && a->mask[row];
+}
+
+struct ranked {
+    float key;   /* larger is better */
+    float score;
+    uint32_t row;
+};
+
+static int cmp_ranked(const void *x, const void *y)
+{
+    const struct ranked *a = x, *b = y;
+    if (a->key != b->key) return a->key > b->key ? -1 : 1;
+    return a->row < b->row ? -1 : a->row > b->row;
+}
+
+/* Under the read lock: each query's shortlist from the graph, re-ranked
+ * exactly at width w from the mirror's rows (scores as search.h says). */
+static int ann_search(struct hnsw *g, const struct coll_ann_desc *d, const struct index_mirror *m,
+                      const struct index_query *q, const float *qv, const uint8_t *mask,
+                      struct search_hit *hits, int *n_out, char *err, size_t errlen)
+{
+    const int k = q->k, w = q->w;
+    int S = q->shortlist > 0 ? q->shortlist : query_ann_shortlist(k);
+    if (S < k) S = k;
+    int ef = q->ef > 0 ? q->ef : d->ef;
+    if (ef < S) ef = S;
+    if (ef > HNSW_EF_MAX) ef = HNSW_EF_MAX;
+    if (S > ef) S = ef;
+    const enum store_metric metric = mirror_metric(m);
+    int64_t *lab = malloc((size_t)S * sizeof *lab);
+    struct ranked *rk = malloc((size_t)S * sizeof *rk);
+    float *row = malloc((size_t)w * sizeof *row);
+    if (!lab || !rk || !row || mirror_rowid_sync(m)) {
+        free(lab);
+        free(rk);
+        free(row);
+        return set_err_code(err, errlen, STORE_ERR, "out of memory");
+    }
+    struct ann_accept acc = {m, mask};
+    int n_min = k;
+    int rc = 0;
+    for (int i = 0; i < q->nq && !rc; i++) {
+        const float *x = qv + (size_t)i * w;
+        double qq = 0;
+        for (int j = 0; j < w; j++) qq += (double)x[j] * x[j];
+        const int got = hnsw_search(g, x, S, ef, mask ? ann_accept : NULL, &acc, lab, NULL);
+        if (got < 0) {
+            rc = set_err_code(err, errlen, STORE_ERR, "out of memory");
+            break;
+        }
+        int n = 0;
+        for (int j = 0; j < got; j++) {
+            const long r = mirror_find_row_id(m, lab[j]);
+            if (r < 0 || (mask && !mask[r])) continue;
+            mirror_row_copy(m, (size_t)r, w, row);
+            double dot = 0, rr = 0;
+            for (int t = 0; t < w; t++) {
+                dot += (double)row[t] * x[t];
+                rr += (double)row[t] * row[t];
+            }
+            float score, key;
+            if (metric == STORE_METRIC_COSINE) {
+                score = rr > 0 && qq > 0 ? (float)(dot / sqrt(rr * qq)) : 0.0f;
+                key = score;
+            } else if (metric == STORE_METRIC_L2) {
+                const double d2 = rr - 2 * dot + qq;
+                score = (float)sqrt(d2 > 0 ? d2 : 0);
+                key = -score;
+            } else {
+                score = key = (float)dot;
+            }
+            rk[n++] = (struct ranked){key, score, (uint32_t)r};
+        }
+        qsort(rk, (size_t)n, sizeof *rk, cmp_ranked);
+        if (n < n_min) n_min = n;
+        for (int j = 0; j < k && j < n; j++) {
+            struct search_hit *h = hits + (size_t)i * k + j;
+            h->row = rk[j].row;
+            h->row_id = mirror_row_id(m, rk[j].row);
+            h->external_id = mirror_external_id(m, rk[j].row);
+            h->score = rk[j].score;
+        }
+    }
+    *n_out = n_min;
+    free(lab);
+    free(rk);
+    free(row);
+    return rc;
+}
+
 int query_run(struct coll *c, const struct index_query *q, struct query_result *out, char *err,
               size_t errlen)
 {
@@ -119,7 +223,18 @@ int query_run(struct coll *c, const struct index_query *q, struct query_result *
             mask[r] = filter_match(q->filter, mirror_payload(m, r));
     }
     int n_out = 0;
-    if (!rc)
+    struct coll_ann_desc ad;
+    struct hnsw *g = !rc && !q->exact && !q->candidates && rows ? coll_ann_graph(c, &ad) : NULL;
+    if (g && q->w < ad.width) g = NULL; /* a query narrower than the graph's prefix */
+    if (g && mask) { /* a selective filter: exact over the few rows it keeps */
+        size_t kept = 0;
+        for (size_t r = 0; r < rows; r++) kept += mask[r] != 0;
+        if (kept < (size_t)QUERY_ANN_FILTER_MIN || kept < rows / 50) g = NULL;
+    }
+    out->search = g ? "hnsw" : q->candidates ? "funnel" : "exact";
+    if (!rc && g)
+        rc = ann_search(g, &ad, m, q, qv, mask, hits, &n_out, err, errlen);
+    else if (!rc)
         rc = q->candidates ? search_funnel(m, qv, q->nq, q->w, q->k, q->funnel_width,
                                            q->candidates, mask, hits, &n_out, err, errlen)
                            : search_exact(m, qv, q->nq, q->w, q->k, mask, hits, &n_out, err,

@@ -161,7 +161,7 @@ int main(int argc, char **argv)
     int64_t *labels = malloc((size_t)n * sizeof *labels);
     for (long i = 0; i < n; i++) labels[i] = i;
     const double t0 = now();
-    if (hnsw_insert_many(h, labels, base, (size_t)n, (size_t)dim, (int)threads, NULL)) {
+    if (hnsw_insert_many(h, labels, base, (size_t)n, (size_t)dim, (int)threads, NULL, NULL)) {
         fprintf(stderr, "bench_hnsw: out of memory\n");
         return 1;
     }

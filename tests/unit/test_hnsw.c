@@ -171,7 +171,7 @@ int main(void)
     CHECK(h != NULL, "%s", err);
     int64_t *labels = malloc(N * sizeof *labels);
     for (size_t i = 0; i < N; i++) labels[i] = (int64_t)i;
-    CHECK(hnsw_insert_many(h, labels, x, N, D, 2, NULL) == 0, "insert_many");
+    CHECK(hnsw_insert_many(h, labels, x, N, D, 2, NULL, NULL) == 0, "insert_many");
     CHECK(hnsw_nodes(h) == N, "%zu nodes", hnsw_nodes(h));
     const double r0 = recall(h, x, N, NULL, qs, NULL, NULL);
     printf("recall@10 at ef %d: %.4f (%zu bytes)\n", hnsw_ef(h), r0, hnsw_memory(h));
