@@ -60,6 +60,7 @@ static void ann_start_build(struct coll *c, bool try_load, coll_ann_progress_fn 
                             coll_ann_done_fn done, void *ctx);
 static void ann_after_write(struct coll *c, size_t changes);
 static void *ann_saver(void *arg);
+static int build_threads(void);
 
 static void payload_free(void *p) { json_decref(p); }
 
@@ -456,10 +457,10 @@ int coll_insert(struct coll *c, const struct item_in *items, json_t *const *meta
         rc = mirror_add_payloads(c->mirror, n, rows, ids, vecs, (void *const *)metadata, err,
                                  errlen);
         pthread_rwlock_unlock(&c->swap);
-        if (!rc && c->ann) {
-            for (size_t i = 0; i < n; i++)
-                if (hnsw_insert(c->ann, rows[i], vecs + i * (size_t)c->info.width))
-                    rc = set_err_code(err, errlen, STORE_ERR, "out of memory in the ANN graph");
+        if (!rc && c->ann) { /* large batches on every core */
+            if (hnsw_insert_many(c->ann, rows, vecs, n, (size_t)c->info.width,
+                                 n >= 64 ? build_threads() : 1, NULL, NULL))
+                rc = set_err_code(err, errlen, STORE_ERR, "out of memory in the ANN graph");
             ann_after_write(c, n);
         }
         if (!rc && c->patches) rc = add_patches(c->patches, items, rows, ids, n, err, errlen);

@@ -4,7 +4,11 @@ width D (float32 raw files) around C centres, the spread of every component
 decreasing along the dimensions (std 1/sqrt(1 + j/16)), and the exact top-k at
 full width by cosine (int32 raw file).
 
-    hnsw_data.py OUTDIR N D Q [K] [C]   -> OUTDIR/base.f32 queries.f32 gt.i32
+    hnsw_data.py OUTDIR N D Q [K] [C] [NOISE]   -> OUTDIR/base.f32 queries.f32 gt.i32
+
+NOISE (default 1.0) is the spread of a row around its centre relative to the
+spread of the centres: 0.7 gives well separated clusters (easy), 1.0 and more
+neighbours that the prefix alone ranks less well.
 """
 import os
 import sys
@@ -16,6 +20,7 @@ def main():
     out, n, d, q = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     k = int(sys.argv[5]) if len(sys.argv) > 5 else 10
     c = int(sys.argv[6]) if len(sys.argv) > 6 else 1000
+    noise = float(sys.argv[7]) if len(sys.argv) > 7 else 1.0
     rng = np.random.default_rng(7)
     scale = (1.0 / np.sqrt(1.0 + np.arange(d) / 16.0)).astype(np.float32)
     centres = rng.standard_normal((c, d), dtype=np.float32) * scale
@@ -23,7 +28,7 @@ def main():
 
     def rows(count):
         lab = rng.integers(0, c, count)
-        x = centres[lab] + 0.7 * rng.standard_normal((count, d), dtype=np.float32) * scale
+        x = centres[lab] + noise * rng.standard_normal((count, d), dtype=np.float32) * scale
         return x.astype(np.float32)
 
     base = np.lib.format.open_memmap(os.path.join(out, "base.npy"), "w+", np.float32, (n, d))

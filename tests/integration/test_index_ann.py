@@ -25,7 +25,7 @@ from harness import Checks, stop_server  # noqa: E402
 
 D = 64          # the tiny model's width
 AW = 16         # the graph's prefix width
-N = 12000
+N = 8000
 NQ = 100
 K = 10
 check = Checks()
@@ -171,7 +171,7 @@ def main():
     check(st == 404, f"DELETE again: 404 ({st})")
 
     # SIGKILL during inserts: acknowledged items served, graph repaired, recall unchanged.
-    more = clustered(4000)
+    more = clustered(3000)
     more_ids = [f"m{i:06d}" for i in range(len(more))]
     acked = []
 
@@ -233,6 +233,28 @@ def main():
     resp = search(port, "a", Q)
     check(a.get("ready") and gen_ok and recall(resp, Xall, idall, Q) == r2,
           f"loaded as saved: same recall ({ti.short(a)})")
+    # Writes after the save, then SIGKILL: the stale file is repaired at the next start.
+    extra = clustered(500)
+    extra_ids = [f"x{i:06d}" for i in range(len(extra))]
+    insert(port, "a", extra, extra_ids, batch=250)
+    dead = set(idall[:100])
+    for i in idall[:100]:
+        ti.api(port, "DELETE", f"/v1/collections/a/items/{i}")
+    Xdead = Xall[:20]
+    Xall = np.concatenate([Xall[100:], extra])
+    idall = idall[100:] + extra_ids
+    server.kill()
+    server.wait()
+    server, port = ts.start(args)
+    a = wait_ready(port, "a")
+    c = info(port, "a")
+    resp = search(port, "a", Q)
+    r4 = recall(resp, Xall, idall, Q)
+    back = search(port, "a", Xdead)  # deleted rows' own vectors
+    check(a.get("ready") and a.get("nodes", 0) - a.get("tombstones", 0) == c.get("count") == len(idall)
+          and a.get("tombstones", 0) >= 100 and r4 >= 0.95
+          and not any(h["id"] in dead for b in back["batch"] for h in b["results"]),
+          f"a stale file is repaired (deletes tombstoned, inserts added): recall {r4:.4f} ({ti.short(a)})")
     stop_server(server)
     # A corrupt file is rebuilt.
     path = os.path.join(data, "ann", files[0])
