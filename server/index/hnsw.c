@@ -549,21 +549,23 @@ static int random_level(const struct hnsw *h, uint32_t id, int64_t label)
 }
 
 /* Allocates node id for label (tombstoning a live node of that label); under
- * no lock on entry, returns with grow held shared. */
+ * no lock on entry, returns with grow held shared. Lock order: grow, then mu. */
 static int alloc_node(struct hnsw *h, int64_t label, uint32_t *out)
 {
-    pthread_mutex_lock(&h->mu);
-    while (h->n >= h->cap || h->nslots < 2 * (h->live + 1)) {
-        const size_t want = h->cap < 1024 ? 1024 : h->cap * 2;
+    for (;;) {
+        pthread_rwlock_rdlock(&h->grow);
+        pthread_mutex_lock(&h->mu);
+        if (h->n < h->cap && h->nslots >= 2 * (h->live + 1)) break;
         pthread_mutex_unlock(&h->mu);
+        pthread_rwlock_unlock(&h->grow);
         pthread_rwlock_wrlock(&h->grow);
         pthread_mutex_lock(&h->mu);
+        const size_t want = h->cap < 1024 ? 1024 : h->cap * 2;
         int rc = h->n >= h->cap ? grow_to(h, want) : 0;
         while (!rc && h->nslots < 2 * (h->live + 1)) rc = table_grow(h);
         pthread_mutex_unlock(&h->mu);
         pthread_rwlock_unlock(&h->grow);
         if (rc) return -1;
-        pthread_mutex_lock(&h->mu);
     }
     const uint32_t id = (uint32_t)h->n++;
     h->label[id] = label;
@@ -571,8 +573,6 @@ static int alloc_node(struct hnsw *h, int64_t label, uint32_t *out)
     if (h->slots[i]) tombstone(h, i, h->slots[i] - 1);
     h->slots[slot_of(h, label)] = id + 1;
     h->live++;
-    /* grow taken before mu is let go, so that no realloc comes between. */
-    pthread_rwlock_rdlock(&h->grow);
     pthread_mutex_unlock(&h->mu);
     *out = id;
     return 0;
