@@ -113,7 +113,7 @@ struct coll_ann_desc {
 
 /* Parses {"kind": "hnsw", "width": W, "m": M, "ef_construction": E, "ef": F}
  * (all but kind optional: width min(64, collection width), m 16,
- * ef_construction 200, ef 96) for a collection of width cw. 0, or -1 with the
+ * ef_construction 200, ef 128) for a collection of width cw. 0, or -1 with the
  * reason in why. */
 int coll_ann_parse(const json_t *j, int64_t cw, struct coll_ann_desc *out, char *why,
                    size_t whylen);

@@ -360,7 +360,14 @@ static void link_back(struct hnsw *h, uint32_t e, uint32_t id, int l)
                                        ls[1 + i]};
             buf[cnt] = (struct cand){1.0f - dot_kernel(ve, vec_of(h, id), h->stride), id};
             qsort(buf, (size_t)cnt + 1, sizeof *buf, cmp_cand);
-            const int k = select_neighbors(h, buf, (size_t)cnt + 1, maxl, sel);
+            int k = select_neighbors(h, buf, (size_t)cnt + 1, maxl, sel);
+            /* Fill the list with the nearest of those the heuristic left out, so
+             * that pruning keeps in-links (a node without any is unreachable). */
+            for (int i = 0; i <= cnt && k < maxl; i++) {
+                int kept = 0;
+                for (int j = 0; j < k && !kept; j++) kept = sel[j] == buf[i].id;
+                if (!kept) sel[k++] = buf[i].id;
+            }
             memcpy(ls + 1, sel, (size_t)k * sizeof *sel);
             ls[0] = (uint32_t)k;
         }
@@ -638,8 +645,12 @@ int hnsw_insert(struct hnsw *h, int64_t label, const float *vec)
         uint32_t cur = (uint32_t)ep;
         float curd = dist(h, v, cur);
         for (int l = top; l > mylvl; l--) greedy(h, v, l, &cur, &curd);
-        uint32_t sel[2 * HNSW_M_MAX];
-        for (int l = mylvl < top ? mylvl : top; l >= 0 && !rc; l--) {
+        /* The node's own lists at every level first, the links back to it after:
+         * until then nothing leads to it, so no walk meets it half-linked. */
+        uint32_t sel[MAX_LEVEL + 1][HNSW_M_MAX];
+        int nsel[MAX_LEVEL + 1] = {0};
+        const int from = mylvl < top ? mylvl : top;
+        for (int l = from; l >= 0 && !rc; l--) {
             if (++s->epoch == 0) {
                 memset(s->tag, 0, s->tagcap * sizeof *s->tag);
                 s->epoch = 1;
@@ -649,17 +660,18 @@ int hnsw_insert(struct hnsw *h, int64_t label, const float *vec)
                 rc = -1;
                 break;
             }
-            /* The max-heap popped gives farthest first: sort instead. */
             qsort(s->r, nr, sizeof *s->r, cmp_cand);
-            const int k = select_neighbors(h, s->r, nr, h->m, sel);
+            const int k = select_neighbors(h, s->r, nr, h->m, sel[l]);
+            nsel[l] = k;
             spin_lock(&h->lock[id]);
             uint32_t *ls = links(h, id, l);
-            memcpy(ls + 1, sel, (size_t)k * sizeof *sel);
+            memcpy(ls + 1, sel[l], (size_t)k * sizeof *sel[l]);
             ls[0] = (uint32_t)k;
             spin_unlock(&h->lock[id]);
-            for (int i = 0; i < k; i++) link_back(h, sel[i], id, l);
             cur = s->r[0].id;
         }
+        for (int l = from; l >= 0 && !rc; l--)
+            for (int i = 0; i < nsel[l]; i++) link_back(h, sel[l][i], id, l);
     }
     atomic_fetch_add(&h->published, 1);
     pthread_rwlock_unlock(&h->grow);

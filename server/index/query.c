@@ -100,7 +100,7 @@ static void stored_vectors(struct coll *c, struct query_result *out)
     free(ids);
 }
 
-int query_ann_shortlist(int k) { return k * 4 > 40 ? k * 4 : 40; }
+int query_ann_shortlist(int k) { return k * 10 > 100 ? k * 10 : 100; }
 
 struct ann_accept {
     const struct index_mirror *m;
