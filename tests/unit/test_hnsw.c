@@ -16,7 +16,9 @@
 #include "errors.h"
 #include "index/hnsw.h"
 
+#ifndef N
 #define N 20000
+#endif
 #define D 128
 #define W 48
 #define NQ 200
