@@ -127,8 +127,57 @@ static int cmp_ranked(const void *x, const void *y)
     return a->row < b->row ? -1 : a->row > b->row;
 }
 
+/* Under the read lock: rows[n] scored exactly against query x (w floats,
+ * squared norm qq) into rk, best first; scores as search.h says. */
+static void rank_rows(const struct index_mirror *m, const float *x, int w, float qq,
+                      const uint32_t *rows, size_t n, struct ranked *rk, float *row)
+{
+    const enum store_metric metric = mirror_metric(m);
+    for (size_t j = 0; j < n; j++) {
+        mirror_row_copy(m, rows[j], w, row);
+        float dot = 0, rr = 0;
+#pragma omp simd reduction(+ : dot, rr)
+        for (int t = 0; t < w; t++) {
+            dot += row[t] * x[t];
+            rr += row[t] * row[t];
+        }
+        float score, key;
+        if (metric == STORE_METRIC_COSINE) {
+            score = rr > 0 && qq > 0 ? dot / sqrtf(rr * qq) : 0.0f;
+            key = score;
+        } else if (metric == STORE_METRIC_L2) {
+            const float d2 = rr - 2 * dot + qq;
+            score = sqrtf(d2 > 0 ? d2 : 0);
+            key = -score;
+        } else {
+            score = key = dot;
+        }
+        rk[j] = (struct ranked){key, score, rows[j]};
+    }
+    qsort(rk, n, sizeof *rk, cmp_ranked);
+}
+
+static float sqnorm_of(const float *x, int w)
+{
+    float s = 0;
+#pragma omp simd reduction(+ : s)
+    for (int t = 0; t < w; t++) s += x[t] * x[t];
+    return s;
+}
+
+static void put_hits(const struct index_mirror *m, const struct ranked *rk, int n, int k,
+                     struct search_hit *out)
+{
+    for (int j = 0; j < k && j < n; j++) {
+        out[j].row = rk[j].row;
+        out[j].row_id = mirror_row_id(m, rk[j].row);
+        out[j].external_id = mirror_external_id(m, rk[j].row);
+        out[j].score = rk[j].score;
+    }
+}
+
 /* Under the read lock: each query's shortlist from the graph, re-ranked
- * exactly at width w from the mirror's rows (scores as search.h says). */
+ * exactly at width w from the mirror's rows. */
 static int ann_search(struct hnsw *g, const struct coll_ann_desc *d, const struct index_mirror *m,
                       const struct index_query *q, const float *qv, const uint8_t *mask,
                       struct search_hit *hits, int *n_out, char *err, size_t errlen)
@@ -140,66 +189,68 @@ static int ann_search(struct hnsw *g, const struct coll_ann_desc *d, const struc
     if (ef < S) ef = S;
     if (ef > HNSW_EF_MAX) ef = HNSW_EF_MAX;
     if (S > ef) S = ef;
-    const enum store_metric metric = mirror_metric(m);
     int64_t *lab = malloc((size_t)S * sizeof *lab);
+    uint32_t *rows = malloc((size_t)S * sizeof *rows);
     struct ranked *rk = malloc((size_t)S * sizeof *rk);
     float *row = malloc((size_t)w * sizeof *row);
-    if (!lab || !rk || !row || mirror_rowid_sync(m)) {
-        free(lab);
-        free(rk);
-        free(row);
-        return set_err_code(err, errlen, STORE_ERR, "out of memory");
-    }
+    int rc = lab && rows && rk && row && !mirror_rowid_sync(m)
+             ? 0 : set_err_code(err, errlen, STORE_ERR, "out of memory");
     struct ann_accept acc = {m, mask};
     int n_min = k;
-    int rc = 0;
     for (int i = 0; i < q->nq && !rc; i++) {
         const float *x = qv + (size_t)i * w;
-        double qq = 0;
-        for (int j = 0; j < w; j++) qq += (double)x[j] * x[j];
         const int got = hnsw_search(g, x, S, ef, mask ? ann_accept : NULL, &acc, lab, NULL);
         if (got < 0) {
             rc = set_err_code(err, errlen, STORE_ERR, "out of memory");
             break;
         }
-        int n = 0;
+        size_t n = 0;
         for (int j = 0; j < got; j++) {
             const long r = mirror_find_row_id(m, lab[j]);
-            if (r < 0 || (mask && !mask[r])) continue;
-            mirror_row_copy(m, (size_t)r, w, row);
-            double dot = 0, rr = 0;
-            for (int t = 0; t < w; t++) {
-                dot += (double)row[t] * x[t];
-                rr += (double)row[t] * row[t];
-            }
-            float score, key;
-            if (metric == STORE_METRIC_COSINE) {
-                score = rr > 0 && qq > 0 ? (float)(dot / sqrt(rr * qq)) : 0.0f;
-                key = score;
-            } else if (metric == STORE_METRIC_L2) {
-                const double d2 = rr - 2 * dot + qq;
-                score = (float)sqrt(d2 > 0 ? d2 : 0);
-                key = -score;
-            } else {
-                score = key = (float)dot;
-            }
-            rk[n++] = (struct ranked){key, score, (uint32_t)r};
+            if (r >= 0 && (!mask || mask[r])) rows[n++] = (uint32_t)r;
         }
-        qsort(rk, (size_t)n, sizeof *rk, cmp_ranked);
-        if (n < n_min) n_min = n;
-        for (int j = 0; j < k && j < n; j++) {
-            struct search_hit *h = hits + (size_t)i * k + j;
-            h->row = rk[j].row;
-            h->row_id = mirror_row_id(m, rk[j].row);
-            h->external_id = mirror_external_id(m, rk[j].row);
-            h->score = rk[j].score;
-        }
+        rank_rows(m, x, w, sqnorm_of(x, w), rows, n, rk, row);
+        if ((int)n < n_min) n_min = (int)n;
+        put_hits(m, rk, (int)n, k, hits + (size_t)i * k);
     }
     *n_out = n_min;
     free(lab);
+    free(rows);
     free(rk);
     free(row);
     return rc;
+}
+
+/* Under the read lock: exact search over the few rows a selective filter
+ * keeps (kept of them), scoring only those rows instead of scanning the
+ * matrix: the answer of search_exact, at the cost of kept rows. */
+static int gathered_exact(const struct index_mirror *m, const struct index_query *q,
+                          const float *qv, const uint8_t *mask, size_t kept,
+                          struct search_hit *hits, int *n_out, char *err, size_t errlen)
+{
+    const size_t rows_n = mirror_count(m);
+    uint32_t *rows = malloc((kept ? kept : 1) * sizeof *rows);
+    struct ranked *rk = malloc((kept ? kept : 1) * sizeof *rk);
+    float *row = malloc((size_t)q->w * sizeof *row);
+    if (!rows || !rk || !row) {
+        free(rows);
+        free(rk);
+        free(row);
+        return set_err_code(err, errlen, STORE_ERR, "out of memory");
+    }
+    size_t n = 0;
+    for (size_t r = 0; r < rows_n && n < kept; r++)
+        if (mask[r]) rows[n++] = (uint32_t)r;
+    for (int i = 0; i < q->nq; i++) {
+        const float *x = qv + (size_t)i * q->w;
+        rank_rows(m, x, q->w, sqnorm_of(x, q->w), rows, n, rk, row);
+        put_hits(m, rk, (int)n, q->k, hits + (size_t)i * q->k);
+    }
+    *n_out = (int)n < q->k ? (int)n : q->k;
+    free(rows);
+    free(rk);
+    free(row);
+    return 0;
 }
 
 int query_run(struct coll *c, const struct index_query *q, struct query_result *out, char *err,
@@ -226,14 +277,20 @@ int query_run(struct coll *c, const struct index_query *q, struct query_result *
     struct coll_ann_desc ad;
     struct hnsw *g = !rc && !q->exact && !q->candidates && rows ? coll_ann_graph(c, &ad) : NULL;
     if (g && q->w < ad.width) g = NULL; /* a query narrower than the graph's prefix */
+    bool gather = false;
+    size_t kept = 0;
     if (g && mask) { /* a selective filter: exact over the few rows it keeps */
-        size_t kept = 0;
         for (size_t r = 0; r < rows; r++) kept += mask[r] != 0;
-        if (kept < (size_t)QUERY_ANN_FILTER_MIN || kept < rows / 50) g = NULL;
+        if (kept < (size_t)QUERY_ANN_FILTER_MIN || kept < rows / 50) {
+            g = NULL;
+            gather = true;
+        }
     }
     out->search = g ? "hnsw" : q->candidates ? "funnel" : "exact";
     if (!rc && g)
         rc = ann_search(g, &ad, m, q, qv, mask, hits, &n_out, err, errlen);
+    else if (!rc && gather)
+        rc = gathered_exact(m, q, qv, mask, kept, hits, &n_out, err, errlen);
     else if (!rc)
         rc = q->candidates ? search_funnel(m, qv, q->nq, q->w, q->k, q->funnel_width,
                                            q->candidates, mask, hits, &n_out, err, errlen)

@@ -124,8 +124,12 @@ def main():
     problems = []
     for q, b in zip(Q[:20], sel["batch"]):
         problems += ti.compare_results(b["results"], X, ids, q, "cosine", D, K, mask=r_of == 7)
-    check(sel.get("search") == "exact" and not problems,
-          f"selective filter: exact path, results equal exact search ({problems[:2]})")
+    sel_ex = search(port, "a", Q[:20], filter={"r": 7}, exact=True)
+    same = [[h["id"] for h in b["results"]] for b in sel["batch"]] == \
+        [[h["id"] for h in b["results"]] for b in sel_ex["batch"]]
+    check(sel.get("search") == "exact" and not problems and same,
+          f"selective filter: exact path, results equal numpy's and the server's exact search "
+          f"({problems[:2]}, same ids {same})")
     broad = search(port, "a", Q, filter={"r": {"$lt": 50}})
     ok = all(int(h["id"][1:]) % 100 < 50 for b in broad["batch"] for h in b["results"])
     rb = recall(broad, X, ids, Q, mask=r_of < 50)
