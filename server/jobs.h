@@ -1,7 +1,9 @@
-/* Background jobs (re-embedding a collection) and their progress, for
- * GET /v1/jobs/{id}. Jobs live in memory: a restart forgets them (an
- * interrupted re-embed commits nothing, so the collection keeps its old
- * vectors and can be re-embedded again). The newest JOBS_KEEP are kept. */
+/* Background jobs (re-embedding a collection, "reembed"; building its ANN
+ * graph, "ann_build") and their progress, for GET /v1/jobs/{id}. Jobs live in
+ * memory: a restart forgets them (an interrupted re-embed commits nothing, so
+ * the collection keeps its old vectors and can be re-embedded again; an
+ * interrupted ANN build is started again by the next start, from the
+ * description it committed first). The newest JOBS_KEEP are kept. */
 #ifndef FRANCA_JOBS_H
 #define FRANCA_JOBS_H
 
