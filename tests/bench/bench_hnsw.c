@@ -14,7 +14,9 @@
  * single: one query at a time on one thread; batch: the queries split over T
  * threads. The shortlist is max(k, S) nodes taken from the graph with
  * max(ef, shortlist); bytes_per_vector is the graph's (the full-width vectors
- * for the re-rank are D * 4 more). */
+ * for the re-rank are D * 4 more). --shortlist may also be a list (10,40,100):
+ * then every ef runs with every shortlist over the one graph, each line
+ * carrying "shortlist" too. */
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -119,6 +121,7 @@ static int cmp_double(const void *a, const void *b)
 int main(int argc, char **argv)
 {
     const char *base_path = NULL, *q_path = NULL, *gt_path = NULL, *efs = "16,32,64,128";
+    const char *shortlists = "0";
     long n = 0, dim = 0, nq = 0, k = 10, width = 64, m = 16, efc = 200, threads = 1, shortlist = 0;
     for (int i = 1; i + 1 < argc; i += 2) {
         const char *a = argv[i], *v = argv[i + 1];
@@ -134,7 +137,7 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--efc")) efc = atol(v);
         else if (!strcmp(a, "--ef")) efs = v;
         else if (!strcmp(a, "--threads")) threads = atol(v);
-        else if (!strcmp(a, "--shortlist")) shortlist = atol(v);
+        else if (!strcmp(a, "--shortlist")) shortlists = v;
         else {
             fprintf(stderr, "bench_hnsw: unknown option %s\n", a);
             return 2;
@@ -147,6 +150,9 @@ int main(int argc, char **argv)
                         "--shortlist S\n");
         return 2;
     }
+    for (const char *p = shortlists; *p; p++) /* the largest, for the buffers */
+        if (p == shortlists || p[-1] == ',')
+            if (atol(p) > shortlist) shortlist = atol(p);
     if (shortlist < k) shortlist = k;
     float *base = load(base_path, (size_t)n * (size_t)dim * sizeof(float));
     float *q = load(q_path, (size_t)nq * (size_t)dim * sizeof(float));
@@ -185,42 +191,47 @@ int main(int argc, char **argv)
     double *lat = malloc((size_t)nq * sizeof *lat);
     int64_t *lab = malloc((size_t)shortlist * sizeof *lab);
     float *pairs = malloc((size_t)shortlist * 2 * sizeof *pairs);
-    for (const char *p = efs; *p;) {
-        c.ef = atoi(p);
-        /* Warm-up pass (caches, scratch), then the timed single-thread pass. */
-        for (int i = 0; i < (nq < 50 ? nq : 50); i++) one(&c, i, lab, pairs);
-        const double s0 = now();
-        for (int i = 0; i < nq; i++) {
-            const double a = now();
-            one(&c, i, lab, pairs);
-            lat[i] = (now() - a) * 1e3;
+    for (const char *sp = shortlists; *sp;) {
+        c.shortlist = atoi(sp) > k ? atoi(sp) : (int)k;
+        for (const char *p = efs; *p;) {
+            c.ef = atoi(p);
+            /* Warm-up pass (caches, scratch), then the timed single-thread pass. */
+            for (int i = 0; i < (nq < 50 ? nq : 50); i++) one(&c, i, lab, pairs);
+            const double s0 = now();
+            for (int i = 0; i < nq; i++) {
+                const double a = now();
+                one(&c, i, lab, pairs);
+                lat[i] = (now() - a) * 1e3;
+            }
+            const double single = now() - s0;
+            long hit = 0;
+            for (long i = 0; i < nq; i++)
+                for (long a = 0; a < k; a++)
+                    for (long b = 0; b < k; b++)
+                        if (gt[i * k + a] == c.out[i * k + b]) {
+                            hit++;
+                            break;
+                        }
+            qsort(lat, (size_t)nq, sizeof *lat, cmp_double);
+            atomic_store(&c.next, 0);
+            pthread_t t[64];
+            const int nt = threads > 64 ? 64 : (int)threads;
+            const double b0 = now();
+            for (int i = 1; i < nt; i++) pthread_create(&t[i], NULL, batch_worker, &c);
+            batch_worker(&c);
+            for (int i = 1; i < nt; i++) pthread_join(t[i], NULL);
+            const double batch = now() - b0;
+            printf("{\"ef\":%d,\"recall\":%.4f,\"p50_ms\":%.4f,\"p99_ms\":%.4f,\"qps_single\":%.1f,"
+                   "\"qps_batch\":%.1f,\"shortlist\":%d}\n",
+                   c.ef, (double)hit / (double)(nq * k), lat[nq / 2],
+                   lat[(size_t)((double)nq * 0.99) < (size_t)nq ? (size_t)((double)nq * 0.99) : (size_t)nq - 1],
+                   (double)nq / single, (double)nq / batch, c.shortlist);
+            fflush(stdout);
+            while (*p && *p != ',') p++;
+            if (*p == ',') p++;
         }
-        const double single = now() - s0;
-        long hit = 0;
-        for (long i = 0; i < nq; i++)
-            for (long a = 0; a < k; a++)
-                for (long b = 0; b < k; b++)
-                    if (gt[i * k + a] == c.out[i * k + b]) {
-                        hit++;
-                        break;
-                    }
-        qsort(lat, (size_t)nq, sizeof *lat, cmp_double);
-        atomic_store(&c.next, 0);
-        pthread_t t[64];
-        const int nt = threads > 64 ? 64 : (int)threads;
-        const double b0 = now();
-        for (int i = 1; i < nt; i++) pthread_create(&t[i], NULL, batch_worker, &c);
-        batch_worker(&c);
-        for (int i = 1; i < nt; i++) pthread_join(t[i], NULL);
-        const double batch = now() - b0;
-        printf("{\"ef\":%d,\"recall\":%.4f,\"p50_ms\":%.4f,\"p99_ms\":%.4f,\"qps_single\":%.1f,"
-               "\"qps_batch\":%.1f}\n",
-               c.ef, (double)hit / (double)(nq * k), lat[nq / 2],
-               lat[(size_t)((double)nq * 0.99) < (size_t)nq ? (size_t)((double)nq * 0.99) : (size_t)nq - 1],
-               (double)nq / single, (double)nq / batch);
-        fflush(stdout);
-        while (*p && *p != ',') p++;
-        if (*p == ',') p++;
+        while (*sp && *sp != ',') sp++;
+        if (*sp == ',') sp++;
     }
     free(pairs);
     free(lab);
