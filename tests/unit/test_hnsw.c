@@ -2,7 +2,8 @@
  * brute force on clustered Matryoshka-like data (the graph over a prefix of
  * the vectors), filters applied during the walk, tombstones and compaction,
  * concurrent inserts, deletes and searches, save/load round trip, and
- * truncated or corrupt files refused. */
+ * truncated or corrupt files refused; and the mirror's row id lookup used by
+ * the re-rank (index/mirror.h: mirror_find_row_id). */
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -15,6 +16,7 @@
 #include "check.h"
 #include "errors.h"
 #include "index/hnsw.h"
+#include "index/mirror.h"
 
 #ifndef N
 #define N 20000
@@ -155,8 +157,55 @@ static void *searcher(void *p)
     return NULL;
 }
 
+/* mirror_find_row_id: store row id -> mirror row through appends and
+ * swap-with-last removals. */
+static void test_rowid_lookup(void)
+{
+    char err[ERR_LEN];
+    struct index_mirror *m = mirror_create(8, STORE_METRIC_COSINE, 0, err, sizeof err);
+    CHECK(m != NULL, "%s", err);
+    if (!m) return;
+    enum { R = 3000 };
+    float v[8];
+    char ids[R][16];
+    for (int i = 0; i < R; i++) {
+        for (int j = 0; j < 8; j++) v[j] = (float)(i + j + 1);
+        snprintf(ids[i], sizeof ids[i], "e%d", i);
+        const int64_t rid = 1000 + 7 * (int64_t)i;
+        const char *id = ids[i];
+        if (i == R / 2) { /* a lookup between appends: the second half is indexed incrementally */
+            mirror_read_lock(m);
+            CHECK(mirror_rowid_sync(m) == 0 && mirror_find_row_id(m, 1000) == 0, "early lookup");
+            mirror_read_unlock(m);
+        }
+        mirror_add(m, 1, &rid, &id, v, err, sizeof err);
+    }
+    mirror_read_lock(m);
+    int ok = mirror_rowid_sync(m) == 0;
+    for (int i = 0; i < R; i++) {
+        const long r = mirror_find_row_id(m, 1000 + 7 * (int64_t)i);
+        ok &= r >= 0 && mirror_row_id(m, (size_t)r) == 1000 + 7 * (int64_t)i;
+    }
+    ok &= mirror_find_row_id(m, 999) == -1 && mirror_find_row_id(m, 1001) == -1;
+    mirror_read_unlock(m);
+    CHECK(ok, "row ids found after appends");
+    const char *gone[] = {ids[0], ids[10], ids[R - 1]};
+    mirror_remove(m, 3, gone, NULL);
+    mirror_read_lock(m);
+    ok = mirror_rowid_sync(m) == 0;
+    for (int i = 0; i < R; i++) {
+        const long r = mirror_find_row_id(m, 1000 + 7 * (int64_t)i);
+        const bool dead = i == 0 || i == 10 || i == R - 1;
+        ok &= dead ? r == -1 : r >= 0 && !strcmp(mirror_external_id(m, (size_t)r), ids[i]);
+    }
+    mirror_read_unlock(m);
+    CHECK(ok, "row ids found after removals (rows moved)");
+    mirror_free(m);
+}
+
 int main(void)
 {
+    test_rowid_lookup();
     char err[ERR_LEN] = "";
     printf("kernel: %s\n", hnsw_kernel());
     float *centers = malloc(CLUSTERS * D * sizeof *centers);
