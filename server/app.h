@@ -75,6 +75,10 @@ int routes_jobs_register(struct http_router *r, struct app *app, char *err, size
  * still those it recorded. */
 int reembed_resume(void *ctx, struct job *job, const char *collection, const json_t *params,
                    char *err, size_t errlen);
+/* jobs_resume_fn of "ann_build" jobs: follows the build that index_open started
+ * again for the collection it recorded, until the graph is ready. */
+int ann_resume(void *ctx, struct job *job, const char *collection, const json_t *params,
+               char *err, size_t errlen);
 int routes_ui_register(struct http_router *r, struct app *app, char *err, size_t errlen);
 int routes_patch_register(struct http_router *r, struct app *app, char *err, size_t errlen);
 int routes_segment_register(struct http_router *r, struct app *app, char *err, size_t errlen);

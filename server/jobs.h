@@ -1,9 +1,10 @@
-/* Background jobs (re-embedding a collection, building an index...) and their
- * progress, for GET /v1/jobs/{id}. Every job is a row of the index database's
- * jobs table (index/store_jobs.h), and this table keeps an in-memory copy equal
- * to the rows: a job's row is written when it starts, its progress at most
- * once per JOBS_PROGRESS_SECONDS, its end once. The newest JOBS_KEEP finished
- * jobs are kept (in memory and in the table), and every running one.
+/* Background jobs (re-embedding a collection, "reembed"; building its ANN
+ * graph, "ann_build") and their progress, for GET /v1/jobs/{id}. Every job is
+ * a row of the index database's jobs table (index/store_jobs.h), and this
+ * table keeps an in-memory copy equal to the rows: a job's row is written when
+ * it starts, its progress at most once per JOBS_PROGRESS_SECONDS, its end
+ * once. The newest JOBS_KEEP finished jobs are kept (in memory and in the
+ * table), and every running one.
  *
  * After a restart, jobs_resume_all starts every job still 'running' in the
  * table again, with the same id and one more attempt, through the resume

@@ -401,7 +401,8 @@ int main(int argc, char **argv)
     /* Jobs that a restart cut short run again now that their models are here,
      * before /readyz turns 200 and new jobs may start. Each job type with
      * work to resume registers here. */
-    if (jobs_register_type(app.jobs, "reembed", reembed_resume, &app)) {
+    if (jobs_register_type(app.jobs, "reembed", reembed_resume, &app) ||
+        jobs_register_type(app.jobs, "ann_build", ann_resume, &app)) {
         http_stop(srv);
         return fail_free(&app, router, "out of memory");
     }

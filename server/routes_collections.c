@@ -24,6 +24,7 @@ static void create_collection(struct http_request *req, void *user)
     json_t *keep = json_object_get(j, "store_images");
     json_t *level = json_object_get(j, "level"), *storage = json_object_get(j, "storage");
     json_t *mirror = json_object_get(j, "mirror");
+    json_t *ann = json_object_get(j, "ann");
     struct collection_info in = {0};
     enum patch_type ptype = PATCH_F16;
     const char *why = NULL;
@@ -99,6 +100,19 @@ static void create_collection(struct http_request *req, void *user)
         goto done;
     }
     in.width = w;
+    if (ann && !json_is_null(ann)) {
+        struct coll_ann_desc d;
+        char why2[ERR_LEN];
+        if (in.level != STORE_LEVEL_CLS) {
+            http_reply_error(req, 400, NULL, "'ann' indexes CLS-level collections only");
+            goto done;
+        }
+        if (coll_ann_parse(ann, in.width, &d, why2, sizeof why2)) {
+            http_reply_error(req, 400, NULL, why2);
+            goto done;
+        }
+        coll_ann_format(&d, in.ann);
+    }
     struct coll *c;
     const int rc = index_create(app->index, &in, &c, err, sizeof err);
     if (rc) {

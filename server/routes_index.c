@@ -60,6 +60,25 @@ json_t *route_coll_json(struct coll *c)
         json_object_set_new(o, "patch_bytes", json_integer((json_int_t)patch_mirror_bytes(pm)));
     }
     if (pm) coll_patches_end(c);
+    struct coll_ann_info ai;
+    coll_ann_info(c, &ai);
+    if (o && ai.present) {
+        json_t *a = json_pack("{s:s, s:i, s:i, s:i, s:i, s:b, s:b, s:I, s:I}", "kind", "hnsw",
+                              "width", ai.d.width, "m", ai.d.m, "ef_construction",
+                              ai.d.ef_construction, "ef", ai.d.ef, "ready", ai.ready,
+                              "building", ai.building, "nodes", (json_int_t)ai.nodes,
+                              "tombstones", (json_int_t)ai.tombstones);
+        if (a && ai.saved_generation >= 0)
+            json_object_set_new(a, "saved_generation", json_integer(ai.saved_generation));
+        if (a && ai.building)
+            json_object_set_new(a, "progress", json_pack("{s:I, s:I}", "done",
+                                                         (json_int_t)ai.build_done, "total",
+                                                         (json_int_t)ai.build_total));
+        if (a && ai.error[0]) json_object_set_new(a, "error", json_string(ai.error));
+        json_object_set_new(o, "ann", a);
+    } else if (o) {
+        json_object_set_new(o, "ann", json_null());
+    }
     return o;
 }
 

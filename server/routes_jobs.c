@@ -257,6 +257,149 @@ static void reembed(struct http_request *req, void *user)
     coll_release(c);
 }
 
+/* ---- ANN builds: POST|DELETE /v1/collections/{name}/ann ---- */
+
+/* A build reports into its job from the build's thread. A shutdown cancels the
+ * build: the job is then suspended, since the next start builds the graph
+ * again from the description committed first, and ann_resume follows that. */
+struct ann_job {
+    struct app *app;
+    struct job *job;
+};
+
+static void ann_progress(void *ctx, int64_t done, int64_t total)
+{
+    (void)total;
+    job_progress(((struct ann_job *)ctx)->job, done);
+}
+
+static void ann_done(void *ctx, const char *error)
+{
+    struct ann_job *a = ctx;
+    if (error && atomic_load(&a->app->stopping))
+        job_suspend(a->job);
+    else
+        job_finish(a->job, error);
+    free(a);
+}
+
+static void ann_add(struct http_request *req, void *user)
+{
+    struct app *app = user;
+    json_t *body = route_json_body(req);
+    if (!body) return;
+    struct coll *c = route_coll(req, app);
+    if (!c) {
+        json_decref(body);
+        return;
+    }
+    char why[ERR_LEN], err[ERR_LEN];
+    struct coll_ann_desc d;
+    int64_t count = 0;
+    if (coll_level(c) != STORE_LEVEL_CLS) {
+        http_reply_errorf(req, 400, NULL, "collection '%s' is patch-level: 'ann' indexes "
+                          "CLS-level collections only", coll_name(c));
+    } else if (coll_ann_parse(body, coll_width(c), &d, why, sizeof why)) {
+        http_reply_error(req, 400, NULL, why);
+    } else if (store_collection_count(coll_store(c), coll_id(c), &count, err, sizeof err)) {
+        http_reply_error(req, 500, NULL, err);
+    } else {
+        json_t *params = json_pack("{s:I}", "collection_id", (json_int_t)coll_id(c));
+        struct ann_job *a = calloc(1, sizeof *a);
+        struct job *job = params && a ? jobs_start(app->jobs, "ann_build", coll_name(c), params,
+                                                   count)
+                                      : NULL;
+        json_decref(params);
+        if (job) *a = (struct ann_job){app, job};
+        const int rc = job ? coll_ann_set(c, &d, ann_progress, ann_done, a, err, sizeof err)
+                           : set_err_code(err, sizeof err, STORE_ERR,
+                                          "the job could not be recorded (see the server's log)");
+        if (rc) {
+            if (job) jobs_discard(app->jobs, job);
+            free(a);
+            route_reply_store_error(req, rc, err);
+        } else {
+            json_t *j = jobs_get_json(app->jobs, job_id(job));
+            http_reply_json(req, 202, json_pack("{s:o}", "job", j ? j : json_null()));
+        }
+    }
+    json_decref(body);
+    coll_release(c);
+}
+
+/* An "ann_build" job cut short: index_open has started the same build again
+ * (or loaded its graph); the job follows it on the background queue until it
+ * ends, polling the collection's ANN state. */
+struct ann_follow {
+    struct app *app;
+    struct coll *c;
+    struct job *job;
+};
+
+static void ann_follow_main(void *arg)
+{
+    struct ann_follow *f = arg;
+    struct coll_ann_info info;
+    int64_t total = -1;
+    for (;;) {
+        coll_ann_info(f->c, &info);
+        if (!info.building) break;
+        if (atomic_load(&f->app->stopping)) {
+            job_suspend(f->job);
+            goto out;
+        }
+        if (info.build_total != total) job_set_total(f->job, total = info.build_total);
+        job_progress(f->job, info.build_done);
+        usleep(200000);
+    }
+    job_finish(f->job, !info.present ? "the collection's ANN index was removed"
+                       : info.ready   ? NULL
+                       : info.error[0] ? info.error
+                                       : "the ANN build did not finish");
+out:
+    coll_release(f->c);
+    free(f);
+}
+
+int ann_resume(void *ctx, struct job *job, const char *collection, const json_t *params,
+               char *err, size_t errlen)
+{
+    struct app *app = ctx;
+    const json_t *cid = json_object_get(params, "collection_id");
+    if (!json_is_integer(cid)) return set_err(err, errlen, "its parameters name no collection id");
+    struct coll *c = index_acquire(app->index, collection);
+    if (!c) return set_err(err, errlen, "collection '%s' no longer exists", collection);
+    struct coll_ann_info info;
+    coll_ann_info(c, &info);
+    struct ann_follow *f = NULL;
+    if (coll_id(c) != json_integer_value(cid))
+        set_err(err, errlen, "collection '%s' was dropped (one of that name was made since)",
+                collection);
+    else if (!info.present)
+        set_err(err, errlen, "collection '%s' has no ANN index any more", collection);
+    else if (!(f = calloc(1, sizeof *f)))
+        set_err(err, errlen, "out of memory");
+    else {
+        *f = (struct ann_follow){app, c, job};
+        if (workq_submit(app->background, ann_follow_main, f) == 0) return 0;
+        set_err(err, errlen, "the background work queue is full or shutting down");
+        free(f);
+    }
+    coll_release(c);
+    return -1;
+}
+
+static void ann_delete(struct http_request *req, void *user)
+{
+    struct coll *c = route_coll(req, user);
+    if (!c) return;
+    char err[ERR_LEN];
+    const int rc = coll_ann_remove(c, err, sizeof err);
+    if (rc) route_reply_store_error(req, rc, err);
+    else http_reply_json(req, 200, json_pack("{s:s}", "deleted", "ann"));
+    coll_release(c);
+}
+
 static void get_job(struct http_request *req, void *user)
 {
     struct app *app = user;
@@ -281,6 +424,9 @@ static void list_jobs(struct http_request *req, void *user)
 int routes_jobs_register(struct http_router *r, struct app *app, char *err, size_t errlen)
 {
     if (route_add(r, app, "POST", "/v1/collections/{name}/reembed", reembed, err, errlen))
+        return -1;
+    if (route_add(r, app, "POST", "/v1/collections/{name}/ann", ann_add, err, errlen) ||
+        route_add(r, app, "DELETE", "/v1/collections/{name}/ann", ann_delete, err, errlen))
         return -1;
     if (route_add(r, app, "GET", "/v1/jobs", list_jobs, err, errlen)) return -1;
     return route_add(r, app, "GET", "/v1/jobs/{id}", get_job, err, errlen);

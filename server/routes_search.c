@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "errors.h"
+#include "index/hnsw.h"
 #include "index/query.h"
 #include "routes_index.h"
 #include "routes_patch.h"
@@ -79,6 +80,7 @@ static void search_run(void *arg)
         answer = json_incref(json_array_get(batch, 0));
         json_decref(batch);
     }
+    if (answer) json_object_set_new(answer, "search", json_string(res.search));
     query_result_free(&res);
     http_reply_json(x->base.req, 200, answer);
     search_free(x);
@@ -121,6 +123,13 @@ static int parse_options(struct search_ctx *x, char *why, size_t len)
     if (rerank && !json_is_null(rerank) && !json_is_boolean(rerank))
         return set_err(why, len, "'rerank' must be a boolean");
     x->q.no_rerank = json_is_false(rerank);
+    json_t *exact = json_object_get(x->base.body, "exact");
+    if (exact && !json_is_null(exact) && !json_is_boolean(exact))
+        return set_err(why, len, "'exact' must be a boolean");
+    x->q.exact = json_is_true(exact);
+    if (int_field(x->base.body, "ef", 1, HNSW_EF_MAX, 0, &x->q.ef, why, len) ||
+        int_field(x->base.body, "shortlist", 1, HNSW_EF_MAX, 0, &x->q.shortlist, why, len))
+        return -1;
     json_t *filter = json_object_get(x->base.body, "filter");
     if (filter && !json_is_null(filter) && filter_compile(filter, &x->filter, why, len)) return -1;
     x->q.filter = x->filter;

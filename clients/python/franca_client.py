@@ -341,16 +341,18 @@ class FrancaClient:
         return urllib.parse.quote(str(segment), safe="")
 
     def create_collection(self, name, model=None, width=None, metric=None, store_images=None,
-                          level=None, storage=None, mirror=None):
+                          level=None, storage=None, mirror=None, ann=None):
         """Creates a collection; returns its description (name, model, fingerprint,
         width, metric, store_images, created_at, count, indexed, prefix_width, level,
-        mirror, vector_bytes, mirror_bytes). level "patch" keeps every patch token
+        mirror, vector_bytes, mirror_bytes, ann). level "patch" keeps every patch token
         (storage "f16" or "int8"). mirror "f16" or "int8" keeps the in-memory search
-        matrix compressed (2x or 4x smaller; SQLite keeps float32 for the re-rank)."""
+        matrix compressed (2x or 4x smaller; SQLite keeps float32 for the re-rank).
+        ann: an HNSW graph over the prefix, e.g. {"kind": "hnsw", "width": 64, "m": 16,
+        "ef_construction": 200} (CLS-level collections only)."""
         body = {"name": name}
         for key, val in (("model", model), ("width", width), ("metric", metric),
                          ("store_images", store_images), ("level", level), ("storage", storage),
-                         ("mirror", mirror)):
+                         ("mirror", mirror), ("ann", ann)):
             if val is not None:
                 body[key] = val
         return self.json("POST", "/v1/collections", body)
@@ -437,10 +439,17 @@ class FrancaClient:
         return {"id": str(id)}
 
     @staticmethod
-    def _search_options(k, width, funnel, candidates, filter, include, rerank=None):
+    def _search_options(k, width, funnel, candidates, filter, include, rerank=None, exact=None,
+                        ef=None, shortlist=None):
         body = {"k": int(k)}
         if rerank is not None:
             body["rerank"] = bool(rerank)
+        if exact is not None:
+            body["exact"] = bool(exact)
+        if ef is not None:
+            body["ef"] = int(ef)
+        if shortlist is not None:
+            body["shortlist"] = int(shortlist)
         if width is not None:
             body["width"] = int(width)
         if (funnel is not None and funnel is not False) or candidates is not None:
@@ -460,7 +469,7 @@ class FrancaClient:
 
     def search(self, collection, vector=None, image=None, id=None, k=10, width=None, funnel=None,
                candidates=None, filter=None, include=None, raw=False, patch=None, box=None,
-               rerank=None):
+               rerank=None, exact=None, ef=None, shortlist=None):
         """k nearest neighbours of one query: a vector, an image (path or bytes) or
         a stored item's id. width: prefix width (default the collection's).
         funnel: True (the server's defaults), an int (the shortlist prefix width) or
@@ -470,18 +479,22 @@ class FrancaClient:
         first (raw=True: the whole answer). Patch collections: image or id with
         patch=(row, col) or box=(r0, c0, r1, c1) for the best patches, or alone for
         late-interaction ranking; each hit has "patch": [row, col]. rerank=False:
-        on an f16 or int8 mirror, the compressed scores without the exact re-rank."""
+        on an f16 or int8 mirror, the compressed scores without the exact re-rank.
+        Collections with an ANN graph: exact=True skips it; ef and shortlist tune it
+        (raw=True shows which path ran in "search": "hnsw", "exact" or "funnel")."""
         body = self._query(vector, image, id)
         if patch is not None:
             body["patch"] = [int(x) for x in patch]
         if box is not None:
             body["box"] = [int(x) for x in box]
-        body.update(self._search_options(k, width, funnel, candidates, filter, include, rerank))
+        body.update(self._search_options(k, width, funnel, candidates, filter, include, rerank,
+                                         exact, ef, shortlist))
         resp = self.json("POST", f"/v1/collections/{self._q(collection)}/search", body)
         return resp if raw else resp["results"]
 
     def search_batch(self, collection, queries, k=10, width=None, funnel=None, candidates=None,
-                     filter=None, include=None, raw=False, rerank=None):
+                     filter=None, include=None, raw=False, rerank=None, exact=None, ef=None,
+                     shortlist=None):
         """Several queries in one call. queries: a list of dicts with one of
         "vector", "image" (path, bytes or data URI) or "id", or a 2-D array of
         vectors. Returns one result list per query."""
@@ -499,7 +512,8 @@ class FrancaClient:
             else:
                 qs.append({"vector": self._vector(q)})
         body = {"queries": qs}
-        body.update(self._search_options(k, width, funnel, candidates, filter, include, rerank))
+        body.update(self._search_options(k, width, funnel, candidates, filter, include, rerank,
+                                         exact, ef, shortlist))
         resp = self.json("POST", f"/v1/collections/{self._q(collection)}/search", body)
         return resp if raw else [b["results"] for b in resp["batch"]]
 
@@ -529,6 +543,19 @@ class FrancaClient:
         """Starts re-embedding a collection (that keeps its source images) with its
         model's current checkpoint; returns the job."""
         return self.json("POST", f"/v1/collections/{self._q(collection)}/reembed", {})["job"]
+
+    def add_ann(self, collection, width=64, m=16, ef_construction=200, ef=None):
+        """Builds an HNSW graph over the prefix of an existing collection in the
+        background; returns the job (wait_job(job["id"]) for its end)."""
+        body = {"kind": "hnsw", "width": int(width), "m": int(m),
+                "ef_construction": int(ef_construction)}
+        if ef is not None:
+            body["ef"] = int(ef)
+        return self.json("POST", f"/v1/collections/{self._q(collection)}/ann", body)["job"]
+
+    def remove_ann(self, collection):
+        """Removes a collection's ANN graph (searches run exact again)."""
+        return self.json("DELETE", f"/v1/collections/{self._q(collection)}/ann")
 
     def job(self, job_id):
         return self.json("GET", f"/v1/jobs/{self._q(job_id)}")

@@ -91,4 +91,64 @@ void coll_read_end(struct coll *c);
 /* The collection's fingerprint, copied under the swap lock. */
 void coll_fingerprint(struct coll *c, char out[STORE_TEXT_MAX]);
 
+/* ---- ANN: an HNSW graph (index/hnsw.h) over the normalised prefix ----
+ *
+ * A collection may keep one, described by collections.ann (JSON text) and
+ * saved as DATA_DIR/ann/<collection id>.hnsw with the collection's generation.
+ * Inserts and deletes update a ready graph under write_mu after SQLite
+ * commits. A graph is built, loaded or repaired by a background thread: at
+ * open (a file of the collection's generation is taken as is, a stale one is
+ * repaired against the mirror, a missing or corrupt one rebuilt), when one is
+ * added (coll_ann_set), after a re-embed, and off-line when tombstones pass a
+ * quarter of the nodes (the old graph serves until the new one is swapped
+ * in). Until a graph is ready, searches run exact. The graph is saved at the
+ * end of every build, every COLL_ANN_SAVE_CHANGES changes or
+ * COLL_ANN_SAVE_SECONDS seconds after a change, and at index_close. */
+#define COLL_ANN_SAVE_CHANGES 20000
+#define COLL_ANN_SAVE_SECONDS 30
+
+struct coll_ann_desc {
+    int width, m, ef_construction, ef;
+};
+
+/* Parses {"kind": "hnsw", "width": W, "m": M, "ef_construction": E, "ef": F}
+ * (all but kind optional: width min(64, collection width), m 16,
+ * ef_construction 200, ef 128) for a collection of width cw. 0, or -1 with the
+ * reason in why. */
+int coll_ann_parse(const json_t *j, int64_t cw, struct coll_ann_desc *out, char *why,
+                   size_t whylen);
+/* The description as JSON text (at most STORE_ANN_MAX bytes). */
+void coll_ann_format(const struct coll_ann_desc *d, char out[STORE_ANN_MAX]);
+
+/* Called by a build from its thread: progress (done of total nodes) and once
+ * at the end (error NULL: the graph is ready). */
+typedef void (*coll_ann_progress_fn)(void *ctx, int64_t done, int64_t total);
+typedef void (*coll_ann_done_fn)(void *ctx, const char *error);
+
+/* Gives the collection an ANN (replacing any) and builds it in the background:
+ * the description is committed first, so a restart builds it again.
+ * STORE_INVALID for a patch collection, STORE_CONFLICT while a build runs. On
+ * success done will be called exactly once. */
+int coll_ann_set(struct coll *c, const struct coll_ann_desc *d, coll_ann_progress_fn progress,
+                 coll_ann_done_fn done, void *ctx, char *err, size_t errlen);
+/* Removes the ANN (its file too); STORE_NOT_FOUND when there is none. */
+int coll_ann_remove(struct coll *c, char *err, size_t errlen);
+
+struct coll_ann_info {
+    bool present, ready, building;
+    struct coll_ann_desc d;
+    size_t nodes, tombstones;
+    int64_t saved_generation; /* -1: no file written by this process yet */
+    int64_t build_done, build_total;
+    char error[256];          /* the last build's failure, "" when none */
+};
+void coll_ann_info(struct coll *c, struct coll_ann_info *out);
+
+struct hnsw;
+/* Under coll_read_begin: the ready graph (NULL when none) and its description. */
+struct hnsw *coll_ann_graph(struct coll *c, struct coll_ann_desc *d);
+
+/* Waits until no ANN build runs on c (tests, shutdown). */
+void coll_ann_wait(struct coll *c);
+
 #endif

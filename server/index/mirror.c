@@ -4,11 +4,15 @@
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "errors.h"
 #include "index/mirror_codec.h"
+
+struct rowid_index;
+static void rowid_index_free(struct rowid_index *r);
 
 struct index_mirror {
     pthread_rwlock_t lock;
@@ -39,6 +43,8 @@ struct index_mirror {
     size_t nslots;    /* power of two, at least 2 * cap */
     uint64_t version; /* see mirror_version; written under the write lock */
     uint64_t rewrite; /* see mirror_rewrite_version; written under the write lock */
+    struct rowid_index *rid; /* see mirror_rowid_sync (created lazily under rid_mu) */
+    pthread_mutex_t rid_mu;
 };
 
 /* Versions come from one counter, so that no two mirrors (nor two states of
@@ -220,6 +226,7 @@ struct index_mirror *mirror_create_form(int width, enum store_metric metric, int
         return NULL;
     }
     m->version = m->rewrite = next_version();
+    pthread_mutex_init(&m->rid_mu, NULL);
     return m;
 }
 
@@ -264,6 +271,8 @@ void mirror_free(struct index_mirror *m)
     free(m->payload);
     free(m->hash);
     free(m->slots);
+    rowid_index_free(m->rid);
+    pthread_mutex_destroy(&m->rid_mu);
     free(m);
 }
 
@@ -597,3 +606,84 @@ const float *mirror_matrix(const struct index_mirror *m) { return m->data; }
 const float *mirror_prefix_matrix(const struct index_mirror *m) { return m->prefix; }
 const float *mirror_sqnorms(const struct index_mirror *m) { return m->sq; }
 const float *mirror_prefix_sqnorms(const struct index_mirror *m) { return m->psq; }
+
+/* ---- store row id -> mirror row (for ANN re-ranking) ----
+ * Kept beside the rows rather than in them: built on first use under the read
+ * lock, brought up to date by the first reader after a change (only the
+ * appended rows while mirror_rewrite_version stays, everything otherwise),
+ * and read through the public accessors only. */
+struct rowid_index {
+    uint64_t version, rewrite; /* the mirror's when last synced */
+    size_t n;                  /* rows indexed */
+    uint32_t *slots;           /* row + 1, 0 = empty; linear probing on the row id */
+    size_t nslots;             /* power of two >= 2 n */
+};
+
+static void rowid_index_free(struct rowid_index *r)
+{
+    if (!r) return;
+    free(r->slots);
+    free(r);
+}
+
+static size_t rowid_hash(int64_t id)
+{
+    uint64_t x = (uint64_t)id * 0x9e3779b97f4a7c15ULL;
+    return (size_t)(x ^ (x >> 29));
+}
+
+static void rowid_put(const struct index_mirror *m, struct rowid_index *r, size_t row)
+{
+    const size_t mask = r->nslots - 1;
+    size_t i = rowid_hash(mirror_row_id(m, row)) & mask;
+    while (r->slots[i]) i = (i + 1) & mask;
+    r->slots[i] = (uint32_t)(row + 1);
+}
+
+int mirror_rowid_sync(const struct index_mirror *cm)
+{
+    struct index_mirror *m = (struct index_mirror *)cm;
+    pthread_mutex_lock(&m->rid_mu);
+    int rc = 0;
+    struct rowid_index *r = m->rid;
+    if (!r && !(r = m->rid = calloc(1, sizeof *r))) rc = -1;
+    const size_t n = mirror_count(m);
+    if (!rc && (r->version != mirror_version(m) || r->n != n)) {
+        const bool rebuild = r->rewrite != mirror_rewrite_version(m) || r->n > n ||
+                             r->nslots < 2 * n || !r->slots;
+        if (rebuild) {
+            size_t ns = 1024;
+            while (ns < 2 * n) ns *= 2;
+            if (ns < 2 * n + n / 2) ns *= 2; /* room for appends before the next rebuild */
+            uint32_t *s = calloc(ns, sizeof *s);
+            if (!s) {
+                rc = -1;
+            } else {
+                free(r->slots);
+                r->slots = s;
+                r->nslots = ns;
+                r->n = 0;
+            }
+        }
+        for (size_t row = r->n; !rc && row < n; row++) rowid_put(m, r, row);
+        if (!rc) {
+            r->n = n;
+            r->version = mirror_version(m);
+            r->rewrite = mirror_rewrite_version(m);
+        }
+    }
+    pthread_mutex_unlock(&m->rid_mu);
+    return rc;
+}
+
+long mirror_find_row_id(const struct index_mirror *m, int64_t row_id)
+{
+    const struct rowid_index *r = m->rid;
+    if (!r || !r->slots) return -1;
+    const size_t mask = r->nslots - 1;
+    for (size_t i = rowid_hash(row_id) & mask;; i = (i + 1) & mask) {
+        const uint32_t v = r->slots[i];
+        if (!v) return -1;
+        if (mirror_row_id(m, v - 1) == row_id) return (long)(v - 1);
+    }
+}

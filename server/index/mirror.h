@@ -145,6 +145,13 @@ uint64_t mirror_version(const struct index_mirror *m);
  * current and a backend need only copy the rows after it. */
 uint64_t mirror_rewrite_version(const struct index_mirror *m);
 
+/* Store row id -> mirror row, for re-ranking a shortlist of row ids (ANN).
+ * Under the read lock: mirror_rowid_sync brings the lookup up to date with
+ * the rows (0, or -1 when out of memory); then, until the read lock is let
+ * go, mirror_find_row_id gives the row of a row id, or -1 when none holds it. */
+int mirror_rowid_sync(const struct index_mirror *m);
+long mirror_find_row_id(const struct index_mirror *m, int64_t row_id);
+
 /* One process-wide function called by mirror_free(m) before m is freed (no
  * lock held), e.g. to drop a backend's device copy of m. NULL: none. */
 void mirror_set_free_hook(void (*hook)(const struct index_mirror *m));

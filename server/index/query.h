@@ -30,7 +30,19 @@ struct index_query {
     const char *const *ids;   /* NULL, or [nq]: query i is the vector of stored item
                                  ids[i] when that is not NULL */
     const float *vectors;     /* [nq, w]: the other queries (rows of id queries unread) */
+    /* ANN (collections.h): used when the collection has a ready graph, exact is
+     * false, candidates is 0 and w >= the graph's width. */
+    bool exact;               /* true: never the graph */
+    int ef;                   /* 0: the graph's default */
+    int shortlist;            /* 0: query_ann_shortlist(k) */
 };
+
+/* Filters keeping fewer rows than max(QUERY_ANN_FILTER_MIN, rows / 50) are
+ * searched exactly (the answer then equals exact search); larger ones are
+ * applied during the graph walk. */
+#define QUERY_ANN_FILTER_MIN 2000
+/* The default number of graph nodes re-ranked at full width for k hits. */
+int query_ann_shortlist(int k);
 
 struct query_hit {
     char id[STORE_ID_MAX];
@@ -44,6 +56,7 @@ struct query_hit {
 
 struct query_result {
     int nq, n;                /* n hits per query: min(k, eligible items) */
+    const char *search;       /* the path that ran: "exact", "funnel" or "hnsw" */
     struct query_hit *hits;   /* [nq * n]: query i's hits at i * n, best first */
 };
 
