@@ -352,6 +352,7 @@ static void ann_follow_main(void *arg)
         job_progress(f->job, info.build_done);
         usleep(200000);
     }
+    if (info.present && info.ready && info.build_total > 0) job_progress(f->job, info.build_total);
     job_finish(f->job, !info.present ? "the collection's ANN index was removed"
                        : info.ready   ? NULL
                        : info.error[0] ? info.error

@@ -225,6 +225,18 @@ def main():
     r3 = recall(resp, X, ids, Q)
     check(a.get("ready") and a.get("nodes") == N and resp.get("search") == "hnsw" and r3 >= 0.95,
           f"after SIGKILL during a build: rebuilt, recall {r3:.4f} ({ti.short(a)})")
+    # The job is kept in SQLite: a build cut short is resumed (attempt 2) and
+    # follows the rebuild to its end; one that ended before the kill stays ended.
+    jid2 = (job.get("job") or {}).get("id")
+    j = {}
+    for _ in range(600):
+        st, j = ti.api(port, "GET", f"/v1/jobs/{jid2}")
+        if j.get("status") != "running":
+            break
+        time.sleep(0.1)
+    check(st == 200 and j.get("status") == "succeeded" and j.get("attempts") in (1, 2)
+          and j.get("done") == j.get("total"),
+          f"the build job after the restart: {ti.short(j)}")
 
     # Clean shutdown saves; the next start loads the file as is.
     rc = stop_server(server)
