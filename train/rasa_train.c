@@ -207,6 +207,20 @@ int rasa_train(const struct rasa_train_config *c, float *tokens, int n_img, int 
         }
         stats[t].loss = loss;
         for (int k = 0; k < 2; k++) stats[t].r2[k] = 1.0 - res[k] / (sst[k] * n_img);
+        /* The tokens have no component along earlier planes, so that part of w
+         * (left from its random init) predicts nothing; removing it changes no
+         * prediction, but keeps the planes orthogonal, so that removing them in
+         * turn removes their whole span (else a later plane puts back a little
+         * along an earlier one). units holds rounds 0..t-1 (orthonormal). */
+        for (int k = 0; k < 2; k++) {
+            float *wk = w + (size_t)k * D;
+            for (int u = 0; u < 2 * t; u++) {
+                const float *e = units + (size_t)u * D;
+                double p = 0.0;
+                for (int i = 0; i < D; i++) p += (double)wk[i] * e[i];
+                for (int i = 0; i < D; i++) wk[i] = (float)(wk[i] - p * e[i]);
+            }
+        }
         /* The engine's unit vectors of rounds 0..t; the new plane leaves the tokens. */
         if (rasa_prepare(rasa_w, t + 1, D, units, err, errlen) < 0) goto out;
         rasa_apply(units + (size_t)t * 2 * D, 1, D, tokens, (size_t)n_img * N);
