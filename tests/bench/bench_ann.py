@@ -44,7 +44,7 @@ Peers: FAISS from Debian's python3-faiss (apt-get install python3-faiss; 1.7.3 o
 its site-packages are appended to sys.path, so the system numpy is used.
 
     /usr/bin/python3 tests/bench/bench_ann.py --quick           # n = 100k: about 6 min on 2 cores
-    /usr/bin/python3 tests/bench/bench_ann.py                   # n = 1M (full width on 200k)
+    /usr/bin/python3 tests/bench/bench_ann.py                   # n = 1M (full width on 50k)
 """
 import argparse
 import concurrent.futures
@@ -404,20 +404,24 @@ def measure(eng, cfg, ds, knob, args):
 
     def answer_one(i):
         ids = eng.search(q[i:i + 1], ksearch, 1)
-        return ids if not cfg["prefix"] else ds.rerank(qn[i:i + 1], ids, k)
+        t1 = time.perf_counter()
+        if cfg["prefix"]:
+            ds.rerank(qn[i:i + 1], ids, k)
+        return t1
 
     answer_one(0)
-    lat = []
+    lat, lat_ann = [], []
     t_start = time.perf_counter()
     for i in range(nq):
         t = time.perf_counter()
-        answer_one(i)
-        lat.append(time.perf_counter() - t)
-        if len(lat) >= args.min_single and time.perf_counter() - t_start > args.single_seconds:
+        t1 = answer_one(i)
+        t2 = time.perf_counter()
+        lat.append(t2 - t)
+        lat_ann.append(t1 - t)
+        if len(lat) >= args.min_single and t2 - t_start > args.single_seconds:
             break
     p50, p99 = pcts(lat)
     ids = answer_batch()
-    done, t0 = nq, time.perf_counter()
     t0 = time.perf_counter()
     done = 0
     while True:
@@ -427,6 +431,7 @@ def measure(eng, cfg, ds, knob, args):
             break
     qps = done / (time.perf_counter() - t0)
     return {"knob": knob, "ef_eff": eff, "recall": recall_at(ids, cfg["gt"], k), "p50_ms": p50, "p99_ms": p99,
+            "p50_ann_ms": pcts(lat_ann)[0],
             "qps_single": 1000.0 / float(np.mean(np.asarray(lat) * 1000)), "qps_batch": qps, "n_single": len(lat)}
 
 
@@ -487,7 +492,8 @@ def run_franca(args, ds, cfg, m):
     if bpv is None and build.get("rss_mib") is not None:
         bpv = build["rss_mib"] * 2 ** 20 / n
     log(f"  ours: build {build['build_s']:.1f} s, {bpv} bytes/vector, {len(pts)} points, {wall:.0f} s wall")
-    return {"name": f"Franca bench_hnsw M={m} efC={args.efc}" + (f" (width {width}, shortlist {cfg['shortlist']})"
+    kernel = f", {build['kernel']} kernel" if build.get("kernel") else ""
+    return {"name": f"Franca bench_hnsw M={m} efC={args.efc}{kernel}" + (f" (width {width}, shortlist {cfg['shortlist']})"
                                                                   if cfg["prefix"] else ""),
             "family": "Franca", "ours": True, "knob": "ef", "build_s": build["build_s"], "bytes_per_vector": bpv,
             "rss_mib": build.get("rss_mib"), "points": pts, "cmd": cmd}
@@ -508,9 +514,9 @@ def run_config(args, ds, prefix):
     nlist = args.nlist or int(round(4 * np.sqrt(n)))
     cfg = {"prefix": prefix, "n": n, "width": width, "q": q, "gt": gt, "shortlist": args.shortlist,
            "knobs": knobs, "pool": concurrent.futures.ThreadPoolExecutor(args.threads)}
-    ms = [int(v) for v in args.m.split(",")]
+    ms = [int(v) for v in (args.m if prefix else (args.m_full or args.m)).split(",")]
     fams = set((args.engines_prefix if prefix else args.engines).split(","))
-    faiss_ms = [int(v) for v in (args.faiss_m or args.m).split(",")]
+    faiss_ms = [int(v) for v in (args.faiss_m or ",".join(map(str, ms))).split(",")]
     engines = []
     if not args.no_faiss and "faiss-hnsw" in fams:
         engines += [FaissHNSW(m, args.efc, args.threads) for m in faiss_ms]
@@ -568,7 +574,7 @@ def run_config(args, ds, prefix):
         eng.free()
         rounds = res.pop("rounds")
         res["points"] = [{key: (statistics.median([r[i][key] for r in rounds]) if key in
-                                ("p50_ms", "p99_ms", "qps_single", "qps_batch") else rounds[0][i][key])
+                                ("p50_ms", "p99_ms", "p50_ann_ms", "qps_single", "qps_batch") else rounds[0][i][key])
                           for key in rounds[0][i]} for i in range(len(rounds[0]))]
     del x
     gc.collect()
@@ -610,8 +616,8 @@ def report(allres, args, ds, machine):
               f"(numpy for the peers)")
         w("")
         w(f"| engine | build s | bytes/vector | ef / nprobe | ef_eff | recall@{args.k} | p50 ms | p99 ms | "
-          "single q/s | batched q/s |")
-        w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "single q/s | batched q/s |" + (" ANN stage p50 ms |" if r["config"] == "prefix" else ""))
+        w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if r["config"] == "prefix" else ""))
         for e in r["engines"]:
             if "error" in e:
                 w(f"| {e['name']} | {e['error']} | | | | | | | | |")
@@ -620,7 +626,8 @@ def report(allres, args, ds, machine):
                 head = (f"| {e['name']} | {fmt(e['build_s'], '.1f')} | {fmt(e['bytes_per_vector'], '.0f')} "
                         if i == 0 else "| | | ")
                 w(head + f"| {p['knob']} | {p['ef_eff']} | {p['recall']:.3f} | {fmt(p['p50_ms'], '.3f')} | "
-                  f"{fmt(p['p99_ms'], '.3f')} | {fmt(p['qps_single'], '.0f')} | {fmt(p['qps_batch'], '.0f')} |")
+                  f"{fmt(p['p99_ms'], '.3f')} | {fmt(p['qps_single'], '.0f')} | {fmt(p['qps_batch'], '.0f')} |"
+                  + (f" {fmt(p.get('p50_ann_ms'), '.3f')} |" if r["config"] == "prefix" else ""))
         if not any(e.get("ours") for e in r["engines"]):
             w(f"| Franca bench_hnsw | not measured in this run | | | | | | | | |")
         w("")
@@ -652,8 +659,10 @@ def report(allres, args, ds, machine):
         if peers:
             fl = min(peers, key=lambda t: t[1]["p50_ms"])
             fq = max(peers, key=lambda t: t[1]["qps_batch"])
-            s = (f"- {label}: fastest peer single query {fl[0]['name']} ({fl[1]['p50_ms']:.3f} ms), batched "
-                 f"{fq[0]['name']} ({fq[1]['qps_batch']:.0f} q/s)")
+            s = (f"- {label}: fastest peer single query {fl[0]['name']} ({fl[1]['p50_ms']:.3f} ms"
+                 + (f", of which its ANN stage {fl[1]['p50_ann_ms']:.3f} ms and the numpy re-rank the rest"
+                    if r["config"] == "prefix" and fl[1].get("p50_ann_ms") else "")
+                 + f"), batched {fq[0]['name']} ({fq[1]['qps_batch']:.0f} q/s)")
             if ours:
                 ol = min(ours, key=lambda t: t[1]["p50_ms"])
                 oq = max(ours, key=lambda t: t[1]["qps_batch"])
@@ -706,19 +715,20 @@ def main():
     ap.add_argument("--work", default=None, help="cache directory (default /tmp/franca-annbench/<n>x<dim>)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--configs", default="full,prefix")
-    ap.add_argument("--full-n", type=int, default=200000,
-                    help="rows for the full-width configuration (default 200000; said in the output)")
+    ap.add_argument("--full-n", type=int, default=None,
+                    help="rows for the full-width configuration (default 50000; --quick: 20000; said in the output)")
     ap.add_argument("--width", type=int, default=64, help="prefix width of the prefix configuration")
     ap.add_argument("--shortlist", type=int, default=100, help="prefix candidates re-ranked at full width")
     ap.add_argument("--m", default="16,32", help="HNSW M values (hnswlib, usearch, ours)")
-    ap.add_argument("--faiss-m", default=None, help="HNSW M values for FAISS (default: --m)")
+    ap.add_argument("--m-full", default=None, help="HNSW M values at full width (default: --m)")
+    ap.add_argument("--faiss-m", default=None, help="HNSW M values for FAISS (default: those of the others)")
     ap.add_argument("--engines", default="faiss-hnsw,faiss-ivf,hnswlib,usearch", help="peers, full width")
     ap.add_argument("--engines-prefix", default="faiss-hnsw,faiss-ivf,hnswlib,usearch", help="peers, prefix")
     ap.add_argument("--efc", type=int, default=200, help="efConstruction (every HNSW engine)")
     ap.add_argument("--ef", default="16,32,64,128,256", help="ef sweep, full width")
     ap.add_argument("--prefix-ef", default="100,150,200,300,400", help="ef sweep, prefix (ef_eff >= shortlist)")
     ap.add_argument("--nlist", type=int, default=0, help="IVF lists (default 4 sqrt(n))")
-    ap.add_argument("--nprobe", default="4,8,16,32,64,128")
+    ap.add_argument("--nprobe", default="8,16,32,64,128,256")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--single-seconds", type=float, default=1.5, help="time budget of one single-query run")
     ap.add_argument("--min-single", type=int, default=200, help="least single queries per point")
@@ -726,21 +736,27 @@ def main():
     ap.add_argument("--build-budget", type=float, default=900.0, help="seconds a peer's build may take")
     ap.add_argument("--target", type=float, default=0.95, help="recall@k of the headline")
     ap.add_argument("--build", default=os.environ.get("FRANCA_BUILD_ROOT") or os.path.join(ROOT, "build"))
-    ap.add_argument("--franca-bin", default=None, help="default <build>/tests/bench/bench_hnsw")
+    ap.add_argument("--franca-bin", default=None,
+                    help="our driver (default <build>/tests/bench/bench_hnsw or <build>/tests/bench_hnsw)")
     ap.add_argument("--franca-timeout", type=float, default=1800.0)
     ap.add_argument("--venv", default=None, help="venv for hnswlib and usearch (default <build>/venv-annbench)")
     ap.add_argument("--no-faiss", action="store_true")
     ap.add_argument("--no-pypi", action="store_true", help="skip hnswlib and usearch")
     ap.add_argument("--no-franca", action="store_true")
+    ap.add_argument("--prepare-only", action="store_true", help="make the cached data and ground truths, then stop")
     ap.add_argument("--json", help="also write the figures to this file")
     ap.add_argument("--md", help="also write the markdown report to this file")
     args = ap.parse_args()
     if args.n is None:
         args.n = 100000 if args.quick else 1000000
+    if args.full_n is None:
+        args.full_n = 20000 if args.quick else 50000
     if args.tau is None:
         args.tau = args.dim / 8.0
     args.work = args.work or f"/tmp/franca-annbench/{args.n}x{args.dim}"
-    args.franca_bin = args.franca_bin or os.path.join(args.build, "tests", "bench", "bench_hnsw")
+    if not args.franca_bin:  # meson puts tests/meson.build's executables in <build>/tests
+        cands = [os.path.join(args.build, "tests", "bench", "bench_hnsw"), os.path.join(args.build, "tests", "bench_hnsw")]
+        args.franca_bin = next((c for c in cands if os.path.exists(c)), cands[0])
     args.venv = args.venv or os.path.join(args.build, "venv-annbench")
     machine = machine_info()
     if not args.no_pypi:
@@ -752,6 +768,10 @@ def main():
             log(f"FAISS unavailable ({e}): apt-get install python3-faiss; FAISS rows left out")
             args.no_faiss = True
     ds = Dataset(args)
+    if args.prepare_only:
+        for c in (c for c in args.configs.split(",") if c):
+            ds.gt(args.n if c == "prefix" else min(args.n, args.full_n))
+        return 0
     allres = []
     t0 = time.perf_counter()
     for c in (c for c in args.configs.split(",") if c):
