@@ -5,8 +5,8 @@ hnswlib and usearch, on the same clustered Matryoshka-like data, in one run.
 Data (cached under --work, so that reruns skip generating it and its ground truth):
   base.f32     n x d float32, raw (not normalised), row-major
   queries.f32  nq x d float32, drawn like the data (same clusters), not from it
-  gt.i32       nq x k int32: exact top-k by cosine at full width (numpy, in blocks)
-  gt_n<N>.i32  the same over the first N base rows (the reduced full-width configuration)
+  gt.i32       nq x k int32: exact top-k by cosine at full width (numpy, in blocks), all rows
+  gt_n<N>.i32  the same over the first N base rows (a smaller --n, the full-width configuration)
   meta.json    the generator's parameters; a cache made with other ones is regenerated
 
 The generator ("clustered, Matryoshka-like"): --clusters Gaussian clusters (default 4096)
@@ -161,7 +161,7 @@ class Dataset:
         self.norms = np.fromfile(norms_path, np.float32)
 
     def gt_path(self, n):
-        return os.path.join(self.args.work, "gt.i32" if n == self.args.n else f"gt_n{n}.i32")
+        return os.path.join(self.args.work, "gt.i32" if n == self.rows else f"gt_n{n}.i32")
 
     def gt(self, n):
         """Exact top-k (k = --k) by cosine over the first n rows, cached."""
@@ -219,15 +219,41 @@ def rss_bytes():
 
 def peer_modules(venv):
     """hnswlib and usearch from PyPI in a venv made here on first use (not in CI)."""
-    if not glob.glob(os.path.join(venv, "lib", "python3*", "site-packages", "usearch")) or \
-            not glob.glob(os.path.join(venv, "lib", "python3*", "site-packages", "hnswlib*")):
-        log(f"creating {venv} and installing hnswlib and usearch from PyPI")
+    site = os.path.join(venv, "lib", "python3*", "site-packages")
+    if not all(glob.glob(os.path.join(site, m)) for m in ("usearch", "hnswlib*", "faiss")):
+        log(f"creating {venv} and installing hnswlib, usearch and faiss-cpu from PyPI")
         subprocess.run([sys.executable, "-m", "venv", venv], check=True, capture_output=True)
         subprocess.run([os.path.join(venv, "bin", "python"), "-m", "pip", "install", "--disable-pip-version-check",
-                        "-q", "hnswlib", "usearch"], check=True, capture_output=True)
-    site = glob.glob(os.path.join(venv, "lib", "python3*", "site-packages"))[0]
+                        "-q", "hnswlib", "usearch", "faiss-cpu"], check=True, capture_output=True)
+    site = glob.glob(site)[0]
     if site not in sys.path:
         sys.path.append(site)  # after the system's: Debian's numpy and faiss stay the ones imported
+
+
+def run_faiss_pypi(args, prefix):
+    """FAISS from PyPI (faiss-cpu, built with AVX2/AVX-512, against numpy 2) cannot share this
+    process with Debian's numpy: this script runs again under the venv's python for the FAISS
+    engines of one configuration, on the same cached data; returns its engine results."""
+    py = os.path.join(args.venv, "bin", "python")
+    out = os.path.join(args.work, f"faiss-pypi-{'prefix' if prefix else 'full'}.json")
+    cmd = [py, os.path.abspath(__file__), "--worker", "--no-pypi", "--no-franca", "--configs",
+           "prefix" if prefix else "full", "--engines", "faiss-hnsw,faiss-ivf", "--engines-prefix",
+           "faiss-hnsw,faiss-ivf", "--json", out, "--venv", args.venv]
+    for key in ("n", "dim", "nq", "k", "clusters", "tau", "noise", "seed", "work", "threads", "full_n", "width",
+                "shortlist", "m", "m_full", "faiss_m", "efc", "ef", "prefix_ef", "nlist", "nprobe", "rounds",
+                "single_seconds", "min_single", "batch_seconds", "build_budget"):
+        v = getattr(args, key)
+        if v is not None:
+            cmd += ["--" + key.replace("_", "-"), str(v)]
+    log("  FAISS from PyPI, in the venv: " + " ".join(cmd[:2]) + " ...")
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS=str(args.threads))
+    p = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=None, env=env)
+    if p.returncode != 0:
+        return [{"name": "FAISS (PyPI faiss-cpu)", "family": "FAISS PyPI", "error": f"worker exit {p.returncode}"}]
+    res = json.load(open(out))["results"][0]["engines"]
+    for e in res:
+        e["family"] = "FAISS PyPI"
+    return res
 
 
 def pkg_version(name):
@@ -255,13 +281,21 @@ def add_in_chunks(add, x, budget_s, label):
                                  f"{min(n, lo + step)} of {n} vectors in {el:.0f} s")
 
 
+def faiss_label(faiss):
+    """'FAISS 1.7.3 (Debian, generic build)' or 'FAISS 1.15.1 (PyPI faiss-cpu, AVX512)'."""
+    opts = faiss.get_compile_options() if hasattr(faiss, "get_compile_options") else ""
+    simd = next((f for f in ("AVX512", "AVX2") if f in opts.split()), "generic build")
+    src = "Debian" if faiss.__file__.startswith("/usr/lib/python3/") else "PyPI faiss-cpu"
+    return f"FAISS {faiss.__version__} ({src}, {simd})"
+
+
 class FaissHNSW:
     family = "FAISS HNSW"
 
     def __init__(self, m, efc, threads):
         import faiss
         self.faiss, self.m, self.efc, self.T = faiss, m, efc, threads
-        self.name = f"FAISS {faiss.__version__} IndexHNSWFlat M={m} efC={efc}"
+        self.name = f"{faiss_label(faiss)} IndexHNSWFlat M={m} efC={efc}"
         self.knob = "ef"
 
     def build(self, x, budget):
@@ -288,7 +322,7 @@ class FaissIVF:
     def __init__(self, nlist, threads):
         import faiss
         self.faiss, self.nlist, self.T = faiss, nlist, threads
-        self.name = f"FAISS {faiss.__version__} IndexIVFFlat nlist={nlist}"
+        self.name = f"{faiss_label(faiss)} IndexIVFFlat nlist={nlist}"
         self.knob = "nprobe"
 
     def build(self, x, budget):
@@ -555,7 +589,7 @@ def run_config(args, ds, prefix):
         ceiling = prefix_ceiling(ds, x, q, gt, args.k, [S for S in sizes if S <= n])
         log(f"  exact prefix top-S re-ranked (the design's ceiling, {time.perf_counter() - t0:.0f} s): "
             + ", ".join(f"S={S}: {r:.3f}" for S, r in ceiling.items()))
-    franca = []
+    franca, pypi = [], []
     for rnd in range(args.rounds):
         for eng, res in live:
             pts = []
@@ -568,6 +602,8 @@ def run_config(args, ds, prefix):
         if rnd == 0 and os.path.exists(args.franca_bin) and not args.no_franca:
             for m in ms:
                 franca.append(run_franca(args, ds, cfg, m))
+        if rnd == 0 and args.faiss_pypi and not args.worker:
+            pypi = run_faiss_pypi(args, prefix)
     if not os.path.exists(args.franca_bin) and not args.no_franca:
         log(f"  ours: {args.franca_bin} not found: not measured in this run")
     for eng, res in live:
@@ -580,7 +616,7 @@ def run_config(args, ds, prefix):
     gc.collect()
     cfg["pool"].shutdown()
     return {"config": "prefix" if prefix else "full", "n": n, "width": width, "nlist": nlist,
-            "shortlist": args.shortlist if prefix else None, "ceiling": ceiling, "engines": franca + results}
+            "shortlist": args.shortlist if prefix else None, "ceiling": ceiling, "engines": franca + results + pypi}
 
 
 # --- report ----------------------------------------------------------------------
@@ -743,6 +779,9 @@ def main():
     ap.add_argument("--no-faiss", action="store_true")
     ap.add_argument("--no-pypi", action="store_true", help="skip hnswlib and usearch")
     ap.add_argument("--no-franca", action="store_true")
+    ap.add_argument("--no-faiss-pypi", dest="faiss_pypi", action="store_false",
+                    help="skip FAISS from PyPI (faiss-cpu, run under the venv's python)")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--prepare-only", action="store_true", help="make the cached data and ground truths, then stop")
     ap.add_argument("--json", help="also write the figures to this file")
     ap.add_argument("--md", help="also write the markdown report to this file")
@@ -759,7 +798,7 @@ def main():
         args.franca_bin = next((c for c in cands if os.path.exists(c)), cands[0])
     args.venv = args.venv or os.path.join(args.build, "venv-annbench")
     machine = machine_info()
-    if not args.no_pypi:
+    if not args.no_pypi or (args.faiss_pypi and not args.worker):
         peer_modules(args.venv)
     if not args.no_faiss:
         try:
