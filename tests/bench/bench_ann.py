@@ -583,7 +583,7 @@ def run_config(args, ds, prefix):
         results.append(res)
         live.append((eng, res))
     ceiling = None
-    if prefix:
+    if prefix and not args.worker:
         sizes = sorted({args.k, 2 * args.k, 50, 100, 200, 400, args.shortlist})
         t0 = time.perf_counter()
         ceiling = prefix_ceiling(ds, x, q, gt, args.k, [S for S in sizes if S <= n])
