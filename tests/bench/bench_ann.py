@@ -40,11 +40,23 @@ run once per configuration and M between the first and the second round; it buil
 graph from base.f32 and prints JSON lines (see parse_franca).
 
 Peers: FAISS from Debian's python3-faiss (apt-get install python3-faiss; 1.7.3 on Debian
-12), hnswlib and usearch from PyPI in a venv the script makes under --venv (never in CI);
-its site-packages are appended to sys.path, so the system numpy is used.
+12, a generic build without AVX2/AVX-512 kernels: its HNSW builds 768-d vectors about 8x
+slower than hnswlib), FAISS from PyPI (faiss-cpu, AVX-512; it needs numpy 2, so the script
+runs itself again under the venv's python for those rows: --no-faiss-pypi skips them),
+hnswlib and usearch from PyPI; all PyPI packages go into a venv the script makes under
+--venv (never in CI), whose site-packages are appended to sys.path so that this process
+keeps the system numpy and Debian's FAISS. --engines / --engines-prefix pick the peers
+(faiss-hnsw,faiss-ivf,hnswlib,usearch).
 
-    /usr/bin/python3 tests/bench/bench_ann.py --quick           # n = 100k: about 6 min on 2 cores
-    /usr/bin/python3 tests/bench/bench_ann.py                   # n = 1M (full width on 50k)
+Measured times on the project's 2-core machine (docs/benchmarks.md, "Approximate search"):
+--quick with every peer at M = 16 took 34 min while other builds loaded the machine (Debian
+FAISS's HNSW builds were 15 of them); the prefix configuration at 300k with hnswlib, usearch,
+IVF and PyPI FAISS took 9 min on a quiet machine.
+
+    /usr/bin/python3 tests/bench/bench_ann.py --quick --m 16           # n = 100k, full width on 20k
+    /usr/bin/python3 tests/bench/bench_ann.py --n 300000 --configs prefix --m 16 \
+        --engines-prefix hnswlib,usearch,faiss-ivf                        # run 2 of docs/benchmarks.md
+    /usr/bin/python3 tests/bench/bench_ann.py                           # n = 1M (full width on 50k): long
 """
 import argparse
 import concurrent.futures
