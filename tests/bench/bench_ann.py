@@ -677,7 +677,7 @@ def report(allres, args, ds, machine):
                   f"{fmt(p['p99_ms'], '.3f')} | {fmt(p['qps_single'], '.0f')} | {fmt(p['qps_batch'], '.0f')} |"
                   + (f" {fmt(p.get('p50_ann_ms'), '.3f')} |" if r["config"] == "prefix" else ""))
         if not any(e.get("ours") for e in r["engines"]):
-            w(f"| Franca bench_hnsw | not measured in this run | | | | | | | | |")
+            w("| Franca bench_hnsw | not measured in this run | | | | | | | | |")
         w("")
         if r.get("ceiling"):
             w(f"Design ceiling (exact top-S on the {r['width']}-d prefix, re-ranked at {args.dim}): "

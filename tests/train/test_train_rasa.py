@@ -18,7 +18,6 @@ held-out test images through franca-embed --rasa on the exported checkpoint.
 plus the metadata and the refusals (missing model, bad data, rounds out of range)."""
 import os
 import re
-import subprocess
 import sys
 import tempfile
 
