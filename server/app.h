@@ -27,6 +27,7 @@ struct app_limits {
     size_t max_json_floats;    /* patch outputs above this as JSON get 413 */
     int max_insert_items;      /* --max-insert-items: items per insert request */
     int max_search_queries;    /* queries per batch search request */
+    int reembed_rate;          /* --reembed-rate: images/s a re-embed may take; 0: no cap */
 };
 
 struct app {

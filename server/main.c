@@ -4,7 +4,7 @@
  * --admin-token-file F --max-batch N --max-delay-ms N --max-body-mb N
  * --max-image-pixels N --threads N; plus --http-threads N --max-queue N
  * --max-images N --api-key-file F --header-timeout S --max-connections N
- * --max-connections-per-ip N --max-inflight-tokens N --drain-seconds N
+ * --max-connections-per-ip N --max-inflight-tokens N --drain-seconds N --reembed-rate N
  * --precision P. Prints
  * "listening on http://HOST:PORT" once ready; SIGTERM or SIGINT stops
  * accepting, finishes requests in flight and exits 0; work still running
@@ -69,7 +69,9 @@ static const char usage_text[] =
     "  --max-connections-per-ip N  connections from one address at most, more are closed at\n"
     "                          once (default 0: no limit; for servers exposed without a proxy)\n"
     "  --drain-seconds N       on SIGTERM, how long requests in flight may finish (default 30);\n"
-    "                          whatever still runs 5 s later is abandoned (exit status 1)\n";
+    "                          whatever still runs 5 s later is abandoned (exit status 1)\n"
+    "  --reembed-rate N        images per second a re-embed job may embed, so that it leaves\n"
+    "                          the cores to requests (default 0: as fast as the batcher goes)\n";
 
 struct options {
     const char *names[MAX_MODELS], *paths[MAX_MODELS];
@@ -78,7 +80,7 @@ struct options {
     const char *restore;
     int port, max_batch, max_delay_ms, max_body_mb, max_images, max_queue, threads, http_threads;
     int index_threads, max_insert_items, header_timeout, max_connections, max_conn_per_ip;
-    int drain_seconds;
+    int drain_seconds, reembed_rate;
     long long max_pixels, max_inflight_tokens;
 };
 
@@ -105,7 +107,7 @@ static int parse_options(int argc, char **argv, struct options *o)
     enum { O_MODEL = 256, O_MODELS_DIR, O_HOST, O_PORT, O_DATA, O_DEVICE, O_TOKEN, O_BATCH,
            O_DELAY, O_BODY, O_PIXELS, O_IMAGES, O_QUEUE, O_THREADS, O_HTTP, O_INDEX_THREADS, O_INSERT_ITEMS, O_API_KEYS, O_HELP,
            O_HEADER_TIMEOUT, O_MAX_CONN, O_MAX_CONN_IP, O_INFLIGHT, O_DRAIN, O_PRECISION,
-           O_RESTORE };
+           O_RESTORE, O_REEMBED_RATE };
     static const struct option lo[] = {
         {"model", required_argument, 0, O_MODEL}, {"models-dir", required_argument, 0, O_MODELS_DIR},
         {"host", required_argument, 0, O_HOST}, {"port", required_argument, 0, O_PORT},
@@ -126,6 +128,7 @@ static int parse_options(int argc, char **argv, struct options *o)
         {"max-connections-per-ip", required_argument, 0, O_MAX_CONN_IP},
         {"max-inflight-tokens", required_argument, 0, O_INFLIGHT},
         {"drain-seconds", required_argument, 0, O_DRAIN},
+        {"reembed-rate", required_argument, 0, O_REEMBED_RATE},
         {"help", no_argument, 0, O_HELP}, {0, 0, 0, 0}};
     *o = (struct options){.host = "127.0.0.1", .port = 8080, .data = "./data", .device = "auto",
                           .max_batch = 16, .max_delay_ms = 5, .max_body_mb = 64,
@@ -153,6 +156,7 @@ static int parse_options(int argc, char **argv, struct options *o)
         {O_MAX_CONN_IP, &o->max_conn_per_ip, 0, 1 << 20,
          "--max-connections-per-ip needs 0..1048576, got '%s'"},
         {O_DRAIN, &o->drain_seconds, 1, 3600, "--drain-seconds needs 1..3600, got '%s'"},
+        {O_REEMBED_RATE, &o->reembed_rate, 0, 1 << 20, "--reembed-rate needs 0..1048576, got '%s'"},
     };
     while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         bool handled = false;
@@ -328,7 +332,8 @@ int main(int argc, char **argv)
         .max_images = o.max_images, .max_batch = o.max_batch, .max_delay_ms = o.max_delay_ms,
         .max_queue = o.max_queue, .max_json_floats = 4u << 20,
         .max_inflight_tokens = (unsigned long long)o.max_inflight_tokens,
-        .max_insert_items = o.max_insert_items, .max_search_queries = 1024};
+        .max_insert_items = o.max_insert_items, .max_search_queries = 1024,
+        .reembed_rate = o.reembed_rate};
     struct http_router *router = NULL;
     if (o.token_file) {
         char *token = read_token(o.token_file, err, sizeof err);

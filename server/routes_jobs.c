@@ -15,6 +15,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "errors.h"
 #include "index/reembed.h"
 #include "infer.h"
@@ -31,6 +32,7 @@ struct reembed {
     struct model_entry *e;   /* the checkpoint to embed with */
     struct job *job;
     int64_t total;
+    double started;          /* clock_now_s() when it began to run, for --reembed-rate */
     /* One page in flight. */
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -101,9 +103,19 @@ static int embed_page(void *user, const struct store_image_row *rows, size_t n, 
     return 0;
 }
 
+/* reembed_progress_fn: records the progress, then with --reembed-rate waits
+ * until the pace allows the next page, looking at the shutdown flag often. */
 static void progress(void *user, int64_t done)
 {
-    job_progress(((struct reembed *)user)->job, done);
+    struct reembed *re = user;
+    job_progress(re->job, done);
+    const int rate = re->app->limits.reembed_rate;
+    if (rate <= 0) return;
+    const double due = re->started + (double)done / rate;
+    for (double now; (now = clock_now_s()) < due && !atomic_load(&re->app->stopping);) {
+        const double wait = due - now < 0.05 ? due - now : 0.05;
+        usleep((useconds_t)(wait * 1e6));
+    }
 }
 
 static void reembed_free(struct reembed *re)
@@ -120,6 +132,7 @@ static void reembed_job(void *arg)
 {
     struct reembed *re = arg;
     char err[ERR_LEN] = "";
+    re->started = clock_now_s();
     const struct reembed_spec spec = {.c = re->c, .fingerprint = re->e->fingerprint,
                                       .total = re->total, .embed = embed_page,
                                       .progress = progress, .user = re,
