@@ -294,17 +294,45 @@ static void plain_md(dnnl_memory_desc_t *md, int rows, int cols, enum mm_type t,
     dnnl_memory_desc_init_by_tag(md, 2, dims, dt(t), transposed ? dnnl_ba : dnnl_ab);
 }
 
+/* Copies between W [N, K] float32 and the blocked layout, either way. */
+static int plain_reorder(const struct mm_weights *w, float *W, bool to_blocked, char *err,
+                         size_t errlen)
+{
+    dnnl_memory_desc_t wplain;
+    plain_md(&wplain, w->K, w->N, MM_F32, true);
+    const dnnl_memory_desc_t *from = to_blocked ? &wplain : &w->blocked_md;
+    const dnnl_memory_desc_t *to = to_blocked ? &w->blocked_md : &wplain;
+    dnnl_memory_t mems[2];
+    const dnnl_memory_desc_t *mds[2] = {from, to};
+    void *ptrs[2] = {to_blocked ? (void *)W : w->blocked, to_blocked ? w->blocked : (void *)W};
+    if (wrap(mems, mds, ptrs, 2, err, errlen)) return -1;
+    dnnl_primitive_desc_t rpd = NULL;
+    dnnl_primitive_t reorder;
+    int rc = -1;
+    if (dnnl_reorder_primitive_desc_create(&rpd, from, engine, to, engine, NULL) == dnnl_success &&
+        dnnl_primitive_create(&reorder, rpd) == dnnl_success) {
+        /* One more slot for the scratchpad; execute frees the primitive. */
+        dnnl_exec_arg_t args[3] = {{DNNL_ARG_FROM, mems[0]}, {DNNL_ARG_TO, mems[1]}};
+        rc = execute(reorder, args, 2, err, errlen);
+    } else {
+        mm_err(err, errlen, "oneDNN cannot lay out the weights");
+    }
+    if (rpd) dnnl_primitive_desc_destroy(rpd);
+    unwrap(mems, 2);
+    return rc;
+}
+
 /* Lets oneDNN pick its weight layout for a typical row count (the layout does
  * not depend on it), then reorders W into it once. */
 static int weights_reorder(struct mm_weights *w, const float *W, char *err, size_t errlen)
 {
-    dnnl_memory_desc_t src, wany, dst, wplain;
+    dnnl_memory_desc_t src, wany, dst;
     const dnnl_dims_t wdims = {w->K, w->N};
     plain_md(&src, 256, w->K, w->type, false);
     plain_md(&dst, 256, w->N, MM_F32, false);
     dnnl_memory_desc_init_by_tag(&wany, 2, wdims, dt(w->type), dnnl_format_tag_any);
-    dnnl_primitive_t prim, reorder = NULL;
-    dnnl_primitive_desc_t pd, rpd = NULL;
+    dnnl_primitive_t prim;
+    dnnl_primitive_desc_t pd;
     if (matmul_create(&prim, &src, &wany, NULL, &dst, NULL, &pd, err, errlen)) return -1;
     const char *impl = "?";
     dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl);
@@ -316,23 +344,7 @@ static int weights_reorder(struct mm_weights *w, const float *W, char *err, size
     w->blocked_bytes = dnnl_memory_desc_get_size(&w->blocked_md);
     if (!(w->blocked = aligned_alloc(64, (w->blocked_bytes + 63) / 64 * 64)))
         return mm_err(err, errlen, "out of memory for %zu bytes of weights", w->blocked_bytes);
-    plain_md(&wplain, w->K, w->N, MM_F32, true);
-    dnnl_memory_t mems[2];
-    const dnnl_memory_desc_t *mds[2] = {&wplain, &w->blocked_md};
-    void *ptrs[2] = {(void *)W, w->blocked};
-    if (wrap(mems, mds, ptrs, 2, err, errlen)) return -1;
-    int rc = -1;
-    if (dnnl_reorder_primitive_desc_create(&rpd, &wplain, engine, &w->blocked_md, engine, NULL) ==
-            dnnl_success &&
-        dnnl_primitive_create(&reorder, rpd) == dnnl_success) {
-        dnnl_exec_arg_t args[3] = {{DNNL_ARG_FROM, mems[0]}, {DNNL_ARG_TO, mems[1]}};
-        rc = execute(reorder, args, 2, err, errlen);
-    } else {
-        mm_err(err, errlen, "oneDNN cannot lay out the weights");
-    }
-    if (rpd) dnnl_primitive_desc_destroy(rpd);
-    unwrap(mems, 2);
-    return rc;
+    return plain_reorder(w, (float *)W, true, err, errlen);
 }
 
 int mm_weights_create(struct mm_weights **out, const float *W, int K, int N, enum mm_type type,
@@ -355,6 +367,11 @@ int mm_weights_create(struct mm_weights **out, const float *W, int K, int N, enu
     }
     *out = w;
     return 0;
+}
+
+int mm_weights_unpack(const struct mm_weights *w, float *W, char *err, size_t errlen)
+{
+    return plain_reorder(w, W, false, err, errlen);
 }
 
 void mm_weights_free(struct mm_weights *w)

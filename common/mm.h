@@ -68,6 +68,9 @@ void mm_sgemm(bool trans_a, bool trans_b, size_t M, size_t N, size_t K, float al
 struct mm_weights;
 int mm_weights_create(struct mm_weights **out, const float *W, int K, int N, enum mm_type type,
                       char *err, size_t errlen);
+/* Writes the weights back as W [N, K] float32: exactly the W they were made
+ * from when its values are bf16 numbers, or the type is fp32. */
+int mm_weights_unpack(const struct mm_weights *w, float *W, char *err, size_t errlen);
 void mm_weights_free(struct mm_weights *w);
 enum mm_type mm_weights_type(const struct mm_weights *w);
 /* The kernel that runs it, e.g. "onednn brg:avx512_core_bf16". */

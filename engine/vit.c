@@ -4,8 +4,11 @@
 
 #include <omp.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "cpu/ops.h"
 #include "cpu/pos_embed.h"
@@ -33,10 +36,13 @@ struct packed_block {
  * in fp32 one extra copy of nearly all parameters
  * (about +86 MB for ViT-S/14, +342 MB for ViT-B/14, +1.2 GB for ViT-L/14),
  * in bf16 half of that (the patch embedding stays fp32: its input is pixels).
- * The plain weights in ck stay: the CUDA upload, RASA, the positional tables
- * and the trainer read them. The copy is made once, in the precision the
- * model runs in: by vit_model_use_device, or by the first CPU forward; it is
- * dropped while the model runs on CUDA. */
+ * The copy is made once, in the precision the model runs in: by
+ * vit_model_use_device, or by the first CPU forward; it is dropped while the
+ * model runs on CUDA. The plain weights in ck stay, except the blocks' four
+ * matrices in bf16 when their values are all bf16 numbers (a bf16
+ * checkpoint): nothing reads them while the bf16 copy serves, so their pages
+ * go back to the system (-342 MB for ViT-B/14) and are written again, exactly,
+ * from the copy before a change of precision or device needs them. */
 struct vit_model {
     struct checkpoint ck;
     struct mm_weights *patch_packed;
@@ -47,6 +53,7 @@ struct vit_model {
     struct pos_cache_entry *pos_cache;
     struct cuda_model *cuda;     /* non-NULL: forwards run on CUDA */
     enum vit_precision precision; /* of the products, on either device */
+    bool matrices_released;      /* the blocks' plain matrices are zero pages (above) */
 };
 
 /* Activations for one (B, T) shape, carved from one allocation. In bf16 the
@@ -87,6 +94,88 @@ static void model_unpack(struct vit_model *m)
     m->patch_packed = NULL;
 }
 
+/* A block's matrices in ck as the bf16 layout splits them (a SwiGLU fc1 is
+ * two: see packed_block), with their sizes (0: unused) and the packed weights
+ * made from each. */
+#define BLOCK_MATRICES 5
+static void block_matrices(const struct model_config *c, const struct vit_block_weights *bw,
+                           const struct packed_block *pb, float *plain[BLOCK_MATRICES],
+                           size_t floats[BLOCK_MATRICES],
+                           struct mm_weights *packed[BLOCK_MATRICES])
+{
+    const size_t D = (size_t)c->embed_dim, Hs = (size_t)c->ffn_hidden;
+    const bool split = c->ffn == FFN_SWIGLU; /* only bf16 layouts are released */
+    float *p[BLOCK_MATRICES] = {bw->qkv_w, bw->proj_w, bw->fc1_w, bw->fc1_w + Hs * D, bw->fc2_w};
+    const size_t n[BLOCK_MATRICES] = {3 * D * D, D * D, Hs * D, split ? Hs * D : 0, D * Hs};
+    for (int i = 0; i < BLOCK_MATRICES; i++) {
+        plain[i] = p[i];
+        floats[i] = n[i];
+    }
+    packed[0] = pb->qkv;
+    packed[1] = pb->proj;
+    packed[2] = pb->fc1;
+    packed[3] = pb->fc1_gate;
+    packed[4] = pb->fc2;
+}
+
+static bool bf16_numbers(const float *x, size_t n)
+{
+    const uint32_t *u = (const uint32_t *)(const void *)x;
+    uint32_t low = 0;
+    for (size_t i = 0; i < n; i++) low |= u[i] & 0xffffu;
+    return low == 0;
+}
+
+/* Gives back the whole pages inside x[0, n): they read as zeros until written. */
+static void pages_release(float *x, size_t n)
+{
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    const uintptr_t lo = ((uintptr_t)x + page - 1) / page * page;
+    const uintptr_t hi = ((uintptr_t)(x + n)) / page * page;
+    if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED);
+}
+
+/* After a bf16 layout: releases the blocks' plain matrices when the layout
+ * holds them exactly. */
+static void model_release_matrices(struct vit_model *m)
+{
+    const struct model_config *c = &m->ck.cfg;
+    float *plain[BLOCK_MATRICES];
+    size_t n[BLOCK_MATRICES];
+    struct mm_weights *packed[BLOCK_MATRICES];
+    for (int l = 0; l < c->depth; l++) {
+        block_matrices(c, &m->ck.w.blocks[l], &m->packed[l], plain, n, packed);
+        for (int i = 0; i < BLOCK_MATRICES; i++)
+            if (n[i] && !bf16_numbers(plain[i], n[i])) return;
+    }
+    for (int l = 0; l < c->depth; l++) {
+        block_matrices(c, &m->ck.w.blocks[l], &m->packed[l], plain, n, packed);
+        for (int i = 0; i < BLOCK_MATRICES; i++)
+            if (n[i]) pages_release(plain[i], n[i]);
+    }
+    m->matrices_released = true;
+}
+
+/* Writes the released matrices back from the bf16 layout; 0, or -1 with the
+ * matrices still released and the layout kept. */
+static int model_restore_matrices(struct vit_model *m, char *err, size_t errlen)
+{
+    if (!m->matrices_released) return 0;
+    const struct model_config *c = &m->ck.cfg;
+    float *plain[BLOCK_MATRICES];
+    size_t n[BLOCK_MATRICES];
+    struct mm_weights *packed[BLOCK_MATRICES];
+    char why[ERR_LEN];
+    for (int l = 0; l < c->depth; l++) {
+        block_matrices(c, &m->ck.w.blocks[l], &m->packed[l], plain, n, packed);
+        for (int i = 0; i < BLOCK_MATRICES; i++)
+            if (n[i] && mm_weights_unpack(packed[i], plain[i], why, sizeof why))
+                return set_err(err, errlen, "writing back block %d's weights: %s", l, why);
+    }
+    m->matrices_released = false;
+    return 0;
+}
+
 /* Lays out the linear weights for the CPU forward in precision p; all or
  * nothing. */
 static int model_pack(struct vit_model *m, enum vit_precision p, char *err, size_t errlen)
@@ -118,6 +207,7 @@ static int model_pack(struct vit_model *m, enum vit_precision p, char *err, size
                        p == VIT_PRECISION_BF16 ? "bf16" : "fp32", why);
     }
     m->precision = p;
+    if (p == VIT_PRECISION_BF16) model_release_matrices(m);
     return 0;
 }
 
@@ -549,6 +639,7 @@ int vit_model_use_device(struct vit_model *m, enum vit_device d, enum vit_precis
 {
     if (d == VIT_DEVICE_CPU) {
         if (!m->packed || m->precision != p) {
+            if (model_restore_matrices(m, err, errlen)) return -1;
             /* The old copy goes first, so that peak memory holds only one; on
              * failure the precision stays and a CPU forward lays it out again. */
             model_unpack(m);
@@ -559,6 +650,7 @@ int vit_model_use_device(struct vit_model *m, enum vit_device d, enum vit_precis
         return 0;
     }
     struct cuda_model *cm;
+    if (model_restore_matrices(m, err, errlen)) return -1;
     if (cuda_model_create(&m->ck.cfg, &m->ck.w, p == VIT_PRECISION_BF16, &cm, err, errlen))
         return -1;
     cuda_model_free(m->cuda);
