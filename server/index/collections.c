@@ -767,6 +767,11 @@ static int build_threads(void)
     return n < 1 ? 1 : n > 8 ? 8 : (int)n;
 }
 
+/* A node holds its row's unit prefix when their cosine is at least this: the
+ * graph keeps halves and an int8 mirror decodes to within about 1e-4 of the
+ * stored row, while a row id SQLite gave to another vector lands far below. */
+#define ANN_SAME_PREFIX 0.999
+
 /* Brings g in line with the mirror: nodes whose row is gone or whose prefix
  * differs from the row's (SQLite may give a deleted row id to a new row) are
  * tombstoned; rows without a live node are inserted. The mirror is read under
@@ -786,7 +791,9 @@ static int ann_repair(struct coll *c, struct hnsw *g, size_t *fixed)
         if (!stale && hnsw_lookup(g, lab[i], a)) {
             mirror_row_copy(m, (size_t)row, W, b);
             unit(b, W);
-            for (int j = 0; j < W && !stale; j++) stale = fabsf(a[j] - b[j]) > 1e-4f;
+            double dot = 0;
+            for (int j = 0; j < W; j++) dot += (double)a[j] * b[j];
+            stale = dot < ANN_SAME_PREFIX;
         }
         if (stale) {
             hnsw_delete(g, lab[i]);

@@ -1,7 +1,9 @@
 /* HNSW over the normalised Matryoshka prefix; see hnsw.h for the contract.
  *
- * Layout: vectors in one aligned array [cap, stride] (stride = width rounded
- * up to 16 floats, zero-padded, so every kernel runs whole vector lanes);
+ * Layout: vectors as IEEE halves in one aligned array [cap, stride] (stride =
+ * width rounded up to 16, zero-padded, so every kernel runs whole vector
+ * lanes; halves take 2 bytes a component where floats took 4, and the graph
+ * only routes: the caller re-ranks its shortlist exactly);
  * level-0 links in one array [cap, 1 + 2m] (count, then ids); the links of
  * levels 1..L of a node in one small block of L * (1 + m). A node's link lists
  * are read and written under its spin lock; the arrays only move under the
@@ -21,6 +23,8 @@
 #include <unistd.h>
 
 #include "errors.h"
+#include "index/mirror_codec.h"
+#include "index/patch_codec.h"
 
 #define MAX_LEVEL 30
 
@@ -32,7 +36,7 @@ struct hnsw {
     pthread_mutex_t mu;      /* node allocation, label table */
     size_t n, cap;           /* nodes allocated (mu), capacity (grow) */
     _Atomic size_t published; /* nodes whose data are written (for save/labels) */
-    float *vec;              /* [cap, stride] */
+    uint16_t *vec;           /* [cap, stride] halves */
     uint32_t *link0;         /* [cap, 1 + m0] */
     uint32_t **up;           /* [cap]: levels 1..level, each 1 + m */
     int64_t *label;          /* [cap] */
@@ -45,25 +49,28 @@ struct hnsw {
     _Atomic size_t ntomb;
 };
 
-/* ---- dot-product kernels (n is a multiple of 16) ---- */
+/* ---- dot-product kernels: floats . halves, n a multiple of 16 ---- */
 
-typedef float (*dot_fn)(const float *a, const float *b, int n);
+typedef float (*dot_fn)(const float *a, const uint16_t *b, int n);
 
-static float dot_generic(const float *a, const float *b, int n)
+static float dot_generic(const float *a, const uint16_t *b, int n)
 {
     float s[8] = {0};
     for (int i = 0; i < n; i += 8)
-        for (int j = 0; j < 8; j++) s[j] += a[i + j] * b[i + j];
+        for (int j = 0; j < 8; j++) s[j] += a[i + j] * patch_f16_to_f32(b[i + j]);
     return ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
 }
 
 #if defined(__x86_64__) || defined(__i386__)
-__attribute__((target("avx2,fma"))) static float dot_avx2(const float *a, const float *b, int n)
+__attribute__((target("avx2,fma,f16c"))) static float dot_avx2(const float *a, const uint16_t *b,
+                                                              int n)
 {
     __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
     for (int i = 0; i < n; i += 16) {
-        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+        const __m256 b0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(b + i)));
+        const __m256 b1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(b + i + 8)));
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), b0, s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), b1, s1);
     }
     s0 = _mm256_add_ps(s0, s1);
     __m128 x = _mm_add_ps(_mm256_castps256_ps128(s0), _mm256_extractf128_ps(s0, 1));
@@ -72,15 +79,20 @@ __attribute__((target("avx2,fma"))) static float dot_avx2(const float *a, const 
     return _mm_cvtss_f32(x);
 }
 
-__attribute__((target("avx512f"))) static float dot_avx512(const float *a, const float *b, int n)
+__attribute__((target("avx512f"))) static float dot_avx512(const float *a, const uint16_t *b,
+                                                          int n)
 {
     __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
     int i = 0;
     for (; i + 32 <= n; i += 32) {
-        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
-        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), s1);
+        const __m512 b0 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(b + i)));
+        const __m512 b1 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(b + i + 16)));
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), b0, s0);
+        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), b1, s1);
     }
-    if (i < n) s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+    if (i < n)
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i),
+                             _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(b + i))), s0);
     return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
 }
 #endif
@@ -97,7 +109,8 @@ static void choose_kernel(void)
     if (__builtin_cpu_supports("avx512f")) {
         dot_kernel = dot_avx512;
         dot_name = "avx512";
-    } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+               __builtin_cpu_supports("f16c")) {
         dot_kernel = dot_avx2;
         dot_name = "avx2";
     }
@@ -131,9 +144,14 @@ static void spin_lock(_Atomic uint8_t *l)
 }
 static void spin_unlock(_Atomic uint8_t *l) { atomic_store_explicit(l, 0, memory_order_release); }
 
-static inline const float *vec_of(const struct hnsw *h, uint32_t id)
+static inline const uint16_t *vec_of(const struct hnsw *h, uint32_t id)
 {
     return h->vec + (size_t)id * (size_t)h->stride;
+}
+/* Node id's vector as floats in out[stride]. */
+static void vec_decode(const struct hnsw *h, uint32_t id, float *out)
+{
+    codec_f16_decode(vec_of(h, id), h->stride, out);
 }
 static inline float dist(const struct hnsw *h, const float *q, uint32_t id)
 {
@@ -169,7 +187,7 @@ struct scratch {
     uint32_t epoch;
     struct cand *c, *r; /* candidate min-heap, result max-heap */
     size_t ccap, rcap;
-    float *q;
+    float *q, *t; /* [qcap]: the query or new node; a node decoded */
     int qcap;
 };
 
@@ -184,6 +202,7 @@ static void scratch_free(void *p)
     free(s->c);
     free(s->r);
     free(s->q);
+    free(s->t);
     free(s);
 }
 static void scratch_init(void) { pthread_key_create(&scratch_key, scratch_free); }
@@ -210,10 +229,16 @@ static struct scratch *scratch_get(size_t cap, int stride)
         s->epoch = 1;
     }
     if (s->qcap < stride) {
-        float *q = NULL;
+        float *q = NULL, *t = NULL;
         if (posix_memalign((void **)&q, 64, (size_t)stride * sizeof *q)) return NULL;
+        if (posix_memalign((void **)&t, 64, (size_t)stride * sizeof *t)) {
+            free(q);
+            return NULL;
+        }
         free(s->q);
+        free(s->t);
         s->q = q;
+        s->t = t;
         s->qcap = stride;
     }
     return s;
@@ -298,14 +323,14 @@ static int search_layer(struct hnsw *h, struct scratch *s, const float *q, uint3
             s->tag[id] = s->epoch;
             nb[keep++] = id;
             __builtin_prefetch(vec_of(h, id));
-            __builtin_prefetch(vec_of(h, id) + 16);
+            __builtin_prefetch(vec_of(h, id) + 32);
         }
         if (reserve_cand(&s->c, &s->ccap, nc + keep)) return -1;
         for (size_t i = 0; i < keep; i++) {
             const uint32_t id = nb[i];
             if (i + 1 < keep) {
-                __builtin_prefetch(vec_of(h, nb[i + 1]) + 32);
-                __builtin_prefetch(vec_of(h, nb[i + 1]) + 48);
+                __builtin_prefetch(vec_of(h, nb[i + 1]) + 64);
+                __builtin_prefetch(vec_of(h, nb[i + 1]) + 96);
             }
             const float d = dist(h, q, id);
             if (*nr < (size_t)ef || d < bound) {
@@ -323,23 +348,25 @@ static int search_layer(struct hnsw *h, struct scratch *s, const float *q, uint3
 }
 
 /* The heuristic of the HNSW paper: from cands sorted nearest first, keep one
- * when it is nearer to the new node than to every one kept so far. */
+ * when it is nearer to the new node than to every one kept so far. tmp holds
+ * stride floats. */
 static int select_neighbors(const struct hnsw *h, const struct cand *cands, size_t n, int max,
-                            uint32_t *out)
+                            uint32_t *out, float *tmp)
 {
     int k = 0;
     for (size_t i = 0; i < n && k < max; i++) {
-        const float *v = vec_of(h, cands[i].id);
+        if (k) vec_decode(h, cands[i].id, tmp);
         int good = 1;
         for (int j = 0; j < k && good; j++)
-            if (1.0f - dot_kernel(v, vec_of(h, out[j]), h->stride) < cands[i].d) good = 0;
+            if (dist(h, tmp, out[j]) < cands[i].d) good = 0;
         if (good) out[k++] = cands[i].id;
     }
     return k;
 }
 
-/* Adds a link e -> id at level l, pruning e's list with the heuristic when full. */
-static void link_back(struct hnsw *h, uint32_t e, uint32_t id, int l)
+/* Adds a link e -> id at level l, pruning e's list with the heuristic when
+ * full; tmp holds stride floats. */
+static void link_back(struct hnsw *h, uint32_t e, uint32_t id, int l, float *tmp)
 {
     const int maxl = l ? h->m : h->m0;
     struct cand buf[2 * HNSW_M_MAX + 1];
@@ -354,13 +381,12 @@ static void link_back(struct hnsw *h, uint32_t e, uint32_t id, int l)
             ls[1 + cnt] = id;
             ls[0] = (uint32_t)(cnt + 1);
         } else {
-            const float *ve = vec_of(h, e);
+            vec_decode(h, e, tmp);
             for (int i = 0; i < cnt; i++)
-                buf[i] = (struct cand){1.0f - dot_kernel(ve, vec_of(h, ls[1 + i]), h->stride),
-                                       ls[1 + i]};
-            buf[cnt] = (struct cand){1.0f - dot_kernel(ve, vec_of(h, id), h->stride), id};
+                buf[i] = (struct cand){dist(h, tmp, ls[1 + i]), ls[1 + i]};
+            buf[cnt] = (struct cand){dist(h, tmp, id), id};
             qsort(buf, (size_t)cnt + 1, sizeof *buf, cmp_cand);
-            int k = select_neighbors(h, buf, (size_t)cnt + 1, maxl, sel);
+            int k = select_neighbors(h, buf, (size_t)cnt + 1, maxl, sel, tmp);
             /* Fill the list with the nearest of those the heuristic left out, so
              * that pruning keeps in-links (a node without any is unreachable). */
             for (int i = 0; i <= cnt && k < maxl; i++) {
@@ -464,7 +490,7 @@ static int grow_to(struct hnsw *h, size_t cap)
 {
     if (cap <= h->cap) return 0;
     if (cap > UINT32_MAX - 1) return -1;
-    float *v = NULL;
+    uint16_t *v = NULL;
     if (posix_memalign((void **)&v, 64, cap * (size_t)h->stride * sizeof *v)) return -1;
     uint32_t *l0 = malloc(cap * (size_t)(1 + h->m0) * sizeof *l0);
     uint32_t **up = malloc(cap * sizeof *up);
@@ -613,8 +639,15 @@ int hnsw_insert(struct hnsw *h, int64_t label, const float *vec)
     if (alloc_node(h, label, &id)) return -1;
     /* grow is held shared from here on. */
     const int lvl = random_level(h, id, label);
-    float *v = h->vec + (size_t)id * (size_t)h->stride;
-    unit_prefix(vec, h->w, h->stride, v);
+    struct scratch *s = scratch_get(h->cap, h->stride);
+    float *v = s ? s->q : NULL; /* the node's vector as floats: its searches' query */
+    uint16_t *stored = h->vec + (size_t)id * (size_t)h->stride;
+    if (v) {
+        unit_prefix(vec, h->w, h->stride, v);
+        codec_f16_encode(v, h->stride, stored);
+    } else {
+        memset(stored, 0, (size_t)h->stride * sizeof *stored);
+    }
     links(h, id, 0)[0] = 0;
     h->level[id] = (uint8_t)lvl;
     h->up[id] = NULL;
@@ -626,7 +659,6 @@ int hnsw_insert(struct hnsw *h, int64_t label, const float *vec)
         }
     }
     const int mylvl = h->level[id];
-    struct scratch *s = scratch_get(h->cap, h->stride);
     int rc = s ? 0 : -1;
     uint64_t ep = atomic_load(&h->ep);
     if (!rc && !ep) {
@@ -661,7 +693,7 @@ int hnsw_insert(struct hnsw *h, int64_t label, const float *vec)
                 break;
             }
             qsort(s->r, nr, sizeof *s->r, cmp_cand);
-            const int k = select_neighbors(h, s->r, nr, h->m, sel[l]);
+            const int k = select_neighbors(h, s->r, nr, h->m, sel[l], s->t);
             nsel[l] = k;
             spin_lock(&h->lock[id]);
             uint32_t *ls = links(h, id, l);
@@ -671,7 +703,7 @@ int hnsw_insert(struct hnsw *h, int64_t label, const float *vec)
             cur = s->r[0].id;
         }
         for (int l = from; l >= 0 && !rc; l--)
-            for (int i = 0; i < nsel[l]; i++) link_back(h, sel[l][i], id, l);
+            for (int i = 0; i < nsel[l]; i++) link_back(h, sel[l][i], id, l, s->t);
     }
     atomic_fetch_add(&h->published, 1);
     pthread_rwlock_unlock(&h->grow);
@@ -729,7 +761,7 @@ bool hnsw_lookup(struct hnsw *h, int64_t label, float *prefix)
     pthread_rwlock_rdlock(&h->grow);
     pthread_mutex_lock(&h->mu);
     uint32_t v = h->nslots ? h->slots[slot_of(h, label)] : 0;
-    if (v && prefix) memcpy(prefix, vec_of(h, v - 1), (size_t)h->w * sizeof *prefix);
+    if (v && prefix) codec_f16_decode(vec_of(h, v - 1), h->w, prefix);
     pthread_mutex_unlock(&h->mu);
     pthread_rwlock_unlock(&h->grow);
     return v != 0;
@@ -763,7 +795,8 @@ void hnsw_set_ef(struct hnsw *h, int ef)
 
 size_t hnsw_memory(const struct hnsw *h)
 {
-    size_t b = h->cap * ((size_t)h->stride * 4 + (size_t)(1 + h->m0) * 4 + sizeof(void *) + 8 + 3);
+    size_t b = h->cap * ((size_t)h->stride * sizeof *h->vec + (size_t)(1 + h->m0) * 4 +
+                         sizeof(void *) + 8 + 3);
     for (size_t i = 0; i < h->n; i++) b += (size_t)h->level[i] * (size_t)(1 + h->m) * 4;
     return b + h->nslots * 4;
 }
@@ -838,8 +871,7 @@ struct hnsw *hnsw_compact(struct hnsw *h, int threads)
     for (size_t i = 0; lab && v && i < n; i++)
         if (!atomic_load(&h->dead[i])) {
             lab[k] = h->label[i];
-            memcpy(v + k * (size_t)h->stride, vec_of(h, (uint32_t)i),
-                   (size_t)h->stride * sizeof *v);
+            vec_decode(h, (uint32_t)i, v + k * (size_t)h->stride);
             k++;
         }
     pthread_mutex_unlock(&h->mu);
@@ -857,7 +889,7 @@ struct hnsw *hnsw_compact(struct hnsw *h, int threads)
 /* ---- files ---- */
 
 #define FILE_MAGIC "FRHNSW\0\1"
-#define FILE_VERSION 1u
+#define FILE_VERSION 2u /* 2: vectors as halves (1 held floats: rebuilt) */
 
 struct file_header {
     char magic[8];
@@ -920,7 +952,7 @@ int hnsw_save(struct hnsw *h, const char *path, int64_t generation, char *err, s
     for (size_t i = 0; dead && i < n; i++) dead[i] = atomic_load(&h->dead[i]);
     if (dead) wput(&w, dead, n);
     free(dead);
-    for (size_t i = 0; i < n; i++) wput(&w, vec_of(h, (uint32_t)i), (size_t)h->w * sizeof(float));
+    for (size_t i = 0; i < n; i++) wput(&w, vec_of(h, (uint32_t)i), (size_t)h->w * sizeof *h->vec);
     for (size_t i = 0; i < n; i++) {
         spin_lock(&h->lock[i]);
         wput(&w, links(h, (uint32_t)i, 0), (size_t)(1 + h->m0) * sizeof(uint32_t));
@@ -1019,11 +1051,11 @@ struct hnsw *hnsw_load(const char *path, int64_t *generation, char *err, size_t 
             break;
         }
         h->up[i] = NULL;
-        float *v = h->vec + i * (size_t)h->stride;
+        uint16_t *v = h->vec + i * (size_t)h->stride;
         if (rget(&r, v, (size_t)h->w * sizeof *v)) why = "truncated";
-        for (int j = h->w; j < h->stride; j++) v[j] = 0.0f;
+        for (int j = h->w; j < h->stride; j++) v[j] = 0;
         for (int j = 0; !why && j < h->w; j++)
-            if (!isfinite(v[j])) why = "bad vector";
+            if ((v[j] & 0x7c00u) == 0x7c00u) why = "bad vector"; /* Inf or NaN */
         h->n = i + 1; /* hnsw_free frees up[0..n) */
     }
     for (size_t i = 0; !why && i < n; i++) {
