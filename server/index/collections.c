@@ -885,9 +885,17 @@ static void *ann_build_main(void *arg)
             char e2[ERR_LEN];
             if (!store_collection_generation(c->ix->store, c->info.id, &cur, e2, sizeof e2))
                 as_is = gen == cur;
+            /* Rows written to SQLite by another program leave the generation as
+             * it was; the count still tells. */
+            const size_t live = hnsw_nodes(g) - hnsw_tombstones(g);
+            const size_t rows = mirror_count(coll_read_begin(c));
+            coll_read_end(c);
+            const bool counts = live == rows;
             fprintf(stderr, "index: collection '%s': ANN graph loaded (generation %lld, "
-                    "collection %lld)%s\n", c->info.name, (long long)gen, (long long)cur,
-                    as_is ? "" : ": repairing");
+                    "collection %lld; %zu live nodes, %zu rows)%s\n", c->info.name,
+                    (long long)gen, (long long)cur, live, rows,
+                    as_is && counts ? "" : ": repairing");
+            as_is = as_is && counts;
             pthread_mutex_lock(&c->write_mu);
             if (as_is) c->ann_saved_gen = gen;
             pthread_mutex_unlock(&c->write_mu);

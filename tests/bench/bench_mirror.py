@@ -13,8 +13,13 @@ The items are written into SQLite directly (the collection itself is created
 through the API), because a million 768-wide vectors as JSON take half an
 hour to send: the server then reads them at start exactly as after a restart.
 
+With --ann W the collection also keeps an HNSW graph on the width-W prefix
+(built at the start, waited for: "start" then includes the build), and the
+searches take the graph's path with the exact re-rank.
+
     /usr/bin/python3 tests/bench/bench_mirror.py --n 100000
     /usr/bin/python3 tests/bench/bench_mirror.py --n 1000000 --forms int8
+    /usr/bin/python3 tests/bench/bench_mirror.py --n 1000000 --forms int8 --ann 64
 """
 import argparse
 import http.client
@@ -85,6 +90,7 @@ def main():
     ap.add_argument("--forms", default="f32,f16,int8")
     ap.add_argument("--queries", type=int, default=50)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--ann", type=int, default=0, help="HNSW on this prefix width (0: none)")
     ap.add_argument("--build", default=os.environ.get("FRANCA_BUILD_ROOT", os.path.join(ROOT, "build")))
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="bench_mirror_")
@@ -111,7 +117,10 @@ def main():
     for form in args.forms.split(","):
         data = os.path.join(tmp, "data-" + form)
         srv, port = start(args, ckpt, data)
-        call(port, "POST", "/v1/collections", {"name": "m", "width": d, "metric": "cosine", "mirror": form})
+        spec = {"name": "m", "width": d, "metric": "cosine", "mirror": form}
+        if args.ann:
+            spec["ann"] = {"kind": "hnsw", "width": args.ann}
+        call(port, "POST", "/v1/collections", spec)
         srv.terminate()
         srv.wait()
         t0 = time.monotonic()
@@ -126,10 +135,14 @@ def main():
         log(f"{form}: {args.n} rows written to SQLite in {time.monotonic() - t0:.0f} s")
         t0 = time.monotonic()
         srv, port = start(args, ckpt, data)
-        t_build = time.monotonic() - t0
         info = call(port, "GET", "/v1/collections/m")
+        while args.ann and not (info.get("ann") or {}).get("ready"):
+            time.sleep(1)
+            info = call(port, "GET", "/v1/collections/m")
+        t_build = time.monotonic() - t0
         rss = rss_mib(srv.pid)
         res = {}
+        path = call(port, "POST", "/v1/collections/m/search", {"vector": Q[0].tolist(), "k": k}).get("search")
         for rerank in (True, False):
             lat, hit = [], 0
             for qi in range(args.queries):
@@ -143,7 +156,7 @@ def main():
             res[rerank] = (hit / (k * args.queries), 1000 * np.median(lat), 1000 * np.percentile(lat, 99))
         srv.terminate()
         srv.wait()
-        row = {"form": form, "n": args.n, "width": d, "start_s": round(t_build, 1), "rss_mib": round(rss),
+        row = {"form": form + (f" + hnsw({args.ann})" if args.ann else ""), "search": path, "n": args.n, "width": d, "start_s": round(t_build, 1), "rss_mib": round(rss),
                "vector_bytes": info["vector_bytes"], "mirror_bytes_per_vector": round(info["mirror_bytes"] / args.n),
                "recall": res[True][0], "ms_median": round(res[True][1], 2), "ms_p99": round(res[True][2], 2),
                "recall_no_rerank": res[False][0], "ms_median_no_rerank": round(res[False][1], 2)}

@@ -8,9 +8,11 @@ existing collection as a job; SIGKILL during inserts and during a build job:
 the restarted server serves every acknowledged item, repairs or rebuilds the
 graph (saved beside SQLite with the collection's generation) and recall is
 unchanged; a clean shutdown saves the graph, which the next start loads as is;
-a corrupt file is rebuilt."""
+rows another program wrote into SQLite are taken into the graph; a corrupt file
+is rebuilt."""
 import os
 import shutil
+import sqlite3
 import sys
 import tempfile
 import threading
@@ -274,6 +276,27 @@ def main():
           and a.get("tombstones", 0) == saved_tombstones + 100 and r4 >= 0.95
           and not any(h["id"] in dead for b in back["batch"] for h in b["results"]),
           f"a stale file is repaired (deletes tombstoned, inserts added): recall {r4:.4f} ({ti.short(a)})")
+    stop_server(server)
+    # Rows another program wrote into SQLite leave the generation as it was:
+    # the node count tells, and the graph takes them in.
+    outside = clustered(40)
+    outside_ids = [f"o{i:03d}" for i in range(len(outside))]
+    db = sqlite3.connect(os.path.join(data, "index.sqlite3"))
+    cid = db.execute("SELECT id FROM collections WHERE name = 'a'").fetchone()[0]
+    db.executemany("INSERT INTO items (collection_id, external_id, vector) VALUES (?, ?, ?)",
+                   [(cid, i, v.astype("<f4").tobytes()) for i, v in zip(outside_ids, outside)])
+    db.commit()
+    db.close()
+    Xall = np.concatenate([Xall, outside])
+    idall = idall + outside_ids
+    server, port = ts.start(args)
+    a = wait_ready(port, "a")
+    own = search(port, "a", outside)
+    found = sum(b["results"][0]["id"] == i for b, i in zip(own["batch"], outside_ids))
+    check(a.get("nodes", 0) - a.get("tombstones", 0) == info(port, "a").get("count") == len(idall)
+          and found == len(outside) and own.get("search") == "hnsw",
+          f"rows written by another program join the graph: {found} of {len(outside)} find "
+          f"themselves ({ti.short(a)})")
     stop_server(server)
     # A corrupt file is rebuilt.
     path = os.path.join(data, "ann", files[0])
