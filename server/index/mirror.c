@@ -16,7 +16,8 @@ static void rowid_index_free(struct rowid_index *r);
 
 struct index_mirror {
     pthread_rwlock_t lock;
-    int width, pw;
+    int width, pw;    /* pw: the funnel's default width, whether or not its copy is kept */
+    bool keep_prefix; /* the prefix matrix exists (mirror_drop_prefix) */
     enum store_metric metric;
     enum store_mirror form;
     size_t n, cap;
@@ -145,8 +146,8 @@ static int reserve(struct index_mirror *m, size_t need)
         if (m->form == STORE_MIRROR_F16) GROW(m->h16, cap * (size_t)m->width);
         else if (m->form == STORE_MIRROR_INT8) GROW(m->i8, cap * (size_t)m->width);
         else GROW(m->data, cap * (size_t)m->width);
-        if (m->form == STORE_MIRROR_F32) GROW(m->prefix, cap * (size_t)m->pw);
-        else GROW(m->p16, cap * (size_t)m->pw);
+        if (m->keep_prefix && m->form == STORE_MIRROR_F32) GROW(m->prefix, cap * (size_t)m->pw);
+        else if (m->keep_prefix) GROW(m->p16, cap * (size_t)m->pw);
         GROW(m->sq, cap);
         GROW(m->psq, cap);
         GROW(m->row_ids, cap);
@@ -207,6 +208,7 @@ struct index_mirror *mirror_create_form(int width, enum store_metric metric, int
     }
     m->width = width;
     m->pw = prefix_width;
+    m->keep_prefix = true;
     m->metric = metric;
     m->form = form;
     int oom = 0;
@@ -336,6 +338,30 @@ static void fit_rows(struct index_mirror *m, size_t count, const float *vectors)
     free(mm);
 }
 
+/* Writes prefix row r from v and its squared norm psq[r], when the prefix
+ * copy is kept. */
+static void store_prefix_row(struct index_mirror *m, size_t r, const float *v)
+{
+    if (!m->keep_prefix) {
+        m->psq[r] = 0.0f;
+        return;
+    }
+    const size_t pw = (size_t)m->pw;
+    float *p = m->form == STORE_MIRROR_F32 ? m->prefix + r * pw : m->ptmp;
+    if (m->metric == STORE_METRIC_COSINE) {
+        const double pre = sqnorm(v, m->pw);
+        const double sp = pre > 0 ? 1.0 / sqrt(pre) : 0.0;
+        for (size_t i = 0; i < pw; i++) p[i] = (float)(v[i] * sp);
+    } else {
+        memcpy(p, v, pw * sizeof *p);
+    }
+    if (m->form != STORE_MIRROR_F32) { /* f16: half the bytes, ample for a shortlist */
+        codec_f16_encode(p, m->pw, m->p16 + r * pw);
+        codec_f16_decode(m->p16 + r * pw, m->pw, p);
+    }
+    m->psq[r] = (float)sqnorm(p, m->pw);
+}
+
 /* Writes row r from v in the stored form (see mirror.h). sq[r] is the squared
  * norm of the row as the mirror holds it (decoded, for compressed forms), so
  * that l2 keys are exact for the rows searched. */
@@ -343,20 +369,8 @@ static void store_row(struct index_mirror *m, size_t r, const float *v)
 {
     const size_t w = (size_t)m->width;
     float *d = m->form == STORE_MIRROR_F32 ? m->data + r * w : m->tmp;
-    float *p = m->form == STORE_MIRROR_F32 ? m->prefix + r * (size_t)m->pw : m->ptmp;
     stored_form(m, v, d);
-    if (m->metric == STORE_METRIC_COSINE) {
-        const double pre = sqnorm(v, m->pw);
-        const double sp = pre > 0 ? 1.0 / sqrt(pre) : 0.0;
-        for (int i = 0; i < m->pw; i++) p[i] = (float)(v[i] * sp);
-    } else {
-        memcpy(p, v, (size_t)m->pw * sizeof *p);
-    }
-    if (m->form != STORE_MIRROR_F32) { /* the prefix in f16: half the bytes, ample for a shortlist */
-        codec_f16_encode(p, m->pw, m->p16 + r * (size_t)m->pw);
-        codec_f16_decode(m->p16 + r * (size_t)m->pw, m->pw, p);
-    }
-    m->psq[r] = (float)sqnorm(p, m->pw);
+    store_prefix_row(m, r, v);
     if (m->form == STORE_MIRROR_F16) {
         codec_f16_encode(d, m->width, m->h16 + r * w);
         codec_f16_decode(m->h16 + r * w, m->width, d);
@@ -469,10 +483,10 @@ static void remove_row(struct index_mirror *m, size_t r, size_t slot)
             memcpy(m->i8 + r * w, m->i8 + last * w, w);
         else
             memcpy(m->data + r * w, m->data + last * w, w * sizeof *m->data);
-        if (m->form == STORE_MIRROR_F32)
+        if (m->keep_prefix && m->form == STORE_MIRROR_F32)
             memcpy(m->prefix + r * (size_t)m->pw, m->prefix + last * (size_t)m->pw,
                    (size_t)m->pw * sizeof(float));
-        else
+        else if (m->keep_prefix)
             memcpy(m->p16 + r * (size_t)m->pw, m->p16 + last * (size_t)m->pw,
                    (size_t)m->pw * sizeof *m->p16);
         m->sq[r] = m->sq[last];
@@ -519,6 +533,24 @@ void mirror_read_unlock(struct index_mirror *m) { pthread_rwlock_unlock(&m->lock
 
 int mirror_width(const struct index_mirror *m) { return m->width; }
 int mirror_prefix_width(const struct index_mirror *m) { return m->pw; }
+bool mirror_has_prefix(const struct index_mirror *m) { return m->keep_prefix; }
+
+int mirror_drop_prefix(struct index_mirror *m, char *err, size_t errlen)
+{
+    pthread_rwlock_wrlock(&m->lock);
+    const int rc = m->n ? set_err_code(err, errlen, STORE_INVALID,
+                                       "mirror: the prefix copy goes before the first add only")
+                        : 0;
+    if (!rc) {
+        free(m->prefix);
+        free(m->p16);
+        m->prefix = NULL;
+        m->p16 = NULL;
+        m->keep_prefix = false;
+    }
+    pthread_rwlock_unlock(&m->lock);
+    return rc;
+}
 enum store_metric mirror_metric(const struct index_mirror *m) { return m->metric; }
 size_t mirror_count(const struct index_mirror *m) { return m->n; }
 
@@ -572,7 +604,7 @@ size_t mirror_bytes(const struct index_mirror *m)
      * id, the id and payload pointers and the id hash. A malloc'ed string
      * costs its bytes plus about 16 of allocator overhead. */
     const size_t pre = m->form == STORE_MIRROR_F32 ? sizeof(float) : sizeof(uint16_t);
-    const size_t per_row = mirror_vector_bytes(m) + (size_t)m->pw * pre +
+    const size_t per_row = mirror_vector_bytes(m) + (m->keep_prefix ? (size_t)m->pw * pre : 0) +
                            2 * sizeof(float) + sizeof(int64_t) + 2 * sizeof(void *) +
                            sizeof(uint64_t);
     size_t b = m->cap * per_row + m->nslots * sizeof(uint32_t) + m->ext_bytes + 16 * m->n;

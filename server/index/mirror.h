@@ -44,6 +44,7 @@
 #ifndef FRANCA_INDEX_MIRROR_H
 #define FRANCA_INDEX_MIRROR_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -97,9 +98,18 @@ void mirror_clear(struct index_mirror *m);
 void mirror_read_lock(struct index_mirror *m);
 void mirror_read_unlock(struct index_mirror *m);
 
+/* Before the first add: the prefix matrix is not kept (a collection whose
+ * ANN graph gives its shortlists, where the copy would only cost memory).
+ * mirror_prefix_width still names the funnel's default width, a funnel then
+ * reads the full matrix's first columns, and mirror_prefix_matrix is NULL.
+ * STORE_INVALID once rows were added. Takes the write lock. */
+int mirror_drop_prefix(struct index_mirror *m, char *err, size_t errlen);
+
 /* Readers: the caller holds the read lock (see above). */
 int mirror_width(const struct index_mirror *m);
 int mirror_prefix_width(const struct index_mirror *m);
+/* Whether the prefix matrix is kept (see mirror_drop_prefix). */
+bool mirror_has_prefix(const struct index_mirror *m);
 enum store_metric mirror_metric(const struct index_mirror *m);
 size_t mirror_count(const struct index_mirror *m);
 /* The row of an external id, or -1. */

@@ -418,7 +418,7 @@ static int funnel_impl(const struct search_scorer *sc, const struct index_mirror
     if (w <= pw) return exact_impl(sc, m, queries, q, w, k, row_mask, out, n_out, err, errlen);
     /* The kept prefix matrix when the funnel width is its width; otherwise the
      * first fw columns of the full matrix (rows renormalised on the fly). */
-    const int kept = fw == mirror_prefix_width(m);
+    const int kept = fw == mirror_prefix_width(m) && mirror_has_prefix(m);
     const enum store_metric metric = mirror_metric(m);
     const int width = mirror_width(m);
     const size_t n = mirror_count(m);

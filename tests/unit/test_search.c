@@ -2,7 +2,7 @@
  * against a double-precision brute force (cosine, l2, dot; full width and a
  * prefix; with and without a row mask), removal, funnel search (equal to exact
  * with a full shortlist; recall@10 measured on random and on Matryoshka-like
- * data), k > n, ties, and refused arguments. */
+ * data), k > n, ties, refused arguments, and a mirror without its prefix copy. */
 #include <math.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -467,6 +467,51 @@ static void test_largest_k(const float *queries)
     mirror_free(m);
 }
 
+/* A mirror without its prefix copy (mirror_drop_prefix) runs the funnel on the
+ * full matrix's first columns: the same hits as one that keeps the copy, in
+ * fewer bytes; removals keep both in step; dropping after an add is refused. */
+static void test_drop_prefix(const float *queries)
+{
+    char err[ERR_LEN];
+    const enum store_mirror forms[2] = {STORE_MIRROR_F32, STORE_MIRROR_INT8};
+    for (int f = 0; f < 2; f++) {
+        struct index_mirror *kept = mirror_create_form(W, STORE_METRIC_COSINE, 0, forms[f], err,
+                                                       sizeof err);
+        struct index_mirror *bare = mirror_create_form(W, STORE_METRIC_COSINE, 0, forms[f], err,
+                                                       sizeof err);
+        CHECK(kept && bare && mirror_drop_prefix(bare, err, sizeof err) == 0, "created: %s", err);
+        CHECK(mirror_add(kept, N, row_ids, id_ptrs, data, err, sizeof err) == 0 &&
+                  mirror_add(bare, N, row_ids, id_ptrs, data, err, sizeof err) == 0,
+              "added: %s", err);
+        size_t removed = 0;
+        const char *rm[3] = {ids[1], ids[2000], ids[N - 1]};
+        mirror_remove(kept, 3, rm, &removed);
+        mirror_remove(bare, 3, rm, &removed);
+        struct search_hit a[NQ * 10], b[NQ * 10];
+        int na = 0, nb = 0, same = 1;
+        mirror_read_lock(kept);
+        mirror_read_lock(bare);
+        CHECK(search_funnel(kept, queries, NQ, W, 10, 0, 200, NULL, a, &na, err, sizeof err) == 0 &&
+                  search_funnel(bare, queries, NQ, W, 10, 0, 200, NULL, b, &nb, err, sizeof err) == 0,
+              "funnel: %s", err);
+        for (int i = 0; i < na * NQ && na == nb; i++)
+            same &= a[i].row == b[i].row && fabsf(a[i].score - b[i].score) < 1e-5f;
+        CHECK(na == 10 && nb == 10 && same, "%s: the same funnel hits without the prefix copy",
+              store_mirror_name(forms[f]));
+        const size_t pre = forms[f] == STORE_MIRROR_F32 ? sizeof(float) : sizeof(uint16_t);
+        CHECK(!mirror_has_prefix(bare) && !mirror_prefix_matrix(bare) &&
+                  mirror_prefix_width(bare) == mirror_prefix_width(kept) &&
+                  mirror_bytes(kept) - mirror_bytes(bare) >= (size_t)N * W / 16 * pre,
+              "%s: no prefix matrix, %zu bytes fewer", store_mirror_name(forms[f]),
+              mirror_bytes(kept) - mirror_bytes(bare));
+        mirror_read_unlock(bare);
+        mirror_read_unlock(kept);
+        CHECK(mirror_drop_prefix(kept, err, sizeof err) == STORE_INVALID, "drop after an add refused");
+        mirror_free(kept);
+        mirror_free(bare);
+    }
+}
+
 int main(void)
 {
     data = malloc((size_t)N * W * sizeof *data);
@@ -486,6 +531,7 @@ int main(void)
     test_small_cases();
     test_payloads();
     test_largest_k(queries);
+    test_drop_prefix(queries);
 
     const int nrq = 100;
     float *rq = malloc((size_t)nrq * W * sizeof *rq);
