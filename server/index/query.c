@@ -270,6 +270,9 @@ int query_run(struct coll *c, const struct index_query *user_q, struct query_res
     struct index_query wide = *user_q;
     if (rerank) {
         wide.k = rerank_shortlist(user_q->k);
+        /* The graph's shortlist stays the size the user's k asks for: sized
+         * from the wider k it would walk 640 nodes deep for k = 10. */
+        if (wide.shortlist <= 0) wide.shortlist = query_ann_shortlist(user_q->k);
         q = &wide;
     }
     const size_t nqk = (size_t)q->nq * (size_t)q->k;
