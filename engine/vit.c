@@ -120,9 +120,12 @@ static void block_matrices(const struct model_config *c, const struct vit_block_
 
 static bool bf16_numbers(const float *x, size_t n)
 {
-    const uint32_t *u = (const uint32_t *)(const void *)x;
     uint32_t low = 0;
-    for (size_t i = 0; i < n; i++) low |= u[i] & 0xffffu;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, x + i, sizeof u); /* the bits, without breaking aliasing rules */
+        low |= u & 0xffffu;
+    }
     return low == 0;
 }
 
