@@ -146,8 +146,10 @@ static int reserve(struct index_mirror *m, size_t need)
         if (m->form == STORE_MIRROR_F16) GROW(m->h16, cap * (size_t)m->width);
         else if (m->form == STORE_MIRROR_INT8) GROW(m->i8, cap * (size_t)m->width);
         else GROW(m->data, cap * (size_t)m->width);
-        if (m->keep_prefix && m->form == STORE_MIRROR_F32) GROW(m->prefix, cap * (size_t)m->pw);
-        else if (m->keep_prefix) GROW(m->p16, cap * (size_t)m->pw);
+        if (m->keep_prefix) {
+            if (m->form == STORE_MIRROR_F32) GROW(m->prefix, cap * (size_t)m->pw);
+            else GROW(m->p16, cap * (size_t)m->pw);
+        }
         GROW(m->sq, cap);
         GROW(m->psq, cap);
         GROW(m->row_ids, cap);
@@ -483,12 +485,13 @@ static void remove_row(struct index_mirror *m, size_t r, size_t slot)
             memcpy(m->i8 + r * w, m->i8 + last * w, w);
         else
             memcpy(m->data + r * w, m->data + last * w, w * sizeof *m->data);
-        if (m->keep_prefix && m->form == STORE_MIRROR_F32)
-            memcpy(m->prefix + r * (size_t)m->pw, m->prefix + last * (size_t)m->pw,
-                   (size_t)m->pw * sizeof(float));
-        else if (m->keep_prefix)
-            memcpy(m->p16 + r * (size_t)m->pw, m->p16 + last * (size_t)m->pw,
-                   (size_t)m->pw * sizeof *m->p16);
+        if (m->keep_prefix) {
+            const size_t pw = (size_t)m->pw;
+            if (m->form == STORE_MIRROR_F32)
+                memcpy(m->prefix + r * pw, m->prefix + last * pw, pw * sizeof *m->prefix);
+            else
+                memcpy(m->p16 + r * pw, m->p16 + last * pw, pw * sizeof *m->p16);
+        }
         m->sq[r] = m->sq[last];
         m->psq[r] = m->psq[last];
         m->row_ids[r] = m->row_ids[last];
